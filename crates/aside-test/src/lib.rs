@@ -1,0 +1,297 @@
+//! Test support for aside: real `redis-server` processes on free ports.
+//!
+//! Every test that needs Redis starts its own server, so tests are isolated,
+//! run in parallel, and can kill, pause and restart "their" Redis to test
+//! failures. A server is killed when its [`RedisServer`] is dropped.
+//!
+//! ```no_run
+//! let redis = aside_test::RedisServer::start().expect("redis-server");
+//! let url = redis.url(); // redis://127.0.0.1:<port>
+//! # let _ = url;
+//! ```
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why a server could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LaunchError {
+    /// `redis-server` is not installed.
+    #[error(
+        "`redis-server` was not found on PATH (set REDIS_SERVER to its path, or install it: \
+         `apt-get update && apt-get install -y redis-server`)"
+    )]
+    NotInstalled,
+    /// The process could not be started, or did not answer in time.
+    #[error("redis-server did not start: {0}")]
+    Failed(String),
+}
+
+/// A `redis-server` child process, killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    args: Vec<String>,
+    child: Option<Child>,
+    password: Option<String>,
+}
+
+/// Builds a [`RedisServer`] with extra `redis-server` arguments.
+#[derive(Debug, Default, Clone)]
+#[must_use]
+pub struct RedisServerBuilder {
+    args: Vec<String>,
+    password: Option<String>,
+}
+
+impl RedisServerBuilder {
+    /// Adds a `redis-server` argument, e.g. `.arg("--maxmemory").arg("10mb")`.
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Requires this password (`requirepass`) for the default user.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        let p = password.into();
+        self.args.push("--requirepass".into());
+        self.args.push(p.clone());
+        self.password = Some(p);
+        self
+    }
+
+    /// Starts the server on a free port.
+    ///
+    /// # Errors
+    /// [`LaunchError::NotInstalled`] when there is no `redis-server`.
+    pub fn start(self) -> Result<RedisServer, LaunchError> {
+        let mut last = String::new();
+        // A free port can be taken between our probe and the server's bind:
+        // try a few.
+        for _ in 0..5 {
+            let port = free_port()?;
+            let mut server = RedisServer {
+                port,
+                args: self.args.clone(),
+                child: None,
+                password: self.password.clone(),
+            };
+            match server.spawn_and_wait(Duration::from_secs(10)) {
+                Ok(()) => return Ok(server),
+                Err(LaunchError::NotInstalled) => return Err(LaunchError::NotInstalled),
+                Err(LaunchError::Failed(e)) => last = e,
+            }
+        }
+        Err(LaunchError::Failed(last))
+    }
+}
+
+fn free_port() -> Result<u16, LaunchError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| LaunchError::Failed(e.to_string()))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| LaunchError::Failed(e.to_string()))
+}
+
+fn binary() -> PathBuf {
+    std::env::var_os("REDIS_SERVER").map_or_else(|| PathBuf::from("redis-server"), PathBuf::from)
+}
+
+impl RedisServer {
+    /// Starts a server with no persistence on a free port.
+    ///
+    /// # Errors
+    /// [`LaunchError::NotInstalled`] when there is no `redis-server`.
+    pub fn start() -> Result<Self, LaunchError> {
+        Self::builder().start()
+    }
+
+    /// A builder for a server with extra arguments.
+    pub fn builder() -> RedisServerBuilder {
+        RedisServerBuilder::default()
+    }
+
+    /// The port it listens on (kept across restarts).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>` (with the password, if one was set).
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the server is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn spawn_and_wait(&mut self, within: Duration) -> Result<(), LaunchError> {
+        let child = Command::new(binary())
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--daemonize", "no", "--loglevel", "warning"])
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => LaunchError::NotInstalled,
+                _ => LaunchError::Failed(e.to_string()),
+            })?;
+        self.child = Some(child);
+        let deadline = Instant::now() + within;
+        loop {
+            if self.ping() {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(LaunchError::Failed(format!(
+                    "exited with {status} on port {}",
+                    self.port
+                )));
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(LaunchError::Failed(format!(
+                    "no answer on port {} within {within:?}",
+                    self.port
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether the server answers PING (or asks for a password, which also
+    /// means it is up).
+    pub fn ping(&self) -> bool {
+        let Ok(mut s) =
+            TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_millis(200))
+        else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        if s.write_all(b"PING\r\n").is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"),
+            _ => false,
+        }
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit. Its data is lost.
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a stopped server again on the same port, empty.
+    ///
+    /// # Errors
+    /// [`LaunchError::Failed`] when it does not answer within 10 s.
+    pub fn restart(&mut self) -> Result<(), LaunchError> {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn_and_wait(Duration::from_secs(5)) {
+                Ok(()) => return Ok(()),
+                // The old socket may linger for a moment.
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open but nothing is
+    /// answered, like a Redis stuck in a slow command.
+    ///
+    /// # Errors
+    /// When the signal cannot be sent.
+    pub fn pause(&self) -> Result<(), LaunchError> {
+        self.signal("-STOP")
+    }
+
+    /// Resumes a paused server (SIGCONT).
+    ///
+    /// # Errors
+    /// When the signal cannot be sent.
+    pub fn resume(&self) -> Result<(), LaunchError> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, sig: &str) -> Result<(), LaunchError> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| LaunchError::Failed("server is not running".into()))?;
+        let status = Command::new("kill")
+            .arg(sig)
+            .arg(pid.to_string())
+            .status()
+            .map_err(|e| LaunchError::Failed(e.to_string()))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(LaunchError::Failed(format!("kill {sig} {pid}: {status}")))
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        // A paused server ignores SIGKILL until... it does not: SIGKILL always
+        // works, but resume first so the kernel reaps it promptly.
+        if self.child.is_some() {
+            let _ = self.resume();
+        }
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_stops_restarts_on_the_same_port() -> Result<(), LaunchError> {
+        let mut r = RedisServer::start()?;
+        assert!(r.ping());
+        let port = r.port();
+        r.stop();
+        assert!(!r.ping());
+        r.restart()?;
+        assert_eq!(r.port(), port);
+        assert!(r.ping());
+        Ok(())
+    }
+
+    #[test]
+    fn missing_binary_says_how_to_install() {
+        let e = LaunchError::NotInstalled.to_string();
+        assert!(e.contains("apt-get install -y redis-server"), "{e}");
+    }
+}

@@ -1,0 +1,146 @@
+//! The in-process backend: a moka cache of entry bytes.
+
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+
+use super::{Backend, Stored};
+use crate::error::BackendError;
+
+/// An in-process backend on moka: bounded by entry count or by bytes, with a
+/// TTL per entry, and the decoded value kept beside the bytes so a hit does not
+/// deserialise.
+///
+/// ```
+/// use aside::backend::MemoryBackend;
+///
+/// let by_count = MemoryBackend::builder().max_entries(10_000).build();
+/// let by_bytes = MemoryBackend::builder().max_bytes(64 * 1024 * 1024).build();
+/// # let _ = (by_count, by_bytes);
+/// ```
+#[derive(Clone, Debug)]
+pub struct MemoryBackend {
+    cache: moka::future::Cache<String, Entry>,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    stored: Stored,
+    ttl: Duration,
+}
+
+struct PerEntryTtl;
+
+impl Expiry<String, Entry> for PerEntryTtl {
+    fn expire_after_create(&self, _: &String, entry: &Entry, _: Instant) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        entry: &Entry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+}
+
+/// Builds a [`MemoryBackend`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MemoryBackendBuilder {
+    bound: Bound,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    Entries(u64),
+    Bytes(u64),
+}
+
+impl MemoryBackendBuilder {
+    /// Bounds the cache to `n` entries (the default is 10,000).
+    pub fn max_entries(mut self, n: u64) -> Self {
+        self.bound = Bound::Entries(n);
+        self
+    }
+
+    /// Bounds the cache by the bytes of keys and entries. The decoded value
+    /// kept beside an entry is not weighed: budget for it.
+    pub fn max_bytes(mut self, n: u64) -> Self {
+        self.bound = Bound::Bytes(n);
+        self
+    }
+
+    /// Builds the backend.
+    pub fn build(self) -> MemoryBackend {
+        let builder = moka::future::Cache::builder().expire_after(PerEntryTtl);
+        let cache = match self.bound {
+            Bound::Entries(n) => builder.max_capacity(n).build(),
+            Bound::Bytes(n) => builder
+                .max_capacity(n)
+                .weigher(|k: &String, e: &Entry| {
+                    u32::try_from(k.len() + e.stored.bytes().len()).unwrap_or(u32::MAX)
+                })
+                .build(),
+        };
+        MemoryBackend { cache }
+    }
+}
+
+impl MemoryBackend {
+    /// A builder; see [`MemoryBackendBuilder`].
+    pub fn builder() -> MemoryBackendBuilder {
+        MemoryBackendBuilder {
+            bound: Bound::Entries(10_000),
+        }
+    }
+
+    /// A backend bounded to 10,000 entries.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// The number of entries (approximate: moka applies writes lazily).
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Applies pending maintenance (evictions, expirations) now; for tests.
+    pub async fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for MemoryBackend {
+    async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError> {
+        Ok(self.cache.get(key).await.map(|e| e.stored))
+    }
+
+    async fn set(&self, key: &str, value: Stored, ttl: Duration) -> Result<(), BackendError> {
+        self.cache
+            .insert(key.to_owned(), Entry { stored: value, ttl })
+            .await;
+        Ok(())
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), BackendError> {
+        for k in keys {
+            self.cache.invalidate(k.as_str()).await;
+        }
+        Ok(())
+    }
+
+    fn is_remote(&self) -> bool {
+        false
+    }
+}

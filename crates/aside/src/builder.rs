@@ -1,0 +1,249 @@
+//! Building a [`Cache`]: every option, its default, and its validation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::{Backend, MemoryBackend};
+use crate::cache::{Cache, Settings};
+use crate::clock::{Clock, SystemClock};
+use crate::codec::{Codec, Compression};
+use crate::error::Error;
+use crate::key::{MIN_MAX_KEY_LEN, SEPARATOR};
+
+/// Builds a [`Cache`]. Start with [`Cache::builder`].
+///
+/// | option | default |
+/// |---|---|
+/// | [`backend`](Self::backend) | [`MemoryBackend`], 10,000 entries |
+/// | [`namespace`](Self::namespace) | `"aside"` |
+/// | [`ttl`](Self::ttl) | 5 minutes |
+/// | [`ttl_jitter`](Self::ttl_jitter) | 0.1 (TTLs between 90% and 100% of the TTL) |
+/// | [`negative_ttl`](Self::negative_ttl) | 30 seconds |
+/// | [`codec`](Self::codec) | MessagePack |
+/// | [`compression`](Self::compression) | LZ4 from 1 KiB (with the `lz4` feature) |
+/// | [`backend_timeout`](Self::backend_timeout) | 250 ms |
+/// | [`backend_failure_threshold`](Self::backend_failure_threshold) | 3 consecutive failures |
+/// | [`backend_retry_after`](Self::backend_retry_after) | 250 ms |
+/// | [`max_value_bytes`](Self::max_value_bytes) | 8 MiB |
+/// | [`max_key_len`](Self::max_key_len) | 250 bytes |
+/// | [`clock`](Self::clock) | [`SystemClock`] |
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct CacheBuilder {
+    backend: Option<Arc<dyn Backend>>,
+    settings: Settings,
+}
+
+impl Default for CacheBuilder {
+    fn default() -> Self {
+        Self {
+            backend: None,
+            settings: Settings {
+                namespace: "aside".to_owned(),
+                ttl: Duration::from_secs(300),
+                ttl_jitter: 0.1,
+                negative_ttl: Some(Duration::from_secs(30)),
+                codec: Codec::MessagePack,
+                compression: Compression::default(),
+                backend_timeout: Duration::from_millis(250),
+                backend_failure_threshold: 3,
+                backend_retry_after: Duration::from_millis(250),
+                max_value_bytes: 8 * 1024 * 1024,
+                max_key_len: 250,
+                clock: Arc::new(SystemClock),
+            },
+        }
+    }
+}
+
+impl CacheBuilder {
+    /// Where entries are stored.
+    pub fn backend(mut self, backend: impl Backend) -> Self {
+        self.backend = Some(Arc::new(backend));
+        self
+    }
+
+    /// A backend already behind an `Arc` (to share it between caches).
+    pub fn shared_backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// The prefix of every key (`namespace:key`): separates applications or
+    /// data sets sharing one Redis. Must be non-empty and free of `:`.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.settings.namespace = namespace.into();
+        self
+    }
+
+    /// How long a loaded or set value is kept.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.settings.ttl = ttl;
+        self
+    }
+
+    /// Spreads expirations: each entry's TTL is shortened by a random fraction
+    /// in `0..jitter` of it, so that keys written together (after a deploy, a
+    /// flush) do not expire together and stampede the database. The TTL you
+    /// set stays an upper bound on how stale an entry can get. `0` disables.
+    pub fn ttl_jitter(mut self, jitter: f64) -> Self {
+        self.settings.ttl_jitter = jitter;
+        self
+    }
+
+    /// How long a "not found" (`Ok(None)` from the loader) is remembered, so
+    /// that lookups of absent rows do not all reach the database. `None`
+    /// disables negative caching. Keep it shorter than the TTL: a row created
+    /// later stays invisible for up to this long unless its key is invalidated.
+    pub fn negative_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.settings.negative_ttl = ttl;
+        self
+    }
+
+    /// How values are serialised.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.settings.codec = codec;
+        self
+    }
+
+    /// Whether large payloads are compressed.
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.settings.compression = compression;
+        self
+    }
+
+    /// The time limit of one backend operation. Past it the operation counts
+    /// as failed and `get_or_load` goes on without the cache.
+    pub fn backend_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.backend_timeout = timeout;
+        self
+    }
+
+    /// After this many consecutive backend failures, the cache stops asking the
+    /// backend (and degrades to the loader) until
+    /// [`backend_retry_after`](Self::backend_retry_after) has passed.
+    pub fn backend_failure_threshold(mut self, failures: u32) -> Self {
+        self.settings.backend_failure_threshold = failures;
+        self
+    }
+
+    /// How long the backend is left alone after it was marked down, before one
+    /// operation probes it again.
+    pub fn backend_retry_after(mut self, pause: Duration) -> Self {
+        self.settings.backend_retry_after = pause;
+        self
+    }
+
+    /// The largest encoded entry stored. A larger loaded value is returned to
+    /// the caller but not cached (and counted); a larger `set` is an error.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.settings.max_value_bytes = bytes;
+        self
+    }
+
+    /// The longest physical key (namespace included). Longer keys are hashed:
+    /// a readable prefix plus 128 bits of SHA-256.
+    pub fn max_key_len(mut self, len: usize) -> Self {
+        self.settings.max_key_len = len;
+        self
+    }
+
+    /// The wall clock entries are stamped with; inject one in tests.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.settings.clock = clock;
+        self
+    }
+
+    /// Validates the options and builds the cache.
+    ///
+    /// # Errors
+    /// A `Config` error naming the offending option: a zero TTL or negative
+    /// TTL, jitter outside `0..1`, an empty namespace or one containing `:`, a
+    /// zero timeout, threshold or size limit, or a key limit too short to hold
+    /// a hashed key.
+    pub fn build(self) -> Result<Cache, Error> {
+        let s = &self.settings;
+        if s.namespace.is_empty() {
+            return Err(Error::config("namespace must not be empty"));
+        }
+        if s.namespace.contains(SEPARATOR) {
+            return Err(Error::config(format!(
+                "namespace {:?} must not contain the key separator '{SEPARATOR}'",
+                s.namespace
+            )));
+        }
+        if s.ttl.is_zero() {
+            return Err(Error::config("ttl must be greater than zero"));
+        }
+        if s.negative_ttl.is_some_and(|t| t.is_zero()) {
+            return Err(Error::config(
+                "negative_ttl must be greater than zero (use None to disable negative caching)",
+            ));
+        }
+        if !(0.0..1.0).contains(&s.ttl_jitter) {
+            return Err(Error::config(format!(
+                "ttl_jitter must be in 0..1, got {}",
+                s.ttl_jitter
+            )));
+        }
+        if s.backend_timeout.is_zero() {
+            return Err(Error::config("backend_timeout must be greater than zero"));
+        }
+        if s.backend_failure_threshold == 0 {
+            return Err(Error::config(
+                "backend_failure_threshold must be at least 1",
+            ));
+        }
+        if s.max_value_bytes == 0 {
+            return Err(Error::config("max_value_bytes must be greater than zero"));
+        }
+        if s.max_key_len < MIN_MAX_KEY_LEN + s.namespace.len() {
+            return Err(Error::config(format!(
+                "max_key_len must be at least {} for namespace {:?}",
+                MIN_MAX_KEY_LEN + s.namespace.len(),
+                s.namespace
+            )));
+        }
+        let backend = self
+            .backend
+            .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
+        Ok(Cache::from_parts(backend, self.settings))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Cache, ErrorKind};
+    use std::time::Duration;
+
+    fn rejects(b: super::CacheBuilder, what: &str) {
+        match b.build() {
+            Ok(_) => panic!("{what}: accepted"),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Config, "{what}");
+                assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn nonsense_is_rejected_with_config_errors() {
+        rejects(Cache::builder().ttl(Duration::ZERO), "zero ttl");
+        rejects(Cache::builder().negative_ttl(Some(Duration::ZERO)), "zero negative ttl");
+        rejects(Cache::builder().ttl_jitter(1.0), "jitter 1");
+        rejects(Cache::builder().ttl_jitter(-0.1), "negative jitter");
+        rejects(Cache::builder().ttl_jitter(f64::NAN), "NaN jitter");
+        rejects(Cache::builder().namespace(""), "empty namespace");
+        rejects(Cache::builder().namespace("a:b"), "separator in namespace");
+        rejects(Cache::builder().backend_timeout(Duration::ZERO), "zero timeout");
+        rejects(Cache::builder().max_value_bytes(0), "zero max value");
+        rejects(Cache::builder().max_key_len(10), "tiny key limit");
+        rejects(Cache::builder().backend_failure_threshold(0), "zero threshold");
+    }
+
+    #[test]
+    fn defaults_build() {
+        assert!(Cache::builder().build().is_ok());
+        assert!(Cache::builder().ttl_jitter(0.0).negative_ttl(None).build().is_ok());
+    }
+}

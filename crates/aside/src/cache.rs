@@ -1,0 +1,508 @@
+//! The [`Cache`]: the read path (`get_or_load`, `get`) and the write path
+//! (`set`, `invalidate`).
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::backend::{Backend, Stored};
+use crate::breaker::{Breaker, Transition};
+use crate::builder::CacheBuilder;
+use crate::clock::Clock;
+use crate::codec::{Codec, Compression};
+use crate::envelope::{self, Meta};
+use crate::error::{BackendError, Error, ErrorKind};
+use crate::flight::{CatchUnwind, Flights, Leader, Role};
+use crate::key::{Key, physical_key};
+use crate::stats::{Counters, Stats, bump};
+
+/// The bounds every cached value type meets.
+///
+/// `Clone` because one load is handed to every caller waiting on it;
+/// `Serialize + DeserializeOwned` because remote backends store bytes.
+pub trait Value: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
+impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> Value for T {}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub namespace: String,
+    pub ttl: Duration,
+    pub ttl_jitter: f64,
+    pub negative_ttl: Option<Duration>,
+    pub codec: Codec,
+    pub compression: Compression,
+    pub backend_timeout: Duration,
+    pub backend_failure_threshold: u32,
+    pub backend_retry_after: Duration,
+    pub max_value_bytes: usize,
+    pub max_key_len: usize,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// A cache-aside cache over one [`Backend`].
+///
+/// Cheap to clone: clones share the backend, the counters and the in-flight
+/// loads. Build one with [`Cache::builder`].
+///
+/// # Concurrent calls
+/// Concurrent [`get_or_load`](Cache::get_or_load) calls for one key in one
+/// process run the loader once; every caller gets that load's outcome.
+///
+/// # Errors and degradation
+/// `get_or_load` fails only when the loader fails (or panics). A backend that
+/// is down, slow or full of garbage degrades it to calling the loader: the
+/// failure is counted in [`Stats`] and logged through `tracing`.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Arc<dyn Backend>,
+    remote: bool,
+    s: Settings,
+    stats: Counters,
+    breaker: Breaker,
+    flights: Arc<Flights>,
+}
+
+impl fmt::Debug for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("namespace", &self.inner.s.namespace)
+            .field("backend", &self.inner.backend)
+            .field("ttl", &self.inner.s.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one read of the backend found.
+enum Lookup<V> {
+    Hit(V),
+    NegativeHit,
+    Miss,
+}
+
+impl Cache {
+    /// A builder with the defaults listed on [`CacheBuilder`].
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+
+    pub(crate) fn from_parts(backend: Arc<dyn Backend>, s: Settings) -> Self {
+        let remote = backend.is_remote();
+        let breaker = Breaker::new(s.backend_failure_threshold, s.backend_retry_after);
+        Cache {
+            inner: Arc::new(Inner {
+                backend,
+                remote,
+                s,
+                stats: Counters::default(),
+                breaker,
+                flights: Arc::new(Flights::default()),
+            }),
+        }
+    }
+
+    /// Returns the cached value for `key`, or runs `loader` once (per key, in
+    /// this process) and caches what it returns.
+    ///
+    /// The loader returns `Ok(Some(v))` for a value (cached for the TTL),
+    /// `Ok(None)` for "does not exist" (cached for the negative TTL, so absent
+    /// rows do not hammer the database), or an error (not cached). A cached
+    /// `0`, `false`, `""` or empty list is a hit like any other value: aside
+    /// never confuses a falsy value with a miss.
+    ///
+    /// # Concurrent calls
+    /// Callers that miss while a load of the same key runs in this process wait
+    /// for that load (woken when it finishes, no polling) instead of starting
+    /// another. The load runs in its own task: a caller that gives up (drops
+    /// its future) does not cancel it, and the value is still cached.
+    ///
+    /// # Errors
+    /// Only the loader's: an error of kind `Loader` wrapping the loader's error
+    /// (see [`Error::loader_error`]), or `LoaderPanicked`. Backend failures,
+    /// timeouts and undecodable entries are counted and degrade to the loader.
+    ///
+    /// # Panics
+    /// Never; a panicking loader becomes a `LoaderPanicked` error for every
+    /// caller waiting on it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), aside::Error> {
+    /// let cache = aside::Cache::builder().namespace("shop").build()?;
+    /// let price: Option<u32> = cache
+    ///     .get_or_load("price:42", || async { Ok::<_, std::io::Error>(Some(1999)) })
+    ///     .await?;
+    /// assert_eq!(price, Some(1999));
+    /// // The second call is a hit: this loader is not called.
+    /// let again: Option<u32> = cache
+    ///     .get_or_load("price:42", || async { Ok::<_, std::io::Error>(Some(0)) })
+    ///     .await?;
+    /// assert_eq!(again, Some(1999));
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_or_load<V, F, Fut, E>(
+        &self,
+        key: impl Into<Key>,
+        loader: F,
+    ) -> Result<Option<V>, Error>
+    where
+        V: Value,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+    {
+        let pk = self.physical_key(&key.into());
+        match self.lookup::<V>(&pk).await {
+            Ok(Lookup::Hit(v)) => {
+                bump(&self.inner.stats.hits);
+                return Ok(Some(v));
+            }
+            Ok(Lookup::NegativeHit) => {
+                bump(&self.inner.stats.negative_hits);
+                return Ok(None);
+            }
+            // A backend failure was counted in `lookup`; go on without it.
+            Ok(Lookup::Miss) | Err(_) => bump(&self.inner.stats.misses),
+        }
+        match self.inner.flights.join::<V>(&pk) {
+            Role::Follower(waiter) => {
+                bump(&self.inner.stats.coalesced);
+                waiter.wait().await
+            }
+            Role::Leader(leader) => {
+                let waiter = leader.waiter();
+                let cache = self.clone();
+                tokio::spawn(async move { cache.run_load(pk, leader, loader).await });
+                waiter.wait().await
+            }
+        }
+    }
+
+    /// The body of a load, in its own task.
+    async fn run_load<V, F, Fut, E>(self, pk: String, leader: Leader<V>, loader: F)
+    where
+        V: Value,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+    {
+        // Re-check before loading: a flight that finished between our miss and
+        // our becoming leader has filled the key. (The seeds' lock holder skips
+        // this and loads twice.)
+        match self.lookup::<V>(&pk).await {
+            Ok(Lookup::Hit(v)) => return leader.publish(Ok(Some(v))),
+            Ok(Lookup::NegativeHit) => return leader.publish(Ok(None)),
+            Ok(Lookup::Miss) | Err(_) => {}
+        }
+        let started = Instant::now();
+        let outcome = CatchUnwind::new(async move { loader().await }).await;
+        let took = started.elapsed();
+        self.inner.stats.record_load(took);
+        let value = match outcome {
+            Ok(Ok(value)) => value,
+            Ok(Err(e)) => {
+                bump(&self.inner.stats.load_errors);
+                let source: Arc<dyn std::error::Error + Send + Sync> = Arc::from(e.into());
+                return leader.publish(Err(Error::from_arc(
+                    ErrorKind::Loader,
+                    "loader failed",
+                    source,
+                )));
+            }
+            Err(message) => {
+                bump(&self.inner.stats.load_panics);
+                tracing::error!(key = %pk, panic = %message, "aside: loader panicked");
+                return leader.publish(Err(Error::new(
+                    ErrorKind::LoaderPanicked,
+                    format!("loader panicked: {message}"),
+                )));
+            }
+        };
+        // Wake the waiters first; the flight stays registered during the write
+        // so callers arriving meanwhile get this value instead of reloading.
+        leader.publish(Ok(value.clone()));
+        match self.store(&pk, value, None, took).await {
+            Ok(()) => {}
+            Err(e) if e.is_too_large() => {
+                bump(&self.inner.stats.oversized);
+                tracing::warn!(key = %pk, error = %e, "aside: loaded value not cached");
+            }
+            Err(e) => tracing::debug!(key = %pk, error = %e, "aside: could not cache loaded value"),
+        }
+        drop(leader);
+    }
+
+    /// Reads `key`. `Ok(None)` for a miss and for a cached "not found".
+    ///
+    /// # Errors
+    /// A `Backend` or `Timeout` error when the backend fails (unlike
+    /// `get_or_load`, there is nothing to degrade to). An undecodable entry is
+    /// counted and reads as `None`.
+    pub async fn get<V: Value>(&self, key: impl Into<Key>) -> Result<Option<V>, Error> {
+        let pk = self.physical_key(&key.into());
+        match self.lookup::<V>(&pk).await? {
+            Lookup::Hit(v) => {
+                bump(&self.inner.stats.hits);
+                Ok(Some(v))
+            }
+            Lookup::NegativeHit => {
+                bump(&self.inner.stats.negative_hits);
+                Ok(None)
+            }
+            Lookup::Miss => {
+                bump(&self.inner.stats.misses);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes `value` under `key` with the default TTL (update-on-write).
+    ///
+    /// Prefer [`invalidate`](Self::invalidate) after a database write: two
+    /// concurrent writers can `set` in the opposite order to their database
+    /// commits and leave the older value cached until the TTL, while a delete
+    /// is idempotent and the next read loads the committed row. `set` is for
+    /// values you computed yourself, or hot keys where a miss is too costly.
+    ///
+    /// # Errors
+    /// `TooLarge`, `Encode`, `Backend` or `Timeout`.
+    pub async fn set<V: Value>(&self, key: impl Into<Key>, value: V) -> Result<(), Error> {
+        self.set_inner(key.into(), value, None).await
+    }
+
+    /// Like [`set`](Self::set) with a TTL for this entry only (jitter applies).
+    ///
+    /// # Errors
+    /// As `set`, and `Config` for a zero TTL.
+    pub async fn set_with_ttl<V: Value>(
+        &self,
+        key: impl Into<Key>,
+        value: V,
+        ttl: Duration,
+    ) -> Result<(), Error> {
+        if ttl.is_zero() {
+            return Err(Error::config("ttl must be greater than zero"));
+        }
+        self.set_inner(key.into(), value, Some(ttl)).await
+    }
+
+    async fn set_inner<V: Value>(
+        &self,
+        key: Key,
+        value: V,
+        ttl: Option<Duration>,
+    ) -> Result<(), Error> {
+        let pk = self.physical_key(&key);
+        self.inner.flights.forget(&pk);
+        let r = self.store(&pk, Some(value), ttl, Duration::ZERO).await;
+        if r.as_ref().is_err_and(Error::is_too_large) {
+            bump(&self.inner.stats.oversized);
+        }
+        r
+    }
+
+    /// Removes `key` (invalidate-on-write): call it after the database write
+    /// commits, and the next read loads the new row.
+    ///
+    /// # Errors
+    /// `Backend` or `Timeout` when the backend could not be reached: the entry
+    /// may still be cached, and the caller should retry.
+    pub async fn invalidate(&self, key: impl Into<Key>) -> Result<(), Error> {
+        self.invalidate_many([key]).await
+    }
+
+    /// Removes several keys in one backend operation.
+    ///
+    /// # Errors
+    /// As [`invalidate`](Self::invalidate).
+    pub async fn invalidate_many<K: Into<Key>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<(), Error> {
+        let pks: Vec<String> = keys
+            .into_iter()
+            .map(|k| self.physical_key(&k.into()))
+            .collect();
+        for pk in &pks {
+            self.inner.flights.forget(pk);
+        }
+        let n = pks.len() as u64;
+        self.guarded(self.inner.backend.delete(&pks)).await?;
+        self.inner
+            .stats
+            .invalidations
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A snapshot of this cache's counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats.snapshot()
+    }
+
+    /// The backend key for `key`: `namespace:key`, hashed past the key limit.
+    pub fn physical_key(&self, key: &Key) -> String {
+        physical_key(&self.inner.s.namespace, key.as_str(), self.inner.s.max_key_len)
+    }
+
+    /// Whether the backend is currently marked down (operations skipped).
+    pub fn backend_marked_down(&self) -> bool {
+        self.inner.breaker.is_open()
+    }
+
+    async fn lookup<V: Value>(&self, pk: &str) -> Result<Lookup<V>, Error> {
+        let Some(stored) = self.guarded(self.inner.backend.get(pk)).await? else {
+            return Ok(Lookup::Miss);
+        };
+        Ok(self.decode(pk, &stored))
+    }
+
+    fn decode<V: Value>(&self, pk: &str, stored: &Stored) -> Lookup<V> {
+        let env = match envelope::parse(stored.bytes()) {
+            Ok(env) => env,
+            Err(e) => return self.undecodable(pk, &e),
+        };
+        if env.meta.expired_at(self.inner.s.clock.now_ms()) {
+            return Lookup::Miss;
+        }
+        if env.negative {
+            return Lookup::NegativeHit;
+        }
+        if let Some(v) = stored.decoded::<V>() {
+            return Lookup::Hit(v.clone());
+        }
+        match env.decode::<V>(self.inner.s.max_value_bytes) {
+            Ok(v) => {
+                if !self.inner.remote {
+                    stored.remember(v.clone());
+                }
+                Lookup::Hit(v)
+            }
+            Err(e) => self.undecodable(pk, &e),
+        }
+    }
+
+    fn undecodable<V>(&self, pk: &str, e: &envelope::DecodeError) -> Lookup<V> {
+        bump(&self.inner.stats.decode_errors);
+        tracing::debug!(key = %pk, error = %e, "aside: undecodable entry treated as a miss");
+        Lookup::Miss
+    }
+
+    /// Encodes and writes one entry. `value: None` writes a negative entry
+    /// (or nothing, when negative caching is off).
+    async fn store<V: Value>(
+        &self,
+        pk: &str,
+        value: Option<V>,
+        ttl: Option<Duration>,
+        load_duration: Duration,
+    ) -> Result<(), Error> {
+        let s = &self.inner.s;
+        let base_ttl = match (&value, ttl) {
+            (Some(_), Some(t)) => t,
+            (Some(_), None) => s.ttl,
+            (None, _) => match s.negative_ttl {
+                Some(t) => t,
+                None => return Ok(()),
+            },
+        };
+        let ttl = jittered(base_ttl, s.ttl_jitter);
+        let meta = Meta {
+            written_at_ms: s.clock.now_ms(),
+            ttl,
+            soft_ttl: None,
+            load_duration,
+        };
+        let bytes = envelope::encode(value.as_ref(), meta, s.codec, s.compression, s.max_value_bytes)?;
+        let stored = match value {
+            // In-process backends keep the value next to the bytes: no decode on hits.
+            Some(v) if !self.inner.remote => Stored::with_decoded(bytes, v),
+            _ => Stored::new(bytes),
+        };
+        self.guarded(self.inner.backend.set(pk, stored, ttl)).await?;
+        bump(&self.inner.stats.sets);
+        Ok(())
+    }
+
+    /// Runs a backend operation under the timeout and the breaker, counting
+    /// and logging failures.
+    async fn guarded<T>(
+        &self,
+        op: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, Error> {
+        let inner = &*self.inner;
+        if !inner.remote {
+            return op.await.map_err(|e| self.backend_failed(e));
+        }
+        if !inner.breaker.allow() {
+            bump(&inner.stats.backend_skipped);
+            return Err(Error::new(
+                ErrorKind::Backend,
+                "cache backend marked down after repeated failures; not attempted",
+            ));
+        }
+        let result = match tokio::time::timeout(inner.s.backend_timeout, op).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::Timeout),
+        };
+        match result {
+            Ok(v) => {
+                if inner.breaker.on_success() == Transition::Closed {
+                    tracing::info!(namespace = %inner.s.namespace, "aside: cache backend is back");
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                if inner.breaker.on_failure() == Transition::Opened {
+                    tracing::warn!(
+                        namespace = %inner.s.namespace,
+                        error = %e,
+                        retry_after = ?inner.s.backend_retry_after,
+                        "aside: cache backend marked down; serving from the loader"
+                    );
+                }
+                Err(self.backend_failed(e))
+            }
+        }
+    }
+
+    fn backend_failed(&self, e: BackendError) -> Error {
+        match e {
+            BackendError::Timeout => bump(&self.inner.stats.backend_timeouts),
+            _ => bump(&self.inner.stats.backend_errors),
+        }
+        tracing::debug!(error = %e, "aside: backend operation failed");
+        e.into()
+    }
+}
+
+/// Shortens `ttl` by a random fraction in `0..jitter`, never below 1 ms.
+fn jittered(ttl: Duration, jitter: f64) -> Duration {
+    if jitter <= 0.0 {
+        return ttl;
+    }
+    let factor = 1.0 - jitter * rand::random::<f64>();
+    ttl.mul_f64(factor).max(Duration::from_millis(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_range() {
+        let ttl = Duration::from_secs(100);
+        for _ in 0..1000 {
+            let t = jittered(ttl, 0.2);
+            assert!(t <= ttl && t >= Duration::from_secs(80), "{t:?}");
+        }
+        assert_eq!(jittered(ttl, 0.0), ttl);
+    }
+}

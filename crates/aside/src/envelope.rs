@@ -1,0 +1,264 @@
+//! The entry envelope: the bytes aside stores under a key.
+//!
+//! ```text
+//! offset size field
+//!      0    2 magic 0xA5 0x1D         (tells aside's entries from foreign values)
+//!      2    1 format version (1)
+//!      3    1 codec id                (1 MessagePack, 2 JSON)
+//!      4    1 flags                   (bit 0: LZ4-compressed, bit 1: negative entry)
+//!      5    8 written at, Unix ms     (big endian)
+//!     13    8 hard TTL, ms            (the entry is gone after it)
+//!     21    8 soft TTL, ms            (fresh until then; 0 = same as hard TTL)
+//!     29    4 load duration, µs       (how long the loader took: XFetch's delta)
+//!     33    … payload                 (empty for a negative entry)
+//! ```
+//!
+//! The header is fixed-size so a read checks it with a few comparisons and no
+//! allocation. Anything that does not parse (foreign bytes, truncation, an
+//! unknown version or codec) is a [`DecodeError`]: the caller counts it and
+//! treats the key as a miss, never as a panic or an error to the user.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec::{self, Codec, Compression};
+use crate::error::{Error, ErrorKind};
+
+const MAGIC: [u8; 2] = [0xA5, 0x1D];
+/// The envelope format this build writes and reads.
+pub(crate) const FORMAT_VERSION: u8 = 1;
+pub(crate) const HEADER_LEN: usize = 33;
+
+const FLAG_COMPRESSED: u8 = 0b01;
+const FLAG_NEGATIVE: u8 = 0b10;
+
+/// Timing metadata written into every entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub written_at_ms: u64,
+    pub ttl: Duration,
+    pub soft_ttl: Option<Duration>,
+    pub load_duration: Duration,
+}
+
+/// A parsed header, borrowing the payload.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Envelope<'a> {
+    pub codec: Codec,
+    pub compressed: bool,
+    pub negative: bool,
+    pub meta: Meta,
+    pub payload: &'a [u8],
+}
+
+/// Why stored bytes could not be read back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DecodeError {
+    #[error("not an aside entry (foreign bytes)")]
+    Foreign,
+    #[error("entry shorter than its header")]
+    Truncated,
+    #[error("unknown envelope format version {0}")]
+    UnknownVersion(u8),
+    #[error("unknown codec id {0}")]
+    UnknownCodec(u8),
+    #[error("payload could not be decompressed: {0}")]
+    Decompress(String),
+    #[error("payload does not deserialize into the requested type: {0}")]
+    Deserialize(String),
+}
+
+/// Encodes a value (or a negative entry when `value` is `None`).
+pub(crate) fn encode<V: Serialize>(
+    value: Option<&V>,
+    meta: Meta,
+    codec: Codec,
+    compression: Compression,
+    max_bytes: usize,
+) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::with_capacity(HEADER_LEN + 64);
+    out.extend_from_slice(&MAGIC);
+    out.push(FORMAT_VERSION);
+    out.push(codec.id());
+    out.push(0); // flags, patched below
+    out.extend_from_slice(&meta.written_at_ms.to_be_bytes());
+    out.extend_from_slice(&millis(meta.ttl).to_be_bytes());
+    out.extend_from_slice(&meta.soft_ttl.map_or(0, millis).to_be_bytes());
+    let load_us = u32::try_from(meta.load_duration.as_micros()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&load_us.to_be_bytes());
+    debug_assert_eq!(out.len(), HEADER_LEN);
+
+    let mut flags = 0;
+    match value {
+        None => flags |= FLAG_NEGATIVE,
+        Some(v) => {
+            codec.encode(v, &mut out)?;
+            if let Some(packed) = compression.compress(&out[HEADER_LEN..]) {
+                out.truncate(HEADER_LEN);
+                out.extend_from_slice(&packed);
+                flags |= FLAG_COMPRESSED;
+            }
+        }
+    }
+    out[4] = flags;
+    if out.len() > max_bytes {
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            format!(
+                "encoded entry is {} bytes, over the {max_bytes}-byte limit",
+                out.len()
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// Parses the header. Cheap: no allocation, no payload decoding.
+pub(crate) fn parse(bytes: &[u8]) -> Result<Envelope<'_>, DecodeError> {
+    if bytes.len() < 2 || bytes[..2] != MAGIC {
+        return Err(DecodeError::Foreign);
+    }
+    if bytes.len() < 3 {
+        return Err(DecodeError::Truncated);
+    }
+    if bytes[2] != FORMAT_VERSION {
+        return Err(DecodeError::UnknownVersion(bytes[2]));
+    }
+    let Some((header, payload)) = bytes.split_first_chunk::<HEADER_LEN>() else {
+        return Err(DecodeError::Truncated);
+    };
+    let codec = Codec::from_id(header[3]).ok_or(DecodeError::UnknownCodec(header[3]))?;
+    let flags = header[4];
+    let u64_at = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&header[at..at + 8]);
+        u64::from_be_bytes(b)
+    };
+    let mut load = [0u8; 4];
+    load.copy_from_slice(&header[29..33]);
+    let soft = u64_at(21);
+    Ok(Envelope {
+        codec,
+        compressed: flags & FLAG_COMPRESSED != 0,
+        negative: flags & FLAG_NEGATIVE != 0,
+        meta: Meta {
+            written_at_ms: u64_at(5),
+            ttl: Duration::from_millis(u64_at(13)),
+            soft_ttl: (soft != 0).then(|| Duration::from_millis(soft)),
+            load_duration: Duration::from_micros(u64::from(u32::from_be_bytes(load))),
+        },
+        payload,
+    })
+}
+
+impl Meta {
+    /// Whether the entry is past its hard TTL at `now_ms`. Backends expire
+    /// entries themselves; this guards against one that keeps an entry longer
+    /// (a `PERSIST`ed key, a restored snapshot) serving it forever.
+    pub(crate) fn expired_at(&self, now_ms: u64) -> bool {
+        now_ms >= self.written_at_ms.saturating_add(millis(self.ttl))
+    }
+}
+
+impl Envelope<'_> {
+    /// Decodes the payload into `V`.
+    pub(crate) fn decode<V: DeserializeOwned>(&self, max_bytes: usize) -> Result<V, DecodeError> {
+        if self.compressed {
+            let raw = codec::decompress(self.payload, max_bytes).map_err(DecodeError::Decompress)?;
+            self.codec.decode(&raw).map_err(DecodeError::Deserialize)
+        } else {
+            self.codec
+                .decode(self.payload)
+                .map_err(DecodeError::Deserialize)
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq, Clone)]
+    struct Product {
+        id: u64,
+        name: String,
+    }
+
+    fn meta() -> Meta {
+        Meta {
+            written_at_ms: 1_700_000_000_000,
+            ttl: Duration::from_secs(60),
+            soft_ttl: Some(Duration::from_secs(30)),
+            load_duration: Duration::from_micros(1234),
+        }
+    }
+
+    #[test]
+    fn round_trip_every_codec_and_compression() {
+        let p = Product {
+            id: 7,
+            name: "widget".repeat(500),
+        };
+        for codec in [Codec::MessagePack, Codec::Json] {
+            for compression in [Compression::None, Compression::default()] {
+                let bytes = encode(Some(&p), meta(), codec, compression, 1 << 20)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let env = parse(&bytes).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(env.meta, meta());
+                assert!(!env.negative);
+                assert_eq!(env.decode::<Product>(1 << 20), Ok(p.clone()));
+            }
+        }
+    }
+
+    #[test]
+    fn negative_entries_have_no_payload() {
+        let bytes = encode::<Product>(None, meta(), Codec::MessagePack, Compression::None, 1024)
+            .unwrap_or_default();
+        let env = parse(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert!(env.negative);
+        assert!(env.payload.is_empty());
+    }
+
+    #[test]
+    fn foreign_truncated_and_unknown_bytes_are_errors_not_panics() {
+        assert_eq!(parse(b"").err(), Some(DecodeError::Foreign));
+        assert_eq!(parse(b"hello world").err(), Some(DecodeError::Foreign));
+        assert_eq!(parse(&[0xA5, 0x1D, 1, 1]).err(), Some(DecodeError::Truncated));
+        assert_eq!(
+            parse(&[0xA5, 0x1D, 9, 1]).err(),
+            Some(DecodeError::UnknownVersion(9))
+        );
+        let mut bytes = encode(Some(&1u8), meta(), Codec::Json, Compression::None, 1024)
+            .unwrap_or_default();
+        bytes[3] = 77;
+        assert_eq!(parse(&bytes).err(), Some(DecodeError::UnknownCodec(77)));
+    }
+
+    #[test]
+    fn type_change_is_a_decode_error() {
+        let bytes = encode(Some(&"text"), meta(), Codec::MessagePack, Compression::None, 1024)
+            .unwrap_or_default();
+        let env = parse(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            env.decode::<Product>(1024),
+            Err(DecodeError::Deserialize(_))
+        ));
+    }
+
+    #[test]
+    fn oversized_values_are_refused() {
+        let big = "x".repeat(2000);
+        let err = encode(Some(&big), meta(), Codec::Json, Compression::None, 1000)
+            .err()
+            .map(|e| e.kind());
+        assert_eq!(err, Some(ErrorKind::TooLarge));
+    }
+}

@@ -1,0 +1,217 @@
+//! Cache keys: joining parts without collisions, and bounding key length.
+//!
+//! The naive way to build a key, `format!("{prefix}:{a}:{b}")`, collides as
+//! soon as a part contains the separator: `("a:b", "c")` and `("a", "b:c")`
+//! give the same key. [`Key::part`] escapes the separator (and the escape
+//! character) inside each part, so the encoding is injective: two different
+//! lists of parts never give the same key.
+//!
+//! Keys longer than a limit are hashed, but unlike a 16-hex-digit (64-bit)
+//! digest, aside keeps a readable prefix and appends 128 bits of SHA-256, so
+//! accidental collisions are out of reach (birthday bound 2^64 keys) and the
+//! key still says what it is in `redis-cli`.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+/// The separator between key parts (and between namespace and key).
+pub const SEPARATOR: char = ':';
+
+/// A cache key.
+///
+/// Build one from parts with [`Key::new`] and [`Key::part`], or take a string
+/// verbatim with `Key::from("user:42")` (then the string is yours: aside does
+/// not escape it).
+///
+/// ```
+/// use aside::Key;
+///
+/// let a = Key::new("order").part("a:b").part("c");
+/// let b = Key::new("order").part("a").part("b:c");
+/// assert_ne!(a, b); // a naive join would make both "order:a:b:c"
+/// assert_eq!(a.as_str(), "order:a%3Ab:c");
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(String);
+
+impl Key {
+    /// Starts a key with its first part (escaped).
+    pub fn new(first: impl fmt::Display) -> Self {
+        let mut s = String::new();
+        push_escaped(&mut s, &first.to_string());
+        Key(s)
+    }
+
+    /// Appends a part (escaped), separated by `:`.
+    #[must_use]
+    pub fn part(mut self, part: impl fmt::Display) -> Self {
+        self.0.push(SEPARATOR);
+        push_escaped(&mut self.0, &part.to_string());
+        self
+    }
+
+    /// Builds a key from a list of parts.
+    pub fn from_parts<I, P>(parts: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: fmt::Display,
+    {
+        let mut s = String::new();
+        for (i, p) in parts.into_iter().enumerate() {
+            if i > 0 {
+                s.push(SEPARATOR);
+            }
+            push_escaped(&mut s, &p.to_string());
+        }
+        Key(s)
+    }
+
+    /// The key as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Percent-escapes the separator and the escape character itself, so the
+/// encoding of a part never contains a bare separator.
+fn push_escaped(out: &mut String, part: &str) {
+    for c in part.chars() {
+        match c {
+            ':' => out.push_str("%3A"),
+            '%' => out.push_str("%25"),
+            c => out.push(c),
+        }
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for Key {
+    fn from(s: &str) -> Self {
+        Key(s.to_owned())
+    }
+}
+
+impl From<String> for Key {
+    fn from(s: String) -> Self {
+        Key(s)
+    }
+}
+
+impl From<&String> for Key {
+    fn from(s: &String) -> Self {
+        Key(s.clone())
+    }
+}
+
+impl From<&Key> for Key {
+    fn from(k: &Key) -> Self {
+        k.clone()
+    }
+}
+
+impl AsRef<str> for Key {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Hex digits of SHA-256 kept when a key is hashed: 32 hex digits = 128 bits.
+const DIGEST_HEX: usize = 32;
+
+/// Joins `namespace` and `key` into the physical key stored in the backend,
+/// hashing the tail when the result would exceed `max_len` bytes.
+///
+/// A hashed key is `<readable prefix>#<128-bit hex digest of the full key>`;
+/// the `#` is there so a hashed key can never equal an unhashed one of the same
+/// length (an unhashed key is never longer than `max_len`, a hashed one is
+/// exactly `max_len`, and the digest covers the whole original key).
+pub(crate) fn physical_key(namespace: &str, key: &str, max_len: usize) -> String {
+    let full_len = namespace.len() + 1 + key.len();
+    if full_len <= max_len {
+        let mut s = String::with_capacity(full_len);
+        s.push_str(namespace);
+        s.push(SEPARATOR);
+        s.push_str(key);
+        return s;
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(namespace.as_bytes());
+    hasher.update([b':']);
+    hasher.update(key.as_bytes());
+    let digest = hasher.finalize();
+    let mut hex = String::with_capacity(DIGEST_HEX);
+    for byte in &digest[..DIGEST_HEX / 2] {
+        hex.push_str(&format!("{byte:02x}"));
+    }
+    // Keep as much of the readable key as fits, cut on a char boundary.
+    let budget = max_len.saturating_sub(DIGEST_HEX + 1);
+    let mut readable = String::with_capacity(budget);
+    readable.push_str(namespace);
+    readable.push(SEPARATOR);
+    readable.push_str(key);
+    let mut cut = budget.min(readable.len());
+    while !readable.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    readable.truncate(cut);
+    readable.push('#');
+    readable.push_str(&hex);
+    readable
+}
+
+/// The smallest `max_key_len` aside accepts: room for the digest and a prefix.
+pub(crate) const MIN_MAX_KEY_LEN: usize = DIGEST_HEX + 1 + 8;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_with_separators_do_not_collide() {
+        let a = Key::from_parts(["a:b", "c"]);
+        let b = Key::from_parts(["a", "b:c"]);
+        let c = Key::from_parts(["a%3Ab", "c"]);
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(b, c);
+        assert_eq!(Key::new("a:b").part("c"), a);
+    }
+
+    #[test]
+    fn short_keys_are_kept_readable() {
+        assert_eq!(physical_key("app", "user:1", 250), "app:user:1");
+    }
+
+    #[test]
+    fn long_keys_are_hashed_with_readable_prefix_and_bounded_length() {
+        let long = "x".repeat(1000);
+        let k = physical_key("app", &long, 100);
+        assert_eq!(k.len(), 100);
+        assert!(k.starts_with("app:xxx"));
+        let (_, digest) = k.split_once('#').unwrap_or_default();
+        assert_eq!(digest.len(), 32);
+        // Same prefix, different tail: different keys.
+        let other = format!("{}y", "x".repeat(999));
+        assert_ne!(k, physical_key("app", &other, 100));
+    }
+
+    #[test]
+    fn hashing_cuts_on_char_boundaries() {
+        let long = "é".repeat(200);
+        let k = physical_key("ns", &long, 64);
+        assert!(k.len() <= 64);
+        assert!(k.contains('#'));
+    }
+}

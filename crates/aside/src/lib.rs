@@ -1,0 +1,98 @@
+//! # aside: cache-aside, done right
+//!
+//! A service calls [`Cache::get_or_load`] with a key and a loader; aside
+//! answers from the cache, or runs the loader against the source of truth
+//! **once**, stores the result with a TTL, and hands it to every caller that
+//! was waiting for it.
+//!
+//! ```
+//! use aside::Cache;
+//! use serde::{Deserialize, Serialize};
+//! use std::time::Duration;
+//!
+//! #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+//! struct Product { id: u64, name: String, price_cents: u64 }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), aside::Error> {
+//! let cache = Cache::builder()
+//!     .namespace("shop")
+//!     .ttl(Duration::from_secs(600))
+//!     .build()?;
+//!
+//! let key = aside::Key::new("product").part(42);
+//! let product: Option<Product> = cache
+//!     .get_or_load(key.clone(), || async {
+//!         // SELECT ... FROM products WHERE id = 42
+//!         Ok::<_, std::io::Error>(Some(Product { id: 42, name: "lamp".into(), price_cents: 1999 }))
+//!     })
+//!     .await?;
+//! assert_eq!(product.map(|p| p.price_cents), Some(1999));
+//!
+//! // After `UPDATE products ...` commits: invalidate, and the next read reloads.
+//! cache.invalidate(key).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Design
+//!
+//! - **Layers.** A [`Cache`] holds the policy (TTL and jitter, negative
+//!   caching, codec, timeouts, single-flight, stats). A [`Backend`] only
+//!   stores bytes under keys: [`MemoryBackend`] (moka, in process) or
+//!   [`RedisBackend`] (shared between processes).
+//! - **Entries** are a fixed 33-byte header (magic, format version, codec,
+//!   flags, write time, TTLs, load duration) and a MessagePack or JSON payload,
+//!   LZ4-compressed above a threshold. Foreign or corrupt bytes, an unknown
+//!   format, or a payload that no longer fits the type are *misses*: counted,
+//!   reloaded and overwritten, never a panic and never an error to the caller.
+//! - **Misses are loads, loads are shared.** In one process, concurrent misses
+//!   of a key run one loader in a spawned task; callers are woken by a channel
+//!   (no polling), the loader re-checks the cache first, a caller that gives
+//!   up does not cancel the load, and a panicking loader becomes an error for
+//!   every waiter.
+//! - **`None` is data.** A loader returning `Ok(None)` ("no such row") is cached
+//!   as a negative entry with its own shorter TTL. A cached `0`, `false` or `""`
+//!   is a hit.
+//! - **The cache is optional.** When the backend is down, slow (past
+//!   [`CacheBuilder::backend_timeout`]) or erroring, `get_or_load` serves from
+//!   the loader; after a few consecutive failures the backend is left alone
+//!   for a short pause, then probed, so an outage costs neither a timeout per
+//!   request nor a long wait after Redis returns.
+//! - **Keys** are built from parts with separators escaped, so different
+//!   parts never make the same key, and long keys are hashed with 128 bits of
+//!   SHA-256 behind a readable prefix. See [`Key`].
+//!
+//! ## What aside does better than the textbook code
+//!
+//! The usual cache-aside snippets (the ones this crate was written against)
+//! treat a cached falsy value as a miss, hash keys to 64 bits, pickle values,
+//! let a lock holder load without re-checking the cache, and make waiters
+//! sleep-poll every 100 ms. aside does none of these.
+//!
+//! ## Features
+//! - `redis` (default): [`RedisBackend`].
+//! - `lz4` (default): LZ4 compression of large payloads.
+
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod backend;
+mod breaker;
+mod builder;
+mod cache;
+pub mod clock;
+mod codec;
+mod envelope;
+mod error;
+mod flight;
+mod key;
+mod stats;
+
+pub use backend::{Backend, MemoryBackend, Stored};
+#[cfg(feature = "redis")]
+pub use backend::RedisBackend;
+pub use builder::CacheBuilder;
+pub use cache::{Cache, Value};
+pub use codec::{Codec, Compression};
+pub use error::{BackendError, Error, ErrorKind, Result};
+pub use key::Key;
+pub use stats::Stats;
