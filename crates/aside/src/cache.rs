@@ -225,10 +225,10 @@ impl Cache {
                 )));
             }
         };
-        // Wake the waiters first; the flight stays registered during the write
-        // so callers arriving meanwhile get this value instead of reloading.
-        leader.publish(Ok(value.clone()));
-        match self.store(&pk, value, None, took).await {
+        // Write, then wake the waiters: when `get_or_load` returns, the value
+        // is readable (read-your-writes for the caller). Callers arriving
+        // during the write join this flight instead of loading again.
+        match self.store(&pk, value.clone(), None, took).await {
             Ok(()) => {}
             Err(e) if e.is_too_large() => {
                 bump(&self.inner.stats.oversized);
@@ -236,7 +236,7 @@ impl Cache {
             }
             Err(e) => tracing::debug!(key = %pk, error = %e, "aside: could not cache loaded value"),
         }
-        drop(leader);
+        leader.publish(Ok(value));
     }
 
     /// Reads `key`. `Ok(None)` for a miss and for a cached "not found".

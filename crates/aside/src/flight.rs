@@ -125,9 +125,8 @@ impl<V: Clone + Send + Sync + 'static> Leader<V> {
         Waiter(self.tx.subscribe())
     }
 
-    /// Hands the outcome to every waiter, present and future, while the flight
-    /// stays registered (until the leader is dropped) so that callers arriving
-    /// during the cache write get the value at once.
+    /// Hands the outcome to every waiter. The flight is unregistered when the
+    /// leader is dropped, right after.
     pub fn publish(&self, outcome: Outcome<V>) {
         self.tx.send_replace(Some(outcome));
     }

@@ -19,7 +19,8 @@ use crate::error::{BackendError, Error, ErrorKind};
 /// ```
 /// use aside::backend::RedisBackend;
 ///
-/// # fn main() -> Result<(), aside::Error> {
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), aside::Error> {
 /// let backend = RedisBackend::builder("redis://127.0.0.1:6379/0")
 ///     .connect_timeout(std::time::Duration::from_millis(200))
 ///     .build()?;
@@ -62,8 +63,15 @@ impl RedisBackendBuilder {
     /// Validates the URL and creates the (lazy) connection.
     ///
     /// # Errors
-    /// A `Config` error for a malformed URL or an unsupported scheme.
+    /// A `Config` error for a malformed URL or an unsupported scheme, or when
+    /// called outside a tokio runtime (the connection needs one for its
+    /// background task).
     pub fn build(self) -> Result<RedisBackend, Error> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::config(
+                "RedisBackend must be built inside a tokio runtime",
+            ));
+        }
         let client = redis::Client::open(self.url.as_str())
             .map_err(|e| Error::with_source(ErrorKind::Config, "invalid Redis URL", e))?;
         // One attempt per reconnect: while Redis is down every request fails

@@ -1,0 +1,169 @@
+//! Redis failing under a live workload: killed, restarted, frozen.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aside::{Cache, RedisBackend};
+use aside_test::RedisServer;
+
+#[derive(Debug, thiserror::Error)]
+#[error("unreachable")]
+struct Never;
+
+/// The "database": a pure function of the id, so every answer can be checked.
+fn row(id: u64) -> String {
+    format!("row-{id}-{}", id * 7919 % 1000)
+}
+
+fn cache_on(redis: &RedisServer) -> Cache {
+    Cache::builder()
+        .namespace("f")
+        .ttl(Duration::from_secs(60))
+        .backend_timeout(Duration::from_millis(200))
+        .backend_retry_after(Duration::from_millis(100))
+        .backend(RedisBackend::new(&redis.url()).unwrap())
+        .build()
+        .unwrap()
+}
+
+async fn read(cache: &Cache, id: u64) -> Result<Option<String>, aside::Error> {
+    cache
+        .get_or_load(aside::Key::new("row").part(id), move || async move {
+            Ok::<_, Never>(Some(row(id)))
+        })
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_during_a_workload_no_caller_errors_all_answers_correct() {
+    let mut redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let cache = cache_on(&redis);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (reads, errors, wrong) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let mut workers = Vec::new();
+    for w in 0..8u64 {
+        let (cache, stop, reads, errors, wrong) =
+            (cache.clone(), stop.clone(), reads.clone(), errors.clone(), wrong.clone());
+        workers.push(tokio::spawn(async move {
+            let mut i = w;
+            while !stop.load(Ordering::Relaxed) {
+                i = (i * 31 + 17) % 200;
+                match read(&cache, i).await {
+                    Ok(Some(v)) if v == row(i) => {}
+                    Ok(_) => {
+                        wrong.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                reads.fetch_add(1, Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before_kill = cache.stats();
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let during = cache.stats();
+    // Restart on the same port (blocking: it waits for the server to answer).
+    let redis = tokio::task::spawn_blocking(move || {
+        redis.restart().unwrap();
+        redis
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let after = cache.stats();
+    drop(redis);
+    assert_eq!(errors.load(Ordering::Relaxed), 0, "no caller saw an error");
+    assert_eq!(wrong.load(Ordering::Relaxed), 0, "every answer matched the database");
+    assert!(before_kill.hits > 0, "the cache was in use before the kill");
+    assert!(
+        during.backend_errors + during.backend_skipped + during.backend_timeouts > 0,
+        "the outage was noticed: {during:?}"
+    );
+    assert!(after.hits > during.hits, "hits resumed after the restart: {after:?}");
+    assert!(reads.load(Ordering::Relaxed) > 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_resume_within_about_a_second_after_redis_returns() {
+    let mut redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let cache = cache_on(&redis);
+    assert_eq!(read(&cache, 1).await.unwrap(), Some(row(1)));
+    assert_eq!(read(&cache, 1).await.unwrap(), Some(row(1)));
+    assert_eq!(cache.stats().hits, 1);
+    redis.stop();
+    for _ in 0..20 {
+        assert_eq!(read(&cache, 1).await.unwrap(), Some(row(1)), "served from the loader");
+    }
+    assert!(cache.backend_marked_down(), "repeated failures mark the backend down");
+    let redis = tokio::task::spawn_blocking(move || {
+        redis.restart().unwrap();
+        redis
+    })
+    .await
+    .unwrap();
+    let back = Instant::now();
+    let hits_before = cache.stats().hits;
+    loop {
+        assert_eq!(read(&cache, 1).await.unwrap(), Some(row(1)));
+        if cache.stats().hits > hits_before {
+            break;
+        }
+        // A functional bound, not a speed target: recovery must not depend on
+        // a long backoff.
+        assert!(back.elapsed() < Duration::from_secs(3), "no hit 3 s after Redis returned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("hits resumed {:?} after Redis returned", back.elapsed());
+    drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_redis_degrades_to_the_loader_and_recovers() {
+    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let cache = cache_on(&redis);
+    assert_eq!(read(&cache, 5).await.unwrap(), Some(row(5)));
+    redis.pause().unwrap();
+    for i in 0..10 {
+        assert_eq!(read(&cache, i).await.unwrap(), Some(row(i)));
+    }
+    let s = cache.stats();
+    assert!(s.backend_timeouts >= 1, "{s:?}");
+    assert!(s.backend_skipped >= 1, "later calls skip a frozen backend: {s:?}");
+    redis.resume().unwrap();
+    let back = Instant::now();
+    let hits_before = cache.stats().hits;
+    loop {
+        assert_eq!(read(&cache, 5).await.unwrap(), Some(row(5)));
+        if cache.stats().hits > hits_before {
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(3), "no hit 3 s after Redis resumed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_startup_the_service_still_serves() {
+    let mut redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    redis.stop();
+    let cache = cache_on(&redis);
+    for i in 0..5 {
+        assert_eq!(read(&cache, i).await.unwrap(), Some(row(i)));
+    }
+    assert!(cache.invalidate("row:1").await.is_err(), "an invalidation that failed says so");
+}
