@@ -1,1 +1,79 @@
-fn main(){}
+//! `aside`: the command line of the aside cache-aside library.
+//!
+//! `aside demo` seeds a products table in a throwaway SQLite database, runs a
+//! skewed read-mostly workload through an aside cache and then straight
+//! against the database, and prints what the cache bought.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod demo;
+
+/// The aside command line.
+#[derive(Debug, Parser)]
+#[command(name = "aside", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Seed a throwaway SQLite database, run a Zipf read/write workload with
+    /// aside and without a cache, and compare hit ratio, database queries,
+    /// latency, throughput and stale reads.
+    Demo(demo::DemoArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Nothing more useful to do if stderr is gone.
+            let _ = writeln!(std::io::stderr().lock(), "error: {}", describe(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, without the repetitions of errors
+/// whose message already includes their source's.
+fn describe(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut previous = String::new();
+    for cause in e.chain() {
+        let message = cause.to_string();
+        if !previous.contains(&message) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&message);
+        }
+        previous = message;
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[test]
+    fn repeated_causes_are_said_once() {
+        let root = std::io::Error::other("connection refused");
+        let e = anyhow::Error::new(root)
+            .context("backend failed: connection refused")
+            .context("could not reach Redis");
+        assert_eq!(
+            describe(&e),
+            "could not reach Redis: backend failed: connection refused"
+        );
+    }
+}

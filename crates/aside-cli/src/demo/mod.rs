@@ -1,0 +1,283 @@
+//! `aside demo`: what cache-aside with aside buys, measured on this machine.
+
+mod db;
+mod report;
+mod workload;
+
+use std::io::{IsTerminal as _, Write as _};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, ensure};
+use aside::{Cache, MemoryBackend, RedisBackend};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use db::{Db, Product};
+use workload::{Plan, Reads, Versions};
+
+/// The largest table the demo seeds (and keeps versions for in memory).
+const MAX_ROWS: u64 = 10_000_000;
+
+/// Options of `aside demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Products seeded into the SQLite table.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    rows: u64,
+    /// Seconds each of the two runs (aside, then no cache) lasts.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    duration: f64,
+    /// Concurrent tasks issuing reads and writes.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    concurrency: usize,
+    /// Share of operations that are writes (UPDATE, then invalidate), in 0..=1.
+    #[arg(long, value_name = "F", default_value_t = 0.02)]
+    write_share: f64,
+    /// Exponent of the Zipf distribution of product ids (higher: more skewed).
+    #[arg(long, value_name = "S", default_value_t = 1.1)]
+    zipf: f64,
+    /// Seed of the random streams (the same for both runs).
+    #[arg(long, value_name = "N", default_value_t = 42)]
+    seed: u64,
+    /// Seconds a cached product is kept.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    ttl: u64,
+    /// Cache in this Redis (e.g. redis://127.0.0.1:6379) instead of in process.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// Key namespace (default: unique per run, so runs never share entries).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+impl DemoArgs {
+    fn validate(&self) -> anyhow::Result<()> {
+        ensure!(
+            (1..=MAX_ROWS).contains(&self.rows),
+            "--rows must be between 1 and {MAX_ROWS}, got {}",
+            self.rows
+        );
+        ensure!(
+            self.duration.is_finite() && self.duration > 0.0 && self.duration <= 3600.0,
+            "--duration must be more than 0 and at most 3600 seconds, got {}",
+            self.duration
+        );
+        ensure!(
+            (1..=4096).contains(&self.concurrency),
+            "--concurrency must be between 1 and 4096, got {}",
+            self.concurrency
+        );
+        ensure!(
+            (0.0..=1.0).contains(&self.write_share),
+            "--write-share must be between 0 and 1, got {}",
+            self.write_share
+        );
+        ensure!(
+            self.zipf.is_finite() && self.zipf > 0.0,
+            "--zipf must be a number greater than 0, got {}",
+            self.zipf
+        );
+        ensure!(self.ttl > 0, "--ttl must be at least 1 second");
+        Ok(())
+    }
+
+    fn plan(&self) -> Plan {
+        Plan {
+            rows: self.rows,
+            duration: Duration::from_secs_f64(self.duration),
+            concurrency: self.concurrency,
+            write_share: self.write_share,
+            zipf: self.zipf,
+            seed: self.seed,
+        }
+    }
+}
+
+/// Runs the demo and prints its report on stdout.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let show_progress = !args.quiet && std::io::stdout().is_terminal();
+    let namespace = args.namespace.clone().unwrap_or_else(unique_namespace);
+    let cache = build_cache(&args, &namespace).await?;
+    let plan = args.plan();
+
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "aside demo: {} products in SQLite; cache: {}, namespace {namespace:?}, ttl {}s",
+        args.rows,
+        match &args.redis {
+            Some(url) => format!("Redis at {}", redact(url)),
+            None => "in process (memory backend)".to_owned(),
+        },
+        args.ttl
+    )?;
+    writeln!(
+        out,
+        "workload: {} tasks for {}s per run, Zipf exponent {}, {}% writes, seed {}",
+        args.concurrency,
+        args.duration,
+        args.zipf,
+        args.write_share * 100.0,
+        args.seed
+    )?;
+    drop(out);
+
+    let dir = tempfile::Builder::new()
+        .prefix("aside-demo-")
+        .tempdir()
+        .context("could not create a temporary directory for the database")?;
+    let db = Db::open(&dir.path().join("demo.db")).await?;
+    let started = Instant::now();
+    let bar = spinner(show_progress, format!("seeding {} products", args.rows));
+    db.seed(args.rows, args.seed).await?;
+    bar.finish_and_clear();
+    writeln!(
+        std::io::stdout().lock(),
+        "seeded {} products in {:.2}s",
+        args.rows,
+        started.elapsed().as_secs_f64()
+    )?;
+
+    let versions = Arc::new(Versions::new(args.rows));
+    let bar = timed_bar(show_progress, "aside   ", plan.duration);
+    let cached = workload::run(plan, &db, Reads::Cached(cache.clone()), &versions, &bar).await?;
+    let stats = cache.stats();
+    let bar = timed_bar(show_progress, "no cache", plan.duration);
+    let direct = workload::run(plan, &db, Reads::Direct, &versions, &bar).await?;
+    db.close().await;
+
+    let mut out = std::io::stdout().lock();
+    writeln!(out)?;
+    report::write(&mut out, &cached, &stats, &direct)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// The cache under test: in process, or in Redis (checked to answer).
+async fn build_cache(args: &DemoArgs, namespace: &str) -> anyhow::Result<Cache> {
+    let builder = Cache::builder()
+        .namespace(namespace)
+        .ttl(Duration::from_secs(args.ttl));
+    let Some(url) = &args.redis else {
+        // Room for the whole table: the demo measures the pattern, not evictions.
+        let backend = MemoryBackend::builder().max_entries(args.rows).build();
+        return builder
+            .backend(backend)
+            .build()
+            .context("invalid cache options (check --namespace)");
+    };
+    let backend =
+        RedisBackend::new(url).with_context(|| format!("invalid --redis URL {}", redact(url)))?;
+    // `get_or_load` quietly falls back to the database when Redis is down;
+    // a demo against an unreachable Redis would measure nothing, so ask first
+    // (through a separate cache, to keep the measured one's counters clean).
+    let probe = Cache::builder()
+        .namespace(namespace)
+        .backend(backend.clone())
+        .backend_timeout(Duration::from_secs(2))
+        .build()
+        .context("invalid cache options (check --namespace)")?;
+    probe
+        .get::<Product>("probe")
+        .await
+        .with_context(|| format!("could not reach Redis at {}", redact(url)))?;
+    builder
+        .backend(backend)
+        .build()
+        .context("invalid cache options (check --namespace)")
+}
+
+/// `aside-demo-<pid>-<unix ms>`: runs never read each other's entries.
+fn unique_namespace() -> String {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("aside-demo-{}-{ms}", std::process::id())
+}
+
+/// The URL without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn spinner(show: bool, message: String) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner().with_message(message);
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+fn timed_bar(show: bool, label: &'static str, duration: Duration) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    let style = ProgressStyle::with_template("{prefix} [{bar:40}] {elapsed:>3} {msg}").map_or_else(
+        |_| ProgressStyle::default_bar(),
+        |s| s.progress_chars("=> "),
+    );
+    ProgressBar::new(ms).with_style(style).with_prefix(label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(Debug, clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: DemoArgs,
+    }
+
+    fn parse(extra: &[&str]) -> DemoArgs {
+        let argv = std::iter::once("demo").chain(extra.iter().copied());
+        match Wrapper::try_parse_from(argv) {
+            Ok(w) => w.args,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(parse(&[]).validate().is_ok());
+    }
+
+    #[test]
+    fn nonsense_is_rejected_with_the_option_named() {
+        for (argv, option) in [
+            (&["--write-share", "1.5"][..], "--write-share"),
+            (&["--write-share=-0.1"][..], "--write-share"),
+            (&["--zipf", "0"][..], "--zipf"),
+            (&["--rows", "0"][..], "--rows"),
+            (&["--duration", "0"][..], "--duration"),
+            (&["--concurrency", "0"][..], "--concurrency"),
+            (&["--ttl", "0"][..], "--ttl"),
+        ] {
+            match parse(argv).validate() {
+                Ok(()) => panic!("{argv:?} accepted"),
+                Err(e) => assert!(e.to_string().contains(option), "{argv:?}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("redis://:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}
