@@ -38,6 +38,15 @@ pub struct RedisServer {
     args: Vec<String>,
     child: Option<Child>,
     password: Option<String>,
+    tls: Option<Tls>,
+}
+
+/// Certificates of a TLS server: a throwaway CA and a server certificate for
+/// 127.0.0.1, made with `openssl`, deleted with the server.
+#[derive(Debug)]
+struct Tls {
+    dir: tempfile::TempDir,
+    ca_pem: Vec<u8>,
 }
 
 /// Builds a [`RedisServer`] with extra `redis-server` arguments.
@@ -46,6 +55,7 @@ pub struct RedisServer {
 pub struct RedisServerBuilder {
     args: Vec<String>,
     password: Option<String>,
+    tls: bool,
 }
 
 impl RedisServerBuilder {
@@ -64,11 +74,24 @@ impl RedisServerBuilder {
         self
     }
 
+    /// Serves TLS only (`rediss://`), with a certificate signed by a fresh CA;
+    /// see [`RedisServer::ca_pem`]. Needs `openssl` on PATH.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// Starts the server on a free port.
     ///
     /// # Errors
     /// [`LaunchError::NotInstalled`] when there is no `redis-server`.
     pub fn start(self) -> Result<RedisServer, LaunchError> {
+        let tls = if self.tls {
+            Some(make_certificates()?)
+        } else {
+            None
+        };
+        let mut tls = tls;
         let mut last = String::new();
         // A free port can be taken between our probe and the server's bind:
         // try a few.
@@ -79,15 +102,104 @@ impl RedisServerBuilder {
                 args: self.args.clone(),
                 child: None,
                 password: self.password.clone(),
+                tls: tls.take(),
             };
             match server.spawn_and_wait(Duration::from_secs(10)) {
                 Ok(()) => return Ok(server),
                 Err(LaunchError::NotInstalled) => return Err(LaunchError::NotInstalled),
-                Err(LaunchError::Failed(e)) => last = e,
+                Err(LaunchError::Failed(e)) => {
+                    last = e;
+                    tls = server.tls.take();
+                }
             }
         }
         Err(LaunchError::Failed(last))
     }
+}
+
+/// Makes a CA and a server certificate for 127.0.0.1 signed by it.
+fn make_certificates() -> Result<Tls, LaunchError> {
+    let dir = tempfile::tempdir().map_err(|e| LaunchError::Failed(e.to_string()))?;
+    let path = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+    std::fs::write(
+        path("server.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .map_err(|e| LaunchError::Failed(e.to_string()))?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let steps: Vec<Vec<String>> = vec![
+        [
+            &["req", "-x509"][..],
+            &ec[..],
+            &["-days", "2", "-subj", "/CN=aside-test-ca"],
+        ]
+        .concat()
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain([
+            "-keyout".into(),
+            path("ca.key"),
+            "-out".into(),
+            path("ca.crt"),
+        ])
+        .collect(),
+        [&["req"][..], &ec[..], &["-subj", "/CN=localhost"]]
+            .concat()
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain([
+                "-keyout".into(),
+                path("server.key"),
+                "-out".into(),
+                path("server.csr"),
+            ])
+            .collect(),
+        vec![
+            "x509".into(),
+            "-req".into(),
+            "-days".into(),
+            "2".into(),
+            "-in".into(),
+            path("server.csr"),
+            "-CA".into(),
+            path("ca.crt"),
+            "-CAkey".into(),
+            path("ca.key"),
+            "-CAcreateserial".into(),
+            "-extfile".into(),
+            path("server.ext"),
+            "-out".into(),
+            path("server.crt"),
+        ],
+    ];
+    for args in steps {
+        let out = Command::new("openssl")
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    LaunchError::Failed("`openssl` not found (apt-get install -y openssl)".into())
+                }
+                _ => LaunchError::Failed(e.to_string()),
+            })?;
+        if !out.status.success() {
+            return Err(LaunchError::Failed(format!(
+                "openssl {}: {}",
+                args.first().map_or("", String::as_str),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+    }
+    let ca_pem = std::fs::read(path("ca.crt")).map_err(|e| LaunchError::Failed(e.to_string()))?;
+    Ok(Tls { dir, ca_pem })
 }
 
 fn free_port() -> Result<u16, LaunchError> {
@@ -120,12 +232,23 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:<port>` (with the password, if one was set).
+    /// `redis://127.0.0.1:<port>` (`rediss://` for a TLS server), with the
+    /// password if one was set.
     pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(p) => format!("{scheme}://:{p}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
+    }
+
+    /// The CA certificate (PEM) that signed a TLS server's certificate.
+    pub fn ca_pem(&self) -> Option<&[u8]> {
+        self.tls.as_ref().map(|t| t.ca_pem.as_slice())
     }
 
     /// The process id, while running.
@@ -139,9 +262,25 @@ impl RedisServer {
     }
 
     fn spawn_and_wait(&mut self, within: Duration) -> Result<(), LaunchError> {
-        let child = Command::new(binary())
-            .arg("--port")
-            .arg(self.port.to_string())
+        let mut cmd = Command::new(binary());
+        match &self.tls {
+            None => {
+                cmd.arg("--port").arg(self.port.to_string());
+            }
+            Some(tls) => {
+                let f = |name: &str| tls.dir.path().join(name);
+                cmd.args(["--port", "0", "--tls-auth-clients", "no"])
+                    .arg("--tls-port")
+                    .arg(self.port.to_string())
+                    .arg("--tls-cert-file")
+                    .arg(f("server.crt"))
+                    .arg("--tls-key-file")
+                    .arg(f("server.key"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(f("ca.crt"));
+            }
+        }
+        let child = cmd
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--daemonize", "no", "--loglevel", "warning"])
             .args(&self.args)
@@ -180,13 +319,17 @@ impl RedisServer {
     }
 
     /// Whether the server answers PING (or asks for a password, which also
-    /// means it is up).
+    /// means it is up). A TLS server is up when it accepts connections.
     pub fn ping(&self) -> bool {
-        let Ok(mut s) =
-            TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_millis(200))
-        else {
+        let Ok(mut s) = TcpStream::connect_timeout(
+            &([127, 0, 0, 1], self.port).into(),
+            Duration::from_millis(200),
+        ) else {
             return false;
         };
+        if self.tls.is_some() {
+            return true;
+        }
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         if s.write_all(b"PING\r\n").is_err() {
             return false;
@@ -285,6 +428,18 @@ mod tests {
         assert!(!r.ping());
         r.restart()?;
         assert_eq!(r.port(), port);
+        assert!(r.ping());
+        Ok(())
+    }
+
+    #[test]
+    fn tls_server_starts_with_its_ca() -> Result<(), LaunchError> {
+        let r = RedisServer::builder().tls().start()?;
+        assert!(r.url().starts_with("rediss://127.0.0.1:"));
+        assert!(
+            r.ca_pem()
+                .is_some_and(|p| p.starts_with(b"-----BEGIN CERTIFICATE"))
+        );
         assert!(r.ping());
         Ok(())
     }

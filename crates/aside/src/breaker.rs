@@ -64,7 +64,12 @@ impl Breaker {
         // Half-open: one caller wins the right to probe; the others wait for
         // the next cool-down (or the probe's success).
         self.open_until
-            .compare_exchange(until, now + self.cool_down_ms, Ordering::AcqRel, Ordering::Relaxed)
+            .compare_exchange(
+                until,
+                now + self.cool_down_ms,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
             .is_ok()
     }
 
@@ -72,21 +77,30 @@ impl Breaker {
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
         }
-        if self.open_until.load(Ordering::Relaxed) != 0 && self.open_until.swap(0, Ordering::AcqRel) != 0 {
+        if self.open_until.load(Ordering::Relaxed) != 0
+            && self.open_until.swap(0, Ordering::AcqRel) != 0
+        {
             return Transition::Closed;
         }
         Transition::None
     }
 
     pub fn on_failure(&self) -> Transition {
-        let failures = self.failures.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+        let failures = self
+            .failures
+            .fetch_add(1, Ordering::AcqRel)
+            .saturating_add(1);
         if failures < self.threshold {
             return Transition::None;
         }
         let was = self
             .open_until
             .swap(self.now() + self.cool_down_ms, Ordering::AcqRel);
-        if was == 0 { Transition::Opened } else { Transition::None }
+        if was == 0 {
+            Transition::Opened
+        } else {
+            Transition::None
+        }
     }
 
     pub fn is_open(&self) -> bool {

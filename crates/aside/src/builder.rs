@@ -31,6 +31,7 @@ use crate::key::{MIN_MAX_KEY_LEN, SEPARATOR};
 #[must_use]
 pub struct CacheBuilder {
     backend: Option<Arc<dyn Backend>>,
+    memory: Option<MemoryBackend>,
     settings: Settings,
 }
 
@@ -38,6 +39,7 @@ impl Default for CacheBuilder {
     fn default() -> Self {
         Self {
             backend: None,
+            memory: None,
             settings: Settings {
                 namespace: "aside".to_owned(),
                 ttl: Duration::from_secs(300),
@@ -58,13 +60,17 @@ impl Default for CacheBuilder {
 
 impl CacheBuilder {
     /// Where entries are stored.
-    pub fn backend(mut self, backend: impl Backend) -> Self {
+    pub fn backend<B: Backend>(mut self, backend: B) -> Self {
+        self.memory = (&backend as &dyn std::any::Any)
+            .downcast_ref::<MemoryBackend>()
+            .cloned();
         self.backend = Some(Arc::new(backend));
         self
     }
 
     /// A backend already behind an `Arc` (to share it between caches).
     pub fn shared_backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.memory = None;
         self.backend = Some(backend);
         self
     }
@@ -204,10 +210,14 @@ impl CacheBuilder {
                 s.namespace
             )));
         }
-        let backend = self
-            .backend
-            .unwrap_or_else(|| Arc::new(MemoryBackend::new()));
-        Ok(Cache::from_parts(backend, self.settings))
+        let (backend, memory) = match self.backend {
+            Some(backend) => (backend, self.memory),
+            None => {
+                let memory = MemoryBackend::new();
+                (Arc::new(memory.clone()) as Arc<dyn Backend>, Some(memory))
+            }
+        };
+        Ok(Cache::from_parts(backend, memory, self.settings))
     }
 }
 
@@ -229,21 +239,36 @@ mod tests {
     #[test]
     fn nonsense_is_rejected_with_config_errors() {
         rejects(Cache::builder().ttl(Duration::ZERO), "zero ttl");
-        rejects(Cache::builder().negative_ttl(Some(Duration::ZERO)), "zero negative ttl");
+        rejects(
+            Cache::builder().negative_ttl(Some(Duration::ZERO)),
+            "zero negative ttl",
+        );
         rejects(Cache::builder().ttl_jitter(1.0), "jitter 1");
         rejects(Cache::builder().ttl_jitter(-0.1), "negative jitter");
         rejects(Cache::builder().ttl_jitter(f64::NAN), "NaN jitter");
         rejects(Cache::builder().namespace(""), "empty namespace");
         rejects(Cache::builder().namespace("a:b"), "separator in namespace");
-        rejects(Cache::builder().backend_timeout(Duration::ZERO), "zero timeout");
+        rejects(
+            Cache::builder().backend_timeout(Duration::ZERO),
+            "zero timeout",
+        );
         rejects(Cache::builder().max_value_bytes(0), "zero max value");
         rejects(Cache::builder().max_key_len(10), "tiny key limit");
-        rejects(Cache::builder().backend_failure_threshold(0), "zero threshold");
+        rejects(
+            Cache::builder().backend_failure_threshold(0),
+            "zero threshold",
+        );
     }
 
     #[test]
     fn defaults_build() {
         assert!(Cache::builder().build().is_ok());
-        assert!(Cache::builder().ttl_jitter(0.0).negative_ttl(None).build().is_ok());
+        assert!(
+            Cache::builder()
+                .ttl_jitter(0.0)
+                .negative_ttl(None)
+                .build()
+                .is_ok()
+        );
     }
 }

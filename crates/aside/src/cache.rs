@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::{Backend, Stored};
+use crate::backend::{Backend, MemoryBackend, Stored};
 use crate::breaker::{Breaker, Transition};
 use crate::builder::CacheBuilder;
 use crate::clock::Clock;
 use crate::codec::{Codec, Compression};
 use crate::envelope::{self, Meta};
 use crate::error::{BackendError, Error, ErrorKind};
-use crate::flight::{CatchUnwind, Flights, Leader, Role};
-use crate::key::{Key, physical_key};
+use crate::flight::{CatchUnwind, Flights, Leader, Outcome, Role};
+use crate::key::physical_key;
 use crate::stats::{Counters, Stats, bump};
 
 /// The bounds every cached value type meets.
@@ -63,6 +63,9 @@ pub struct Cache {
 
 struct Inner {
     backend: Arc<dyn Backend>,
+    /// The same backend when it is a `MemoryBackend`: reads skip the dynamic
+    /// call (and its boxed future) on the hot path.
+    memory: Option<MemoryBackend>,
     remote: bool,
     s: Settings,
     stats: Counters,
@@ -93,12 +96,17 @@ impl Cache {
         CacheBuilder::default()
     }
 
-    pub(crate) fn from_parts(backend: Arc<dyn Backend>, s: Settings) -> Self {
+    pub(crate) fn from_parts(
+        backend: Arc<dyn Backend>,
+        memory: Option<MemoryBackend>,
+        s: Settings,
+    ) -> Self {
         let remote = backend.is_remote();
         let breaker = Breaker::new(s.backend_failure_threshold, s.backend_retry_after);
         Cache {
             inner: Arc::new(Inner {
                 backend,
+                memory,
                 remote,
                 s,
                 stats: Counters::default(),
@@ -149,7 +157,7 @@ impl Cache {
     /// ```
     pub async fn get_or_load<V, F, Fut, E>(
         &self,
-        key: impl Into<Key>,
+        key: impl AsRef<str>,
         loader: F,
     ) -> Result<Option<V>, Error>
     where
@@ -158,7 +166,7 @@ impl Cache {
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
     {
-        let pk = self.physical_key(&key.into());
+        let pk = self.physical_key(key.as_ref());
         match self.lookup::<V>(&pk).await {
             Ok(Lookup::Hit(v)) => {
                 bump(&self.inner.stats.hits);
@@ -171,6 +179,19 @@ impl Cache {
             // A backend failure was counted in `lookup`; go on without it.
             Ok(Lookup::Miss) | Err(_) => bump(&self.inner.stats.misses),
         }
+        // Boxed: the miss path's state is large, and keeping it out of this
+        // future keeps the hit path's future small.
+        Box::pin(self.load(pk, loader)).await
+    }
+
+    /// The miss path: join or lead a load of `pk`.
+    async fn load<V, F, Fut, E>(&self, pk: String, loader: F) -> Outcome<V>
+    where
+        V: Value,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+    {
         match self.inner.flights.join::<V>(&pk) {
             Role::Follower(waiter) => {
                 bump(&self.inner.stats.coalesced);
@@ -245,8 +266,8 @@ impl Cache {
     /// A `Backend` or `Timeout` error when the backend fails (unlike
     /// `get_or_load`, there is nothing to degrade to). An undecodable entry is
     /// counted and reads as `None`.
-    pub async fn get<V: Value>(&self, key: impl Into<Key>) -> Result<Option<V>, Error> {
-        let pk = self.physical_key(&key.into());
+    pub async fn get<V: Value>(&self, key: impl AsRef<str>) -> Result<Option<V>, Error> {
+        let pk = self.physical_key(key.as_ref());
         match self.lookup::<V>(&pk).await? {
             Lookup::Hit(v) => {
                 bump(&self.inner.stats.hits);
@@ -273,8 +294,8 @@ impl Cache {
     ///
     /// # Errors
     /// `TooLarge`, `Encode`, `Backend` or `Timeout`.
-    pub async fn set<V: Value>(&self, key: impl Into<Key>, value: V) -> Result<(), Error> {
-        self.set_inner(key.into(), value, None).await
+    pub async fn set<V: Value>(&self, key: impl AsRef<str>, value: V) -> Result<(), Error> {
+        self.set_inner(key.as_ref(), value, None).await
     }
 
     /// Like [`set`](Self::set) with a TTL for this entry only (jitter applies).
@@ -283,23 +304,23 @@ impl Cache {
     /// As `set`, and `Config` for a zero TTL.
     pub async fn set_with_ttl<V: Value>(
         &self,
-        key: impl Into<Key>,
+        key: impl AsRef<str>,
         value: V,
         ttl: Duration,
     ) -> Result<(), Error> {
         if ttl.is_zero() {
             return Err(Error::config("ttl must be greater than zero"));
         }
-        self.set_inner(key.into(), value, Some(ttl)).await
+        self.set_inner(key.as_ref(), value, Some(ttl)).await
     }
 
     async fn set_inner<V: Value>(
         &self,
-        key: Key,
+        key: &str,
         value: V,
         ttl: Option<Duration>,
     ) -> Result<(), Error> {
-        let pk = self.physical_key(&key);
+        let pk = self.physical_key(key);
         self.inner.flights.forget(&pk);
         let r = self.store(&pk, Some(value), ttl, Duration::ZERO).await;
         if r.as_ref().is_err_and(Error::is_too_large) {
@@ -314,7 +335,7 @@ impl Cache {
     /// # Errors
     /// `Backend` or `Timeout` when the backend could not be reached: the entry
     /// may still be cached, and the caller should retry.
-    pub async fn invalidate(&self, key: impl Into<Key>) -> Result<(), Error> {
+    pub async fn invalidate(&self, key: impl AsRef<str>) -> Result<(), Error> {
         self.invalidate_many([key]).await
     }
 
@@ -322,13 +343,13 @@ impl Cache {
     ///
     /// # Errors
     /// As [`invalidate`](Self::invalidate).
-    pub async fn invalidate_many<K: Into<Key>>(
+    pub async fn invalidate_many<K: AsRef<str>>(
         &self,
         keys: impl IntoIterator<Item = K>,
     ) -> Result<(), Error> {
         let pks: Vec<String> = keys
             .into_iter()
-            .map(|k| self.physical_key(&k.into()))
+            .map(|k| self.physical_key(k.as_ref()))
             .collect();
         for pk in &pks {
             self.inner.flights.forget(pk);
@@ -348,8 +369,8 @@ impl Cache {
     }
 
     /// The backend key for `key`: `namespace:key`, hashed past the key limit.
-    pub fn physical_key(&self, key: &Key) -> String {
-        physical_key(&self.inner.s.namespace, key.as_str(), self.inner.s.max_key_len)
+    pub fn physical_key(&self, key: &str) -> String {
+        physical_key(&self.inner.s.namespace, key, self.inner.s.max_key_len)
     }
 
     /// Whether the backend is currently marked down (operations skipped).
@@ -358,7 +379,11 @@ impl Cache {
     }
 
     async fn lookup<V: Value>(&self, pk: &str) -> Result<Lookup<V>, Error> {
-        let Some(stored) = self.guarded(self.inner.backend.get(pk)).await? else {
+        let stored = match &self.inner.memory {
+            Some(memory) => memory.get_entry(pk).await,
+            None => self.guarded(self.inner.backend.get(pk)).await?,
+        };
+        let Some(stored) = stored else {
             return Ok(Lookup::Miss);
         };
         Ok(self.decode(pk, &stored))
@@ -369,7 +394,9 @@ impl Cache {
             Ok(env) => env,
             Err(e) => return self.undecodable(pk, &e),
         };
-        if env.meta.expired_at(self.inner.s.clock.now_ms()) {
+        // In-process backends expire entries exactly; remote ones are checked
+        // against the entry's own expiry (see `Meta::expired_at`).
+        if self.inner.remote && env.meta.expired_at(self.inner.s.clock.now_ms()) {
             return Lookup::Miss;
         }
         if env.negative {
@@ -420,13 +447,20 @@ impl Cache {
             soft_ttl: None,
             load_duration,
         };
-        let bytes = envelope::encode(value.as_ref(), meta, s.codec, s.compression, s.max_value_bytes)?;
+        let bytes = envelope::encode(
+            value.as_ref(),
+            meta,
+            s.codec,
+            s.compression,
+            s.max_value_bytes,
+        )?;
         let stored = match value {
             // In-process backends keep the value next to the bytes: no decode on hits.
             Some(v) if !self.inner.remote => Stored::with_decoded(bytes, v),
             _ => Stored::new(bytes),
         };
-        self.guarded(self.inner.backend.set(pk, stored, ttl)).await?;
+        self.guarded(self.inner.backend.set(pk, stored, ttl))
+            .await?;
         bump(&self.inner.stats.sets);
         Ok(())
     }

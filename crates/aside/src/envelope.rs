@@ -166,7 +166,8 @@ impl Envelope<'_> {
     /// Decodes the payload into `V`.
     pub(crate) fn decode<V: DeserializeOwned>(&self, max_bytes: usize) -> Result<V, DecodeError> {
         if self.compressed {
-            let raw = codec::decompress(self.payload, max_bytes).map_err(DecodeError::Decompress)?;
+            let raw =
+                codec::decompress(self.payload, max_bytes).map_err(DecodeError::Decompress)?;
             self.codec.decode(&raw).map_err(DecodeError::Deserialize)
         } else {
             self.codec
@@ -231,21 +232,30 @@ mod tests {
     fn foreign_truncated_and_unknown_bytes_are_errors_not_panics() {
         assert_eq!(parse(b"").err(), Some(DecodeError::Foreign));
         assert_eq!(parse(b"hello world").err(), Some(DecodeError::Foreign));
-        assert_eq!(parse(&[0xA5, 0x1D, 1, 1]).err(), Some(DecodeError::Truncated));
+        assert_eq!(
+            parse(&[0xA5, 0x1D, 1, 1]).err(),
+            Some(DecodeError::Truncated)
+        );
         assert_eq!(
             parse(&[0xA5, 0x1D, 9, 1]).err(),
             Some(DecodeError::UnknownVersion(9))
         );
-        let mut bytes = encode(Some(&1u8), meta(), Codec::Json, Compression::None, 1024)
-            .unwrap_or_default();
+        let mut bytes =
+            encode(Some(&1u8), meta(), Codec::Json, Compression::None, 1024).unwrap_or_default();
         bytes[3] = 77;
         assert_eq!(parse(&bytes).err(), Some(DecodeError::UnknownCodec(77)));
     }
 
     #[test]
     fn type_change_is_a_decode_error() {
-        let bytes = encode(Some(&"text"), meta(), Codec::MessagePack, Compression::None, 1024)
-            .unwrap_or_default();
+        let bytes = encode(
+            Some(&"text"),
+            meta(),
+            Codec::MessagePack,
+            Compression::None,
+            1024,
+        )
+        .unwrap_or_default();
         let env = parse(&bytes).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(
             env.decode::<Product>(1024),

@@ -87,9 +87,9 @@ mod flight;
 mod key;
 mod stats;
 
-pub use backend::{Backend, MemoryBackend, Stored};
 #[cfg(feature = "redis")]
 pub use backend::RedisBackend;
+pub use backend::{Backend, MemoryBackend, Stored};
 pub use builder::CacheBuilder;
 pub use cache::{Cache, Value};
 pub use codec::{Codec, Compression};

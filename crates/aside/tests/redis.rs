@@ -77,7 +77,10 @@ async fn ttl_written_to_redis_is_within_the_jitter_range() {
     let mut conn = raw(&redis).await;
     let mut seen = std::collections::BTreeSet::new();
     for i in 0..50u64 {
-        cache.set(aside::Key::new("p").part(i), product(i)).await.unwrap();
+        cache
+            .set(aside::Key::new("p").part(i), product(i))
+            .await
+            .unwrap();
         let pttl: i64 = redis::cmd("PTTL")
             .arg(format!("t:p:{i}"))
             .query_async(&mut conn)
@@ -92,7 +95,11 @@ async fn ttl_written_to_redis_is_within_the_jitter_range() {
         .get_or_load("absent", || async { Ok::<_, DbDown>(None) })
         .await
         .unwrap();
-    let pttl: i64 = redis::cmd("PTTL").arg("t:absent").query_async(&mut conn).await.unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("t:absent")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert!((7_900..=10_000).contains(&pttl), "negative pttl {pttl}");
 }
 
@@ -151,7 +158,11 @@ async fn corrupt_and_foreign_bytes_are_reloaded_and_overwritten() {
             .query_async(&mut conn)
             .await
             .unwrap();
-        assert_eq!(&stored[..2], &[0xA5, 0x1D], "{name}: overwritten with an aside entry");
+        assert_eq!(
+            &stored[..2],
+            &[0xA5, 0x1D],
+            "{name}: overwritten with an aside entry"
+        );
         assert_eq!(cache.get::<Product>(*name).await.unwrap(), Some(product(1)));
         // Counted per read that found it: the caller's and the loader's re-check.
         assert_eq!(cache.stats().decode_errors - before, 2, "{name}");
@@ -175,7 +186,10 @@ async fn password_acl_user_and_database_from_the_url() {
         .unwrap();
     assert_eq!(v, Some(1));
     assert!(no_auth.stats().backend_errors >= 1);
-    assert!(no_auth.get::<u8>("k").await.is_err(), "explicit get reports the failure");
+    assert!(
+        no_auth.get::<u8>("k").await.is_err(),
+        "explicit get reports the failure"
+    );
 
     // Password and database 3.
     let url = format!("redis://:s3cret@127.0.0.1:{}/3", redis.port());
@@ -190,10 +204,22 @@ async fn password_acl_user_and_database_from_the_url() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let exists_db3: u32 = redis::cmd("EXISTS").arg("db3:k").query_async(&mut conn).await.unwrap();
+    let exists_db3: u32 = redis::cmd("EXISTS")
+        .arg("db3:k")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(exists_db3, 1);
-    let _: () = redis::cmd("SELECT").arg(0).query_async(&mut conn).await.unwrap();
-    let exists_db0: u32 = redis::cmd("EXISTS").arg("db3:k").query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("SELECT")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let exists_db0: u32 = redis::cmd("EXISTS")
+        .arg("db3:k")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(exists_db0, 0, "written to database 3 only");
 
     // An ACL user limited to its own key prefix.
@@ -215,12 +241,19 @@ async fn password_acl_user_and_database_from_the_url() {
         .backend(RedisBackend::new(&user_url).unwrap())
         .build()
         .unwrap();
-    assert!(outside.set("x", 1u8).await.is_err(), "ACL denies keys outside ~svc:*");
+    assert!(
+        outside.set("x", 1u8).await.is_err(),
+        "ACL denies keys outside ~svc:*"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_urls_are_config_errors() {
-    for url in ["not a url", "http://127.0.0.1", "redis://127.0.0.1:notaport"] {
+    for url in [
+        "not a url",
+        "http://127.0.0.1",
+        "redis://127.0.0.1:notaport",
+    ] {
         let err = RedisBackend::new(url).unwrap_err();
         assert!(err.is_config(), "{url}: {err}");
     }
@@ -230,4 +263,67 @@ async fn invalid_urls_are_config_errors() {
 fn building_outside_a_runtime_is_an_error_not_a_panic() {
     let err = RedisBackend::new("redis://127.0.0.1:6379").unwrap_err();
     assert!(err.is_config());
+}
+
+/// Redis keeps what it is told to keep: a key made persistent (or restored
+/// from a snapshot) must still stop being served at the entry's own expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_past_its_recorded_expiry_is_a_miss_even_if_redis_keeps_it() {
+    use aside::clock::ManualClock;
+    use std::sync::Arc;
+    let redis = server();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let cache = Cache::builder()
+        .namespace("t")
+        .ttl(Duration::from_secs(10))
+        .ttl_jitter(0.0)
+        .clock(clock.clone())
+        .backend(RedisBackend::new(&redis.url()).unwrap())
+        .build()
+        .unwrap();
+    cache.set("k", 5u32).await.unwrap();
+    let _: () = redis::cmd("PERSIST")
+        .arg("t:k")
+        .query_async(&mut raw(&redis).await)
+        .await
+        .unwrap();
+    assert_eq!(cache.get::<u32>("k").await.unwrap(), Some(5));
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(cache.get::<u32>("k").await.unwrap(), None);
+}
+
+#[cfg(feature = "tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_urls_work_with_a_private_ca() {
+    let redis = RedisServer::builder()
+        .tls()
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let backend = RedisBackend::builder(redis.url())
+        .tls_root_cert(redis.ca_pem().unwrap())
+        .build()
+        .unwrap();
+    let cache = Cache::builder().backend(backend).build().unwrap();
+    cache.set("tls", product(1)).await.unwrap();
+    assert_eq!(cache.get::<Product>("tls").await.unwrap(), Some(product(1)));
+
+    // Without trusting the CA the handshake fails: get_or_load degrades.
+    let untrusted = Cache::builder()
+        .backend(RedisBackend::new(&redis.url()).unwrap())
+        .build()
+        .unwrap();
+    let got: Option<Product> = untrusted
+        .get_or_load("tls", || async { Ok::<_, DbDown>(Some(product(2))) })
+        .await
+        .unwrap();
+    assert_eq!(got, Some(product(2)));
+    assert!(untrusted.stats().backend_errors >= 1);
+}
+
+#[cfg(not(feature = "tls"))]
+#[tokio::test]
+async fn rediss_without_the_tls_feature_is_a_config_error() {
+    let err = RedisBackend::new("rediss://127.0.0.1:6380").unwrap_err();
+    assert!(err.is_config());
+    assert!(err.to_string().contains("tls"), "{err}");
 }

@@ -48,8 +48,13 @@ async fn redis_killed_and_restarted_during_a_workload_no_caller_errors_all_answe
     );
     let mut workers = Vec::new();
     for w in 0..8u64 {
-        let (cache, stop, reads, errors, wrong) =
-            (cache.clone(), stop.clone(), reads.clone(), errors.clone(), wrong.clone());
+        let (cache, stop, reads, errors, wrong) = (
+            cache.clone(),
+            stop.clone(),
+            reads.clone(),
+            errors.clone(),
+            wrong.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let mut i = w;
             while !stop.load(Ordering::Relaxed) {
@@ -88,13 +93,20 @@ async fn redis_killed_and_restarted_during_a_workload_no_caller_errors_all_answe
     let after = cache.stats();
     drop(redis);
     assert_eq!(errors.load(Ordering::Relaxed), 0, "no caller saw an error");
-    assert_eq!(wrong.load(Ordering::Relaxed), 0, "every answer matched the database");
+    assert_eq!(
+        wrong.load(Ordering::Relaxed),
+        0,
+        "every answer matched the database"
+    );
     assert!(before_kill.hits > 0, "the cache was in use before the kill");
     assert!(
         during.backend_errors + during.backend_skipped + during.backend_timeouts > 0,
         "the outage was noticed: {during:?}"
     );
-    assert!(after.hits > during.hits, "hits resumed after the restart: {after:?}");
+    assert!(
+        after.hits > during.hits,
+        "hits resumed after the restart: {after:?}"
+    );
     assert!(reads.load(Ordering::Relaxed) > 100);
 }
 
@@ -107,9 +119,16 @@ async fn hits_resume_within_about_a_second_after_redis_returns() {
     assert_eq!(cache.stats().hits, 1);
     redis.stop();
     for _ in 0..20 {
-        assert_eq!(read(&cache, 1).await.unwrap(), Some(row(1)), "served from the loader");
+        assert_eq!(
+            read(&cache, 1).await.unwrap(),
+            Some(row(1)),
+            "served from the loader"
+        );
     }
-    assert!(cache.backend_marked_down(), "repeated failures mark the backend down");
+    assert!(
+        cache.backend_marked_down(),
+        "repeated failures mark the backend down"
+    );
     let redis = tokio::task::spawn_blocking(move || {
         redis.restart().unwrap();
         redis
@@ -125,7 +144,10 @@ async fn hits_resume_within_about_a_second_after_redis_returns() {
         }
         // A functional bound, not a speed target: recovery must not depend on
         // a long backoff.
-        assert!(back.elapsed() < Duration::from_secs(3), "no hit 3 s after Redis returned");
+        assert!(
+            back.elapsed() < Duration::from_secs(3),
+            "no hit 3 s after Redis returned"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!("hits resumed {:?} after Redis returned", back.elapsed());
@@ -143,7 +165,10 @@ async fn frozen_redis_degrades_to_the_loader_and_recovers() {
     }
     let s = cache.stats();
     assert!(s.backend_timeouts >= 1, "{s:?}");
-    assert!(s.backend_skipped >= 1, "later calls skip a frozen backend: {s:?}");
+    assert!(
+        s.backend_skipped >= 1,
+        "later calls skip a frozen backend: {s:?}"
+    );
     redis.resume().unwrap();
     let back = Instant::now();
     let hits_before = cache.stats().hits;
@@ -152,7 +177,10 @@ async fn frozen_redis_degrades_to_the_loader_and_recovers() {
         if cache.stats().hits > hits_before {
             break;
         }
-        assert!(back.elapsed() < Duration::from_secs(3), "no hit 3 s after Redis resumed");
+        assert!(
+            back.elapsed() < Duration::from_secs(3),
+            "no hit 3 s after Redis resumed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -165,5 +193,8 @@ async fn redis_down_at_startup_the_service_still_serves() {
     for i in 0..5 {
         assert_eq!(read(&cache, i).await.unwrap(), Some(row(i)));
     }
-    assert!(cache.invalidate("row:1").await.is_err(), "an invalidation that failed says so");
+    assert!(
+        cache.invalidate("row:1").await.is_err(),
+        "an invalidation that failed says so"
+    );
 }

@@ -108,6 +108,11 @@ impl MemoryBackend {
         self.cache.entry_count()
     }
 
+    /// A read without the trait's boxed future, for the cache's hot path.
+    pub(crate) async fn get_entry(&self, key: &str) -> Option<Stored> {
+        self.cache.get(key).await.map(|e| e.stored)
+    }
+
     /// Applies pending maintenance (evictions, expirations) now; for tests.
     pub async fn run_pending_tasks(&self) {
         self.cache.run_pending_tasks().await;
@@ -123,7 +128,7 @@ impl Default for MemoryBackend {
 #[async_trait::async_trait]
 impl Backend for MemoryBackend {
     async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError> {
-        Ok(self.cache.get(key).await.map(|e| e.stored))
+        Ok(self.get_entry(key).await)
     }
 
     async fn set(&self, key: &str, value: Stored, ttl: Duration) -> Result<(), BackendError> {

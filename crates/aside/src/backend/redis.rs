@@ -9,6 +9,10 @@ use crate::error::{BackendError, Error, ErrorKind};
 
 /// A Redis backend on one multiplexed, auto-reconnecting connection.
 ///
+/// Operations carry no timeout of their own: the [`Cache`](crate::Cache)
+/// applies its `backend_timeout` around each one. If you use the backend
+/// directly, wrap calls in `tokio::time::timeout`.
+///
 /// The connection is opened lazily: building a `RedisBackend` never waits for
 /// Redis, so a service starts (and serves from its loader) while Redis is down,
 /// and uses the cache as soon as Redis answers.
@@ -44,6 +48,8 @@ pub struct RedisBackendBuilder {
     url: String,
     connect_timeout: Duration,
     reconnect_max_delay: Duration,
+    #[cfg(feature = "tls")]
+    tls: Option<redis::TlsCertificates>,
 }
 
 impl RedisBackendBuilder {
@@ -60,6 +66,38 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// Trusts this CA (PEM) for `rediss://` instead of the system's roots, e.g.
+    /// for a private CA.
+    #[cfg(feature = "tls")]
+    pub fn tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls
+            .get_or_insert_with(|| redis::TlsCertificates {
+                client_tls: None,
+                root_cert: None,
+            })
+            .root_cert = Some(pem.into());
+        self
+    }
+
+    /// Presents this client certificate and key (PEM) for mutual TLS.
+    #[cfg(feature = "tls")]
+    pub fn tls_client_cert(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls
+            .get_or_insert_with(|| redis::TlsCertificates {
+                client_tls: None,
+                root_cert: None,
+            })
+            .client_tls = Some(redis::ClientTlsConfig {
+            client_cert: cert_pem.into(),
+            client_key: key_pem.into(),
+        });
+        self
+    }
+
     /// Validates the URL and creates the (lazy) connection.
     ///
     /// # Errors
@@ -72,8 +110,7 @@ impl RedisBackendBuilder {
                 "RedisBackend must be built inside a tokio runtime",
             ));
         }
-        let client = redis::Client::open(self.url.as_str())
-            .map_err(|e| Error::with_source(ErrorKind::Config, "invalid Redis URL", e))?;
+        let client = self.client()?;
         // One attempt per reconnect: while Redis is down every request fails
         // fast (and the cache's breaker stops asking), instead of every request
         // waiting out a long retry schedule inside the connection manager.
@@ -81,10 +118,43 @@ impl RedisBackendBuilder {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(self.reconnect_max_delay)
-            .set_connection_timeout(Some(self.connect_timeout));
+            .set_connection_timeout(Some(self.connect_timeout))
+            // The cache times every operation itself (`backend_timeout`); a
+            // second per-request timer here would double the timer cost of
+            // every hit (measured: ~5 µs per GET on a current-thread runtime).
+            .set_response_timeout(None);
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| Error::with_source(ErrorKind::Config, "invalid Redis connection", e))?;
         Ok(RedisBackend { conn })
+    }
+}
+
+impl RedisBackendBuilder {
+    #[cfg(not(feature = "tls"))]
+    fn client(&self) -> Result<redis::Client, Error> {
+        if self.url.starts_with("rediss://") {
+            return Err(Error::config("rediss:// (TLS) needs aside's `tls` feature"));
+        }
+        redis::Client::open(self.url.as_str())
+            .map_err(|e| Error::with_source(ErrorKind::Config, "invalid Redis URL", e))
+    }
+
+    #[cfg(feature = "tls")]
+    fn client(&self) -> Result<redis::Client, Error> {
+        if self.url.starts_with("rediss://") {
+            // rustls needs one process-wide crypto provider; install ring's
+            // unless the application installed one already.
+            if rustls::crypto::CryptoProvider::get_default().is_none() {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+            }
+        }
+        let result = match &self.tls {
+            Some(certs) => redis::Client::build_with_tls(self.url.as_str(), certs.clone()),
+            None => redis::Client::open(self.url.as_str()),
+        };
+        result.map_err(|e| {
+            Error::with_source(ErrorKind::Config, "invalid Redis URL or TLS settings", e)
+        })
     }
 }
 
@@ -95,6 +165,8 @@ impl RedisBackend {
             url: url.into(),
             connect_timeout: Duration::from_millis(250),
             reconnect_max_delay: Duration::from_millis(200),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 

@@ -57,7 +57,10 @@ pub async fn hit_and_miss(cache: &Cache) {
     let s = cache.stats();
     assert_eq!((s.misses, s.hits, s.loads), (1, 2, 1));
     assert!((s.hit_ratio() - 2.0 / 3.0).abs() < 1e-9);
-    assert_eq!(cache.get::<Product>("product:1").await.unwrap(), Some(product(1)));
+    assert_eq!(
+        cache.get::<Product>("product:1").await.unwrap(),
+        Some(product(1))
+    );
     assert_eq!(cache.get::<Product>("product:404").await.unwrap(), None);
 }
 
@@ -106,16 +109,30 @@ pub async fn falsy_values_are_hits(cache: &Cache) {
 
 pub async fn invalidate_reloads(cache: &Cache) {
     let version = Arc::new(AtomicUsize::new(1));
-    let load = |v: Arc<AtomicUsize>| move || async move { Ok::<_, DbDown>(Some(v.load(Ordering::SeqCst))) };
-    let a: Option<usize> = cache.get_or_load("inv", load(version.clone())).await.unwrap();
+    let load = |v: Arc<AtomicUsize>| {
+        move || async move { Ok::<_, DbDown>(Some(v.load(Ordering::SeqCst))) }
+    };
+    let a: Option<usize> = cache
+        .get_or_load("inv", load(version.clone()))
+        .await
+        .unwrap();
     assert_eq!(a, Some(1));
     version.store(2, Ordering::SeqCst); // the "database write"
-    let stale: Option<usize> = cache.get_or_load("inv", load(version.clone())).await.unwrap();
+    let stale: Option<usize> = cache
+        .get_or_load("inv", load(version.clone()))
+        .await
+        .unwrap();
     assert_eq!(stale, Some(1), "still cached until invalidated");
     cache.invalidate("inv").await.unwrap();
-    let fresh: Option<usize> = cache.get_or_load("inv", load(version.clone())).await.unwrap();
+    let fresh: Option<usize> = cache
+        .get_or_load("inv", load(version.clone()))
+        .await
+        .unwrap();
     assert_eq!(fresh, Some(2));
-    cache.invalidate_many(["inv", "never-existed"]).await.unwrap();
+    cache
+        .invalidate_many(["inv", "never-existed"])
+        .await
+        .unwrap();
     assert_eq!(cache.get::<usize>("inv").await.unwrap(), None);
     assert!(cache.stats().invalidations >= 3);
 }
@@ -132,7 +149,10 @@ pub async fn set_updates(cache: &Cache) {
         .await
         .unwrap();
     assert_eq!(cache.get::<Product>("upd").await.unwrap(), Some(product(7)));
-    let err = cache.set_with_ttl("upd", product(7), Duration::ZERO).await.unwrap_err();
+    let err = cache
+        .set_with_ttl("upd", product(7), Duration::ZERO)
+        .await
+        .unwrap_err();
     assert!(err.is_config());
 }
 
@@ -164,7 +184,10 @@ pub async fn loader_error_is_returned_and_not_cached(cache: &Cache) {
         .await
         .unwrap_err();
     assert!(err.is_loader());
-    assert!(err.loader_error::<DbDown>().is_some(), "the loader's error is kept");
+    assert!(
+        err.loader_error::<DbDown>().is_some(),
+        "the loader's error is kept"
+    );
     let ok: Option<Product> = cache
         .get_or_load("err", || async { Ok::<_, DbDown>(Some(product(3))) })
         .await
@@ -234,7 +257,10 @@ pub async fn cancelled_caller_does_not_strand_others(cache: &Cache) {
     .await;
     assert!(gave_up.is_err());
     tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(cache.get::<Product>("cancel:2").await.unwrap(), Some(product(8)));
+    assert_eq!(
+        cache.get::<Product>("cancel:2").await.unwrap(),
+        Some(product(8))
+    );
     assert_eq!(calls.get(), 2, "one load per key");
 }
 
@@ -247,7 +273,13 @@ pub struct ProductV1 {
 /// Old bytes under a key, new struct in the code: reload and overwrite.
 pub async fn type_change_reloads(cache: &Cache) {
     cache
-        .set("typed", ProductV1 { id: 1, title: "old".into() })
+        .set(
+            "typed",
+            ProductV1 {
+                id: 1,
+                title: "old".into(),
+            },
+        )
         .await
         .unwrap();
     let calls = Counter::default();
@@ -262,7 +294,11 @@ pub async fn type_change_reloads(cache: &Cache) {
     assert_eq!(got, Some(product(1)));
     assert_eq!(calls.get(), 1);
     assert!(cache.stats().decode_errors >= 1);
-    assert_eq!(cache.get::<Product>("typed").await.unwrap(), Some(product(1)), "overwritten");
+    assert_eq!(
+        cache.get::<Product>("typed").await.unwrap(),
+        Some(product(1)),
+        "overwritten"
+    );
 }
 
 pub async fn oversized_values_are_served_not_stored(cache: &Cache) {
