@@ -26,6 +26,8 @@ use crate::key::{MIN_MAX_KEY_LEN, SEPARATOR};
 /// | [`backend_retry_after`](Self::backend_retry_after) | 250 ms |
 /// | [`max_value_bytes`](Self::max_value_bytes) | 8 MiB |
 /// | [`max_key_len`](Self::max_key_len) | 250 bytes |
+/// | [`invalidation_marker_ttl`](Self::invalidation_marker_ttl) | 60 seconds |
+/// | [`invalidation_retry`](Self::invalidation_retry) | 100 ms, doubling to 1.6 s |
 /// | [`clock`](Self::clock) | [`SystemClock`] |
 #[derive(Debug, Clone)]
 #[must_use]
@@ -52,6 +54,8 @@ impl Default for CacheBuilder {
                 backend_retry_after: Duration::from_millis(250),
                 max_value_bytes: 8 * 1024 * 1024,
                 max_key_len: 250,
+                marker_ttl: Duration::from_secs(60),
+                invalidation_retry: Duration::from_millis(100),
                 clock: Arc::new(SystemClock),
             },
         }
@@ -75,8 +79,9 @@ impl CacheBuilder {
         self
     }
 
-    /// The prefix of every key (`namespace:key`): separates applications or
-    /// data sets sharing one Redis. Must be non-empty and free of `:`.
+    /// The prefix of every key (`{namespace:key}`): separates applications or
+    /// data sets sharing one Redis. Must be non-empty, without `:`, braces,
+    /// spaces or control characters.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.settings.namespace = namespace.into();
         self
@@ -154,6 +159,23 @@ impl CacheBuilder {
         self
     }
 
+    /// How long a key's generation is remembered after an invalidation or a
+    /// `set` (a small marker key in Redis, a tombstone in memory). A load that
+    /// takes longer than this is returned but not cached, since an
+    /// invalidation during it could no longer be detected. Keep it above your
+    /// slowest loader.
+    pub fn invalidation_marker_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.marker_ttl = ttl;
+        self
+    }
+
+    /// The first pause before a failed invalidation is sent again; it doubles
+    /// on each failure, up to 16 times this.
+    pub fn invalidation_retry(mut self, pause: Duration) -> Self {
+        self.settings.invalidation_retry = pause;
+        self
+    }
+
     /// The wall clock entries are stamped with; inject one in tests.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.settings.clock = clock;
@@ -172,9 +194,11 @@ impl CacheBuilder {
         if s.namespace.is_empty() {
             return Err(Error::config("namespace must not be empty"));
         }
-        if s.namespace.contains(SEPARATOR) {
+        if let Some(c) = s.namespace.chars().find(|c| {
+            *c == SEPARATOR || *c == '{' || *c == '}' || c.is_whitespace() || c.is_control()
+        }) {
             return Err(Error::config(format!(
-                "namespace {:?} must not contain the key separator '{SEPARATOR}'",
+                "namespace {:?} must not contain {c:?} (no '{SEPARATOR}', braces, spaces or control characters)",
                 s.namespace
             )));
         }
@@ -198,6 +222,11 @@ impl CacheBuilder {
         if s.backend_failure_threshold == 0 {
             return Err(Error::config(
                 "backend_failure_threshold must be at least 1",
+            ));
+        }
+        if s.marker_ttl.is_zero() || s.invalidation_retry.is_zero() {
+            return Err(Error::config(
+                "invalidation_marker_ttl and invalidation_retry must be greater than zero",
             ));
         }
         if s.max_value_bytes == 0 {
@@ -248,6 +277,12 @@ mod tests {
         rejects(Cache::builder().ttl_jitter(f64::NAN), "NaN jitter");
         rejects(Cache::builder().namespace(""), "empty namespace");
         rejects(Cache::builder().namespace("a:b"), "separator in namespace");
+        rejects(Cache::builder().namespace("a{b"), "brace in namespace");
+        rejects(Cache::builder().namespace("a b"), "space in namespace");
+        rejects(
+            Cache::builder().invalidation_marker_ttl(Duration::ZERO),
+            "zero marker ttl",
+        );
         rejects(
             Cache::builder().backend_timeout(Duration::ZERO),
             "zero timeout",

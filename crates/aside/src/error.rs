@@ -132,13 +132,11 @@ impl fmt::Debug for Error {
     }
 }
 
+/// Displays this error's own message only; the cause is its `source()`, so an
+/// error reporter walking the chain prints each cause once.
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)?;
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
-        }
-        Ok(())
+        f.write_str(&self.message)
     }
 }
 
@@ -162,7 +160,7 @@ pub enum BackendError {
     #[error("backend operation timed out")]
     Timeout,
     /// The backend answered with an error or could not be reached.
-    #[error("{0}")]
+    #[error("backend operation failed")]
     Failed(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
@@ -177,7 +175,11 @@ impl From<BackendError> for Error {
     fn from(e: BackendError) -> Self {
         match e {
             BackendError::Timeout => Error::new(ErrorKind::Timeout, "cache backend timed out"),
-            other => Error::with_source(ErrorKind::Backend, "cache backend failed", other),
+            BackendError::Failed(source) => Error::from_arc(
+                ErrorKind::Backend,
+                "cache backend operation failed",
+                Arc::from(source),
+            ),
         }
     }
 }
@@ -195,7 +197,9 @@ mod tests {
         let e = Error::with_source(ErrorKind::Loader, "loader failed", Db);
         assert!(e.is_loader());
         assert!(e.loader_error::<Db>().is_some());
-        assert_eq!(e.to_string(), "loader failed: row missing");
+        assert_eq!(e.to_string(), "loader failed");
+        let cause = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(cause.as_deref(), Some("row missing"));
         let cloned = e.clone();
         assert!(cloned.loader_error::<Db>().is_some());
         assert!(std::error::Error::source(&cloned).is_some());

@@ -130,20 +130,28 @@ impl AsRef<str> for Key {
 /// Hex digits of SHA-256 kept when a key is hashed: 32 hex digits = 128 bits.
 const DIGEST_HEX: usize = 32;
 
-/// Joins `namespace` and `key` into the physical key stored in the backend,
-/// hashing the tail when the result would exceed `max_len` bytes.
+/// Joins `namespace` and `key` into the physical key stored in the backend:
+/// `{namespace:key}`, hashing the tail when it would exceed `max_len` bytes.
 ///
-/// A hashed key is `<readable prefix>#<128-bit hex digest of the full key>`;
+/// The braces make the whole key a Redis Cluster hash tag, so the keys aside
+/// derives from it by appending a suffix (its generation marker, its lease)
+/// hash to the same slot and can be used together in one Lua script. The tag
+/// is never empty (namespaces are non-empty) and ends at the first `}`, which
+/// a suffix cannot move.
+///
+/// A hashed key is `{<readable prefix>#<128-bit hex digest of the full key>}`;
 /// the `#` is there so a hashed key can never equal an unhashed one of the same
 /// length (an unhashed key is never longer than `max_len`, a hashed one is
 /// exactly `max_len`, and the digest covers the whole original key).
 pub(crate) fn physical_key(namespace: &str, key: &str, max_len: usize) -> String {
-    let full_len = namespace.len() + 1 + key.len();
+    let full_len = namespace.len() + 1 + key.len() + 2;
     if full_len <= max_len {
         let mut s = String::with_capacity(full_len);
+        s.push('{');
         s.push_str(namespace);
         s.push(SEPARATOR);
         s.push_str(key);
+        s.push('}');
         return s;
     }
     let mut hasher = Sha256::new();
@@ -156,23 +164,25 @@ pub(crate) fn physical_key(namespace: &str, key: &str, max_len: usize) -> String
         hex.push_str(&format!("{byte:02x}"));
     }
     // Keep as much of the readable key as fits, cut on a char boundary.
-    let budget = max_len.saturating_sub(DIGEST_HEX + 1);
-    let mut readable = String::with_capacity(budget);
+    let budget = max_len.saturating_sub(DIGEST_HEX + 3);
+    let mut readable = String::with_capacity(max_len);
+    readable.push('{');
     readable.push_str(namespace);
     readable.push(SEPARATOR);
     readable.push_str(key);
-    let mut cut = budget.min(readable.len());
+    let mut cut = (budget + 1).min(readable.len());
     while !readable.is_char_boundary(cut) {
         cut -= 1;
     }
     readable.truncate(cut);
     readable.push('#');
     readable.push_str(&hex);
+    readable.push('}');
     readable
 }
 
 /// The smallest `max_key_len` aside accepts: room for the digest and a prefix.
-pub(crate) const MIN_MAX_KEY_LEN: usize = DIGEST_HEX + 1 + 8;
+pub(crate) const MIN_MAX_KEY_LEN: usize = DIGEST_HEX + 3 + 8;
 
 #[cfg(test)]
 mod tests {
@@ -191,7 +201,7 @@ mod tests {
 
     #[test]
     fn short_keys_are_kept_readable() {
-        assert_eq!(physical_key("app", "user:1", 250), "app:user:1");
+        assert_eq!(physical_key("app", "user:1", 250), "{app:user:1}");
     }
 
     #[test]
@@ -199,9 +209,10 @@ mod tests {
         let long = "x".repeat(1000);
         let k = physical_key("app", &long, 100);
         assert_eq!(k.len(), 100);
-        assert!(k.starts_with("app:xxx"));
+        assert!(k.starts_with("{app:xxx"));
+        assert!(k.ends_with('}'));
         let (_, digest) = k.split_once('#').unwrap_or_default();
-        assert_eq!(digest.len(), 32);
+        assert_eq!(digest.len(), 33);
         // Same prefix, different tail: different keys.
         let other = format!("{}y", "x".repeat(999));
         assert_ne!(k, physical_key("app", &other, 100));

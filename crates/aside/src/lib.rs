@@ -85,13 +85,14 @@ mod envelope;
 mod error;
 mod flight;
 mod key;
+mod pending;
 mod stats;
 
 #[cfg(feature = "redis")]
 pub use backend::RedisBackend;
-pub use backend::{Backend, MemoryBackend, Stored};
+pub use backend::{Backend, FillToken, MemoryBackend, Stored};
 pub use builder::CacheBuilder;
-pub use cache::{Cache, Value};
+pub use cache::{Cache, Invalidation, Value};
 pub use codec::{Codec, Compression};
 pub use error::{BackendError, Error, ErrorKind, Result};
 pub use key::Key;

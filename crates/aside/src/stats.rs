@@ -24,6 +24,10 @@ pub(crate) struct Counters {
     pub decode_errors: AtomicU64,
     pub oversized: AtomicU64,
     pub invalidations: AtomicU64,
+    pub invalidations_queued: AtomicU64,
+    pub invalidations_retried: AtomicU64,
+    pub stale_fills_rejected: AtomicU64,
+    pub bypassed: AtomicU64,
     pub sets: AtomicU64,
 }
 
@@ -56,6 +60,10 @@ impl Counters {
             decode_errors: self.decode_errors.load(Relaxed),
             oversized: self.oversized.load(Relaxed),
             invalidations: self.invalidations.load(Relaxed),
+            invalidations_queued: self.invalidations_queued.load(Relaxed),
+            invalidations_retried: self.invalidations_retried.load(Relaxed),
+            stale_fills_rejected: self.stale_fills_rejected.load(Relaxed),
+            bypassed: self.bypassed.load(Relaxed),
             sets: self.sets.load(Relaxed),
         }
     }
@@ -96,14 +104,28 @@ pub struct Stats {
     pub decode_errors: u64,
     /// Loaded or set values too large to store.
     pub oversized: u64,
-    /// Keys invalidated.
+    /// Keys invalidated (applied or queued).
     pub invalidations: u64,
+    /// Keys whose invalidation could not reach the backend and was queued.
+    pub invalidations_queued: u64,
+    /// Queued invalidations applied later by the retry task.
+    pub invalidations_retried: u64,
+    /// Loaded values not cached because the key was invalidated (or set)
+    /// while the load ran: each is a stale entry prevented.
+    pub stale_fills_rejected: u64,
+    /// Reads that skipped the cache because an invalidation of the key was
+    /// still queued.
+    pub bypassed: u64,
     /// Entries written to the backend.
     pub sets: u64,
 }
 
 impl Stats {
     /// Hits (positive and negative) over all reads; 0 when nothing was read.
+    ///
+    /// A read that missed and then waited for another caller's load counts as
+    /// a miss here, though it did not run the loader; the share of reads
+    /// served without a load of their own is `1 - loads / reads`.
     pub fn hit_ratio(&self) -> f64 {
         let hits = self.hits + self.negative_hits;
         let total = hits + self.misses;

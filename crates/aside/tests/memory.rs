@@ -22,6 +22,8 @@ macro_rules! scenario {
 }
 
 scenario!(
+    fill_that_raced_an_invalidation_is_dropped,
+    fill_that_raced_a_set_is_dropped,
     hit_and_miss,
     negative_caching,
     falsy_values_are_hits,

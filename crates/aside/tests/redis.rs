@@ -40,6 +40,8 @@ macro_rules! scenario {
 }
 
 scenario!(
+    fill_that_raced_an_invalidation_is_dropped,
+    fill_that_raced_a_set_is_dropped,
     hit_and_miss,
     negative_caching,
     falsy_values_are_hits,
@@ -82,7 +84,7 @@ async fn ttl_written_to_redis_is_within_the_jitter_range() {
             .await
             .unwrap();
         let pttl: i64 = redis::cmd("PTTL")
-            .arg(format!("t:p:{i}"))
+            .arg(format!("{{t:p:{i}}}"))
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -96,7 +98,7 @@ async fn ttl_written_to_redis_is_within_the_jitter_range() {
         .await
         .unwrap();
     let pttl: i64 = redis::cmd("PTTL")
-        .arg("t:absent")
+        .arg("{t:absent}")
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -143,7 +145,7 @@ async fn corrupt_and_foreign_bytes_are_reloaded_and_overwritten() {
     for (name, bytes) in &samples {
         let before = cache.stats().decode_errors;
         let _: () = redis::cmd("SET")
-            .arg(format!("t:{name}"))
+            .arg(cache.physical_key(name))
             .arg(bytes.as_slice())
             .query_async(&mut conn)
             .await
@@ -154,7 +156,7 @@ async fn corrupt_and_foreign_bytes_are_reloaded_and_overwritten() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(got, Some(product(1)), "{name}");
         let stored: Vec<u8> = redis::cmd("GET")
-            .arg(format!("t:{name}"))
+            .arg(cache.physical_key(name))
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -205,7 +207,7 @@ async fn password_acl_user_and_database_from_the_url() {
         .await
         .unwrap();
     let exists_db3: u32 = redis::cmd("EXISTS")
-        .arg("db3:k")
+        .arg("{db3:k}")
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -216,7 +218,7 @@ async fn password_acl_user_and_database_from_the_url() {
         .await
         .unwrap();
     let exists_db0: u32 = redis::cmd("EXISTS")
-        .arg("db3:k")
+        .arg("{db3:k}")
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -224,7 +226,7 @@ async fn password_acl_user_and_database_from_the_url() {
 
     // An ACL user limited to its own key prefix.
     let _: () = redis::cmd("ACL")
-        .arg(&["SETUSER", "svc", "on", ">pw", "~svc:*", "+@all"][..])
+        .arg(&["SETUSER", "svc", "on", ">pw", "~{svc:*", "+@all"][..])
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -282,11 +284,12 @@ async fn entry_past_its_recorded_expiry_is_a_miss_even_if_redis_keeps_it() {
         .build()
         .unwrap();
     cache.set("k", 5u32).await.unwrap();
-    let _: () = redis::cmd("PERSIST")
-        .arg("t:k")
+    let persisted: u8 = redis::cmd("PERSIST")
+        .arg("{t:k}")
         .query_async(&mut raw(&redis).await)
         .await
         .unwrap();
+    assert_eq!(persisted, 1, "the key now has no Redis TTL");
     assert_eq!(cache.get::<u32>("k").await.unwrap(), Some(5));
     clock.advance(Duration::from_secs(11));
     assert_eq!(cache.get::<u32>("k").await.unwrap(), None);

@@ -1,5 +1,5 @@
 //! Redis failing under a live workload: killed, restarted, frozen.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -193,8 +193,88 @@ async fn redis_down_at_startup_the_service_still_serves() {
     for i in 0..5 {
         assert_eq!(read(&cache, i).await.unwrap(), Some(row(i)));
     }
-    assert!(
-        cache.invalidate("row:1").await.is_err(),
+    let inv = cache.invalidate("row:1").await.unwrap();
+    assert_eq!(
+        inv,
+        aside::Invalidation::Queued,
         "an invalidation that failed says so"
     );
+    assert_eq!(cache.pending_invalidations(), 1);
+    assert!(cache.ping().await.is_err());
+}
+
+/// Redis frozen while a key is invalidated: the invalidation is queued, this
+/// process never serves the old value meanwhile, and the retry removes it
+/// from Redis once Redis answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_that_cannot_reach_redis_is_queued_retried_and_never_served_around() {
+    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let cache = Cache::builder()
+        .namespace("f")
+        .backend_timeout(Duration::from_millis(100))
+        .backend_retry_after(Duration::from_millis(50))
+        .invalidation_retry(Duration::from_millis(50))
+        .backend(RedisBackend::new(&redis.url()).unwrap())
+        .build()
+        .unwrap();
+    let version = Arc::new(AtomicU64::new(1));
+    let load =
+        |v: Arc<AtomicU64>| move || async move { Ok::<_, Never>(Some(v.load(Ordering::SeqCst))) };
+    assert_eq!(
+        cache.get_or_load("k", load(version.clone())).await.unwrap(),
+        Some(1)
+    );
+    redis.pause().unwrap();
+    version.store(2, Ordering::SeqCst); // the database write
+    let inv = cache.invalidate("k").await.unwrap();
+    assert_eq!(inv, aside::Invalidation::Queued);
+    for _ in 0..5 {
+        assert_eq!(
+            cache.get_or_load("k", load(version.clone())).await.unwrap(),
+            Some(2)
+        );
+        assert_eq!(
+            cache.get::<u64>("k").await.unwrap(),
+            None,
+            "no stale read while queued"
+        );
+    }
+    redis.resume().unwrap();
+    // Until the retry lands, reads keep bypassing: never the old value.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cache.pending_invalidations() > 0 {
+        assert_eq!(
+            cache.get_or_load("k", load(version.clone())).await.unwrap(),
+            Some(2)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "queued invalidation never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let raw: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(cache.physical_key("k"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(raw.is_none(), "the old entry was removed from Redis");
+    assert_eq!(
+        cache.get_or_load("k", load(version.clone())).await.unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        cache.get::<u64>("k").await.unwrap(),
+        Some(2),
+        "cached again"
+    );
+    let s = cache.stats();
+    assert_eq!(s.invalidations_queued, 1);
+    assert_eq!(s.invalidations_retried, 1);
+    assert!(s.bypassed >= 10);
 }

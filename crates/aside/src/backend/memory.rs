@@ -3,8 +3,9 @@
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
+use moka::ops::compute::{CompResult, Op};
 
-use super::{Backend, Stored};
+use super::{Backend, FillToken, Stored};
 use crate::error::BackendError;
 
 /// An in-process backend on moka: bounded by entry count or by bytes, with a
@@ -23,10 +24,13 @@ pub struct MemoryBackend {
     cache: moka::future::Cache<String, Entry>,
 }
 
+/// A value, or a tombstone (`stored: None`) that remembers the generation of
+/// an invalidated key until its marker TTL passes.
 #[derive(Clone, Debug)]
 struct Entry {
-    stored: Stored,
+    stored: Option<Stored>,
     ttl: Duration,
+    generation: u64,
 }
 
 struct PerEntryTtl;
@@ -82,7 +86,8 @@ impl MemoryBackendBuilder {
             Bound::Bytes(n) => builder
                 .max_capacity(n)
                 .weigher(|k: &String, e: &Entry| {
-                    u32::try_from(k.len() + e.stored.bytes().len()).unwrap_or(u32::MAX)
+                    let bytes = e.stored.as_ref().map_or(0, |s| s.bytes().len());
+                    u32::try_from(k.len() + bytes).unwrap_or(u32::MAX)
                 })
                 .build(),
         };
@@ -110,7 +115,19 @@ impl MemoryBackend {
 
     /// A read without the trait's boxed future, for the cache's hot path.
     pub(crate) async fn get_entry(&self, key: &str) -> Option<Stored> {
-        self.cache.get(key).await.map(|e| e.stored)
+        self.cache.get(key).await.and_then(|e| e.stored)
+    }
+
+    /// Replaces the entry of `key` with `make(current generation)`, atomically
+    /// per key (moka serialises computes on one key).
+    async fn bump(&self, key: &str, make: impl FnOnce(u64) -> Entry) {
+        self.cache
+            .entry_by_ref(key)
+            .and_compute_with(|current| {
+                let generation = current.map_or(0, |e| e.value().generation);
+                std::future::ready(Op::Put(make(generation.wrapping_add(1))))
+            })
+            .await;
     }
 
     /// Applies pending maintenance (evictions, expirations) now; for tests.
@@ -131,16 +148,66 @@ impl Backend for MemoryBackend {
         Ok(self.get_entry(key).await)
     }
 
-    async fn set(&self, key: &str, value: Stored, ttl: Duration) -> Result<(), BackendError> {
-        self.cache
-            .insert(key.to_owned(), Entry { stored: value, ttl })
+    async fn get_for_fill(&self, key: &str) -> Result<(Option<Stored>, FillToken), BackendError> {
+        Ok(match self.cache.get(key).await {
+            Some(e) => (e.stored, FillToken::new(e.generation)),
+            None => (None, FillToken::default()),
+        })
+    }
+
+    async fn fill(
+        &self,
+        key: &str,
+        value: Stored,
+        ttl: Duration,
+        token: FillToken,
+    ) -> Result<bool, BackendError> {
+        let result = self
+            .cache
+            .entry_by_ref(key)
+            .and_compute_with(|current| {
+                let generation = current.map_or(0, |e| e.value().generation);
+                std::future::ready(if generation == token.generation() {
+                    Op::Put(Entry {
+                        stored: Some(value),
+                        ttl,
+                        generation,
+                    })
+                } else {
+                    Op::Nop
+                })
+            })
             .await;
+        Ok(matches!(
+            result,
+            CompResult::Inserted(_) | CompResult::ReplacedWith(_)
+        ))
+    }
+
+    async fn set(
+        &self,
+        key: &str,
+        value: Stored,
+        ttl: Duration,
+        _marker_ttl: Duration,
+    ) -> Result<(), BackendError> {
+        self.bump(key, |generation| Entry {
+            stored: Some(value),
+            ttl,
+            generation,
+        })
+        .await;
         Ok(())
     }
 
-    async fn delete(&self, keys: &[String]) -> Result<(), BackendError> {
-        for k in keys {
-            self.cache.invalidate(k.as_str()).await;
+    async fn invalidate(&self, keys: &[String], marker_ttl: Duration) -> Result<(), BackendError> {
+        for key in keys {
+            self.bump(key, |generation| Entry {
+                stored: None,
+                ttl: marker_ttl,
+                generation,
+            })
+            .await;
         }
         Ok(())
     }

@@ -26,14 +26,31 @@ pub use memory::{MemoryBackend, MemoryBackendBuilder};
 #[cfg(feature = "redis")]
 pub use redis::{RedisBackend, RedisBackendBuilder};
 
-/// A storage backend for entry bytes.
+/// A storage backend for entry bytes, with per-key generations that make
+/// fills conditional.
+///
+/// # Why generations
+/// The race that makes cache-aside serve stale data until the TTL: a reader
+/// misses and reads the old row; a writer commits the new row and invalidates
+/// the key; then the reader caches the old row. To close it, every key has a
+/// *generation* that each [`invalidate`](Backend::invalidate) and each
+/// unconditional [`set`](Backend::set) changes. A load reads the generation
+/// with [`get_for_fill`](Backend::get_for_fill) before it runs the loader,
+/// and stores through [`fill`](Backend::fill), which writes only if the
+/// generation is still the same: a fill that raced an invalidation is dropped.
+///
+/// The generation of a key is remembered for `marker_ttl` after its last
+/// change (a tombstone), so a fill is only trusted if its load took less than
+/// that; the cache does not store loads that took longer.
 ///
 /// # Contract
-/// - `get` returns exactly the bytes of the last `set` of that key that has not
-///   expired or been deleted, or `None`.
-/// - `set` stores the bytes for `ttl` (the backend may drop them earlier, e.g.
-///   under memory pressure, never keep them longer).
-/// - `delete` removes every listed key; deleting a missing key is not an error.
+/// - `get` returns exactly the bytes of the last stored value of that key that
+///   has not expired or been invalidated, or `None`.
+/// - `fill` stores only if no `invalidate` or `set` of the key happened since
+///   the `get_for_fill` that returned `token`; it returns whether it stored.
+/// - `set` stores unconditionally and changes the generation.
+/// - `invalidate` removes every listed key and changes their generations;
+///   invalidating a missing key is not an error (it still leaves a marker).
 /// - Errors are returned, never panicked; an operation may be cancelled at any
 ///   `.await` (the cache applies its own timeout around remote backends).
 #[async_trait::async_trait]
@@ -41,16 +58,56 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Reads the entry stored under `key`.
     async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError>;
 
-    /// Stores `value` under `key` for `ttl`.
-    async fn set(&self, key: &str, value: Stored, ttl: Duration) -> Result<(), BackendError>;
+    /// Reads the entry and the key's current generation, before a load.
+    async fn get_for_fill(&self, key: &str) -> Result<(Option<Stored>, FillToken), BackendError>;
 
-    /// Deletes `keys`.
-    async fn delete(&self, keys: &[String]) -> Result<(), BackendError>;
+    /// Stores `value` for `ttl` if the generation of `key` is still `token`.
+    async fn fill(
+        &self,
+        key: &str,
+        value: Stored,
+        ttl: Duration,
+        token: FillToken,
+    ) -> Result<bool, BackendError>;
+
+    /// Stores `value` for `ttl` unconditionally and changes the generation
+    /// (kept for at least `marker_ttl`), so fills that began earlier fail.
+    async fn set(
+        &self,
+        key: &str,
+        value: Stored,
+        ttl: Duration,
+        marker_ttl: Duration,
+    ) -> Result<(), BackendError>;
+
+    /// Deletes `keys` and changes their generations (kept for `marker_ttl`).
+    async fn invalidate(&self, keys: &[String], marker_ttl: Duration) -> Result<(), BackendError>;
+
+    /// Checks that the backend answers.
+    async fn ping(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
 
     /// Whether operations cross a network (and so need a timeout and a
     /// breaker). In-process backends return `false`.
     fn is_remote(&self) -> bool {
         true
+    }
+}
+
+/// The generation of a key when a load began; see [`Backend::fill`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FillToken(u64);
+
+impl FillToken {
+    /// A token for generation `g` (0: the key has no recorded generation).
+    pub fn new(g: u64) -> Self {
+        Self(g)
+    }
+
+    /// The generation.
+    pub fn generation(self) -> u64 {
+        self.0
     }
 }
 

@@ -2,9 +2,12 @@
 
 use std::time::Duration;
 
+use std::sync::LazyLock;
+
+use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{Backend, Stored};
+use super::{Backend, FillToken, Stored};
 use crate::error::{BackendError, Error, ErrorKind};
 
 /// A Redis backend on one multiplexed, auto-reconnecting connection.
@@ -71,7 +74,7 @@ impl RedisBackendBuilder {
     #[cfg(feature = "tls")]
     pub fn tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls
-            .get_or_insert_with(|| redis::TlsCertificates {
+            .get_or_insert(redis::TlsCertificates {
                 client_tls: None,
                 root_cert: None,
             })
@@ -87,7 +90,7 @@ impl RedisBackendBuilder {
         key_pem: impl Into<Vec<u8>>,
     ) -> Self {
         self.tls
-            .get_or_insert_with(|| redis::TlsCertificates {
+            .get_or_insert(redis::TlsCertificates {
                 client_tls: None,
                 root_cert: None,
             })
@@ -193,6 +196,58 @@ fn failed(e: redis::RedisError) -> BackendError {
     BackendError::failed(e)
 }
 
+/// The generation marker of a data key. Data keys are `{ns:key}`, so a marker
+/// shares the data key's hash tag (same Redis Cluster slot) and, ending in
+/// `:g` rather than `}`, can never equal a data key.
+fn marker(key: &str) -> String {
+    let mut m = String::with_capacity(key.len() + 2);
+    m.push_str(key);
+    m.push_str(":g");
+    m
+}
+
+fn px(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// KEYS: data, marker. ARGV: bytes, ttl ms, expected generation.
+static FILL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local g = redis.call('GET', KEYS[2])
+        if (g or '0') ~= ARGV[3] then return 0 end
+        redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+        return 1
+        ",
+    )
+});
+
+/// KEYS: data, marker. ARGV: bytes, ttl ms, marker ttl ms.
+static SET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        redis.call('INCR', KEYS[2])
+        redis.call('PEXPIRE', KEYS[2], ARGV[3])
+        redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+        return 1
+        ",
+    )
+});
+
+/// KEYS: data1, marker1, data2, marker2, ... ARGV: marker ttl ms.
+static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        for i = 1, #KEYS, 2 do
+            redis.call('DEL', KEYS[i])
+            redis.call('INCR', KEYS[i + 1])
+            redis.call('PEXPIRE', KEYS[i + 1], ARGV[1])
+        end
+        return #KEYS / 2
+        ",
+    )
+});
+
 #[async_trait::async_trait]
 impl Backend for RedisBackend {
     async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError> {
@@ -205,28 +260,78 @@ impl Backend for RedisBackend {
         Ok(bytes.map(Stored::new))
     }
 
-    async fn set(&self, key: &str, value: Stored, ttl: Duration) -> Result<(), BackendError> {
+    async fn get_for_fill(&self, key: &str) -> Result<(Option<Stored>, FillToken), BackendError> {
         let mut conn = self.conn.clone();
-        // PX, not EX: sub-second TTLs and jitter survive.
-        let px = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        redis::cmd("SET")
+        let (bytes, generation): (Option<bytes::Bytes>, Option<u64>) = redis::cmd("MGET")
             .arg(key)
+            .arg(marker(key))
+            .query_async(&mut conn)
+            .await
+            .map_err(failed)?;
+        Ok((
+            bytes.map(Stored::new),
+            FillToken::new(generation.unwrap_or(0)),
+        ))
+    }
+
+    async fn fill(
+        &self,
+        key: &str,
+        value: Stored,
+        ttl: Duration,
+        token: FillToken,
+    ) -> Result<bool, BackendError> {
+        let mut conn = self.conn.clone();
+        let stored: u8 = FILL
+            .key(key)
+            .key(marker(key))
             .arg(value.bytes().as_ref())
-            .arg("PX")
-            .arg(px)
-            .exec_async(&mut conn)
+            .arg(px(ttl))
+            .arg(token.generation().to_string())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(failed)?;
+        Ok(stored == 1)
+    }
+
+    async fn set(
+        &self,
+        key: &str,
+        value: Stored,
+        ttl: Duration,
+        marker_ttl: Duration,
+    ) -> Result<(), BackendError> {
+        let mut conn = self.conn.clone();
+        SET.key(key)
+            .key(marker(key))
+            .arg(value.bytes().as_ref())
+            .arg(px(ttl))
+            .arg(px(marker_ttl))
+            .invoke_async::<()>(&mut conn)
             .await
             .map_err(failed)
     }
 
-    async fn delete(&self, keys: &[String]) -> Result<(), BackendError> {
+    async fn invalidate(&self, keys: &[String], marker_ttl: Duration) -> Result<(), BackendError> {
         if keys.is_empty() {
             return Ok(());
         }
         let mut conn = self.conn.clone();
-        redis::cmd("DEL")
-            .arg(keys)
-            .exec_async(&mut conn)
+        let mut invocation = INVALIDATE.prepare_invoke();
+        for key in keys {
+            invocation.key(key).key(marker(key));
+        }
+        invocation
+            .arg(px(marker_ttl))
+            .invoke_async::<()>(&mut conn)
+            .await
+            .map_err(failed)
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
             .await
             .map_err(failed)
     }

@@ -324,3 +324,70 @@ pub fn builder() -> aside::CacheBuilder {
         .compression(aside::Compression::None)
         .max_value_bytes(16 * 1024)
 }
+
+/// The race that makes naive cache-aside stale until the TTL: a load reads
+/// the old row, a writer commits and invalidates, then the load stores. The
+/// store must be dropped.
+pub async fn fill_that_raced_an_invalidation_is_dropped(cache: &Cache) {
+    raced_fill(cache, Race::Invalidate).await;
+}
+
+/// The same race against an update-on-write `set`.
+pub async fn fill_that_raced_a_set_is_dropped(cache: &Cache) {
+    raced_fill(cache, Race::Set).await;
+}
+
+enum Race {
+    Invalidate,
+    Set,
+}
+
+async fn raced_fill(cache: &Cache, race: Race) {
+    use tokio::sync::oneshot;
+    let db = Arc::new(std::sync::Mutex::new(1u64));
+    let (read_tx, read_rx) = oneshot::channel::<()>();
+    let (go_tx, go_rx) = oneshot::channel::<()>();
+    let reader = {
+        let (cache, db) = (cache.clone(), db.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_load::<u64, _, _, _>("raced", move || async move {
+                    let v = *db.lock().unwrap(); // reads the old row
+                    let _ = read_tx.send(());
+                    let _ = go_rx.await; // ...and is slow to store it
+                    Ok::<_, DbDown>(Some(v))
+                })
+                .await
+        })
+    };
+    read_rx.await.unwrap();
+    *db.lock().unwrap() = 2; // the write commits
+    match race {
+        Race::Invalidate => {
+            let inv = cache.invalidate("raced").await.unwrap();
+            assert!(inv.is_applied());
+        }
+        Race::Set => cache.set("raced", 2u64).await.unwrap(),
+    }
+    go_tx.send(()).unwrap();
+    // The reader began before the write: the old value is a fair answer for it.
+    assert_eq!(reader.await.unwrap().unwrap(), Some(1));
+    assert_eq!(
+        cache.stats().stale_fills_rejected,
+        1,
+        "the stale fill was dropped"
+    );
+    let expect = match race {
+        Race::Invalidate => None,
+        Race::Set => Some(2),
+    };
+    assert_eq!(cache.get::<u64>("raced").await.unwrap(), expect);
+    let db2 = db.clone();
+    let now: Option<u64> = cache
+        .get_or_load("raced", move || async move {
+            Ok::<_, DbDown>(Some(*db2.lock().unwrap()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(now, Some(2), "readers after the write see it");
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::{Backend, MemoryBackend, Stored};
+use crate::backend::{Backend, FillToken, MemoryBackend, Stored};
 use crate::breaker::{Breaker, Transition};
 use crate::builder::CacheBuilder;
 use crate::clock::Clock;
@@ -18,7 +18,12 @@ use crate::envelope::{self, Meta};
 use crate::error::{BackendError, Error, ErrorKind};
 use crate::flight::{CatchUnwind, Flights, Leader, Outcome, Role};
 use crate::key::physical_key;
+use crate::pending::Pending;
 use crate::stats::{Counters, Stats, bump};
+
+mod write;
+
+pub use write::Invalidation;
 
 /// The bounds every cached value type meets.
 ///
@@ -40,6 +45,8 @@ pub(crate) struct Settings {
     pub backend_retry_after: Duration,
     pub max_value_bytes: usize,
     pub max_key_len: usize,
+    pub marker_ttl: Duration,
+    pub invalidation_retry: Duration,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -71,6 +78,7 @@ struct Inner {
     stats: Counters,
     breaker: Breaker,
     flights: Arc<Flights>,
+    pending: Pending,
 }
 
 impl fmt::Debug for Cache {
@@ -112,6 +120,7 @@ impl Cache {
                 stats: Counters::default(),
                 breaker,
                 flights: Arc::new(Flights::default()),
+                pending: Pending::default(),
             }),
         }
     }
@@ -167,6 +176,11 @@ impl Cache {
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
     {
         let pk = self.physical_key(key.as_ref());
+        if self.inner.pending.contains(&pk) {
+            // An invalidation of this key has not reached the backend yet:
+            // what it holds may be stale, so do not read it (nor fill it).
+            return Box::pin(self.load_uncached(&pk, loader)).await;
+        }
         match self.lookup::<V>(&pk).await {
             Ok(Lookup::Hit(v)) => {
                 bump(&self.inner.stats.hits);
@@ -216,48 +230,110 @@ impl Cache {
     {
         // Re-check before loading: a flight that finished between our miss and
         // our becoming leader has filled the key. (The seeds' lock holder skips
-        // this and loads twice.)
-        match self.lookup::<V>(&pk).await {
-            Ok(Lookup::Hit(v)) => return leader.publish(Ok(Some(v))),
-            Ok(Lookup::NegativeHit) => return leader.publish(Ok(None)),
-            Ok(Lookup::Miss) | Err(_) => {}
+        // this and loads twice.) The same read returns the key's generation,
+        // which the fill must still find: an invalidation in between makes the
+        // fill a no-op instead of caching what the loader read before it.
+        let token = match self.guarded(self.inner.backend.get_for_fill(&pk)).await {
+            Ok((stored, token)) => {
+                match stored.map_or(Lookup::Miss, |s| self.decode::<V>(&pk, &s)) {
+                    Lookup::Hit(v) => return leader.publish(Ok(Some(v))),
+                    Lookup::NegativeHit => return leader.publish(Ok(None)),
+                    Lookup::Miss => Some(token),
+                }
+            }
+            // Without a generation the fill cannot be made safe: load, do not store.
+            Err(_) => None,
+        };
+        let (outcome, took) = self.run_loader(&pk, loader).await;
+        let value = match outcome {
+            Ok(value) => value,
+            Err(e) => return leader.publish(Err(e)),
+        };
+        if let Some(token) = token {
+            self.fill(&pk, value.clone(), token, took).await;
         }
+        // Wake the waiters after the write: when `get_or_load` returns, the
+        // value is readable (read-your-writes for the caller). Callers
+        // arriving during the write join this flight instead of loading again.
+        leader.publish(Ok(value));
+    }
+
+    /// Runs the loader, catching a panic, timing it and counting the outcome.
+    async fn run_loader<V, F, Fut, E>(&self, pk: &str, loader: F) -> (Outcome<V>, Duration)
+    where
+        V: Value,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+    {
         let started = Instant::now();
         let outcome = CatchUnwind::new(async move { loader().await }).await;
         let took = started.elapsed();
         self.inner.stats.record_load(took);
-        let value = match outcome {
-            Ok(Ok(value)) => value,
+        let outcome = match outcome {
+            Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
                 bump(&self.inner.stats.load_errors);
                 let source: Arc<dyn std::error::Error + Send + Sync> = Arc::from(e.into());
-                return leader.publish(Err(Error::from_arc(
-                    ErrorKind::Loader,
-                    "loader failed",
-                    source,
-                )));
+                Err(Error::from_arc(ErrorKind::Loader, "loader failed", source))
             }
             Err(message) => {
                 bump(&self.inner.stats.load_panics);
                 tracing::error!(key = %pk, panic = %message, "aside: loader panicked");
-                return leader.publish(Err(Error::new(
+                Err(Error::new(
                     ErrorKind::LoaderPanicked,
                     format!("loader panicked: {message}"),
-                )));
+                ))
             }
         };
-        // Write, then wake the waiters: when `get_or_load` returns, the value
-        // is readable (read-your-writes for the caller). Callers arriving
-        // during the write join this flight instead of loading again.
-        match self.store(&pk, value.clone(), None, took).await {
-            Ok(()) => {}
-            Err(e) if e.is_too_large() => {
-                bump(&self.inner.stats.oversized);
-                tracing::warn!(key = %pk, error = %e, "aside: loaded value not cached");
+        (outcome, took)
+    }
+
+    /// A load for a key with a pending invalidation: no cache read, no fill.
+    async fn load_uncached<V, F, Fut, E>(&self, pk: &str, loader: F) -> Outcome<V>
+    where
+        V: Value,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+    {
+        bump(&self.inner.stats.misses);
+        bump(&self.inner.stats.bypassed);
+        // Spawned, like any load: a panicking loader must not unwind here.
+        let cache = self.clone();
+        let pk = pk.to_owned();
+        match tokio::spawn(async move { cache.run_loader(&pk, loader).await.0 }).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Error::new(
+                ErrorKind::LoaderPanicked,
+                "the load was abandoned before it finished",
+            )),
+        }
+    }
+
+    /// Stores a loaded value if no invalidation happened since `token` was
+    /// read, and counts what happened.
+    async fn fill<V: Value>(&self, pk: &str, value: Option<V>, token: FillToken, took: Duration) {
+        if took >= self.inner.s.marker_ttl || self.inner.pending.contains(pk) {
+            // The generation marker may have expired during so long a load (or
+            // an invalidation is pending): the fill cannot be proven fresh.
+            bump(&self.inner.stats.stale_fills_rejected);
+            return;
+        }
+        let Some((stored, ttl)) = self.encode_entry(pk, value, None, took) else {
+            return;
+        };
+        match self
+            .guarded(self.inner.backend.fill(pk, stored, ttl, token))
+            .await
+        {
+            Ok(true) => bump(&self.inner.stats.sets),
+            Ok(false) => {
+                bump(&self.inner.stats.stale_fills_rejected);
+                tracing::debug!(key = %pk, "aside: fill dropped, the key was invalidated during the load");
             }
             Err(e) => tracing::debug!(key = %pk, error = %e, "aside: could not cache loaded value"),
         }
-        leader.publish(Ok(value));
     }
 
     /// Reads `key`. `Ok(None)` for a miss and for a cached "not found".
@@ -268,6 +344,10 @@ impl Cache {
     /// counted and reads as `None`.
     pub async fn get<V: Value>(&self, key: impl AsRef<str>) -> Result<Option<V>, Error> {
         let pk = self.physical_key(key.as_ref());
+        if self.inner.pending.contains(&pk) {
+            bump(&self.inner.stats.bypassed);
+            return Ok(None);
+        }
         match self.lookup::<V>(&pk).await? {
             Lookup::Hit(v) => {
                 bump(&self.inner.stats.hits);
@@ -282,85 +362,6 @@ impl Cache {
                 Ok(None)
             }
         }
-    }
-
-    /// Writes `value` under `key` with the default TTL (update-on-write).
-    ///
-    /// Prefer [`invalidate`](Self::invalidate) after a database write: two
-    /// concurrent writers can `set` in the opposite order to their database
-    /// commits and leave the older value cached until the TTL, while a delete
-    /// is idempotent and the next read loads the committed row. `set` is for
-    /// values you computed yourself, or hot keys where a miss is too costly.
-    ///
-    /// # Errors
-    /// `TooLarge`, `Encode`, `Backend` or `Timeout`.
-    pub async fn set<V: Value>(&self, key: impl AsRef<str>, value: V) -> Result<(), Error> {
-        self.set_inner(key.as_ref(), value, None).await
-    }
-
-    /// Like [`set`](Self::set) with a TTL for this entry only (jitter applies).
-    ///
-    /// # Errors
-    /// As `set`, and `Config` for a zero TTL.
-    pub async fn set_with_ttl<V: Value>(
-        &self,
-        key: impl AsRef<str>,
-        value: V,
-        ttl: Duration,
-    ) -> Result<(), Error> {
-        if ttl.is_zero() {
-            return Err(Error::config("ttl must be greater than zero"));
-        }
-        self.set_inner(key.as_ref(), value, Some(ttl)).await
-    }
-
-    async fn set_inner<V: Value>(
-        &self,
-        key: &str,
-        value: V,
-        ttl: Option<Duration>,
-    ) -> Result<(), Error> {
-        let pk = self.physical_key(key);
-        self.inner.flights.forget(&pk);
-        let r = self.store(&pk, Some(value), ttl, Duration::ZERO).await;
-        if r.as_ref().is_err_and(Error::is_too_large) {
-            bump(&self.inner.stats.oversized);
-        }
-        r
-    }
-
-    /// Removes `key` (invalidate-on-write): call it after the database write
-    /// commits, and the next read loads the new row.
-    ///
-    /// # Errors
-    /// `Backend` or `Timeout` when the backend could not be reached: the entry
-    /// may still be cached, and the caller should retry.
-    pub async fn invalidate(&self, key: impl AsRef<str>) -> Result<(), Error> {
-        self.invalidate_many([key]).await
-    }
-
-    /// Removes several keys in one backend operation.
-    ///
-    /// # Errors
-    /// As [`invalidate`](Self::invalidate).
-    pub async fn invalidate_many<K: AsRef<str>>(
-        &self,
-        keys: impl IntoIterator<Item = K>,
-    ) -> Result<(), Error> {
-        let pks: Vec<String> = keys
-            .into_iter()
-            .map(|k| self.physical_key(k.as_ref()))
-            .collect();
-        for pk in &pks {
-            self.inner.flights.forget(pk);
-        }
-        let n = pks.len() as u64;
-        self.guarded(self.inner.backend.delete(&pks)).await?;
-        self.inner
-            .stats
-            .invalidations
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
     }
 
     /// A snapshot of this cache's counters.
@@ -422,22 +423,41 @@ impl Cache {
         Lookup::Miss
     }
 
-    /// Encodes and writes one entry. `value: None` writes a negative entry
-    /// (or nothing, when negative caching is off).
-    async fn store<V: Value>(
+    /// Encodes one entry and picks its (jittered) TTL. `value: None` is a
+    /// negative entry, or nothing when negative caching is off. A value over
+    /// the size limit is counted and not stored.
+    fn encode_entry<V: Value>(
         &self,
         pk: &str,
         value: Option<V>,
         ttl: Option<Duration>,
         load_duration: Duration,
-    ) -> Result<(), Error> {
+    ) -> Option<(Stored, Duration)> {
+        match self.try_encode_entry(value, ttl, load_duration) {
+            Ok(entry) => entry,
+            Err(e) => {
+                if e.is_too_large() {
+                    bump(&self.inner.stats.oversized);
+                }
+                tracing::warn!(key = %pk, error = %e, "aside: value not cached");
+                None
+            }
+        }
+    }
+
+    fn try_encode_entry<V: Value>(
+        &self,
+        value: Option<V>,
+        ttl: Option<Duration>,
+        load_duration: Duration,
+    ) -> Result<Option<(Stored, Duration)>, Error> {
         let s = &self.inner.s;
         let base_ttl = match (&value, ttl) {
             (Some(_), Some(t)) => t,
             (Some(_), None) => s.ttl,
             (None, _) => match s.negative_ttl {
                 Some(t) => t,
-                None => return Ok(()),
+                None => return Ok(None),
             },
         };
         let ttl = jittered(base_ttl, s.ttl_jitter);
@@ -459,10 +479,7 @@ impl Cache {
             Some(v) if !self.inner.remote => Stored::with_decoded(bytes, v),
             _ => Stored::new(bytes),
         };
-        self.guarded(self.inner.backend.set(pk, stored, ttl))
-            .await?;
-        bump(&self.inner.stats.sets);
-        Ok(())
+        Ok(Some((stored, ttl)))
     }
 
     /// Runs a backend operation under the timeout and the breaker, counting

@@ -1,0 +1,223 @@
+//! The write path: `set` (update-on-write) and `invalidate`
+//! (invalidate-on-write), and the retry of invalidations that failed.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{Cache, Value};
+use crate::error::Error;
+use crate::stats::bump;
+
+/// What became of an invalidation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Invalidation {
+    /// The backend removed the keys.
+    Applied,
+    /// The backend could not be reached. The invalidation is kept and retried
+    /// in the background; until it is applied, this process reads the keys
+    /// from the loader and caches nothing under them.
+    Queued,
+}
+
+impl Invalidation {
+    /// Whether the backend has applied it.
+    pub fn is_applied(self) -> bool {
+        self == Invalidation::Applied
+    }
+}
+
+/// How many queued keys one retry sends at most.
+const RETRY_BATCH: usize = 512;
+
+impl Cache {
+    /// Writes `value` under `key` with the default TTL (update-on-write).
+    ///
+    /// Prefer [`invalidate`](Self::invalidate) after a database write: two
+    /// concurrent writers can `set` in the opposite order to their database
+    /// commits and leave the older value cached until the TTL, while a delete
+    /// is idempotent and the next read loads the committed row. `set` is for
+    /// values you computed yourself, or hot keys where a miss is too costly.
+    /// A `set` changes the key's generation, so a load that began before it
+    /// cannot overwrite it with what it read.
+    ///
+    /// # Errors
+    /// `TooLarge`, `Encode`, `Backend` or `Timeout`. When the backend could
+    /// not be written, an invalidation of the key is queued (the entry it
+    /// holds is older than the value you meant to write).
+    pub async fn set<V: Value>(&self, key: impl AsRef<str>, value: V) -> Result<(), Error> {
+        self.set_inner(key.as_ref(), value, None).await
+    }
+
+    /// Like [`set`](Self::set) with a TTL for this entry only (jitter applies).
+    ///
+    /// # Errors
+    /// As `set`, and `Config` for a zero TTL.
+    pub async fn set_with_ttl<V: Value>(
+        &self,
+        key: impl AsRef<str>,
+        value: V,
+        ttl: Duration,
+    ) -> Result<(), Error> {
+        if ttl.is_zero() {
+            return Err(Error::config("ttl must be greater than zero"));
+        }
+        self.set_inner(key.as_ref(), value, Some(ttl)).await
+    }
+
+    async fn set_inner<V: Value>(
+        &self,
+        key: &str,
+        value: V,
+        ttl: Option<Duration>,
+    ) -> Result<(), Error> {
+        let pk = self.physical_key(key);
+        self.inner.flights.forget(&pk);
+        let Some((stored, ttl)) = self.try_encode_entry(Some(value), ttl, Duration::ZERO)? else {
+            return Ok(());
+        };
+        let marker_ttl = self.inner.s.marker_ttl;
+        match self
+            .guarded(self.inner.backend.set(&pk, stored, ttl, marker_ttl))
+            .await
+        {
+            Ok(()) => {
+                bump(&self.inner.stats.sets);
+                Ok(())
+            }
+            Err(e) => {
+                self.queue_invalidation(vec![pk]);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes `key` (invalidate-on-write): call it after the database write
+    /// commits, and the next read loads the new row.
+    ///
+    /// The key's generation changes with it, so a load that read the row
+    /// before your write and finishes after it does not cache what it read.
+    ///
+    /// # Errors
+    /// None today: a backend that cannot be reached gives
+    /// `Ok(Invalidation::Queued)`, and the invalidation is retried until it
+    /// is applied. The `Result` is there for errors a future backend may
+    /// report that retrying cannot fix.
+    pub async fn invalidate(&self, key: impl AsRef<str>) -> Result<Invalidation, Error> {
+        self.invalidate_many([key]).await
+    }
+
+    /// Removes several keys in one backend operation.
+    ///
+    /// # Errors
+    /// As [`invalidate`](Self::invalidate).
+    pub async fn invalidate_many<K: AsRef<str>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<Invalidation, Error> {
+        let pks: Vec<String> = keys
+            .into_iter()
+            .map(|k| self.physical_key(k.as_ref()))
+            .collect();
+        if pks.is_empty() {
+            return Ok(Invalidation::Applied);
+        }
+        for pk in &pks {
+            // Callers arriving from now on start a new load rather than join
+            // one that may have read the old row.
+            self.inner.flights.forget(pk);
+        }
+        self.inner
+            .stats
+            .invalidations
+            .fetch_add(pks.len() as u64, Ordering::Relaxed);
+        let marker_ttl = self.inner.s.marker_ttl;
+        match self
+            .guarded(self.inner.backend.invalidate(&pks, marker_ttl))
+            .await
+        {
+            Ok(()) => Ok(Invalidation::Applied),
+            Err(e) => {
+                tracing::warn!(keys = pks.len(), error = %e, "aside: invalidation queued for retry");
+                self.queue_invalidation(pks);
+                Ok(Invalidation::Queued)
+            }
+        }
+    }
+
+    /// Invalidations not yet applied by the backend.
+    pub fn pending_invalidations(&self) -> usize {
+        self.inner.pending.len()
+    }
+
+    /// Checks that the backend answers, within the backend timeout. Unlike
+    /// other operations it ignores the backend's "marked down" state, so a
+    /// health check sees the backend itself.
+    ///
+    /// # Errors
+    /// `Backend` or `Timeout`.
+    pub async fn ping(&self) -> Result<(), Error> {
+        match tokio::time::timeout(self.inner.s.backend_timeout, self.inner.backend.ping()).await {
+            Ok(r) => r.map_err(Error::from),
+            Err(_) => Err(crate::BackendError::Timeout.into()),
+        }
+    }
+
+    fn queue_invalidation(&self, pks: Vec<String>) {
+        bump_by(&self.inner.stats.invalidations_queued, pks.len());
+        self.inner.pending.add(&pks);
+        if !self.inner.pending.worker.swap(true, Ordering::AcqRel) {
+            let cache = self.clone();
+            tokio::spawn(async move { cache.retry_invalidations().await });
+        }
+    }
+
+    /// Re-sends queued invalidations with backoff until none is left.
+    async fn retry_invalidations(self) {
+        let base = self.inner.s.invalidation_retry;
+        let mut pause = base;
+        loop {
+            tokio::time::sleep(pause).await;
+            let batch = self.inner.pending.snapshot(RETRY_BATCH);
+            if !batch.is_empty() {
+                let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
+                let marker_ttl = self.inner.s.marker_ttl;
+                match self
+                    .guarded(self.inner.backend.invalidate(&keys, marker_ttl))
+                    .await
+                {
+                    Ok(()) => {
+                        self.inner.pending.applied(&batch);
+                        bump_by(&self.inner.stats.invalidations_retried, batch.len());
+                        tracing::info!(keys = batch.len(), "aside: queued invalidations applied");
+                        pause = base;
+                    }
+                    Err(_) => pause = (pause * 2).min(base * 16),
+                }
+            }
+            if self.inner.pending.is_empty() {
+                self.inner.pending.worker.store(false, Ordering::Release);
+                // A failure queued between the check and the store would have
+                // found the worker still marked running: take it over.
+                if self.inner.pending.is_empty()
+                    || self.inner.pending.worker.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn bump_by(c: &std::sync::atomic::AtomicU64, n: usize) {
+    c.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn queued_is_not_applied() {
+        assert!(super::Invalidation::Applied.is_applied());
+        assert!(!super::Invalidation::Queued.is_applied());
+    }
+}
