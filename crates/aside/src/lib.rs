@@ -97,3 +97,8 @@ pub use codec::{Codec, Compression};
 pub use error::{BackendError, Error, ErrorKind, Result};
 pub use key::Key;
 pub use stats::Stats;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
