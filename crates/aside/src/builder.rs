@@ -28,6 +28,7 @@ use crate::key::{MIN_MAX_KEY_LEN, SEPARATOR};
 /// | [`max_key_len`](Self::max_key_len) | 250 bytes |
 /// | [`invalidation_marker_ttl`](Self::invalidation_marker_ttl) | 60 seconds |
 /// | [`invalidation_retry`](Self::invalidation_retry) | 100 ms, doubling to 1.6 s |
+/// | [`delayed_double_delete`](Self::delayed_double_delete) | off |
 /// | [`clock`](Self::clock) | [`SystemClock`] |
 #[derive(Debug, Clone)]
 #[must_use]
@@ -56,6 +57,7 @@ impl Default for CacheBuilder {
                 max_key_len: 250,
                 marker_ttl: Duration::from_secs(60),
                 invalidation_retry: Duration::from_millis(100),
+                double_delete_after: None,
                 clock: Arc::new(SystemClock),
             },
         }
@@ -176,6 +178,20 @@ impl CacheBuilder {
         self
     }
 
+    /// Invalidates every key a second time, `delay` after the first.
+    ///
+    /// aside's conditional fills already drop a load that read the row before
+    /// the write and finishes after the invalidation, so this is *not* needed
+    /// for that race. It is for loads that begin after the invalidation and
+    /// still read the old row: a loader reading a lagging read replica, or
+    /// writers that invalidate before their transaction commits. Pick a delay
+    /// above the replica lag (or the commit time). It is not enough when the
+    /// lag can exceed the delay; the TTL then bounds the staleness.
+    pub fn delayed_double_delete(mut self, delay: Option<Duration>) -> Self {
+        self.settings.double_delete_after = delay;
+        self
+    }
+
     /// The wall clock entries are stamped with; inject one in tests.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.settings.clock = clock;
@@ -222,6 +238,11 @@ impl CacheBuilder {
         if s.backend_failure_threshold == 0 {
             return Err(Error::config(
                 "backend_failure_threshold must be at least 1",
+            ));
+        }
+        if s.double_delete_after.is_some_and(|d| d.is_zero()) {
+            return Err(Error::config(
+                "delayed_double_delete delay must be greater than zero (use None to disable)",
             ));
         }
         if s.marker_ttl.is_zero() || s.invalidation_retry.is_zero() {

@@ -28,6 +28,7 @@ pub(crate) struct Counters {
     pub invalidations_retried: AtomicU64,
     pub stale_fills_rejected: AtomicU64,
     pub bypassed: AtomicU64,
+    pub double_deletes: AtomicU64,
     pub sets: AtomicU64,
 }
 
@@ -64,6 +65,7 @@ impl Counters {
             invalidations_retried: self.invalidations_retried.load(Relaxed),
             stale_fills_rejected: self.stale_fills_rejected.load(Relaxed),
             bypassed: self.bypassed.load(Relaxed),
+            double_deletes: self.double_deletes.load(Relaxed),
             sets: self.sets.load(Relaxed),
         }
     }
@@ -116,6 +118,8 @@ pub struct Stats {
     /// Reads that skipped the cache because an invalidation of the key was
     /// still queued.
     pub bypassed: u64,
+    /// Second invalidations sent by the delayed double delete.
+    pub double_deletes: u64,
     /// Entries written to the backend.
     pub sets: u64,
 }

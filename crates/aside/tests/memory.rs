@@ -104,3 +104,45 @@ async fn keys_with_separators_do_not_collide_and_long_keys_work() {
     assert_eq!(cache.get::<u8>(long.as_str()).await.unwrap(), Some(3));
     assert!(cache.physical_key(&long).len() <= 250);
 }
+
+/// A loader reading a lagging replica caches the old row *after* the
+/// invalidation (nothing raced, so the fill is accepted); the delayed second
+/// invalidation removes it.
+#[tokio::test(start_paused = true)]
+async fn delayed_double_delete_removes_what_a_lagging_replica_filled() {
+    use std::time::Duration;
+    let cache = common::builder()
+        .delayed_double_delete(Some(Duration::from_millis(500)))
+        .build()
+        .unwrap();
+    let replica = |v: u64| move || async move { Ok::<_, common::DbDown>(Some(v)) };
+    assert_eq!(cache.get_or_load("k", replica(1)).await.unwrap(), Some(1));
+    // The primary now has 2; the replica still serves 1 for a while.
+    assert!(cache.invalidate("k").await.unwrap().is_applied());
+    assert_eq!(cache.get_or_load("k", replica(1)).await.unwrap(), Some(1));
+    assert_eq!(
+        cache.get::<u64>("k").await.unwrap(),
+        Some(1),
+        "the lagging read was cached"
+    );
+    tokio::time::sleep(Duration::from_millis(501)).await;
+    assert_eq!(
+        cache.get::<u64>("k").await.unwrap(),
+        None,
+        "the second delete removed it"
+    );
+    assert_eq!(cache.get_or_load("k", replica(2)).await.unwrap(), Some(2));
+    assert_eq!(cache.stats().double_deletes, 1);
+}
+
+#[tokio::test]
+async fn without_double_delete_the_lagging_read_stays() {
+    let cache = common::builder().build().unwrap();
+    let replica = |v: u64| move || async move { Ok::<_, common::DbDown>(Some(v)) };
+    assert_eq!(cache.get_or_load("k", replica(1)).await.unwrap(), Some(1));
+    cache.invalidate("k").await.unwrap();
+    assert_eq!(cache.get_or_load("k", replica(1)).await.unwrap(), Some(1));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(cache.get::<u64>("k").await.unwrap(), Some(1));
+    assert_eq!(cache.stats().double_deletes, 0);
+}

@@ -47,6 +47,7 @@ pub(crate) struct Settings {
     pub max_key_len: usize,
     pub marker_ttl: Duration,
     pub invalidation_retry: Duration,
+    pub double_delete_after: Option<Duration>,
     pub clock: Arc<dyn Clock>,
 }
 

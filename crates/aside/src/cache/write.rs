@@ -122,25 +122,39 @@ impl Cache {
         if pks.is_empty() {
             return Ok(Invalidation::Applied);
         }
+        self.inner
+            .stats
+            .invalidations
+            .fetch_add(pks.len() as u64, Ordering::Relaxed);
+        if let Some(delay) = self.inner.s.double_delete_after {
+            let cache = self.clone();
+            let again = pks.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                bump_by(&cache.inner.stats.double_deletes, again.len());
+                cache.invalidate_physical(again).await;
+            });
+        }
+        Ok(self.invalidate_physical(pks).await)
+    }
+
+    /// Invalidates physical keys, queueing them when the backend fails.
+    async fn invalidate_physical(&self, pks: Vec<String>) -> Invalidation {
         for pk in &pks {
             // Callers arriving from now on start a new load rather than join
             // one that may have read the old row.
             self.inner.flights.forget(pk);
         }
-        self.inner
-            .stats
-            .invalidations
-            .fetch_add(pks.len() as u64, Ordering::Relaxed);
         let marker_ttl = self.inner.s.marker_ttl;
         match self
             .guarded(self.inner.backend.invalidate(&pks, marker_ttl))
             .await
         {
-            Ok(()) => Ok(Invalidation::Applied),
+            Ok(()) => Invalidation::Applied,
             Err(e) => {
                 tracing::warn!(keys = pks.len(), error = %e, "aside: invalidation queued for retry");
                 self.queue_invalidation(pks);
-                Ok(Invalidation::Queued)
+                Invalidation::Queued
             }
         }
     }
