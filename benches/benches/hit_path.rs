@@ -72,7 +72,7 @@ fn redis(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let (cache, conn) = rt.block_on(async {
+    let (cache, conn, key) = rt.block_on(async {
         let cache = Cache::builder()
             .backend(RedisBackend::new(&server.url()).unwrap())
             .build()
@@ -83,15 +83,17 @@ fn redis(c: &mut Criterion) {
             .get_connection_manager()
             .await
             .unwrap();
-        (cache, conn)
+        let key = cache.physical_key("product:42");
+        (cache, conn, key)
     });
     let mut g = c.benchmark_group("redis_hit");
     g.bench_function("raw_redis_get_and_decode", |b| {
         b.to_async(&rt).iter(|| {
             let mut conn = conn.clone();
+            let key = key.as_str();
             async move {
                 let bytes: Vec<u8> = redis::cmd("GET")
-                    .arg("aside:product:42")
+                    .arg(key)
                     .query_async(&mut conn)
                     .await
                     .unwrap();

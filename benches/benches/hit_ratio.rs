@@ -1,0 +1,159 @@
+//! The hit-path ratios, measured interleaved.
+//!
+//! Criterion measures one function after the other; on a 2-vCPU machine the
+//! loopback round trip changes by several microseconds depending on whether
+//! the client and redis-server share a CPU at that moment, which moves a
+//! sequential Redis comparison by ±15% between runs. Here each round runs a
+//! block of raw operations and a block of aside operations back to back (in
+//! alternating order), and the report is the median of the per-round ratios.
+//!
+//! Run: `cargo bench -p aside-benches --bench hit_ratio`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use aside::{Cache, MemoryBackend, RedisBackend};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Product {
+    id: u64,
+    name: String,
+    price_cents: u64,
+    tags: Vec<String>,
+}
+
+fn product() -> Product {
+    Product {
+        id: 42,
+        name: "desk lamp, brass".into(),
+        price_cents: 4_999,
+        tags: vec!["lighting".into(), "home".into()],
+    }
+}
+
+async fn hit(cache: &Cache) -> Option<Product> {
+    cache
+        .get_or_load("product:42", || async {
+            Ok::<_, std::convert::Infallible>(Some(product()))
+        })
+        .await
+        .unwrap()
+}
+
+/// Times `n` runs of `f`.
+async fn block<F, Fut>(n: u32, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future,
+{
+    let start = Instant::now();
+    for _ in 0..n {
+        black_box(f().await);
+    }
+    start.elapsed()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn report(name: &str, raw: &[Duration], aside: &[Duration], n: u32, target: f64) {
+    let ratios: Vec<f64> = raw
+        .iter()
+        .zip(aside)
+        .map(|(r, a)| a.as_secs_f64() / r.as_secs_f64())
+        .collect();
+    let per_op = |d: &[Duration]| {
+        median(
+            d.iter()
+                .map(|x| x.as_secs_f64() * 1e9 / f64::from(n))
+                .collect(),
+        )
+    };
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+    let m = median(ratios.clone());
+    println!(
+        "{name}: raw {:.0} ns/op, aside {:.0} ns/op, ratio median {m:.3} (rounds {}, min {lo:.3}, max {hi:.3}); target <= {target}: {}",
+        per_op(raw),
+        per_op(aside),
+        ratios.len(),
+        if m <= target { "met" } else { "NOT met" }
+    );
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rounds = 30;
+
+    // Memory: aside vs raw moka.
+    rt.block_on(async {
+        let raw: moka::future::Cache<String, Product> = moka::future::Cache::new(10_000);
+        raw.insert("k".to_owned(), product()).await;
+        let cache = Cache::builder()
+            .backend(MemoryBackend::new())
+            .build()
+            .unwrap();
+        assert_eq!(hit(&cache).await, Some(product()));
+        let n = 20_000;
+        let (mut r, mut a) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            if round % 2 == 0 {
+                r.push(block(n, || raw.get("k")).await);
+                a.push(block(n, || hit(&cache)).await);
+            } else {
+                a.push(block(n, || hit(&cache)).await);
+                r.push(block(n, || raw.get("k")).await);
+            }
+        }
+        report("memory hit vs raw moka get", &r, &a, n, 1.5);
+    });
+
+    // Redis: aside vs raw GET + MessagePack decode of the same bytes.
+    let server = aside_test::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    rt.block_on(async {
+        let cache = Cache::builder()
+            .backend(RedisBackend::new(&server.url()).unwrap())
+            .build()
+            .unwrap();
+        assert_eq!(hit(&cache).await, Some(product()));
+        let key = cache.physical_key("product:42");
+        let conn = redis::Client::open(server.url())
+            .unwrap()
+            .get_connection_manager()
+            .await
+            .unwrap();
+        let raw = || {
+            let mut conn = conn.clone();
+            let key = key.clone();
+            async move {
+                let bytes: Vec<u8> = redis::cmd("GET")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                rmp_serde::from_slice::<Product>(&bytes[33..]).unwrap()
+            }
+        };
+        let n = 500;
+        let (mut r, mut a) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            if round % 2 == 0 {
+                r.push(block(n, raw).await);
+                a.push(block(n, || hit(&cache)).await);
+            } else {
+                a.push(block(n, || hit(&cache)).await);
+                r.push(block(n, raw).await);
+            }
+        }
+        report("redis hit vs raw redis-rs GET + decode", &r, &a, n, 1.1);
+    });
+    drop(server);
+}
