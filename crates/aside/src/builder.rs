@@ -29,10 +29,13 @@ use crate::key::{MIN_MAX_KEY_LEN, SEPARATOR};
 /// | [`invalidation_marker_ttl`](Self::invalidation_marker_ttl) | 60 seconds |
 /// | [`invalidation_retry`](Self::invalidation_retry) | 100 ms, doubling to 1.6 s |
 /// | [`delayed_double_delete`](Self::delayed_double_delete) | off |
+/// | [`namespace_invalidation`](Self::namespace_invalidation) | off |
+/// | [`schema_version`](Self::schema_version) | none |
 /// | [`clock`](Self::clock) | [`SystemClock`] |
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct CacheBuilder {
+    schema_version: Option<u32>,
     backend: Option<Arc<dyn Backend>>,
     memory: Option<MemoryBackend>,
     settings: Settings,
@@ -41,6 +44,7 @@ pub struct CacheBuilder {
 impl Default for CacheBuilder {
     fn default() -> Self {
         Self {
+            schema_version: None,
             backend: None,
             memory: None,
             settings: Settings {
@@ -58,6 +62,7 @@ impl Default for CacheBuilder {
                 marker_ttl: Duration::from_secs(60),
                 invalidation_retry: Duration::from_millis(100),
                 double_delete_after: None,
+                namespace_invalidation: false,
                 clock: Arc::new(SystemClock),
             },
         }
@@ -192,6 +197,26 @@ impl CacheBuilder {
         self
     }
 
+    /// Enables [`Cache::invalidate_namespace`]: every entry records the
+    /// namespace's version and every read checks it, in the same round trip
+    /// as the entry (an `MGET` of two keys instead of a `GET`).
+    pub fn namespace_invalidation(mut self, on: bool) -> Self {
+        self.settings.namespace_invalidation = on;
+        self
+    }
+
+    /// The version of the shape of the cached values. Keys become
+    /// `{namespace@vN:key}`, so a deploy that changes a type bumps this and
+    /// never reads entries of the old shape (nor overwrites them for the old
+    /// deploy still running). Entries of an unknown shape are also caught on
+    /// decode and reloaded, but only after a failed decode, and a change that
+    /// still decodes (a renamed field with a default) is not caught at all:
+    /// the version is the reliable way.
+    pub fn schema_version(mut self, version: u32) -> Self {
+        self.schema_version = Some(version);
+        self
+    }
+
     /// The wall clock entries are stamped with; inject one in tests.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.settings.clock = clock;
@@ -211,10 +236,15 @@ impl CacheBuilder {
             return Err(Error::config("namespace must not be empty"));
         }
         if let Some(c) = s.namespace.chars().find(|c| {
-            *c == SEPARATOR || *c == '{' || *c == '}' || c.is_whitespace() || c.is_control()
+            *c == SEPARATOR
+                || *c == '{'
+                || *c == '}'
+                || *c == '@'
+                || c.is_whitespace()
+                || c.is_control()
         }) {
             return Err(Error::config(format!(
-                "namespace {:?} must not contain {c:?} (no '{SEPARATOR}', braces, spaces or control characters)",
+                "namespace {:?} must not contain {c:?} (no '{SEPARATOR}', '@', braces, spaces or control characters)",
                 s.namespace
             )));
         }
@@ -253,12 +283,17 @@ impl CacheBuilder {
         if s.max_value_bytes == 0 {
             return Err(Error::config("max_value_bytes must be greater than zero"));
         }
-        if s.max_key_len < MIN_MAX_KEY_LEN + s.namespace.len() {
+        let ns_len = s.namespace.len() + self.schema_version.map_or(0, |v| format!("@v{v}").len());
+        if s.max_key_len < MIN_MAX_KEY_LEN + ns_len {
             return Err(Error::config(format!(
                 "max_key_len must be at least {} for namespace {:?}",
-                MIN_MAX_KEY_LEN + s.namespace.len(),
+                MIN_MAX_KEY_LEN + ns_len,
                 s.namespace
             )));
+        }
+        let mut settings = self.settings;
+        if let Some(v) = self.schema_version {
+            settings.namespace = format!("{}@v{v}", settings.namespace);
         }
         let (backend, memory) = match self.backend {
             Some(backend) => (backend, self.memory),
@@ -267,7 +302,7 @@ impl CacheBuilder {
                 (Arc::new(memory.clone()) as Arc<dyn Backend>, Some(memory))
             }
         };
-        Ok(Cache::from_parts(backend, memory, self.settings))
+        Ok(Cache::from_parts(backend, memory, settings))
     }
 }
 

@@ -10,8 +10,16 @@
 //!     13    8 hard TTL, ms            (the entry is gone after it)
 //!     21    8 soft TTL, ms            (fresh until then; 0 = same as hard TTL)
 //!     29    4 load duration, µs       (how long the loader took: XFetch's delta)
-//!     33    … payload                 (empty for a negative entry)
+//!     33    1 dependency count n
+//!     34    … n × (1-byte name length, name, 8-byte version)
+//!      …    … payload                 (empty for a negative entry)
 //! ```
+//!
+//! Dependencies are the versions the entry was loaded under: one per tag
+//! (named by the tag) and, when namespace invalidation is on, the namespace's
+//! (the empty name). A read compares them with the current versions; a
+//! mismatch means a tag or the namespace was invalidated since, and the entry
+//! is a miss.
 //!
 //! The header is fixed-size so a read checks it with a few comparisons and no
 //! allocation. Anything that does not parse (foreign bytes, truncation, an
@@ -43,15 +51,20 @@ pub(crate) struct Meta {
     pub load_duration: Duration,
 }
 
-/// A parsed header, borrowing the payload.
+/// A parsed header, borrowing the dependencies and the payload.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Envelope<'a> {
     pub codec: Codec,
     pub compressed: bool,
     pub negative: bool,
     pub meta: Meta,
+    deps: &'a [u8],
+    dep_count: u8,
     pub payload: &'a [u8],
 }
+
+/// A dependency: a tag (or the namespace, named "") and its version.
+pub(crate) type Dep<'a> = (&'a str, u64);
 
 /// Why stored bytes could not be read back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,6 +87,7 @@ pub(crate) enum DecodeError {
 pub(crate) fn encode<V: Serialize>(
     value: Option<&V>,
     meta: Meta,
+    deps: &[(String, u64)],
     codec: Codec,
     compression: Compression,
     max_bytes: usize,
@@ -89,14 +103,25 @@ pub(crate) fn encode<V: Serialize>(
     let load_us = u32::try_from(meta.load_duration.as_micros()).unwrap_or(u32::MAX);
     out.extend_from_slice(&load_us.to_be_bytes());
     debug_assert_eq!(out.len(), HEADER_LEN);
+    let count = u8::try_from(deps.len())
+        .map_err(|_| Error::config("an entry can depend on at most 255 tags"))?;
+    out.push(count);
+    for (name, version) in deps {
+        let len = u8::try_from(name.len())
+            .map_err(|_| Error::config(format!("tag {name:?} is longer than 255 bytes")))?;
+        out.push(len);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&version.to_be_bytes());
+    }
+    let payload_at = out.len();
 
     let mut flags = 0;
     match value {
         None => flags |= FLAG_NEGATIVE,
         Some(v) => {
             codec.encode(v, &mut out)?;
-            if let Some(packed) = compression.compress(&out[HEADER_LEN..]) {
-                out.truncate(HEADER_LEN);
+            if let Some(packed) = compression.compress(&out[payload_at..]) {
+                out.truncate(payload_at);
                 out.extend_from_slice(&packed);
                 flags |= FLAG_COMPRESSED;
             }
@@ -126,9 +151,25 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Envelope<'_>, DecodeError> {
     if bytes[2] != FORMAT_VERSION {
         return Err(DecodeError::UnknownVersion(bytes[2]));
     }
-    let Some((header, payload)) = bytes.split_first_chunk::<HEADER_LEN>() else {
+    let Some((header, rest)) = bytes.split_first_chunk::<HEADER_LEN>() else {
         return Err(DecodeError::Truncated);
     };
+    let Some((&dep_count, rest)) = rest.split_first() else {
+        return Err(DecodeError::Truncated);
+    };
+    // Walk the dependencies once to find where the payload starts.
+    let mut at = 0usize;
+    for _ in 0..dep_count {
+        let len = *rest.get(at).ok_or(DecodeError::Truncated)? as usize;
+        at += 1 + len + 8;
+        if at > rest.len() {
+            return Err(DecodeError::Truncated);
+        }
+        if std::str::from_utf8(&rest[at - 8 - len..at - 8]).is_err() {
+            return Err(DecodeError::Foreign);
+        }
+    }
+    let (deps, payload) = rest.split_at(at);
     let codec = Codec::from_id(header[3]).ok_or(DecodeError::UnknownCodec(header[3]))?;
     let flags = header[4];
     let u64_at = |at: usize| {
@@ -149,6 +190,8 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Envelope<'_>, DecodeError> {
             soft_ttl: (soft != 0).then(|| Duration::from_millis(soft)),
             load_duration: Duration::from_micros(u64::from(u32::from_be_bytes(load))),
         },
+        deps,
+        dep_count,
         payload,
     })
 }
@@ -162,7 +205,24 @@ impl Meta {
     }
 }
 
-impl Envelope<'_> {
+impl<'a> Envelope<'a> {
+    /// The versions this entry was loaded under. Validated by `parse`.
+    pub(crate) fn deps(&self) -> impl Iterator<Item = Dep<'a>> + 'a {
+        let mut rest = self.deps;
+        (0..self.dep_count).filter_map(move |_| {
+            let (&len, tail) = rest.split_first()?;
+            let len = len as usize;
+            let name = std::str::from_utf8(tail.get(..len)?).ok()?;
+            let version = u64::from_be_bytes(tail.get(len..len + 8)?.try_into().ok()?);
+            rest = tail.get(len + 8..)?;
+            Some((name, version))
+        })
+    }
+
+    pub(crate) fn has_deps(&self) -> bool {
+        self.dep_count > 0
+    }
+
     /// Decodes the payload into `V`.
     pub(crate) fn decode<V: DeserializeOwned>(&self, max_bytes: usize) -> Result<V, DecodeError> {
         if self.compressed {
@@ -209,7 +269,7 @@ mod tests {
         };
         for codec in [Codec::MessagePack, Codec::Json] {
             for compression in [Compression::None, Compression::default()] {
-                let bytes = encode(Some(&p), meta(), codec, compression, 1 << 20)
+                let bytes = encode(Some(&p), meta(), &[], codec, compression, 1 << 20)
                     .unwrap_or_else(|e| panic!("{e}"));
                 let env = parse(&bytes).unwrap_or_else(|e| panic!("{e}"));
                 assert_eq!(env.meta, meta());
@@ -221,8 +281,15 @@ mod tests {
 
     #[test]
     fn negative_entries_have_no_payload() {
-        let bytes = encode::<Product>(None, meta(), Codec::MessagePack, Compression::None, 1024)
-            .unwrap_or_default();
+        let bytes = encode::<Product>(
+            None,
+            meta(),
+            &[],
+            Codec::MessagePack,
+            Compression::None,
+            1024,
+        )
+        .unwrap_or_default();
         let env = parse(&bytes).unwrap_or_else(|e| panic!("{e}"));
         assert!(env.negative);
         assert!(env.payload.is_empty());
@@ -240,10 +307,38 @@ mod tests {
             parse(&[0xA5, 0x1D, 9, 1]).err(),
             Some(DecodeError::UnknownVersion(9))
         );
-        let mut bytes =
-            encode(Some(&1u8), meta(), Codec::Json, Compression::None, 1024).unwrap_or_default();
+        let mut bytes = encode(
+            Some(&1u8),
+            meta(),
+            &[],
+            Codec::Json,
+            Compression::None,
+            1024,
+        )
+        .unwrap_or_default();
         bytes[3] = 77;
         assert_eq!(parse(&bytes).err(), Some(DecodeError::UnknownCodec(77)));
+    }
+
+    #[test]
+    fn dependencies_round_trip_and_truncation_is_caught() {
+        let deps = vec![(String::new(), 3), ("category:7".to_owned(), 11)];
+        let bytes = encode(
+            Some(&5u32),
+            meta(),
+            &deps,
+            Codec::MessagePack,
+            Compression::None,
+            1024,
+        )
+        .unwrap_or_default();
+        let env = parse(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        let got: Vec<(String, u64)> = env.deps().map(|(n, v)| (n.to_owned(), v)).collect();
+        assert_eq!(got, deps);
+        assert_eq!(env.decode::<u32>(1024), Ok(5));
+        for cut in HEADER_LEN + 1..HEADER_LEN + 20 {
+            assert!(parse(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]
@@ -251,6 +346,7 @@ mod tests {
         let bytes = encode(
             Some(&"text"),
             meta(),
+            &[],
             Codec::MessagePack,
             Compression::None,
             1024,
@@ -266,9 +362,16 @@ mod tests {
     #[test]
     fn oversized_values_are_refused() {
         let big = "x".repeat(2000);
-        let err = encode(Some(&big), meta(), Codec::Json, Compression::None, 1000)
-            .err()
-            .map(|e| e.kind());
+        let err = encode(
+            Some(&big),
+            meta(),
+            &[],
+            Codec::Json,
+            Compression::None,
+            1000,
+        )
+        .err()
+        .map(|e| e.kind());
         assert_eq!(err, Some(ErrorKind::TooLarge));
     }
 }

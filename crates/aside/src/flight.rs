@@ -107,6 +107,14 @@ impl Flights {
             .remove(key);
     }
 
+    /// Detaches every flight (a tag or the whole namespace was invalidated).
+    pub fn forget_all(&self) {
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
     fn remove_if(&self, key: &str, id: u64) {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         if map.get(key).is_some_and(|s| s.id == id) {

@@ -92,7 +92,7 @@ mod stats;
 pub use backend::RedisBackend;
 pub use backend::{Backend, FillToken, MemoryBackend, Stored};
 pub use builder::CacheBuilder;
-pub use cache::{Cache, Invalidation, Value};
+pub use cache::{Cache, EntryOptions, Invalidation, Value};
 pub use codec::{Codec, Compression};
 pub use error::{BackendError, Error, ErrorKind, Result};
 pub use key::Key;

@@ -13,10 +13,20 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+/// What a queued invalidation is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A data key: delete it.
+    Key,
+    /// A tag's or the namespace's version counter: increment it.
+    Version,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
-    keys: Mutex<HashMap<String, u64>>,
+    keys: Mutex<HashMap<String, (u64, Kind)>>,
     len: AtomicUsize,
+    versions: AtomicUsize,
     next_seq: std::sync::atomic::AtomicU64,
     /// Whether a retry task is running (at most one per cache).
     pub worker: AtomicBool,
@@ -24,13 +34,24 @@ pub(crate) struct Pending {
 
 impl Pending {
     /// Records keys whose invalidation failed.
-    pub fn add(&self, keys: &[String]) {
+    pub fn add(&self, keys: &[String], kind: Kind) {
         let mut map = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
         for k in keys {
             let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-            map.insert(k.clone(), seq);
+            map.insert(k.clone(), (seq, kind));
         }
+        self.publish_len(&map);
+    }
+
+    fn publish_len(&self, map: &HashMap<String, (u64, Kind)>) {
+        let versions = map.values().filter(|(_, k)| *k == Kind::Version).count();
+        self.versions.store(versions, Ordering::Release);
         self.len.store(map.len(), Ordering::Release);
+    }
+
+    /// Whether a tag or namespace invalidation is queued.
+    pub fn has_versions(&self) -> bool {
+        self.versions.load(Ordering::Acquire) > 0
     }
 
     /// Whether `key` has an invalidation not yet applied. One atomic load when
@@ -54,26 +75,26 @@ impl Pending {
     }
 
     /// The pending keys and their sequence numbers, for one retry.
-    pub fn snapshot(&self, max: usize) -> Vec<(String, u64)> {
+    pub fn snapshot(&self, max: usize) -> Vec<(String, u64, Kind)> {
         self.keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .take(max)
-            .map(|(k, s)| (k.clone(), *s))
+            .map(|(k, (s, kind))| (k.clone(), *s, *kind))
             .collect()
     }
 
     /// Clears keys whose invalidation was applied, unless a newer failure of
     /// the same key was recorded meanwhile.
-    pub fn applied(&self, done: &[(String, u64)]) {
+    pub fn applied(&self, done: &[(String, u64, Kind)]) {
         let mut map = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        for (k, seq) in done {
-            if map.get(k) == Some(seq) {
+        for (k, seq, _) in done {
+            if map.get(k).is_some_and(|(s, _)| s == seq) {
                 map.remove(k);
             }
         }
-        self.len.store(map.len(), Ordering::Release);
+        self.publish_len(&map);
     }
 }
 
@@ -85,13 +106,16 @@ mod tests {
     fn newer_failures_survive_an_older_retry() {
         let p = Pending::default();
         assert!(!p.contains("a"));
-        p.add(&["a".into(), "b".into()]);
+        p.add(&["a".into(), "b".into()], Kind::Key);
         let snap = p.snapshot(10);
-        p.add(&["a".into()]); // failed again while the retry ran
+        p.add(&["a".into()], Kind::Key); // failed again while the retry ran
+        assert!(!p.has_versions());
+        p.add(&["t".into()], Kind::Version);
+        assert!(p.has_versions());
         p.applied(&snap);
         assert!(p.contains("a"));
         assert!(!p.contains("b"));
-        assert_eq!(p.len(), 1);
+        assert_eq!(p.len(), 2);
         p.applied(&p.snapshot(10));
         assert!(p.is_empty());
     }

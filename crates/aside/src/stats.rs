@@ -29,6 +29,7 @@ pub(crate) struct Counters {
     pub stale_fills_rejected: AtomicU64,
     pub bypassed: AtomicU64,
     pub double_deletes: AtomicU64,
+    pub dependency_misses: AtomicU64,
     pub sets: AtomicU64,
 }
 
@@ -66,6 +67,7 @@ impl Counters {
             stale_fills_rejected: self.stale_fills_rejected.load(Relaxed),
             bypassed: self.bypassed.load(Relaxed),
             double_deletes: self.double_deletes.load(Relaxed),
+            dependency_misses: self.dependency_misses.load(Relaxed),
             sets: self.sets.load(Relaxed),
         }
     }
@@ -120,6 +122,9 @@ pub struct Stats {
     pub bypassed: u64,
     /// Second invalidations sent by the delayed double delete.
     pub double_deletes: u64,
+    /// Entries found but not served because a tag of theirs (or the
+    /// namespace) was invalidated after they were loaded.
+    pub dependency_misses: u64,
     /// Entries written to the backend.
     pub sets: u64,
 }

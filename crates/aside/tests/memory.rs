@@ -22,6 +22,9 @@ macro_rules! scenario {
 }
 
 scenario!(
+    tag_invalidation_hides_every_tagged_entry,
+    fill_that_raced_a_tag_invalidation_is_dropped,
+    namespace_invalidation_must_be_enabled,
     fill_that_raced_an_invalidation_is_dropped,
     fill_that_raced_a_set_is_dropped,
     hit_and_miss,
@@ -145,4 +148,45 @@ async fn without_double_delete_the_lagging_read_stays() {
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     assert_eq!(cache.get::<u64>("k").await.unwrap(), Some(1));
     assert_eq!(cache.stats().double_deletes, 0);
+}
+
+/// The shared scenarios that matter for namespaces, with namespace
+/// invalidation on (every read also checks the namespace version).
+macro_rules! namespaced {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let cache = common::builder().namespace_invalidation(true).build().unwrap();
+            common::$name(&cache).await;
+        }
+    )*};
+}
+
+mod with_namespace_invalidation {
+    use super::common;
+    namespaced!(
+        namespace_invalidation_hides_everything,
+        hit_and_miss,
+        negative_caching,
+        invalidate_reloads,
+        tag_invalidation_hides_every_tagged_entry,
+        fill_that_raced_an_invalidation_is_dropped,
+        fill_that_raced_a_tag_invalidation_is_dropped,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_versions_do_not_share_entries() {
+    let backend = MemoryBackend::new();
+    let old = common::builder()
+        .schema_version(1)
+        .backend(backend.clone())
+        .build()
+        .unwrap();
+    let new = common::builder()
+        .schema_version(2)
+        .backend(backend)
+        .build()
+        .unwrap();
+    common::schema_versions_do_not_share_entries(&old, &new).await;
 }

@@ -40,6 +40,9 @@ macro_rules! scenario {
 }
 
 scenario!(
+    tag_invalidation_hides_every_tagged_entry,
+    fill_that_raced_a_tag_invalidation_is_dropped,
+    namespace_invalidation_must_be_enabled,
     fill_that_raced_an_invalidation_is_dropped,
     fill_that_raced_a_set_is_dropped,
     hit_and_miss,
@@ -123,6 +126,7 @@ async fn corrupt_and_foreign_bytes_are_reloaded_and_overwritten() {
         h.extend_from_slice(&now.to_be_bytes());
         h.extend_from_slice(&3_600_000u64.to_be_bytes());
         h.extend_from_slice(&[0; 12]);
+        h.push(0); // no tag or namespace dependencies
         h
     };
     let mut truncated = header(0);
@@ -329,4 +333,81 @@ async fn rediss_without_the_tls_feature_is_a_config_error() {
     let err = RedisBackend::new("rediss://127.0.0.1:6380").unwrap_err();
     assert!(err.is_config());
     assert!(err.to_string().contains("tls"), "{err}");
+}
+
+macro_rules! namespaced {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let redis = super::server();
+            let cache = common::builder()
+                .namespace("t")
+                .namespace_invalidation(true)
+                .backend(RedisBackend::new(&redis.url()).unwrap())
+                .build()
+                .unwrap();
+            common::$name(&cache).await;
+        }
+    )*};
+}
+
+/// With namespace invalidation on (every read is an MGET of the entry and
+/// the namespace version).
+mod with_namespace_invalidation {
+    use super::common;
+    use aside::RedisBackend;
+    namespaced!(
+        namespace_invalidation_hides_everything,
+        hit_and_miss,
+        negative_caching,
+        invalidate_reloads,
+        tag_invalidation_hides_every_tagged_entry,
+        fill_that_raced_an_invalidation_is_dropped,
+        fill_that_raced_a_tag_invalidation_is_dropped,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_versions_do_not_share_entries() {
+    let redis = server();
+    let on = |v| {
+        common::builder()
+            .namespace("t")
+            .schema_version(v)
+            .backend(RedisBackend::new(&redis.url()).unwrap())
+            .build()
+            .unwrap()
+    };
+    common::schema_versions_do_not_share_entries(&on(1), &on(2)).await;
+}
+
+/// Tag counters live in the namespace's slot, expire, and are one key per tag
+/// however many entries carry the tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_is_one_expiring_counter_whatever_the_number_of_entries() {
+    let redis = server();
+    let cache = cache_on(&redis);
+    for i in 0..100u64 {
+        cache
+            .set_with(format!("e{i}"), i, &aside::EntryOptions::new().tag("big"))
+            .await
+            .unwrap();
+    }
+    cache.invalidate_tag("big").await.unwrap();
+    let mut conn = raw(&redis).await;
+    let version: u64 = redis::cmd("GET")
+        .arg("{t}:t:big")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(version, 1);
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("{t}:t:big")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(pttl > 0, "tag counters expire (no leak): {pttl}");
+    for i in 0..100u64 {
+        assert_eq!(cache.get::<u64>(format!("e{i}")).await.unwrap(), None);
+    }
 }

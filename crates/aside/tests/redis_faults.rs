@@ -278,3 +278,69 @@ async fn invalidation_that_cannot_reach_redis_is_queued_retried_and_never_served
     assert_eq!(s.invalidations_retried, 1);
     assert!(s.bypassed >= 10);
 }
+
+/// A tag invalidation while Redis is frozen: queued, every read bypasses the
+/// cache meanwhile (any entry may carry the tag), and the retry applies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_invalidation_that_cannot_reach_redis_is_queued_and_applied_later() {
+    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let cache = Cache::builder()
+        .namespace("f")
+        .backend_timeout(Duration::from_millis(100))
+        .backend_retry_after(Duration::from_millis(50))
+        .invalidation_retry(Duration::from_millis(50))
+        .backend(RedisBackend::new(&redis.url()).unwrap())
+        .build()
+        .unwrap();
+    let opts = aside::EntryOptions::new().tag("cat");
+    let version = Arc::new(AtomicU64::new(1));
+    let load =
+        |v: Arc<AtomicU64>| move || async move { Ok::<_, Never>(Some(v.load(Ordering::SeqCst))) };
+    assert_eq!(
+        cache
+            .get_or_load_with("k", &opts, load(version.clone()))
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    redis.pause().unwrap();
+    version.store(2, Ordering::SeqCst);
+    assert_eq!(
+        cache.invalidate_tag("cat").await.unwrap(),
+        aside::Invalidation::Queued
+    );
+    assert_eq!(
+        cache
+            .get_or_load_with("k", &opts, load(version.clone()))
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    redis.resume().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cache.pending_invalidations() > 0 {
+        assert_eq!(
+            cache.get::<u64>("k").await.unwrap(),
+            None,
+            "never the old value"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "queued tag invalidation never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        cache.get::<u64>("k").await.unwrap(),
+        None,
+        "the old entry is invalid in Redis too"
+    );
+    assert_eq!(
+        cache
+            .get_or_load_with("k", &opts, load(version.clone()))
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    assert_eq!(cache.get::<u64>("k").await.unwrap(), Some(2));
+}

@@ -22,6 +22,9 @@ use crate::error::BackendError;
 #[derive(Clone, Debug)]
 pub struct MemoryBackend {
     cache: moka::future::Cache<String, Entry>,
+    /// Version counters of tags and namespaces; unbounded by the capacity
+    /// (there are few of them), each expiring `ttl` after its last bump.
+    versions: moka::future::Cache<String, Entry>,
 }
 
 /// A value, or a tombstone (`stored: None`) that remembers the generation of
@@ -91,7 +94,10 @@ impl MemoryBackendBuilder {
                 })
                 .build(),
         };
-        MemoryBackend { cache }
+        let versions = moka::future::Cache::builder()
+            .expire_after(PerEntryTtl)
+            .build();
+        MemoryBackend { cache, versions }
     }
 }
 
@@ -118,22 +124,39 @@ impl MemoryBackend {
         self.cache.get(key).await.and_then(|e| e.stored)
     }
 
+    async fn read_versions(&self, names: &[String]) -> Vec<u64> {
+        let mut out = Vec::with_capacity(names.len());
+        for n in names {
+            out.push(self.versions.get(n).await.map_or(0, |e| e.generation));
+        }
+        out
+    }
+
     /// Replaces the entry of `key` with `make(current generation)`, atomically
     /// per key (moka serialises computes on one key).
     async fn bump(&self, key: &str, make: impl FnOnce(u64) -> Entry) {
-        self.cache
-            .entry_by_ref(key)
-            .and_compute_with(|current| {
-                let generation = current.map_or(0, |e| e.value().generation);
-                std::future::ready(Op::Put(make(generation.wrapping_add(1))))
-            })
-            .await;
+        bump_in(&self.cache, key, make).await;
     }
 
     /// Applies pending maintenance (evictions, expirations) now; for tests.
     pub async fn run_pending_tasks(&self) {
         self.cache.run_pending_tasks().await;
     }
+}
+
+/// Replaces the entry of `key` in `cache` with `make(next generation)`.
+async fn bump_in(
+    cache: &moka::future::Cache<String, Entry>,
+    key: &str,
+    make: impl FnOnce(u64) -> Entry,
+) {
+    cache
+        .entry_by_ref(key)
+        .and_compute_with(|current| {
+            let generation = current.map_or(0, |e| e.value().generation);
+            std::future::ready(Op::Put(make(generation.wrapping_add(1))))
+        })
+        .await;
 }
 
 impl Default for MemoryBackend {
@@ -148,11 +171,28 @@ impl Backend for MemoryBackend {
         Ok(self.get_entry(key).await)
     }
 
-    async fn get_for_fill(&self, key: &str) -> Result<(Option<Stored>, FillToken), BackendError> {
-        Ok(match self.cache.get(key).await {
-            Some(e) => (e.stored, FillToken::new(e.generation)),
-            None => (None, FillToken::default()),
-        })
+    async fn get_with_versions(
+        &self,
+        key: &str,
+        versions: &[String],
+    ) -> Result<(Option<Stored>, Vec<u64>), BackendError> {
+        Ok((
+            self.get_entry(key).await,
+            self.read_versions(versions).await,
+        ))
+    }
+
+    async fn get_for_fill(
+        &self,
+        key: &str,
+        versions: &[String],
+    ) -> Result<(Option<Stored>, FillToken), BackendError> {
+        let (stored, generation) = match self.cache.get(key).await {
+            Some(e) => (e.stored, e.generation),
+            None => (None, 0),
+        };
+        let versions = self.read_versions(versions).await;
+        Ok((stored, FillToken::new(generation, versions)))
     }
 
     async fn fill(
@@ -160,8 +200,16 @@ impl Backend for MemoryBackend {
         key: &str,
         value: Stored,
         ttl: Duration,
-        token: FillToken,
+        token: &FillToken,
+        versions: &[String],
     ) -> Result<bool, BackendError> {
+        // Not atomic with a concurrent bump of a version counter; that is
+        // fine: the entry carries the versions of `token`, so a read after
+        // such a bump sees the mismatch. This check only avoids storing an
+        // entry known to be dead.
+        if self.read_versions(versions).await != token.versions() {
+            return Ok(false);
+        }
         let result = self
             .cache
             .entry_by_ref(key)
@@ -197,6 +245,18 @@ impl Backend for MemoryBackend {
             generation,
         })
         .await;
+        Ok(())
+    }
+
+    async fn bump_versions(&self, versions: &[String], ttl: Duration) -> Result<(), BackendError> {
+        for name in versions {
+            bump_in(&self.versions, name, |generation| Entry {
+                stored: None,
+                ttl,
+                generation,
+            })
+            .await;
+        }
         Ok(())
     }
 

@@ -58,17 +58,37 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Reads the entry stored under `key`.
     async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError>;
 
-    /// Reads the entry and the key's current generation, before a load.
-    async fn get_for_fill(&self, key: &str) -> Result<(Option<Stored>, FillToken), BackendError>;
+    /// Reads the entry and the current values of the version counters
+    /// `versions` (tags, namespace; 0 for an absent counter), in one round
+    /// trip where the backend can.
+    async fn get_with_versions(
+        &self,
+        key: &str,
+        versions: &[String],
+    ) -> Result<(Option<Stored>, Vec<u64>), BackendError>;
 
-    /// Stores `value` for `ttl` if the generation of `key` is still `token`.
+    /// Reads the entry, the key's current generation and the version
+    /// counters `versions`, before a load.
+    async fn get_for_fill(
+        &self,
+        key: &str,
+        versions: &[String],
+    ) -> Result<(Option<Stored>, FillToken), BackendError>;
+
+    /// Stores `value` for `ttl` if the generation of `key` and the counters
+    /// `versions` are still those in `token`.
     async fn fill(
         &self,
         key: &str,
         value: Stored,
         ttl: Duration,
-        token: FillToken,
+        token: &FillToken,
+        versions: &[String],
     ) -> Result<bool, BackendError>;
+
+    /// Increments version counters (a tag's or a namespace's invalidation),
+    /// each kept for at least `ttl` after this.
+    async fn bump_versions(&self, versions: &[String], ttl: Duration) -> Result<(), BackendError>;
 
     /// Stores `value` for `ttl` unconditionally and changes the generation
     /// (kept for at least `marker_ttl`), so fills that began earlier fail.
@@ -95,19 +115,32 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// The generation of a key when a load began; see [`Backend::fill`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct FillToken(u64);
+/// What a load saw when it began: the key's generation and the version
+/// counters it depends on; see [`Backend::fill`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct FillToken {
+    generation: u64,
+    versions: Vec<u64>,
+}
 
 impl FillToken {
-    /// A token for generation `g` (0: the key has no recorded generation).
-    pub fn new(g: u64) -> Self {
-        Self(g)
+    /// A token for generation `generation` (0: none recorded) and the values
+    /// of the version counters, in the order they were asked for.
+    pub fn new(generation: u64, versions: Vec<u64>) -> Self {
+        Self {
+            generation,
+            versions,
+        }
     }
 
-    /// The generation.
-    pub fn generation(self) -> u64 {
-        self.0
+    /// The key's generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The version counters' values.
+    pub fn versions(&self) -> &[u64] {
+        &self.versions
     }
 }
 

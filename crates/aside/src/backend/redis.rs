@@ -210,17 +210,67 @@ fn px(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// KEYS: data, marker. ARGV: bytes, ttl ms, expected generation.
+/// KEYS: data, marker, version counters... ARGV: bytes, ttl ms, expected
+/// generation, expected versions...
 static FILL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-        local g = redis.call('GET', KEYS[2])
-        if (g or '0') ~= ARGV[3] then return 0 end
+        if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then return 0 end
+        for i = 3, #KEYS do
+            if (redis.call('GET', KEYS[i]) or '0') ~= ARGV[i + 1] then return 0 end
+        end
         redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
         return 1
         ",
     )
 });
+
+/// KEYS: version counters. ARGV: ttl ms (kept at least this long).
+static BUMP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        for i = 1, #KEYS do
+            redis.call('INCR', KEYS[i])
+            if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[1]) then
+                redis.call('PEXPIRE', KEYS[i], ARGV[1])
+            end
+        end
+        return #KEYS
+        ",
+    )
+});
+
+/// Reads `keys` with one MGET: the first as entry bytes, the rest as
+/// counters (absent: 0).
+async fn mget(
+    conn: &mut ConnectionManager,
+    keys: &[&str],
+) -> Result<(Option<Stored>, Vec<u64>), BackendError> {
+    let mut values: Vec<Option<bytes::Bytes>> = redis::cmd("MGET")
+        .arg(keys)
+        .query_async(conn)
+        .await
+        .map_err(failed)?;
+    let mut counters = Vec::with_capacity(values.len().saturating_sub(1));
+    for v in values.iter().skip(1) {
+        let n = match v {
+            None => 0,
+            Some(b) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| {
+                    BackendError::failed(std::io::Error::other("a version counter is not a number"))
+                })?,
+        };
+        counters.push(n);
+    }
+    let first = if values.is_empty() {
+        None
+    } else {
+        values.swap_remove(0)
+    };
+    Ok((first.map(Stored::new), counters))
+}
 
 /// KEYS: data, marker. ARGV: bytes, ttl ms, marker ttl ms.
 static SET: LazyLock<Script> = LazyLock::new(|| {
@@ -260,18 +310,34 @@ impl Backend for RedisBackend {
         Ok(bytes.map(Stored::new))
     }
 
-    async fn get_for_fill(&self, key: &str) -> Result<(Option<Stored>, FillToken), BackendError> {
-        let mut conn = self.conn.clone();
-        let (bytes, generation): (Option<bytes::Bytes>, Option<u64>) = redis::cmd("MGET")
-            .arg(key)
-            .arg(marker(key))
-            .query_async(&mut conn)
-            .await
-            .map_err(failed)?;
-        Ok((
-            bytes.map(Stored::new),
-            FillToken::new(generation.unwrap_or(0)),
-        ))
+    async fn get_with_versions(
+        &self,
+        key: &str,
+        versions: &[String],
+    ) -> Result<(Option<Stored>, Vec<u64>), BackendError> {
+        let mut keys: Vec<&str> = Vec::with_capacity(1 + versions.len());
+        keys.push(key);
+        keys.extend(versions.iter().map(String::as_str));
+        mget(&mut self.conn.clone(), &keys).await
+    }
+
+    async fn get_for_fill(
+        &self,
+        key: &str,
+        versions: &[String],
+    ) -> Result<(Option<Stored>, FillToken), BackendError> {
+        let marker = marker(key);
+        let mut keys: Vec<&str> = Vec::with_capacity(2 + versions.len());
+        keys.push(key);
+        keys.push(&marker);
+        keys.extend(versions.iter().map(String::as_str));
+        let (stored, mut counters) = mget(&mut self.conn.clone(), &keys).await?;
+        let generation = if counters.is_empty() {
+            0
+        } else {
+            counters.remove(0)
+        };
+        Ok((stored, FillToken::new(generation, counters)))
     }
 
     async fn fill(
@@ -279,19 +345,38 @@ impl Backend for RedisBackend {
         key: &str,
         value: Stored,
         ttl: Duration,
-        token: FillToken,
+        token: &FillToken,
+        versions: &[String],
     ) -> Result<bool, BackendError> {
         let mut conn = self.conn.clone();
-        let stored: u8 = FILL
+        let mut invocation = FILL.prepare_invoke();
+        invocation
             .key(key)
             .key(marker(key))
             .arg(value.bytes().as_ref())
             .arg(px(ttl))
-            .arg(token.generation().to_string())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(failed)?;
+            .arg(token.generation().to_string());
+        for (name, version) in versions.iter().zip(token.versions()) {
+            invocation.key(name).arg(version.to_string());
+        }
+        let stored: u8 = invocation.invoke_async(&mut conn).await.map_err(failed)?;
         Ok(stored == 1)
+    }
+
+    async fn bump_versions(&self, versions: &[String], ttl: Duration) -> Result<(), BackendError> {
+        if versions.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let mut invocation = BUMP.prepare_invoke();
+        for name in versions {
+            invocation.key(name);
+        }
+        invocation
+            .arg(px(ttl))
+            .invoke_async::<()>(&mut conn)
+            .await
+            .map_err(failed)
     }
 
     async fn set(

@@ -21,8 +21,11 @@ use crate::key::physical_key;
 use crate::pending::Pending;
 use crate::stats::{Counters, Stats, bump};
 
+mod deps;
 mod write;
 
+pub use deps::EntryOptions;
+use deps::{Check, Deps, version_key};
 pub use write::Invalidation;
 
 /// The bounds every cached value type meets.
@@ -48,6 +51,7 @@ pub(crate) struct Settings {
     pub marker_ttl: Duration,
     pub invalidation_retry: Duration,
     pub double_delete_after: Option<Duration>,
+    pub namespace_invalidation: bool,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -176,13 +180,54 @@ impl Cache {
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
     {
+        self.get_or_load_with(key, &EntryOptions::default(), loader)
+            .await
+    }
+
+    /// [`get_or_load`](Self::get_or_load) with tags and a TTL for this entry.
+    ///
+    /// A cached entry is returned only if it carries every tag asked for and
+    /// none of its tags was invalidated since it was loaded; otherwise it is
+    /// reloaded (and stored with these tags).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), aside::Error> {
+    /// use aside::EntryOptions;
+    /// let cache = aside::Cache::builder().build()?;
+    /// let opts = EntryOptions::new().tag("category:7");
+    /// let v: Option<u32> = cache
+    ///     .get_or_load_with("product:1", &opts, || async { Ok::<_, std::io::Error>(Some(10)) })
+    ///     .await?;
+    /// assert_eq!(v, Some(10));
+    /// cache.invalidate_tag("category:7").await?; // one write, whatever the number of entries
+    /// assert_eq!(cache.get::<u32>("product:1").await?, None);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As `get_or_load`.
+    pub async fn get_or_load_with<V, F, Fut, E>(
+        &self,
+        key: impl AsRef<str>,
+        options: &EntryOptions,
+        loader: F,
+    ) -> Result<Option<V>, Error>
+    where
+        V: Value,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+    {
         let pk = self.physical_key(key.as_ref());
-        if self.inner.pending.contains(&pk) {
-            // An invalidation of this key has not reached the backend yet:
-            // what it holds may be stale, so do not read it (nor fill it).
+        let deps = self.deps(&options.tags);
+        if self.must_bypass(&pk, &deps) {
+            // An invalidation of this key (or of a tag or the namespace) has
+            // not reached the backend yet: what it holds may be stale, so do
+            // not read it (nor fill it).
             return Box::pin(self.load_uncached(&pk, loader)).await;
         }
-        match self.lookup::<V>(&pk).await {
+        match self.lookup::<V>(&pk, &deps).await {
             Ok(Lookup::Hit(v)) => {
                 bump(&self.inner.stats.hits);
                 return Ok(Some(v));
@@ -196,11 +241,17 @@ impl Cache {
         }
         // Boxed: the miss path's state is large, and keeping it out of this
         // future keeps the hit path's future small.
-        Box::pin(self.load(pk, loader)).await
+        Box::pin(self.load(pk, deps, options.ttl, loader)).await
     }
 
     /// The miss path: join or lead a load of `pk`.
-    async fn load<V, F, Fut, E>(&self, pk: String, loader: F) -> Outcome<V>
+    async fn load<V, F, Fut, E>(
+        &self,
+        pk: String,
+        deps: Deps,
+        ttl: Option<Duration>,
+        loader: F,
+    ) -> Outcome<V>
     where
         V: Value,
         F: FnOnce() -> Fut + Send + 'static,
@@ -215,15 +266,21 @@ impl Cache {
             Role::Leader(leader) => {
                 let waiter = leader.waiter();
                 let cache = self.clone();
-                tokio::spawn(async move { cache.run_load(pk, leader, loader).await });
+                tokio::spawn(async move { cache.run_load(pk, deps, ttl, leader, loader).await });
                 waiter.wait().await
             }
         }
     }
 
     /// The body of a load, in its own task.
-    async fn run_load<V, F, Fut, E>(self, pk: String, leader: Leader<V>, loader: F)
-    where
+    async fn run_load<V, F, Fut, E>(
+        self,
+        pk: String,
+        deps: Deps,
+        ttl: Option<Duration>,
+        leader: Leader<V>,
+        loader: F,
+    ) where
         V: Value,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
@@ -234,9 +291,15 @@ impl Cache {
         // this and loads twice.) The same read returns the key's generation,
         // which the fill must still find: an invalidation in between makes the
         // fill a no-op instead of caching what the loader read before it.
-        let token = match self.guarded(self.inner.backend.get_for_fill(&pk)).await {
+        let token = match self
+            .guarded(self.inner.backend.get_for_fill(&pk, &deps.keys))
+            .await
+        {
             Ok((stored, token)) => {
-                match stored.map_or(Lookup::Miss, |s| self.decode::<V>(&pk, &s)) {
+                let found = stored.map_or(Lookup::Miss, |s| {
+                    self.decode_checked::<V>(&pk, &s, &deps, token.versions())
+                });
+                match found {
                     Lookup::Hit(v) => return leader.publish(Ok(Some(v))),
                     Lookup::NegativeHit => return leader.publish(Ok(None)),
                     Lookup::Miss => Some(token),
@@ -251,7 +314,7 @@ impl Cache {
             Err(e) => return leader.publish(Err(e)),
         };
         if let Some(token) = token {
-            self.fill(&pk, value.clone(), token, took).await;
+            self.fill(&pk, value.clone(), &deps, ttl, token, took).await;
         }
         // Wake the waiters after the write: when `get_or_load` returns, the
         // value is readable (read-your-writes for the caller). Callers
@@ -314,18 +377,27 @@ impl Cache {
 
     /// Stores a loaded value if no invalidation happened since `token` was
     /// read, and counts what happened.
-    async fn fill<V: Value>(&self, pk: &str, value: Option<V>, token: FillToken, took: Duration) {
-        if took >= self.inner.s.marker_ttl || self.inner.pending.contains(pk) {
+    async fn fill<V: Value>(
+        &self,
+        pk: &str,
+        value: Option<V>,
+        deps: &Deps,
+        ttl: Option<Duration>,
+        token: FillToken,
+        took: Duration,
+    ) {
+        if took >= self.inner.s.marker_ttl || self.must_bypass(pk, deps) {
             // The generation marker may have expired during so long a load (or
             // an invalidation is pending): the fill cannot be proven fresh.
             bump(&self.inner.stats.stale_fills_rejected);
             return;
         }
-        let Some((stored, ttl)) = self.encode_entry(pk, value, None, took) else {
+        let stamp = deps.stamp(token.versions());
+        let Some((stored, ttl)) = self.encode_entry(pk, value, ttl, &stamp, took) else {
             return;
         };
         match self
-            .guarded(self.inner.backend.fill(pk, stored, ttl, token))
+            .guarded(self.inner.backend.fill(pk, stored, ttl, &token, &deps.keys))
             .await
         {
             Ok(true) => bump(&self.inner.stats.sets),
@@ -345,11 +417,12 @@ impl Cache {
     /// counted and reads as `None`.
     pub async fn get<V: Value>(&self, key: impl AsRef<str>) -> Result<Option<V>, Error> {
         let pk = self.physical_key(key.as_ref());
-        if self.inner.pending.contains(&pk) {
+        let deps = self.deps(&[]);
+        if self.must_bypass(&pk, &deps) {
             bump(&self.inner.stats.bypassed);
             return Ok(None);
         }
-        match self.lookup::<V>(&pk).await? {
+        match self.lookup::<V>(&pk, &deps).await? {
             Lookup::Hit(v) => {
                 bump(&self.inner.stats.hits);
                 Ok(Some(v))
@@ -380,22 +453,122 @@ impl Cache {
         self.inner.breaker.is_open()
     }
 
-    async fn lookup<V: Value>(&self, pk: &str) -> Result<Lookup<V>, Error> {
-        let stored = match &self.inner.memory {
-            Some(memory) => memory.get_entry(pk).await,
-            None => self.guarded(self.inner.backend.get(pk)).await?,
-        };
+    /// The counters an entry read or written now depends on.
+    fn deps(&self, tags: &[String]) -> Deps {
+        let mut deps = Deps::default();
+        if self.inner.s.namespace_invalidation {
+            deps.names.push(String::new());
+        }
+        deps.names.extend(tags.iter().cloned());
+        deps.keys = deps
+            .names
+            .iter()
+            .map(|n| version_key(&self.inner.s.namespace, n))
+            .collect();
+        deps
+    }
+
+    /// Whether an invalidation that concerns this read is still queued. A
+    /// queued tag or namespace invalidation bypasses every read: any entry
+    /// may carry that tag.
+    fn must_bypass(&self, pk: &str, deps: &Deps) -> bool {
+        let pending = &self.inner.pending;
+        !pending.is_empty()
+            && (pending.has_versions()
+                || pending.contains(pk)
+                || deps.keys.iter().any(|k| pending.contains(k)))
+    }
+
+    async fn lookup<V: Value>(&self, pk: &str, deps: &Deps) -> Result<Lookup<V>, Error> {
+        if deps.is_empty() {
+            let stored = match &self.inner.memory {
+                Some(memory) => memory.get_entry(pk).await,
+                None => self.guarded(self.inner.backend.get(pk)).await?,
+            };
+            let Some(stored) = stored else {
+                return Ok(Lookup::Miss);
+            };
+            return match self.decode_checked(pk, &stored, deps, &[]) {
+                Lookup::Miss if self.has_unknown_deps(&stored) => {
+                    // The entry has tags of its own: check them.
+                    self.lookup_with_deps(pk, &self.entry_deps(&stored)).await
+                }
+                found => Ok(found),
+            };
+        }
+        self.lookup_with_deps(pk, deps).await
+    }
+
+    /// Reads the entry and the current counters of `deps` in one round trip.
+    async fn lookup_with_deps<V: Value>(&self, pk: &str, deps: &Deps) -> Result<Lookup<V>, Error> {
+        let (stored, current) = self
+            .guarded(self.inner.backend.get_with_versions(pk, &deps.keys))
+            .await?;
         let Some(stored) = stored else {
             return Ok(Lookup::Miss);
         };
-        Ok(self.decode(pk, &stored))
+        Ok(match self.decode_checked(pk, &stored, deps, &current) {
+            Lookup::Miss if self.has_unknown_deps_beyond(&stored, deps) => {
+                let all = self.entry_deps(&stored);
+                let (stored, current) = self
+                    .guarded(self.inner.backend.get_with_versions(pk, &all.keys))
+                    .await?;
+                stored.map_or(Lookup::Miss, |s| {
+                    self.decode_checked(pk, &s, &all, &current)
+                })
+            }
+            found => found,
+        })
     }
 
-    fn decode<V: Value>(&self, pk: &str, stored: &Stored) -> Lookup<V> {
+    /// Every dependency recorded in the stored entry.
+    fn entry_deps(&self, stored: &Stored) -> Deps {
+        let names: Vec<String> = envelope::parse(stored.bytes())
+            .map(|env| env.deps().map(|(n, _)| n.to_owned()).collect())
+            .unwrap_or_default();
+        let mut deps = self.deps(&[]);
+        for n in names {
+            if !deps.names.contains(&n) {
+                deps.keys.push(version_key(&self.inner.s.namespace, &n));
+                deps.names.push(n);
+            }
+        }
+        deps
+    }
+
+    fn has_unknown_deps(&self, stored: &Stored) -> bool {
+        envelope::parse(stored.bytes()).is_ok_and(|env| env.has_deps())
+    }
+
+    fn has_unknown_deps_beyond(&self, stored: &Stored, deps: &Deps) -> bool {
+        envelope::parse(stored.bytes())
+            .is_ok_and(|env| env.deps().any(|(n, _)| !deps.names.iter().any(|d| d == n)))
+    }
+
+    /// Decodes an entry if it is valid against `current` (values of `deps`).
+    /// An entry with dependencies not in `deps` is a `Miss` here; callers that
+    /// can fetch them check `has_unknown_deps*` and look again.
+    fn decode_checked<V: Value>(
+        &self,
+        pk: &str,
+        stored: &Stored,
+        deps: &Deps,
+        current: &[u64],
+    ) -> Lookup<V> {
         let env = match envelope::parse(stored.bytes()) {
             Ok(env) => env,
             Err(e) => return self.undecodable(pk, &e),
         };
+        if !deps.is_empty() || env.has_deps() {
+            match deps::check(&env, &deps.names, current) {
+                Check::Fresh => {}
+                Check::Unknown(_) => return Lookup::Miss,
+                Check::Stale => {
+                    bump(&self.inner.stats.dependency_misses);
+                    return Lookup::Miss;
+                }
+            }
+        }
         // In-process backends expire entries exactly; remote ones are checked
         // against the entry's own expiry (see `Meta::expired_at`).
         if self.inner.remote && env.meta.expired_at(self.inner.s.clock.now_ms()) {
@@ -432,9 +605,10 @@ impl Cache {
         pk: &str,
         value: Option<V>,
         ttl: Option<Duration>,
+        stamp: &[(String, u64)],
         load_duration: Duration,
     ) -> Option<(Stored, Duration)> {
-        match self.try_encode_entry(value, ttl, load_duration) {
+        match self.try_encode_entry(value, ttl, stamp, load_duration) {
             Ok(entry) => entry,
             Err(e) => {
                 if e.is_too_large() {
@@ -450,6 +624,7 @@ impl Cache {
         &self,
         value: Option<V>,
         ttl: Option<Duration>,
+        stamp: &[(String, u64)],
         load_duration: Duration,
     ) -> Result<Option<(Stored, Duration)>, Error> {
         let s = &self.inner.s;
@@ -461,6 +636,13 @@ impl Cache {
                 None => return Ok(None),
             },
         };
+        // An entry with dependencies must not outlive their counters (see
+        // `deps`): its TTL is capped at theirs.
+        let base_ttl = if stamp.is_empty() {
+            base_ttl
+        } else {
+            base_ttl.min(self.version_ttl())
+        };
         let ttl = jittered(base_ttl, s.ttl_jitter);
         let meta = Meta {
             written_at_ms: s.clock.now_ms(),
@@ -471,6 +653,7 @@ impl Cache {
         let bytes = envelope::encode(
             value.as_ref(),
             meta,
+            stamp,
             s.codec,
             s.compression,
             s.max_value_bytes,
@@ -481,6 +664,13 @@ impl Cache {
             _ => Stored::new(bytes),
         };
         Ok(Some((stored, ttl)))
+    }
+
+    /// How long version counters are kept after a bump: at least the longest
+    /// TTL an entry depending on them can have.
+    fn version_ttl(&self) -> Duration {
+        let s = &self.inner.s;
+        s.ttl.max(s.negative_ttl.unwrap_or(Duration::ZERO))
     }
 
     /// Runs a backend operation under the timeout and the breaker, counting

@@ -4,8 +4,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{Cache, Value};
+use super::{Cache, EntryOptions, Value};
 use crate::error::Error;
+use crate::pending::Kind;
 use crate::stats::bump;
 
 /// What became of an invalidation.
@@ -46,7 +47,7 @@ impl Cache {
     /// not be written, an invalidation of the key is queued (the entry it
     /// holds is older than the value you meant to write).
     pub async fn set<V: Value>(&self, key: impl AsRef<str>, value: V) -> Result<(), Error> {
-        self.set_inner(key.as_ref(), value, None).await
+        self.set_with(key, value, &EntryOptions::default()).await
     }
 
     /// Like [`set`](Self::set) with a TTL for this entry only (jitter applies).
@@ -59,21 +60,39 @@ impl Cache {
         value: V,
         ttl: Duration,
     ) -> Result<(), Error> {
-        if ttl.is_zero() {
-            return Err(Error::config("ttl must be greater than zero"));
-        }
-        self.set_inner(key.as_ref(), value, Some(ttl)).await
+        self.set_with(key, value, &EntryOptions::new().ttl(ttl))
+            .await
     }
 
-    async fn set_inner<V: Value>(
+    /// Like [`set`](Self::set) with tags and a TTL for this entry.
+    ///
+    /// # Errors
+    /// As `set`, and `Config` for a zero TTL.
+    pub async fn set_with<V: Value>(
         &self,
-        key: &str,
+        key: impl AsRef<str>,
         value: V,
-        ttl: Option<Duration>,
+        options: &EntryOptions,
     ) -> Result<(), Error> {
-        let pk = self.physical_key(key);
+        if options.ttl.is_some_and(|t| t.is_zero()) {
+            return Err(Error::config("ttl must be greater than zero"));
+        }
+        let pk = self.physical_key(key.as_ref());
         self.inner.flights.forget(&pk);
-        let Some((stored, ttl)) = self.try_encode_entry(Some(value), ttl, Duration::ZERO)? else {
+        let deps = self.deps(&options.tags);
+        // The entry records the counters as they are now; an invalidation of
+        // a tag right after makes it unreadable, as it should.
+        let stamp = if deps.is_empty() {
+            Vec::new()
+        } else {
+            let (_, current) = self
+                .guarded(self.inner.backend.get_with_versions(&pk, &deps.keys))
+                .await?;
+            deps.stamp(&current)
+        };
+        let Some((stored, ttl)) =
+            self.try_encode_entry(Some(value), options.ttl, &stamp, Duration::ZERO)?
+        else {
             return Ok(());
         };
         let marker_ttl = self.inner.s.marker_ttl;
@@ -86,8 +105,83 @@ impl Cache {
                 Ok(())
             }
             Err(e) => {
-                self.queue_invalidation(vec![pk]);
+                self.queue_invalidation(vec![pk], Kind::Key);
                 Err(e)
+            }
+        }
+    }
+
+    /// Makes every entry tagged `tag` unreadable, at once, with one write
+    /// whatever the number of entries (it increments the tag's version). A
+    /// load that began before and finishes after is not cached either.
+    ///
+    /// # Errors
+    /// None today; see [`invalidate`](Self::invalidate) (a failed tag
+    /// invalidation is queued, and this process bypasses the cache until it
+    /// is applied).
+    pub async fn invalidate_tag(&self, tag: impl AsRef<str>) -> Result<Invalidation, Error> {
+        self.invalidate_tags([tag]).await
+    }
+
+    /// Invalidates several tags in one backend operation.
+    ///
+    /// # Errors
+    /// As [`invalidate_tag`](Self::invalidate_tag).
+    pub async fn invalidate_tags<T: AsRef<str>>(
+        &self,
+        tags: impl IntoIterator<Item = T>,
+    ) -> Result<Invalidation, Error> {
+        let names: Vec<String> = tags.into_iter().map(|t| t.as_ref().to_owned()).collect();
+        if let Some(bad) = names.iter().find(|t| t.is_empty() || t.len() > 255) {
+            return Err(Error::config(format!(
+                "tag {bad:?} must be 1 to 255 bytes long"
+            )));
+        }
+        Ok(self
+            .bump_versions(self.deps(&names).keys.split_off(self.namespace_dep_len()))
+            .await)
+    }
+
+    /// Makes every entry of this cache's namespace unreadable, in O(1) (it
+    /// increments the namespace's version; nothing is scanned or deleted, and
+    /// old entries expire on their own).
+    ///
+    /// # Errors
+    /// `Config` unless the cache was built with
+    /// [`namespace_invalidation(true)`](crate::CacheBuilder::namespace_invalidation):
+    /// without it, entries do not record the namespace version and could not
+    /// be invalidated this way.
+    pub async fn invalidate_namespace(&self) -> Result<Invalidation, Error> {
+        if !self.inner.s.namespace_invalidation {
+            return Err(Error::config(
+                "invalidate_namespace needs the cache built with namespace_invalidation(true)",
+            ));
+        }
+        Ok(self.bump_versions(self.deps(&[]).keys).await)
+    }
+
+    fn namespace_dep_len(&self) -> usize {
+        usize::from(self.inner.s.namespace_invalidation)
+    }
+
+    async fn bump_versions(&self, keys: Vec<String>) -> Invalidation {
+        // Loads in flight may have read data the invalidation covers: new
+        // callers must not join them.
+        self.inner.flights.forget_all();
+        self.inner
+            .stats
+            .invalidations
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let ttl = self.version_ttl();
+        match self
+            .guarded(self.inner.backend.bump_versions(&keys, ttl))
+            .await
+        {
+            Ok(()) => Invalidation::Applied,
+            Err(e) => {
+                tracing::warn!(error = %e, "aside: tag or namespace invalidation queued for retry");
+                self.queue_invalidation(keys, Kind::Version);
+                Invalidation::Queued
             }
         }
     }
@@ -153,7 +247,7 @@ impl Cache {
             Ok(()) => Invalidation::Applied,
             Err(e) => {
                 tracing::warn!(keys = pks.len(), error = %e, "aside: invalidation queued for retry");
-                self.queue_invalidation(pks);
+                self.queue_invalidation(pks, Kind::Key);
                 Invalidation::Queued
             }
         }
@@ -177,9 +271,9 @@ impl Cache {
         }
     }
 
-    fn queue_invalidation(&self, pks: Vec<String>) {
+    fn queue_invalidation(&self, pks: Vec<String>, kind: Kind) {
         bump_by(&self.inner.stats.invalidations_queued, pks.len());
-        self.inner.pending.add(&pks);
+        self.inner.pending.add(&pks, kind);
         if !self.inner.pending.worker.swap(true, Ordering::AcqRel) {
             let cache = self.clone();
             tokio::spawn(async move { cache.retry_invalidations().await });
@@ -194,12 +288,29 @@ impl Cache {
             tokio::time::sleep(pause).await;
             let batch = self.inner.pending.snapshot(RETRY_BATCH);
             if !batch.is_empty() {
-                let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
+                let of = |kind| -> Vec<String> {
+                    batch
+                        .iter()
+                        .filter(|(_, _, k)| *k == kind)
+                        .map(|(key, _, _)| key.clone())
+                        .collect()
+                };
+                let (keys, versions) = (of(Kind::Key), of(Kind::Version));
                 let marker_ttl = self.inner.s.marker_ttl;
-                match self
-                    .guarded(self.inner.backend.invalidate(&keys, marker_ttl))
-                    .await
-                {
+                let version_ttl = self.version_ttl();
+                let backend = &self.inner.backend;
+                let result = async {
+                    if !keys.is_empty() {
+                        self.guarded(backend.invalidate(&keys, marker_ttl)).await?;
+                    }
+                    if !versions.is_empty() {
+                        self.guarded(backend.bump_versions(&versions, version_ttl))
+                            .await?;
+                    }
+                    Ok::<(), Error>(())
+                }
+                .await;
+                match result {
                     Ok(()) => {
                         self.inner.pending.applied(&batch);
                         bump_by(&self.inner.stats.invalidations_retried, batch.len());

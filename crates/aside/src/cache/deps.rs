@@ -1,0 +1,128 @@
+//! Tags and namespace versions: what an entry depends on, and whether it is
+//! still valid.
+//!
+//! # Design
+//! Every tag, and the namespace (when namespace invalidation is on), has a
+//! version counter in the backend: `{ns}:t:<tag>` and `{ns}:n` in Redis. (Data
+//! keys are `{ns:key}`: the two shapes never collide, and all counters of a
+//! namespace share one Redis Cluster slot.)
+//!
+//! - Invalidating a tag or the namespace increments one counter: O(1),
+//!   whatever the number of entries, no scan, no `KEYS`.
+//! - A load reads the counters with the key's generation *before* running the
+//!   loader, and the entry records those values. A read fetches the entry and
+//!   the current counters in one round trip; any difference means the entry
+//!   was loaded before an invalidation, and it is a miss.
+//! - Because the entry carries the values read before the load, a fill that
+//!   races an invalidation is invalid on every later read, even if it lands;
+//!   the fill script also refuses it, so it does not take space.
+//! - Counters expire (no leak for tags nobody uses), but never before every
+//!   entry that could depend on an older value: they live at least as long as
+//!   the longest entry TTL, and entries with dependencies are capped at it.
+//!   An expired counter reads as 0, which only causes misses of entries that
+//!   recorded a later value.
+
+use std::time::Duration;
+
+use crate::envelope::Envelope;
+
+/// Options for one entry: its tags and its TTL.
+///
+/// ```
+/// use aside::EntryOptions;
+/// use std::time::Duration;
+///
+/// let opts = EntryOptions::new().tag("category:7").tag("brand:3").ttl(Duration::from_secs(60));
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+#[must_use]
+pub struct EntryOptions {
+    /// Tags: `invalidate_tag(t)` makes every entry tagged `t` unreadable.
+    pub tags: Vec<String>,
+    /// The TTL of this entry instead of the cache's (jitter applies).
+    pub ttl: Option<Duration>,
+}
+
+impl EntryOptions {
+    /// No tags, the cache's TTL.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a tag.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.push(tag.into());
+        self
+    }
+
+    /// Sets this entry's TTL.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+}
+
+/// The counters one entry depends on: names as recorded in the entry ("" for
+/// the namespace, the tag otherwise) and their backend keys.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Deps {
+    pub names: Vec<String>,
+    pub keys: Vec<String>,
+}
+
+impl Deps {
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The dependencies recorded in an entry, values as they were.
+    pub fn stamp(&self, versions: &[u64]) -> Vec<(String, u64)> {
+        self.names
+            .iter()
+            .cloned()
+            .zip(versions.iter().copied())
+            .collect()
+    }
+}
+
+/// The backend key of the counter `name` ("" = the namespace) in `namespace`.
+pub(crate) fn version_key(namespace: &str, name: &str) -> String {
+    if name.is_empty() {
+        format!("{{{namespace}}}:n")
+    } else {
+        format!("{{{namespace}}}:t:{name}")
+    }
+}
+
+/// Whether an entry is still valid against the current counter values.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Check {
+    Fresh,
+    /// A counter moved, or a required dependency is missing from the entry.
+    Stale,
+    /// The entry depends on counters not fetched yet (names).
+    Unknown(Vec<String>),
+}
+
+/// Checks `env` against `required` (which it must record) and `current`
+/// (values of `required`, same order).
+pub(crate) fn check(env: &Envelope<'_>, required: &[String], current: &[u64]) -> Check {
+    for (name, value) in required.iter().zip(current) {
+        match env.deps().find(|(n, _)| n == name) {
+            Some((_, recorded)) if recorded == *value => {}
+            _ => return Check::Stale,
+        }
+    }
+    let unknown: Vec<String> = env
+        .deps()
+        .filter(|(n, _)| !required.iter().any(|r| r == n))
+        .map(|(n, _)| n.to_owned())
+        .collect();
+    if unknown.is_empty() {
+        Check::Fresh
+    } else {
+        Check::Unknown(unknown)
+    }
+}
