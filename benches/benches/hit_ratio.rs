@@ -139,7 +139,7 @@ fn main() {
                     .query_async(&mut conn)
                     .await
                     .unwrap();
-                rmp_serde::from_slice::<Product>(&bytes[33..]).unwrap()
+                rmp_serde::from_slice::<Product>(&bytes[34..]).unwrap()
             }
         };
         let n = 500;

@@ -58,6 +58,14 @@
 //!   the loader; after a few consecutive failures the backend is left alone
 //!   for a short pause, then probed, so an outage costs neither a timeout per
 //!   request nor a long wait after Redis returns.
+//! - **Stale sets are prevented.** Every key has a generation that each
+//!   invalidation and `set` changes; a load reads it before the loader runs
+//!   and its fill is conditional on it, so a load that read the old row does
+//!   not cache it after the writer's invalidation. Tags and the namespace
+//!   have version counters, recorded in each entry and checked on read:
+//!   invalidating a tag or a namespace is one write. An invalidation that
+//!   cannot reach the backend is queued and retried, and this process
+//!   bypasses the cache for it meanwhile.
 //! - **Keys** are built from parts with separators escaped, so different
 //!   parts never make the same key, and long keys are hashed with 128 bits of
 //!   SHA-256 behind a readable prefix. See [`Key`].
