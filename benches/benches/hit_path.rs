@@ -11,34 +11,8 @@
 use std::hint::black_box;
 
 use aside::{Cache, MemoryBackend, RedisBackend};
+use aside_benches::{Product, hit, product};
 use criterion::{Criterion, criterion_group, criterion_main};
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Product {
-    id: u64,
-    name: String,
-    price_cents: u64,
-    tags: Vec<String>,
-}
-
-fn product() -> Product {
-    Product {
-        id: 42,
-        name: "desk lamp, brass".into(),
-        price_cents: 4_999,
-        tags: vec!["lighting".into(), "home".into()],
-    }
-}
-
-async fn hit(cache: &Cache) -> Option<Product> {
-    cache
-        .get_or_load("product:42", || async {
-            Ok::<_, std::convert::Infallible>(Some(product()))
-        })
-        .await
-        .unwrap()
-}
 
 fn memory(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
