@@ -1,0 +1,361 @@
+//! Consistency against a real database: after a workload of concurrent
+//! writes (commit, then invalidate) and reads (load, then store), does the
+//! cache hold anything older than the database?
+//!
+//! The loader waits 0-20 ms between reading its row and returning it, which
+//! opens the classic cache-aside race wide: a writer commits and invalidates
+//! in between, and the load then stores the old version. Textbook
+//! cache-aside (get, load, set; writers delete) keeps that old version until
+//! the TTL; the naive tests below assert that it does, on the same workload,
+//! which is what shows this harness can fail. aside reads the key's
+//! generation before loading and stores only if no invalidation came in
+//! between, so it must keep no stale entry: on memory, on Redis, and on a
+//! Redis that is killed or frozen for part of the run (invalidations then
+//! queue and are retried; the check comes after they drain).
+//!
+//! Needs PostgreSQL on 127.0.0.1:5432 with a database `test` (see `pg.rs`):
+//! the tests fail, rather than skip, without it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+#[path = "consistency/harness.rs"]
+mod harness;
+#[path = "consistency/pg.rs"]
+mod pg;
+#[path = "consistency/targets.rs"]
+mod targets;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aside::{Cache, MemoryBackend, RedisBackend};
+use aside_test::RedisServer;
+
+use harness::{Report, Stale, Target, Workload};
+use pg::Postgres;
+use targets::{Aside, NaiveMemory, NaiveRedis};
+
+/// Seeded runs per test. Each is a fresh schema and a fresh cache.
+const RUNS: u64 = 6;
+
+/// The same for every test. Eight hot rows take 80% of the operations, so
+/// that a hot row is written every few milliseconds while loads of it wait
+/// up to 20 ms: the race is not a rare event here, it is most loads of a
+/// hot row.
+const WORKLOAD: Workload = Workload {
+    rows: 200,
+    hot_rows: 8,
+    hot_share: 0.8,
+    writers: 4,
+    readers: 12,
+    duration: Duration::from_millis(1500),
+    max_load_delay: Duration::from_millis(20),
+    max_write_pause: Duration::from_millis(4),
+};
+
+fn seed(run: u64) -> u64 {
+    0xA51DE + run
+}
+
+/// What a test's runs add up to.
+#[derive(Debug, Default)]
+struct Totals {
+    runs: u64,
+    reads: u64,
+    writes: u64,
+    loads: u64,
+    cached: usize,
+    /// (run, entry)
+    stale: Vec<(u64, Stale)>,
+    /// Stale entries found by each run.
+    stale_per_run: Vec<usize>,
+    /// aside only: fills dropped because the key was invalidated during the
+    /// load, i.e. the race happened and was caught.
+    fills_rejected: u64,
+    /// aside only: invalidations that could not reach the backend.
+    queued: u64,
+}
+
+impl Totals {
+    fn add(&mut self, run: u64, r: Report) {
+        self.runs += 1;
+        self.reads += r.reads;
+        self.writes += r.writes;
+        self.loads += r.loads;
+        self.cached += r.cached;
+        self.stale_per_run.push(r.stale.len());
+        self.stale.extend(r.stale.into_iter().map(|s| (run, s)));
+    }
+
+    fn add_aside(&mut self, run: u64, r: Report, aside: &Aside) {
+        self.add(run, r);
+        self.fills_rejected += aside.cache.stats().stale_fills_rejected;
+        self.queued += aside.queued.load(std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// One line for `--nocapture`, and for the assertion messages.
+    fn summary(&self, label: &str) -> String {
+        format!(
+            "{label}: {} stale entries over {} runs (per run {:?}; {} reads, {} writes, {} loads, \
+             {} entries checked; aside: {} stale fills dropped, {} invalidations queued)",
+            self.stale.len(),
+            self.runs,
+            self.stale_per_run,
+            self.reads,
+            self.writes,
+            self.loads,
+            self.cached,
+            self.fills_rejected,
+            self.queued,
+        )
+    }
+
+    fn print(&self, label: &str) {
+        eprintln!("{}", self.summary(label));
+        for (run, s) in self.stale.iter().take(10) {
+            eprintln!(
+                "  run {run}: row {} cached at version {}, database at {}",
+                s.id, s.cached, s.row
+            );
+        }
+    }
+}
+
+/// Runs the workload `RUNS` times: `make` builds each run's target (given
+/// the run number, for namespaces), `fault` runs alongside each workload.
+async fn runs<T, Fut, FaultFut>(
+    label: &str,
+    make: impl Fn(u64) -> Fut,
+    fault: impl Fn() -> FaultFut,
+    mut add: impl FnMut(&mut Totals, u64, Report, &T),
+) -> Totals
+where
+    T: Target,
+    Fut: Future<Output = T>,
+    FaultFut: Future<Output = ()>,
+{
+    let pg = Postgres::connect().await;
+    let mut totals = Totals::default();
+    for run in 0..RUNS {
+        let schema = pg.schema(WORKLOAD.rows).await;
+        let target = Arc::new(make(run).await);
+        let report = harness::run(&target, &schema, WORKLOAD, seed(run), fault()).await;
+        schema.drop_now().await;
+        add(&mut totals, run, report, &target);
+    }
+    totals.print(label);
+    totals
+}
+
+fn aside_add(t: &mut Totals, run: u64, r: Report, a: &Aside) {
+    t.add_aside(run, r, a);
+}
+
+fn plain_add<T>(t: &mut Totals, run: u64, r: Report, _: &T) {
+    t.add(run, r);
+}
+
+fn aside_on_memory(run: u64) -> Cache {
+    Cache::builder()
+        .namespace(format!("c{run}"))
+        .ttl(Duration::from_secs(60))
+        .backend(MemoryBackend::new())
+        .build()
+        .unwrap()
+}
+
+/// A fresh namespace per run: runs share the Redis but not their rows.
+fn aside_on_redis(redis_url: &str, run: u64, fault_tuned: bool) -> Cache {
+    let mut builder = Cache::builder()
+        .namespace(format!("c{run}"))
+        .ttl(Duration::from_secs(60))
+        .backend(RedisBackend::new(redis_url).unwrap());
+    if fault_tuned {
+        // As in `redis_faults.rs`: notice an outage quickly and retry queued
+        // invalidations often, so a run's outage fits in its 1.5 s.
+        builder = builder
+            .backend_timeout(Duration::from_millis(100))
+            .backend_retry_after(Duration::from_millis(50))
+            .invalidation_retry(Duration::from_millis(50));
+    }
+    builder.build().unwrap()
+}
+
+fn assert_no_stale(totals: &Totals, label: &str) {
+    assert!(
+        totals.reads > 0 && totals.writes > 0,
+        "{}",
+        totals.summary(label)
+    );
+    assert!(
+        totals.stale.is_empty(),
+        "aside kept entries older than the database: {}; first: {:?}",
+        totals.summary(label),
+        &totals.stale[..totals.stale.len().min(10)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aside_on_memory_keeps_no_stale_entry() {
+    let totals = runs(
+        "aside (memory)",
+        |run| async move { Aside::new(aside_on_memory(run)) },
+        || async {},
+        aside_add,
+    )
+    .await;
+    assert_no_stale(&totals, "aside (memory)");
+    // The race was there to be lost: loads that read a row before a write
+    // finished after its invalidation, and their fills were dropped.
+    assert!(
+        totals.fills_rejected > 0,
+        "{}",
+        totals.summary("aside (memory)")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aside_on_redis_keeps_no_stale_entry() {
+    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let url = redis.url();
+    let totals = runs(
+        "aside (Redis)",
+        |run| {
+            let url = url.clone();
+            async move { Aside::new(aside_on_redis(&url, run, false)) }
+        },
+        || async {},
+        aside_add,
+    )
+    .await;
+    assert_no_stale(&totals, "aside (Redis)");
+    assert!(
+        totals.fills_rejected > 0,
+        "{}",
+        totals.summary("aside (Redis)")
+    );
+}
+
+/// The control: the same workload through textbook cache-aside must leave
+/// stale entries, or the harness could not tell aside's protection from
+/// luck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn naive_cache_aside_in_memory_keeps_stale_entries() {
+    let totals = runs(
+        "naive (memory)",
+        |_| async { NaiveMemory::default() },
+        || async {},
+        plain_add,
+    )
+    .await;
+    assert!(
+        !totals.stale.is_empty(),
+        "the naive cache should have kept stale entries: {}",
+        totals.summary("naive (memory)")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn naive_cache_aside_on_redis_keeps_stale_entries() {
+    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let url = redis.url();
+    let totals = runs(
+        "naive (Redis)",
+        |run| {
+            let url = url.clone();
+            async move { NaiveRedis::connect(&url, format!("naive:{run}")).await }
+        },
+        || async {},
+        plain_add,
+    )
+    .await;
+    assert!(
+        !totals.stale.is_empty(),
+        "the naive cache should have kept stale entries: {}",
+        totals.summary("naive (Redis)")
+    );
+}
+
+/// Redis is killed a third into each run and restarted (empty, on the same
+/// port) two thirds in. Invalidations during the outage are queued; loads
+/// that straddle it must not store what they read before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aside_on_redis_killed_and_restarted_keeps_no_stale_entry() {
+    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let url = redis.url();
+    let redis = Arc::new(Mutex::new(redis));
+    let third = WORKLOAD.duration / 3;
+    let totals = runs(
+        "aside (Redis killed and restarted)",
+        |run| {
+            let url = url.clone();
+            async move { Aside::new(aside_on_redis(&url, run, true)) }
+        },
+        || {
+            let redis = Arc::clone(&redis);
+            async move {
+                tokio::time::sleep(third).await;
+                let r = Arc::clone(&redis);
+                // Both block (kill and wait; spawn and wait for PONG).
+                tokio::task::spawn_blocking(move || r.lock().unwrap().stop())
+                    .await
+                    .unwrap();
+                tokio::time::sleep(third).await;
+                tokio::task::spawn_blocking(move || redis.lock().unwrap().restart().unwrap())
+                    .await
+                    .unwrap();
+            }
+        },
+        aside_add,
+    )
+    .await;
+    assert_no_stale(&totals, "aside (Redis killed and restarted)");
+    // The outage hit writes: invalidations were queued and had to be retried.
+    assert!(
+        totals.queued > 0,
+        "{}",
+        totals.summary("aside (Redis killed and restarted)")
+    );
+}
+
+/// Redis is frozen (SIGSTOP) a third into each run and resumed two thirds
+/// in. Unlike a restart, its data survives, so the old entries are still
+/// there when it resumes: only the queued invalidations, retried after the
+/// resume, keep them from being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aside_on_redis_frozen_and_resumed_keeps_no_stale_entry() {
+    let redis = Arc::new(RedisServer::start().unwrap_or_else(|e| panic!("{e}")));
+    let url = redis.url();
+    let third = WORKLOAD.duration / 3;
+    let totals = runs(
+        "aside (Redis frozen and resumed)",
+        |run| {
+            let url = url.clone();
+            async move { Aside::new(aside_on_redis(&url, run, true)) }
+        },
+        || {
+            let redis = Arc::clone(&redis);
+            async move {
+                tokio::time::sleep(third).await;
+                let r = Arc::clone(&redis);
+                // `kill -STOP` / `kill -CONT` run a process: keep them off
+                // the workers' threads.
+                tokio::task::spawn_blocking(move || r.pause().unwrap())
+                    .await
+                    .unwrap();
+                tokio::time::sleep(third).await;
+                tokio::task::spawn_blocking(move || redis.resume().unwrap())
+                    .await
+                    .unwrap();
+            }
+        },
+        aside_add,
+    )
+    .await;
+    assert_no_stale(&totals, "aside (Redis frozen and resumed)");
+    assert!(
+        totals.queued > 0,
+        "{}",
+        totals.summary("aside (Redis frozen and resumed)")
+    );
+}
