@@ -196,15 +196,6 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Envelope<'_>, DecodeError> {
     })
 }
 
-impl Meta {
-    /// Whether the entry is past its hard TTL at `now_ms`. Backends expire
-    /// entries themselves; this guards against one that keeps an entry longer
-    /// (a `PERSIST`ed key, a restored snapshot) serving it forever.
-    pub(crate) fn expired_at(&self, now_ms: u64) -> bool {
-        now_ms >= self.written_at_ms.saturating_add(millis(self.ttl))
-    }
-}
-
 impl<'a> Envelope<'a> {
     /// The versions this entry was loaded under. Validated by `parse`.
     pub(crate) fn deps(&self) -> impl Iterator<Item = Dep<'a>> + 'a {

@@ -21,8 +21,15 @@ pub enum ErrorKind {
     /// returns this (it degrades to the loader); `get`, `set` and `invalidate`
     /// do, because the caller asked for the backend explicitly.
     Backend,
-    /// An operation did not finish within its time limit.
+    /// A cache backend operation did not finish within its time limit.
     Timeout,
+    /// The loader did not finish within the hard timeout, or a load by another
+    /// process (holding the key's lease) did not finish within the lease wait
+    /// and the cache is set to fail then. No stale value was there to serve.
+    LoaderTimeout,
+    /// The loader's circuit breaker is open (the loader failed repeatedly), so
+    /// the loader was not called, and no stale value was there to serve.
+    CircuitOpen,
     /// A value could not be encoded (serialised, compressed) for the backend.
     Encode,
     /// A value is larger than the configured maximum and was not stored.
@@ -100,6 +107,16 @@ impl Error {
     /// An operation hit its time limit.
     pub fn is_timeout(&self) -> bool {
         self.kind == ErrorKind::Timeout
+    }
+
+    /// The loader (or another process's load this call waited for) timed out.
+    pub fn is_loader_timeout(&self) -> bool {
+        self.kind == ErrorKind::LoaderTimeout
+    }
+
+    /// The loader was not called because its circuit breaker is open.
+    pub fn is_circuit_open(&self) -> bool {
+        self.kind == ErrorKind::CircuitOpen
     }
 
     /// A configuration value was rejected.

@@ -94,16 +94,21 @@ mod error;
 mod flight;
 mod key;
 mod pending;
+pub mod policy;
+mod retry;
 mod stats;
+mod xfetch;
 
 #[cfg(feature = "redis")]
 pub use backend::RedisBackend;
-pub use backend::{Backend, FillToken, MemoryBackend, Stored};
+pub use backend::{Backend, FillToken, FillWatch, Lease, MemoryBackend, Stored};
 pub use builder::CacheBuilder;
 pub use cache::{Cache, EntryOptions, Invalidation, Value};
 pub use codec::{Codec, Compression};
 pub use error::{BackendError, Error, ErrorKind, Result};
 pub use key::Key;
+pub use policy::LeaseTimeout;
+pub use retry::RetryPolicy;
 pub use stats::Stats;
 
 /// The README's examples, compiled and run as doctests.

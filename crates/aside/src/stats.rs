@@ -7,30 +7,110 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub hits: AtomicU64,
-    pub negative_hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub coalesced: AtomicU64,
-    pub loads: AtomicU64,
-    pub load_errors: AtomicU64,
-    pub load_panics: AtomicU64,
-    load_nanos_total: AtomicU64,
-    load_nanos_max: AtomicU64,
-    pub backend_errors: AtomicU64,
-    pub backend_timeouts: AtomicU64,
-    pub backend_skipped: AtomicU64,
-    pub decode_errors: AtomicU64,
-    pub oversized: AtomicU64,
-    pub invalidations: AtomicU64,
-    pub invalidations_queued: AtomicU64,
-    pub invalidations_retried: AtomicU64,
-    pub stale_fills_rejected: AtomicU64,
-    pub bypassed: AtomicU64,
-    pub double_deletes: AtomicU64,
-    pub dependency_misses: AtomicU64,
-    pub sets: AtomicU64,
+/// Declares each counter once: the atomic in `Counters`, the field (with its
+/// doc) in `Stats`, and the line of `snapshot` that copies one to the other.
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters {
+            $(pub $name: AtomicU64,)*
+            load_nanos_total: AtomicU64,
+            load_nanos_max: AtomicU64,
+        }
+
+        /// A snapshot of a cache's counters since it was built.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct Stats {
+            $($(#[doc = $doc])* pub $name: u64,)*
+            /// Time spent in loaders, summed.
+            pub load_time_total: Duration,
+            /// The longest loader run.
+            pub load_time_max: Duration,
+        }
+
+        impl Counters {
+            pub fn snapshot(&self) -> Stats {
+                Stats {
+                    $($name: self.$name.load(Relaxed),)*
+                    load_time_total: Duration::from_nanos(self.load_nanos_total.load(Relaxed)),
+                    load_time_max: Duration::from_nanos(self.load_nanos_max.load(Relaxed)),
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Reads answered with a fresh cached value.
+    hits,
+    /// Reads answered with a cached "not found" (negative entry).
+    negative_hits,
+    /// Reads that found nothing usable (absent, expired, undecodable, or the
+    /// backend was unavailable).
+    misses,
+    /// Misses that joined a load already running in this process instead of
+    /// starting their own.
+    coalesced,
+    /// Loader runs (successful or not).
+    loads,
+    /// Loader runs that returned an error.
+    load_errors,
+    /// Loader runs that panicked.
+    load_panics,
+    /// Backend operations that failed.
+    backend_errors,
+    /// Backend operations that timed out.
+    backend_timeouts,
+    /// Backend operations not attempted because the backend was marked down.
+    backend_skipped,
+    /// Entries that could not be decoded (foreign or corrupt bytes, unknown
+    /// format, or a type that changed); each was treated as a miss.
+    decode_errors,
+    /// Loaded or set values too large to store.
+    oversized,
+    /// Keys invalidated (applied or queued).
+    invalidations,
+    /// Keys whose invalidation could not reach the backend and was queued.
+    invalidations_queued,
+    /// Queued invalidations applied later by the retry task.
+    invalidations_retried,
+    /// Loaded values not cached because the key was invalidated (or set)
+    /// while the load ran: each is a stale entry prevented.
+    stale_fills_rejected,
+    /// Reads that skipped the cache because an invalidation of the key was
+    /// still queued.
+    bypassed,
+    /// Second invalidations sent by the delayed double delete.
+    double_deletes,
+    /// Entries found but not served because a tag of theirs (or the
+    /// namespace) was invalidated after they were loaded.
+    dependency_misses,
+    /// Entries written to the backend.
+    sets,
+    /// Reads answered at once with a value past its fresh TTL (but within
+    /// the stale-while-revalidate window) while a refresh ran.
+    stale_served,
+    /// Background refreshes started (stale-while-revalidate, early refresh,
+    /// or a load that outlived its soft timeout).
+    refreshes,
+    /// Refreshes started before expiry by probabilistic early refresh.
+    early_refreshes,
+    /// Reads answered with a stale value because the load failed, timed out
+    /// or was refused by the open loader breaker (fail-safe).
+    fail_safe_served,
+    /// Callers handed a stale value at the loader's soft timeout while the
+    /// load went on in the background.
+    soft_timeouts,
+    /// Loads abandoned at the loader's hard timeout.
+    loader_timeouts,
+    /// Loads not attempted because the loader's circuit breaker was open.
+    circuit_rejections,
+    /// Loads that found the key's lease held by another process and waited
+    /// for its value instead of loading.
+    lease_waits,
+    /// Lease waits that ran out (`lease_wait`) before the value arrived.
+    lease_timeouts,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -44,89 +124,6 @@ impl Counters {
         self.load_nanos_total.fetch_add(nanos, Relaxed);
         self.load_nanos_max.fetch_max(nanos, Relaxed);
     }
-
-    pub fn snapshot(&self) -> Stats {
-        Stats {
-            hits: self.hits.load(Relaxed),
-            negative_hits: self.negative_hits.load(Relaxed),
-            misses: self.misses.load(Relaxed),
-            coalesced: self.coalesced.load(Relaxed),
-            loads: self.loads.load(Relaxed),
-            load_errors: self.load_errors.load(Relaxed),
-            load_panics: self.load_panics.load(Relaxed),
-            load_time_total: Duration::from_nanos(self.load_nanos_total.load(Relaxed)),
-            load_time_max: Duration::from_nanos(self.load_nanos_max.load(Relaxed)),
-            backend_errors: self.backend_errors.load(Relaxed),
-            backend_timeouts: self.backend_timeouts.load(Relaxed),
-            backend_skipped: self.backend_skipped.load(Relaxed),
-            decode_errors: self.decode_errors.load(Relaxed),
-            oversized: self.oversized.load(Relaxed),
-            invalidations: self.invalidations.load(Relaxed),
-            invalidations_queued: self.invalidations_queued.load(Relaxed),
-            invalidations_retried: self.invalidations_retried.load(Relaxed),
-            stale_fills_rejected: self.stale_fills_rejected.load(Relaxed),
-            bypassed: self.bypassed.load(Relaxed),
-            double_deletes: self.double_deletes.load(Relaxed),
-            dependency_misses: self.dependency_misses.load(Relaxed),
-            sets: self.sets.load(Relaxed),
-        }
-    }
-}
-
-/// A snapshot of a cache's counters since it was built.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Stats {
-    /// Reads answered with a cached value.
-    pub hits: u64,
-    /// Reads answered with a cached "not found" (negative entry).
-    pub negative_hits: u64,
-    /// Reads that found nothing usable (absent, expired, undecodable, or the
-    /// backend was unavailable).
-    pub misses: u64,
-    /// Misses that joined a load already running in this process instead of
-    /// starting their own.
-    pub coalesced: u64,
-    /// Loader runs (successful or not).
-    pub loads: u64,
-    /// Loader runs that returned an error.
-    pub load_errors: u64,
-    /// Loader runs that panicked.
-    pub load_panics: u64,
-    /// Time spent in loaders, summed.
-    pub load_time_total: Duration,
-    /// The longest loader run.
-    pub load_time_max: Duration,
-    /// Backend operations that failed.
-    pub backend_errors: u64,
-    /// Backend operations that timed out.
-    pub backend_timeouts: u64,
-    /// Backend operations not attempted because the backend was marked down.
-    pub backend_skipped: u64,
-    /// Entries that could not be decoded (foreign or corrupt bytes, unknown
-    /// format, or a type that changed); each was treated as a miss.
-    pub decode_errors: u64,
-    /// Loaded or set values too large to store.
-    pub oversized: u64,
-    /// Keys invalidated (applied or queued).
-    pub invalidations: u64,
-    /// Keys whose invalidation could not reach the backend and was queued.
-    pub invalidations_queued: u64,
-    /// Queued invalidations applied later by the retry task.
-    pub invalidations_retried: u64,
-    /// Loaded values not cached because the key was invalidated (or set)
-    /// while the load ran: each is a stale entry prevented.
-    pub stale_fills_rejected: u64,
-    /// Reads that skipped the cache because an invalidation of the key was
-    /// still queued.
-    pub bypassed: u64,
-    /// Second invalidations sent by the delayed double delete.
-    pub double_deletes: u64,
-    /// Entries found but not served because a tag of theirs (or the
-    /// namespace) was invalidated after they were loaded.
-    pub dependency_misses: u64,
-    /// Entries written to the backend.
-    pub sets: u64,
 }
 
 impl Stats {

@@ -19,10 +19,13 @@ use bytes::Bytes;
 use crate::error::BackendError;
 
 mod memory;
+mod notify;
 #[cfg(feature = "redis")]
 mod redis;
 
 pub use memory::{MemoryBackend, MemoryBackendBuilder};
+pub use notify::FillWatch;
+pub(crate) use notify::Notifier;
 #[cfg(feature = "redis")]
 pub use redis::{RedisBackend, RedisBackendBuilder};
 
@@ -47,7 +50,9 @@ pub use redis::{RedisBackend, RedisBackendBuilder};
 /// - `get` returns exactly the bytes of the last stored value of that key that
 ///   has not expired or been invalidated, or `None`.
 /// - `fill` stores only if no `invalidate` or `set` of the key happened since
-///   the `get_for_fill` that returned `token`; it returns whether it stored.
+///   the `get_for_fill` that returned `token` (and, if the token holds a
+///   lease, only if the lease is still that token's; the fill releases it);
+///   it returns whether it stored.
 /// - `set` stores unconditionally and changes the generation.
 /// - `invalidate` removes every listed key and changes their generations;
 ///   invalidating a missing key is not an error (it still leaves a marker).
@@ -103,6 +108,49 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Deletes `keys` and changes their generations (kept for `marker_ttl`).
     async fn invalidate(&self, keys: &[String], marker_ttl: Duration) -> Result<(), BackendError>;
 
+    /// [`get_for_fill`](Self::get_for_fill), and also tries to take the
+    /// key's *lease* for `ttl` with `token`, so that one load of the key runs
+    /// across every process sharing the backend. The token's
+    /// [`lease`](FillToken::lease) says whether it was taken or is held
+    /// elsewhere. The default has no leases (in-process backends need none:
+    /// single-flight already allows one load per key).
+    async fn get_for_fill_leased(
+        &self,
+        key: &str,
+        versions: &[String],
+        token: &str,
+        ttl: Duration,
+    ) -> Result<(Option<Stored>, FillToken), BackendError> {
+        let _ = (token, ttl);
+        self.get_for_fill(key, versions).await
+    }
+
+    /// Extends a lease this load holds; `false` if it is no longer ours.
+    async fn renew_lease(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let _ = (key, token, ttl);
+        Ok(true)
+    }
+
+    /// Releases a lease this load holds without filling (the load failed),
+    /// waking the loads waiting for it.
+    async fn release_lease(&self, key: &str, token: &str) -> Result<(), BackendError> {
+        let _ = (key, token);
+        Ok(())
+    }
+
+    /// Registers interest in the next fill or lease release of `key`, before
+    /// a lease attempt; `None` if the backend cannot notify (waiters then
+    /// re-check on a backoff).
+    fn watch_fills(&self, key: &str) -> Option<FillWatch> {
+        let _ = key;
+        None
+    }
+
     /// Checks that the backend answers.
     async fn ping(&self) -> Result<(), BackendError> {
         Ok(())
@@ -115,12 +163,27 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// What a load saw when it began: the key's generation and the version
-/// counters it depends on; see [`Backend::fill`].
+/// What a load saw when it began: the key's generation, the version
+/// counters it depends on and its lease; see [`Backend::fill`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct FillToken {
     generation: u64,
     versions: Vec<u64>,
+    lease: Lease,
+}
+
+/// A load's lease on a key, as [`Backend::get_for_fill_leased`] found it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Lease {
+    /// No lease was asked for, or the backend has none.
+    #[default]
+    None,
+    /// This load holds the lease, with this token: its fill writes only if
+    /// the token still holds, and releases it.
+    Held(String),
+    /// Another load holds it; it lapses in this long unless renewed.
+    Busy(Duration),
 }
 
 impl FillToken {
@@ -130,7 +193,20 @@ impl FillToken {
         Self {
             generation,
             versions,
+            lease: Lease::None,
         }
+    }
+
+    /// The same token with a lease state.
+    #[must_use]
+    pub fn with_lease(mut self, lease: Lease) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// The load's lease.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
     }
 
     /// The key's generation.

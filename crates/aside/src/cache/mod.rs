@@ -4,7 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -16,12 +16,16 @@ use crate::clock::Clock;
 use crate::codec::{Codec, Compression};
 use crate::envelope::{self, Meta};
 use crate::error::{BackendError, Error, ErrorKind};
-use crate::flight::{CatchUnwind, Flights, Leader, Outcome, Role};
-use crate::key::physical_key;
+use crate::flight::{Flights, Outcome};
+use crate::key::{KeyBuf, physical_key};
 use crate::pending::Pending;
+use crate::policy::{Age, Policy, fresh_until_ms};
 use crate::stats::{Counters, Stats, bump};
+use throttle::Throttle;
 
 mod deps;
+mod load;
+mod throttle;
 mod write;
 
 pub use deps::EntryOptions;
@@ -53,6 +57,7 @@ pub(crate) struct Settings {
     pub double_delete_after: Option<Duration>,
     pub namespace_invalidation: bool,
     pub clock: Arc<dyn Clock>,
+    pub policy: Policy,
 }
 
 /// A cache-aside cache over one [`Backend`].
@@ -84,6 +89,9 @@ struct Inner {
     breaker: Breaker,
     flights: Arc<Flights>,
     pending: Pending,
+    /// The loader's circuit breaker, when configured.
+    loader_breaker: Option<Breaker>,
+    throttle: Throttle,
 }
 
 impl fmt::Debug for Cache {
@@ -96,10 +104,17 @@ impl fmt::Debug for Cache {
     }
 }
 
-/// What one read of the backend found.
+/// What one read of the backend found. `Option<V>`: a value, or a cached
+/// "not found".
 enum Lookup<V> {
-    Hit(V),
-    NegativeHit,
+    /// Fresh; with the entry's write time if early refresh (XFetch) picked
+    /// this read to refresh it.
+    Fresh(Option<V>, Option<u64>),
+    /// Past the fresh TTL, within the stale-while-revalidate window; with
+    /// the entry's write time.
+    Stale(Option<V>, u64),
+    /// Past the hard TTL, within the fail-safe window: a fallback only.
+    Expired(Option<V>),
     Miss,
 }
 
@@ -116,6 +131,10 @@ impl Cache {
     ) -> Self {
         let remote = backend.is_remote();
         let breaker = Breaker::new(s.backend_failure_threshold, s.backend_retry_after);
+        let loader_breaker = s
+            .policy
+            .loader_breaker
+            .map(|(failures, cool_down)| Breaker::new(failures, cool_down));
         Cache {
             inner: Arc::new(Inner {
                 backend,
@@ -126,6 +145,8 @@ impl Cache {
                 breaker,
                 flights: Arc::new(Flights::default()),
                 pending: Pending::default(),
+                loader_breaker,
+                throttle: Throttle::default(),
             }),
         }
     }
@@ -219,138 +240,59 @@ impl Cache {
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
     {
-        let pk = self.physical_key(key.as_ref());
+        let key = KeyBuf::new(
+            &self.inner.s.namespace,
+            key.as_ref(),
+            self.inner.s.max_key_len,
+        );
+        let pk = key.as_str();
         let deps = self.deps(&options.tags);
-        if self.must_bypass(&pk, &deps) {
+        if self.must_bypass(pk, &deps) {
             // An invalidation of this key (or of a tag or the namespace) has
             // not reached the backend yet: what it holds may be stale, so do
             // not read it (nor fill it).
-            return Box::pin(self.load_uncached(&pk, loader)).await;
+            return Box::pin(self.load_uncached(pk, loader)).await;
         }
-        match self.lookup::<V>(&pk, &deps).await {
-            Ok(Lookup::Hit(v)) => {
-                bump(&self.inner.stats.hits);
-                return Ok(Some(v));
+        let stale = match self.lookup::<V>(pk, &deps).await {
+            Ok(Lookup::Fresh(v, refresh)) => {
+                self.count_hit(&v);
+                if let Some(written_at) = refresh {
+                    bump(&self.inner.stats.early_refreshes);
+                    self.refresh(pk, deps, options.ttl, written_at, loader);
+                }
+                return Ok(v);
             }
-            Ok(Lookup::NegativeHit) => {
-                bump(&self.inner.stats.negative_hits);
-                return Ok(None);
+            Ok(Lookup::Stale(v, written_at)) => {
+                bump(&self.inner.stats.stale_served);
+                self.refresh(pk, deps, options.ttl, written_at, loader);
+                return Ok(v);
+            }
+            Ok(Lookup::Expired(v)) => {
+                bump(&self.inner.stats.misses);
+                if self.inner.throttle.is_active(pk) {
+                    // Fail-safe served this key recently: do not ask the
+                    // failing loader again yet.
+                    bump(&self.inner.stats.fail_safe_served);
+                    return Ok(v);
+                }
+                Some(v)
             }
             // A backend failure was counted in `lookup`; go on without it.
-            Ok(Lookup::Miss) | Err(_) => bump(&self.inner.stats.misses),
-        }
+            Ok(Lookup::Miss) | Err(_) => {
+                bump(&self.inner.stats.misses);
+                None
+            }
+        };
         // Boxed: the miss path's state is large, and keeping it out of this
         // future keeps the hit path's future small.
-        Box::pin(self.load(pk, deps, options.ttl, loader)).await
+        Box::pin(self.load(pk.to_owned(), deps, options.ttl, stale, loader)).await
     }
 
-    /// The miss path: join or lead a load of `pk`.
-    async fn load<V, F, Fut, E>(
-        &self,
-        pk: String,
-        deps: Deps,
-        ttl: Option<Duration>,
-        loader: F,
-    ) -> Outcome<V>
-    where
-        V: Value,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
-    {
-        match self.inner.flights.join::<V>(&pk) {
-            Role::Follower(waiter) => {
-                bump(&self.inner.stats.coalesced);
-                waiter.wait().await
-            }
-            Role::Leader(leader) => {
-                let waiter = leader.waiter();
-                let cache = self.clone();
-                tokio::spawn(async move { cache.run_load(pk, deps, ttl, leader, loader).await });
-                waiter.wait().await
-            }
+    fn count_hit<V>(&self, v: &Option<V>) {
+        match v {
+            Some(_) => bump(&self.inner.stats.hits),
+            None => bump(&self.inner.stats.negative_hits),
         }
-    }
-
-    /// The body of a load, in its own task.
-    async fn run_load<V, F, Fut, E>(
-        self,
-        pk: String,
-        deps: Deps,
-        ttl: Option<Duration>,
-        leader: Leader<V>,
-        loader: F,
-    ) where
-        V: Value,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
-    {
-        // Re-check before loading: a flight that finished between our miss and
-        // our becoming leader has filled the key. (The seeds' lock holder skips
-        // this and loads twice.) The same read returns the key's generation,
-        // which the fill must still find: an invalidation in between makes the
-        // fill a no-op instead of caching what the loader read before it.
-        let token = match self
-            .guarded(self.inner.backend.get_for_fill(&pk, &deps.keys))
-            .await
-        {
-            Ok((stored, token)) => {
-                let found = stored.map_or(Lookup::Miss, |s| {
-                    self.decode_checked::<V>(&pk, &s, &deps, token.versions())
-                });
-                match found {
-                    Lookup::Hit(v) => return leader.publish(Ok(Some(v))),
-                    Lookup::NegativeHit => return leader.publish(Ok(None)),
-                    Lookup::Miss => Some(token),
-                }
-            }
-            // Without a generation the fill cannot be made safe: load, do not store.
-            Err(_) => None,
-        };
-        let (outcome, took) = self.run_loader(&pk, loader).await;
-        let value = match outcome {
-            Ok(value) => value,
-            Err(e) => return leader.publish(Err(e)),
-        };
-        if let Some(token) = token {
-            self.fill(&pk, value.clone(), &deps, ttl, token, took).await;
-        }
-        // Wake the waiters after the write: when `get_or_load` returns, the
-        // value is readable (read-your-writes for the caller). Callers
-        // arriving during the write join this flight instead of loading again.
-        leader.publish(Ok(value));
-    }
-
-    /// Runs the loader, catching a panic, timing it and counting the outcome.
-    async fn run_loader<V, F, Fut, E>(&self, pk: &str, loader: F) -> (Outcome<V>, Duration)
-    where
-        V: Value,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
-    {
-        let started = Instant::now();
-        let outcome = CatchUnwind::new(async move { loader().await }).await;
-        let took = started.elapsed();
-        self.inner.stats.record_load(took);
-        let outcome = match outcome {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
-                bump(&self.inner.stats.load_errors);
-                let source: Arc<dyn std::error::Error + Send + Sync> = Arc::from(e.into());
-                Err(Error::from_arc(ErrorKind::Loader, "loader failed", source))
-            }
-            Err(message) => {
-                bump(&self.inner.stats.load_panics);
-                tracing::error!(key = %pk, panic = %message, "aside: loader panicked");
-                Err(Error::new(
-                    ErrorKind::LoaderPanicked,
-                    format!("loader panicked: {message}"),
-                ))
-            }
-        };
-        (outcome, took)
     }
 
     /// A load for a key with a pending invalidation: no cache read, no fill.
@@ -390,10 +332,12 @@ impl Cache {
             // The generation marker may have expired during so long a load (or
             // an invalidation is pending): the fill cannot be proven fresh.
             bump(&self.inner.stats.stale_fills_rejected);
+            self.release(pk, Some(&token)).await;
             return;
         }
         let stamp = deps.stamp(token.versions());
         let Some((stored, ttl)) = self.encode_entry(pk, value, ttl, &stamp, took) else {
+            self.release(pk, Some(&token)).await;
             return;
         };
         match self
@@ -423,15 +367,13 @@ impl Cache {
             return Ok(None);
         }
         match self.lookup::<V>(&pk, &deps).await? {
-            Lookup::Hit(v) => {
-                bump(&self.inner.stats.hits);
-                Ok(Some(v))
+            // `get` refreshes nothing (it has no loader): a stale value is
+            // still the cached one, an expired one is not.
+            Lookup::Fresh(v, _) | Lookup::Stale(v, _) => {
+                self.count_hit(&v);
+                Ok(v)
             }
-            Lookup::NegativeHit => {
-                bump(&self.inner.stats.negative_hits);
-                Ok(None)
-            }
-            Lookup::Miss => {
+            Lookup::Expired(_) | Lookup::Miss => {
                 bump(&self.inner.stats.misses);
                 Ok(None)
             }
@@ -569,26 +511,60 @@ impl Cache {
                 }
             }
         }
-        // In-process backends expire entries exactly; remote ones are checked
-        // against the entry's own expiry (see `Meta::expired_at`).
-        if self.inner.remote && env.meta.expired_at(self.inner.s.clock.now_ms()) {
-            return Lookup::Miss;
-        }
-        if env.negative {
-            return Lookup::NegativeHit;
-        }
-        if let Some(v) = stored.decoded::<V>() {
-            return Lookup::Hit(v.clone());
-        }
-        match env.decode::<V>(self.inner.s.max_value_bytes) {
-            Ok(v) => {
-                if !self.inner.remote {
-                    stored.remember(v.clone());
-                }
-                Lookup::Hit(v)
+        // In-process backends expire entries exactly, so without stale
+        // windows or early refresh the hit path skips the clock; remote
+        // entries are always checked against their own expiry: a backend
+        // that keeps an entry longer (a `PERSIST`ed key, a restored
+        // snapshot) must not serve it for ever.
+        let policy = &self.inner.s.policy;
+        let (age, refresh) = if self.inner.remote || policy.needs_clock() {
+            let now = self.inner.s.clock.now_ms();
+            match policy.age(&env.meta, now) {
+                None => return Lookup::Miss,
+                Some(Age::Fresh) => (
+                    Age::Fresh,
+                    self.refresh_early(&env.meta, now)
+                        .then_some(env.meta.written_at_ms),
+                ),
+                Some(age) => (age, None),
             }
-            Err(e) => self.undecodable(pk, &e),
+        } else {
+            (Age::Fresh, None)
+        };
+        let value = if env.negative {
+            None
+        } else if let Some(v) = stored.decoded::<V>() {
+            Some(v.clone())
+        } else {
+            match env.decode::<V>(self.inner.s.max_value_bytes) {
+                Ok(v) => {
+                    if !self.inner.remote {
+                        stored.remember(v.clone());
+                    }
+                    Some(v)
+                }
+                Err(e) => return self.undecodable(pk, &e),
+            }
+        };
+        match age {
+            Age::Fresh => Lookup::Fresh(value, refresh),
+            Age::Stale => Lookup::Stale(value, env.meta.written_at_ms),
+            Age::Expired => Lookup::Expired(value),
         }
+    }
+
+    /// Whether early refresh (XFetch) picks this fresh read to refresh.
+    fn refresh_early(&self, meta: &Meta, now_ms: u64) -> bool {
+        self.inner.s.policy.early_refresh_beta.is_some_and(|beta| {
+            crate::xfetch::should_refresh_early(
+                now_ms,
+                fresh_until_ms(meta),
+                meta.load_duration,
+                beta,
+                // `random` in (0, 1], as the formula wants.
+                1.0 - rand::random::<f64>(),
+            )
+        })
     }
 
     fn undecodable<V>(&self, pk: &str, e: &envelope::DecodeError) -> Lookup<V> {
@@ -643,11 +619,11 @@ impl Cache {
         } else {
             base_ttl.min(self.version_ttl())
         };
-        let ttl = jittered(base_ttl, s.ttl_jitter);
+        let (soft_ttl, hard_ttl, kept) = s.policy.lifetimes(jittered(base_ttl, s.ttl_jitter));
         let meta = Meta {
             written_at_ms: s.clock.now_ms(),
-            ttl,
-            soft_ttl: None,
+            ttl: hard_ttl,
+            soft_ttl,
             load_duration,
         };
         let bytes = envelope::encode(
@@ -663,14 +639,16 @@ impl Cache {
             Some(v) if !self.inner.remote => Stored::with_decoded(bytes, v),
             _ => Stored::new(bytes),
         };
-        Ok(Some((stored, ttl)))
+        // The backend keeps the entry through the stale and fail-safe windows.
+        Ok(Some((stored, kept)))
     }
 
     /// How long version counters are kept after a bump: at least the longest
-    /// TTL an entry depending on them can have.
+    /// time an entry depending on them can be kept.
     fn version_ttl(&self) -> Duration {
         let s = &self.inner.s;
-        s.ttl.max(s.negative_ttl.unwrap_or(Duration::ZERO))
+        let longest = s.ttl.max(s.negative_ttl.unwrap_or(Duration::ZERO));
+        s.policy.lifetimes(longest).2
     }
 
     /// Runs a backend operation under the timeout and the breaker, counting

@@ -1,14 +1,20 @@
 //! The shared backend: Redis through redis-rs's `ConnectionManager`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::LazyLock;
-
-use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{Backend, FillToken, Stored};
+use super::{Backend, FillToken, FillWatch, Lease, Stored};
 use crate::error::{BackendError, Error, ErrorKind};
+
+mod scripts;
+mod subscriber;
+
+use scripts::{
+    ACQUIRE, BUMP, FILL, FILLS_CHANNEL, INVALIDATE, RELEASE, RENEW, SET, lease, marker, waiters,
+};
+use subscriber::Subscription;
 
 /// A Redis backend on one multiplexed, auto-reconnecting connection.
 ///
@@ -36,6 +42,9 @@ use crate::error::{BackendError, Error, ErrorKind};
 #[derive(Clone)]
 pub struct RedisBackend {
     conn: ConnectionManager,
+    /// Fill notifications for lease waiters; `None` when built from a bare
+    /// connection manager (waiters then re-check on a backoff).
+    subscription: Option<Arc<Subscription>>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -126,9 +135,13 @@ impl RedisBackendBuilder {
             // second per-request timer here would double the timer cost of
             // every hit (measured: ~5 µs per GET on a current-thread runtime).
             .set_response_timeout(None);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| Error::with_source(ErrorKind::Config, "invalid Redis connection", e))?;
-        Ok(RedisBackend { conn })
+        let subscription = Subscription::start(client, self.connect_timeout);
+        Ok(RedisBackend {
+            conn,
+            subscription: Some(Arc::new(subscription)),
+        })
     }
 }
 
@@ -181,9 +194,15 @@ impl RedisBackend {
         Self::builder(url).build()
     }
 
-    /// Wraps a connection manager you configured yourself.
+    /// Wraps a connection manager you configured yourself. Without the
+    /// client, no fill notifications are received: a load waiting for another
+    /// process's lease re-checks the key on a backoff (5 ms doubling to
+    /// 200 ms) instead of being woken.
     pub fn from_connection_manager(conn: ConnectionManager) -> Self {
-        RedisBackend { conn }
+        RedisBackend {
+            conn,
+            subscription: None,
+        }
     }
 
     /// The underlying connection, for commands of your own.
@@ -196,49 +215,57 @@ fn failed(e: redis::RedisError) -> BackendError {
     BackendError::failed(e)
 }
 
-/// The generation marker of a data key. Data keys are `{ns:key}`, so a marker
-/// shares the data key's hash tag (same Redis Cluster slot) and, ending in
-/// `:g` rather than `}`, can never equal a data key.
-fn marker(key: &str) -> String {
-    let mut m = String::with_capacity(key.len() + 2);
-    m.push_str(key);
-    m.push_str(":g");
-    m
+fn malformed(what: &'static str) -> BackendError {
+    BackendError::failed(std::io::Error::other(what))
+}
+
+/// Reads a counter (absent: 0).
+fn counter(v: &redis::Value) -> Result<u64, BackendError> {
+    match v {
+        redis::Value::Nil => Ok(0),
+        redis::Value::Int(n) => u64::try_from(*n).map_err(|_| malformed("negative counter")),
+        redis::Value::BulkString(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| malformed("a version counter is not a number")),
+        _ => Err(malformed("unexpected counter reply")),
+    }
+}
+
+/// Parses ACQUIRE's reply: {taken, lease pttl, data, generation, versions...}.
+fn parse_acquire(
+    reply: Vec<redis::Value>,
+    token: &str,
+) -> Result<(Option<Stored>, FillToken), BackendError> {
+    let mut it = reply.into_iter();
+    let (Some(taken), Some(pttl), Some(data), Some(generation)) =
+        (it.next(), it.next(), it.next(), it.next())
+    else {
+        return Err(malformed("short lease reply"));
+    };
+    let versions = it.map(|v| counter(&v)).collect::<Result<Vec<_>, _>>()?;
+    let stored = match data {
+        redis::Value::BulkString(b) => Some(Stored::new(b)),
+        _ => None,
+    };
+    let lease = if counter(&taken)? == 1 {
+        Lease::Held(token.to_owned())
+    } else {
+        // A lease without expiry reads as -1: treat it as one lease length
+        // away, the caller bounds its wait anyway.
+        let ms = match pttl {
+            redis::Value::Int(n) if n > 0 => u64::try_from(n).unwrap_or(0),
+            _ => 0,
+        };
+        Lease::Busy(Duration::from_millis(ms))
+    };
+    let token = FillToken::new(counter(&generation)?, versions).with_lease(lease);
+    Ok((stored, token))
 }
 
 fn px(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
-
-/// KEYS: data, marker, version counters... ARGV: bytes, ttl ms, expected
-/// generation, expected versions...
-static FILL: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-        if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then return 0 end
-        for i = 3, #KEYS do
-            if (redis.call('GET', KEYS[i]) or '0') ~= ARGV[i + 1] then return 0 end
-        end
-        redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-        return 1
-        ",
-    )
-});
-
-/// KEYS: version counters. ARGV: ttl ms (kept at least this long).
-static BUMP: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-        for i = 1, #KEYS do
-            redis.call('INCR', KEYS[i])
-            if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[1]) then
-                redis.call('PEXPIRE', KEYS[i], ARGV[1])
-            end
-        end
-        return #KEYS
-        ",
-    )
-});
 
 /// Reads `keys` with one MGET: the first as entry bytes, the rest as
 /// counters (absent: 0).
@@ -271,32 +298,6 @@ async fn mget(
     };
     Ok((first.map(Stored::new), counters))
 }
-
-/// KEYS: data, marker. ARGV: bytes, ttl ms, marker ttl ms.
-static SET: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-        redis.call('INCR', KEYS[2])
-        redis.call('PEXPIRE', KEYS[2], ARGV[3])
-        redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-        return 1
-        ",
-    )
-});
-
-/// KEYS: data1, marker1, data2, marker2, ... ARGV: marker ttl ms.
-static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-        for i = 1, #KEYS, 2 do
-            redis.call('DEL', KEYS[i])
-            redis.call('INCR', KEYS[i + 1])
-            redis.call('PEXPIRE', KEYS[i + 1], ARGV[1])
-        end
-        return #KEYS / 2
-        ",
-    )
-});
 
 #[async_trait::async_trait]
 impl Backend for RedisBackend {
@@ -349,18 +350,84 @@ impl Backend for RedisBackend {
         versions: &[String],
     ) -> Result<bool, BackendError> {
         let mut conn = self.conn.clone();
+        let lease_token = match token.lease() {
+            Lease::Held(t) => t.as_str(),
+            _ => "",
+        };
         let mut invocation = FILL.prepare_invoke();
         invocation
             .key(key)
             .key(marker(key))
+            .key(lease(key))
+            .key(waiters(key))
             .arg(value.bytes().as_ref())
             .arg(px(ttl))
-            .arg(token.generation().to_string());
+            .arg(token.generation().to_string())
+            .arg(lease_token)
+            .arg(FILLS_CHANNEL);
         for (name, version) in versions.iter().zip(token.versions()) {
             invocation.key(name).arg(version.to_string());
         }
         let stored: u8 = invocation.invoke_async(&mut conn).await.map_err(failed)?;
         Ok(stored == 1)
+    }
+
+    async fn get_for_fill_leased(
+        &self,
+        key: &str,
+        versions: &[String],
+        token: &str,
+        ttl: Duration,
+    ) -> Result<(Option<Stored>, FillToken), BackendError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = ACQUIRE.prepare_invoke();
+        invocation
+            .key(key)
+            .key(marker(key))
+            .key(lease(key))
+            .key(waiters(key))
+            .arg(token)
+            .arg(px(ttl));
+        for name in versions {
+            invocation.key(name);
+        }
+        let reply: Vec<redis::Value> = invocation.invoke_async(&mut conn).await.map_err(failed)?;
+        parse_acquire(reply, token)
+    }
+
+    async fn renew_lease(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let mut conn = self.conn.clone();
+        let renewed: u8 = RENEW
+            .key(lease(key))
+            .key(waiters(key))
+            .arg(token)
+            .arg(px(ttl))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(failed)?;
+        Ok(renewed == 1)
+    }
+
+    async fn release_lease(&self, key: &str, token: &str) -> Result<(), BackendError> {
+        let mut conn = self.conn.clone();
+        RELEASE
+            .key(key)
+            .key(lease(key))
+            .key(waiters(key))
+            .arg(token)
+            .arg(FILLS_CHANNEL)
+            .invoke_async::<()>(&mut conn)
+            .await
+            .map_err(failed)
+    }
+
+    fn watch_fills(&self, key: &str) -> Option<FillWatch> {
+        self.subscription.as_ref().map(|s| s.notifier.watch(key))
     }
 
     async fn bump_versions(&self, versions: &[String], ttl: Duration) -> Result<(), BackendError> {

@@ -9,6 +9,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::codec::{Codec, Compression};
 use crate::error::Error;
 use crate::key::{MIN_MAX_KEY_LEN, SEPARATOR};
+use crate::policy::Policy;
+
+mod resilience;
 
 /// Builds a [`Cache`]. Start with [`Cache::builder`].
 ///
@@ -32,6 +35,17 @@ use crate::key::{MIN_MAX_KEY_LEN, SEPARATOR};
 /// | [`namespace_invalidation`](Self::namespace_invalidation) | off |
 /// | [`schema_version`](Self::schema_version) | none |
 /// | [`clock`](Self::clock) | [`SystemClock`] |
+/// | [`stale_while_revalidate`](Self::stale_while_revalidate) | off |
+/// | [`fail_safe`](Self::fail_safe) | off |
+/// | [`fail_safe_throttle`](Self::fail_safe_throttle) | 10 s |
+/// | [`early_refresh`](Self::early_refresh) | off |
+/// | [`loader_soft_timeout`](Self::loader_soft_timeout) | off |
+/// | [`loader_hard_timeout`](Self::loader_hard_timeout) | 30 s |
+/// | [`loader_circuit_breaker`](Self::loader_circuit_breaker) | off |
+/// | [`leases`](Self::leases) | on (shared backends) |
+/// | [`lease_ttl`](Self::lease_ttl) | 5 s |
+/// | [`lease_wait`](Self::lease_wait) | 10 s |
+/// | [`on_lease_timeout`](Self::on_lease_timeout) | [`LeaseTimeout::Load`](crate::LeaseTimeout::Load) |
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct CacheBuilder {
@@ -64,6 +78,7 @@ impl Default for CacheBuilder {
                 double_delete_after: None,
                 namespace_invalidation: false,
                 clock: Arc::new(SystemClock),
+                policy: Policy::default(),
             },
         }
     }
@@ -280,6 +295,7 @@ impl CacheBuilder {
                 "invalidation_marker_ttl and invalidation_retry must be greater than zero",
             ));
         }
+        resilience::validate(&s.policy)?;
         if s.max_value_bytes == 0 {
             return Err(Error::config("max_value_bytes must be greater than zero"));
         }
@@ -348,6 +364,26 @@ mod tests {
         rejects(
             Cache::builder().backend_failure_threshold(0),
             "zero threshold",
+        );
+        rejects(
+            Cache::builder().stale_while_revalidate(Some(Duration::ZERO)),
+            "zero swr",
+        );
+        rejects(
+            Cache::builder()
+                .loader_soft_timeout(Some(Duration::from_secs(5)))
+                .loader_hard_timeout(Some(Duration::from_secs(1))),
+            "soft timeout above hard",
+        );
+        rejects(Cache::builder().early_refresh(Some(0.0)), "zero beta");
+        rejects(Cache::builder().early_refresh(Some(f64::NAN)), "NaN beta");
+        rejects(
+            Cache::builder().loader_circuit_breaker(0, Duration::from_secs(1)),
+            "zero breaker threshold",
+        );
+        rejects(
+            Cache::builder().lease_ttl(Duration::from_millis(5)),
+            "tiny lease",
         );
     }
 
