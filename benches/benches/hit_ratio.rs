@@ -70,7 +70,8 @@ fn main() {
     // Memory: aside vs raw moka.
     rt.block_on(async {
         let raw: moka::future::Cache<String, Product> = moka::future::Cache::new(10_000);
-        raw.insert("k".to_owned(), product()).await;
+        // The raw cache is keyed by the same key the caller gives aside.
+        raw.insert("product:42".to_owned(), product()).await;
         let cache = Cache::builder()
             .backend(MemoryBackend::new())
             .build()
@@ -80,11 +81,11 @@ fn main() {
         let (mut r, mut a) = (Vec::new(), Vec::new());
         for round in 0..rounds {
             if round % 2 == 0 {
-                r.push(block(n, || raw.get("k")).await);
+                r.push(block(n, || raw.get("product:42")).await);
                 a.push(block(n, || hit(&cache)).await);
             } else {
                 a.push(block(n, || hit(&cache)).await);
-                r.push(block(n, || raw.get("k")).await);
+                r.push(block(n, || raw.get("product:42")).await);
             }
         }
         report("memory hit vs raw moka get", &r, &a, n, 1.5);

@@ -232,6 +232,9 @@ pub struct Stored(Arc<StoredInner>);
 struct StoredInner {
     bytes: Bytes,
     decoded: OnceLock<Box<dyn Any + Send + Sync>>,
+    /// A positive entry without dependencies whose decoded value was kept
+    /// when it was stored: a hit needs nothing but the value.
+    plain: bool,
 }
 
 impl Stored {
@@ -240,17 +243,29 @@ impl Stored {
         Stored(Arc::new(StoredInner {
             bytes: bytes.into(),
             decoded: OnceLock::new(),
+            plain: false,
         }))
     }
 
-    /// Wraps entry bytes whose decoded value is already known.
-    pub(crate) fn with_decoded<V: Any + Send + Sync>(bytes: impl Into<Bytes>, value: V) -> Self {
+    /// Wraps entry bytes whose decoded value is already known; `plain` if
+    /// the entry has no dependencies.
+    pub(crate) fn with_decoded<V: Any + Send + Sync>(
+        bytes: impl Into<Bytes>,
+        value: V,
+        plain: bool,
+    ) -> Self {
         let decoded = OnceLock::new();
         let _ = decoded.set(Box::new(value) as Box<dyn Any + Send + Sync>);
         Stored(Arc::new(StoredInner {
             bytes: bytes.into(),
             decoded,
+            plain,
         }))
+    }
+
+    /// The decoded value of a plain entry (see `with_decoded`), if it is a `V`.
+    pub(crate) fn plain_value<V: Any>(&self) -> Option<&V> {
+        if self.0.plain { self.decoded() } else { None }
     }
 
     /// The entry bytes.

@@ -430,6 +430,14 @@ impl Cache {
             let Some(stored) = stored else {
                 return Ok(Lookup::Miss);
             };
+            // The memory hit path: an in-process backend's expiry is exact,
+            // so without time-based policies a plain entry needs no header
+            // check at all.
+            if let Some(v) = stored.plain_value::<V>()
+                && !self.inner.s.policy.needs_clock()
+            {
+                return Ok(Lookup::Fresh(Some(v.clone()), None));
+            }
             return match self.decode_checked(pk, &stored, deps, &[]) {
                 Lookup::Miss if self.has_unknown_deps(&stored) => {
                     // The entry has tags of its own: check them.
@@ -636,7 +644,7 @@ impl Cache {
         )?;
         let stored = match value {
             // In-process backends keep the value next to the bytes: no decode on hits.
-            Some(v) if !self.inner.remote => Stored::with_decoded(bytes, v),
+            Some(v) if !self.inner.remote => Stored::with_decoded(bytes, v, stamp.is_empty()),
             _ => Stored::new(bytes),
         };
         // The backend keeps the entry through the stale and fail-safe windows.
