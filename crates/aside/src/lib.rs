@@ -66,6 +66,16 @@
 //!   invalidating a tag or a namespace is one write. An invalidation that
 //!   cannot reach the backend is queued and retried, and this process
 //!   bypasses the cache for it meanwhile.
+//! - **One load across processes.** On Redis a load first takes the key's
+//!   lease (a random token, renewed while the loader runs); the fill writes
+//!   only while the token holds and releases it. Loads elsewhere wait to be
+//!   woken by the fill (pub/sub), bounded by `lease_wait`, then follow
+//!   [`LeaseTimeout`].
+//! - **Freshness windows** ([`policy`]): fresh, then stale (served at once
+//!   while one refresh runs), then fail-safe (served only when a load fails,
+//!   times out or meets the open loader breaker). Loader soft and hard
+//!   timeouts, XFetch early refresh, [`RetryPolicy`] and a loader circuit
+//!   breaker complete the stampede and outage defences.
 //! - **Keys** are built from parts with separators escaped, so different
 //!   parts never make the same key, and long keys are hashed with 128 bits of
 //!   SHA-256 behind a readable prefix. See [`Key`].
@@ -75,7 +85,8 @@
 //! The usual cache-aside snippets (the ones this crate was written against)
 //! treat a cached falsy value as a miss, hash keys to 64 bits, pickle values,
 //! let a lock holder load without re-checking the cache, and make waiters
-//! sleep-poll every 100 ms. aside does none of these.
+//! sleep-poll every 100 ms. aside does none of these: its leases re-check in
+//! the same atomic step that takes them, and waiters are woken by the fill.
 //!
 //! ## Features
 //! - `redis` (default): [`RedisBackend`].
