@@ -248,15 +248,16 @@ async fn worker() {
     }
 }
 
+type Loaded = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Option<String>, std::io::Error>> + Send>,
+>;
+
 /// A loader that counts its calls and takes `delay`.
 fn slow_loader(
     calls: &Arc<AtomicU32>,
     delay: Duration,
     value: &'static str,
-) -> impl FnOnce() -> std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Option<String>, std::io::Error>> + Send>,
-> + Send
-+ 'static {
+) -> impl FnOnce() -> Loaded + Send + 'static {
     let calls = calls.clone();
     move || {
         Box::pin(async move {
