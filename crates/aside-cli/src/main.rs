@@ -1,8 +1,9 @@
 //! `aside`: the command line of the aside cache-aside library.
 //!
 //! `aside demo` seeds a products table in a throwaway SQLite database, runs a
-//! skewed read-mostly workload through an aside cache and then straight
-//! against the database, and prints what the cache bought.
+//! skewed read-mostly workload through an aside cache, through naive
+//! cache-aside and straight against the database, and prints what the cache
+//! bought and what aside's protection against stale fills changed.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -22,8 +23,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Seed a throwaway SQLite database, run a Zipf read/write workload with
-    /// aside and without a cache, and compare hit ratio, database queries,
-    /// latency, throughput and stale reads.
+    /// aside, with naive cache-aside and without a cache, and compare hit
+    /// ratio, database queries, latency, throughput and stale reads.
     Demo(demo::DemoArgs),
 }
 

@@ -11,7 +11,10 @@
 //! generation before loading and stores only if no invalidation came in
 //! between, so it must keep no stale entry: on memory, on Redis, and on a
 //! Redis that is killed or frozen for part of the run (invalidations then
-//! queue and are retried; the check comes after they drain).
+//! queue and are retried; the check comes after they drain). The same holds
+//! when writers invalidate a tag their row's entry carries, or the whole
+//! namespace, instead of the key: the race then runs through a version
+//! counter instead of the key's generation.
 //!
 //! Needs PostgreSQL on 127.0.0.1:5432 with a database `test` (see `pg.rs`):
 //! the tests fail, rather than skip, without it.
@@ -33,10 +36,15 @@ use aside_test::RedisServer;
 
 use harness::{Report, Stale, Target, Workload};
 use pg::Postgres;
-use targets::{Aside, NaiveMemory, NaiveRedis};
+use targets::{Aside, NaiveMemory, NaiveRedis, Scope};
 
 /// Seeded runs per test. Each is a fresh schema and a fresh cache.
 const RUNS: u64 = 6;
+
+/// Seeded runs of the tag and namespace tests: they check the same fill
+/// race through another counter, and fewer runs keep the file's runtime
+/// down on two cores.
+const SCOPE_RUNS: u64 = 3;
 
 /// The same for every test. Eight hot rows take 80% of the operations, so
 /// that a hot row is written every few milliseconds while loads of it wait
@@ -69,9 +77,14 @@ struct Totals {
     stale: Vec<(u64, Stale)>,
     /// Stale entries found by each run.
     stale_per_run: Vec<usize>,
+    /// Reads that returned a version older than one whose invalidation had
+    /// returned before they began (see `Report::stale_reads`).
+    stale_reads: u64,
     /// aside only: fills dropped because the key was invalidated during the
     /// load, i.e. the race happened and was caught.
     fills_rejected: u64,
+    /// aside only: fills that were stored (no invalidation during the load).
+    fills_stored: u64,
     /// aside only: invalidations that could not reach the backend.
     queued: u64,
 }
@@ -83,28 +96,35 @@ impl Totals {
         self.writes += r.writes;
         self.loads += r.loads;
         self.cached += r.cached;
+        self.stale_reads += r.stale_reads;
         self.stale_per_run.push(r.stale.len());
         self.stale.extend(r.stale.into_iter().map(|s| (run, s)));
     }
 
     fn add_aside(&mut self, run: u64, r: Report, aside: &Aside) {
         self.add(run, r);
-        self.fills_rejected += aside.cache.stats().stale_fills_rejected;
+        let stats = aside.cache.stats();
+        self.fills_rejected += stats.stale_fills_rejected;
+        self.fills_stored += stats.sets;
         self.queued += aside.queued.load(std::sync::atomic::Ordering::Relaxed);
     }
 
     /// One line for `--nocapture`, and for the assertion messages.
     fn summary(&self, label: &str) -> String {
         format!(
-            "{label}: {} stale entries over {} runs (per run {:?}; {} reads, {} writes, {} loads, \
-             {} entries checked; aside: {} stale fills dropped, {} invalidations queued)",
+            "{label}: {} stale entries over {} runs (per run {:?}), {} stale reads \
+             ({} reads, {} writes, {} loads, \
+             {} entries checked; aside: {} fills stored, {} stale fills dropped, \
+             {} invalidations queued)",
             self.stale.len(),
             self.runs,
             self.stale_per_run,
+            self.stale_reads,
             self.reads,
             self.writes,
             self.loads,
             self.cached,
+            self.fills_stored,
             self.fills_rejected,
             self.queued,
         )
@@ -121,10 +141,11 @@ impl Totals {
     }
 }
 
-/// Runs the workload `RUNS` times: `make` builds each run's target (given
-/// the run number, for namespaces), `fault` runs alongside each workload.
+/// Runs the workload `n` times: `make` builds each run's target (given the
+/// run number, for namespaces), `fault` runs alongside each workload.
 async fn runs<T, Fut, FaultFut>(
     label: &str,
+    n: u64,
     make: impl Fn(u64) -> Fut,
     fault: impl Fn() -> FaultFut,
     mut add: impl FnMut(&mut Totals, u64, Report, &T),
@@ -136,7 +157,7 @@ where
 {
     let pg = Postgres::connect().await;
     let mut totals = Totals::default();
-    for run in 0..RUNS {
+    for run in 0..n {
         let schema = pg.schema(WORKLOAD.rows).await;
         let target = Arc::new(make(run).await);
         let report = harness::run(&target, &schema, WORKLOAD, seed(run), fault()).await;
@@ -155,20 +176,25 @@ fn plain_add<T>(t: &mut Totals, run: u64, r: Report, _: &T) {
     t.add(run, r);
 }
 
-fn aside_on_memory(run: u64) -> Cache {
+/// Namespace invalidation is on only where writers use it: it adds a
+/// counter to every read, which the other scopes should not depend on.
+fn aside_on_memory(run: u64, scope: Scope) -> Cache {
     Cache::builder()
         .namespace(format!("c{run}"))
         .ttl(Duration::from_secs(60))
+        .namespace_invalidation(scope == Scope::Namespace)
         .backend(MemoryBackend::new())
         .build()
         .unwrap()
 }
 
-/// A fresh namespace per run: runs share the Redis but not their rows.
-fn aside_on_redis(redis_url: &str, run: u64, fault_tuned: bool) -> Cache {
+/// A fresh namespace per run: runs share the Redis but not their rows (nor
+/// their tag and namespace counters, which live in the namespace).
+fn aside_on_redis(redis_url: &str, run: u64, scope: Scope, fault_tuned: bool) -> Cache {
     let mut builder = Cache::builder()
         .namespace(format!("c{run}"))
         .ttl(Duration::from_secs(60))
+        .namespace_invalidation(scope == Scope::Namespace)
         .backend(RedisBackend::new(redis_url).unwrap());
     if fault_tuned {
         // As in `redis_faults.rs`: notice an outage quickly and retry queued
@@ -193,46 +219,127 @@ fn assert_no_stale(totals: &Totals, label: &str) {
         totals.summary(label),
         &totals.stale[..totals.stale.len().min(10)]
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aside_on_memory_keeps_no_stale_entry() {
-    let totals = runs(
-        "aside (memory)",
-        |run| async move { Aside::new(aside_on_memory(run)) },
-        || async {},
-        aside_add,
-    )
-    .await;
-    assert_no_stale(&totals, "aside (memory)");
-    // The race was there to be lost: loads that read a row before a write
-    // finished after its invalidation, and their fills were dropped.
-    assert!(
-        totals.fills_rejected > 0,
-        "{}",
-        totals.summary("aside (memory)")
+    assert_eq!(
+        totals.stale_reads,
+        0,
+        "aside served versions older than an invalidation that had returned: {}",
+        totals.summary(label)
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aside_on_redis_keeps_no_stale_entry() {
+/// `n` runs of aside with writers invalidating `scope`, each on a fresh
+/// memory backend.
+async fn aside_memory_runs(label: &str, scope: Scope, n: u64) -> Totals {
+    runs(
+        label,
+        n,
+        |run| async move { Aside::with_scope(aside_on_memory(run, scope), scope) },
+        || async {},
+        aside_add,
+    )
+    .await
+}
+
+/// `n` runs of aside with writers invalidating `scope`, on a Redis of the
+/// test's own.
+async fn aside_redis_runs(label: &str, scope: Scope, n: u64) -> Totals {
     let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
     let url = redis.url();
-    let totals = runs(
-        "aside (Redis)",
+    runs(
+        label,
+        n,
         |run| {
             let url = url.clone();
-            async move { Aside::new(aside_on_redis(&url, run, false)) }
+            async move { Aside::with_scope(aside_on_redis(&url, run, scope, false), scope) }
         },
         || async {},
         aside_add,
     )
-    .await;
-    assert_no_stale(&totals, "aside (Redis)");
+    .await
+}
+
+/// The race was there to be lost: loads that read a row before a write
+/// finished after its invalidation, and their fills were dropped.
+fn assert_race_caught(totals: &Totals, label: &str) {
+    assert!(totals.fills_rejected > 0, "{}", totals.summary(label));
+}
+
+/// Namespace invalidation makes every entry unreadable at each write, so
+/// hardly any entry is left for the final comparison (0 or 1 per run): that
+/// comparison can only catch a fill that raced one of the last writes, and
+/// it is the check of every read (`stale_reads`) that covers the run. The
+/// fill counters show the protocol at work throughout: fills were dropped
+/// (loads straddled a write) and fills were stored (loads with no write
+/// during them), so the check neither let the race through nor simply
+/// refused every fill.
+fn assert_namespace_fills_exercised(totals: &Totals, label: &str) {
+    assert_race_caught(totals, label);
     assert!(
-        totals.fills_rejected > 0,
+        totals.loads > 0 && totals.fills_stored > 0,
         "{}",
-        totals.summary("aside (Redis)")
+        totals.summary(label)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aside_on_memory_keeps_no_stale_entry() {
+    let label = "aside (memory)";
+    let totals = aside_memory_runs(label, Scope::Key, RUNS).await;
+    assert_no_stale(&totals, label);
+    assert_race_caught(&totals, label);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aside_on_redis_keeps_no_stale_entry() {
+    let label = "aside (Redis)";
+    let totals = aside_redis_runs(label, Scope::Key, RUNS).await;
+    assert_no_stale(&totals, label);
+    assert_race_caught(&totals, label);
+}
+
+/// Writers invalidate the row's group tag (`group:<id % 4>`), which every
+/// read of the row tags its entry with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aside_with_tag_invalidation_on_memory_keeps_no_stale_entry() {
+    let label = "aside, tag invalidation (memory)";
+    let totals = aside_memory_runs(label, Scope::Tag, SCOPE_RUNS).await;
+    assert_no_stale(&totals, label);
+    assert_race_caught(&totals, label);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aside_with_tag_invalidation_on_redis_keeps_no_stale_entry() {
+    let label = "aside, tag invalidation (Redis)";
+    let totals = aside_redis_runs(label, Scope::Tag, SCOPE_RUNS).await;
+    assert_no_stale(&totals, label);
+    assert_race_caught(&totals, label);
+}
+
+/// Writers invalidate the whole namespace. The hit ratio is low by design;
+/// what is checked is that nothing stale survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aside_with_namespace_invalidation_on_memory_keeps_no_stale_entry() {
+    let label = "aside, namespace invalidation (memory)";
+    let totals = aside_memory_runs(label, Scope::Namespace, SCOPE_RUNS).await;
+    assert_no_stale(&totals, label);
+    assert_namespace_fills_exercised(&totals, label);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aside_with_namespace_invalidation_on_redis_keeps_no_stale_entry() {
+    let label = "aside, namespace invalidation (Redis)";
+    let totals = aside_redis_runs(label, Scope::Namespace, SCOPE_RUNS).await;
+    assert_no_stale(&totals, label);
+    assert_namespace_fills_exercised(&totals, label);
+}
+
+/// Both checks of the harness must fail on naive cache-aside: it keeps
+/// stale entries, and it serves them after the invalidation.
+fn assert_naive_caught(totals: &Totals, label: &str) {
+    assert!(
+        !totals.stale.is_empty() && totals.stale_reads > 0,
+        "the naive cache should have kept stale entries and served stale reads: {}",
+        totals.summary(label)
     );
 }
 
@@ -243,16 +350,13 @@ async fn aside_on_redis_keeps_no_stale_entry() {
 async fn naive_cache_aside_in_memory_keeps_stale_entries() {
     let totals = runs(
         "naive (memory)",
+        RUNS,
         |_| async { NaiveMemory::default() },
         || async {},
         plain_add,
     )
     .await;
-    assert!(
-        !totals.stale.is_empty(),
-        "the naive cache should have kept stale entries: {}",
-        totals.summary("naive (memory)")
-    );
+    assert_naive_caught(&totals, "naive (memory)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,6 +365,7 @@ async fn naive_cache_aside_on_redis_keeps_stale_entries() {
     let url = redis.url();
     let totals = runs(
         "naive (Redis)",
+        RUNS,
         |run| {
             let url = url.clone();
             async move { NaiveRedis::connect(&url, format!("naive:{run}")).await }
@@ -269,11 +374,7 @@ async fn naive_cache_aside_on_redis_keeps_stale_entries() {
         plain_add,
     )
     .await;
-    assert!(
-        !totals.stale.is_empty(),
-        "the naive cache should have kept stale entries: {}",
-        totals.summary("naive (Redis)")
-    );
+    assert_naive_caught(&totals, "naive (Redis)");
 }
 
 /// Redis is killed a third into each run and restarted (empty, on the same
@@ -287,9 +388,10 @@ async fn aside_on_redis_killed_and_restarted_keeps_no_stale_entry() {
     let third = WORKLOAD.duration / 3;
     let totals = runs(
         "aside (Redis killed and restarted)",
+        RUNS,
         |run| {
             let url = url.clone();
-            async move { Aside::new(aside_on_redis(&url, run, true)) }
+            async move { Aside::new(aside_on_redis(&url, run, Scope::Key, true)) }
         },
         || {
             let redis = Arc::clone(&redis);
@@ -329,9 +431,10 @@ async fn aside_on_redis_frozen_and_resumed_keeps_no_stale_entry() {
     let third = WORKLOAD.duration / 3;
     let totals = runs(
         "aside (Redis frozen and resumed)",
+        RUNS,
         |run| {
             let url = url.clone();
-            async move { Aside::new(aside_on_redis(&url, run, true)) }
+            async move { Aside::new(aside_on_redis(&url, run, Scope::Key, true)) }
         },
         || {
             let redis = Arc::clone(&redis);

@@ -1,6 +1,7 @@
 //! `aside demo`: what cache-aside with aside buys, measured on this machine.
 
 mod db;
+mod naive;
 mod report;
 mod workload;
 
@@ -13,6 +14,7 @@ use aside::{Cache, MemoryBackend, RedisBackend};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use db::{Db, Product};
+use naive::Naive;
 use workload::{Plan, Reads, Versions};
 
 /// The largest table the demo seeds (and keeps versions for in memory).
@@ -24,7 +26,8 @@ pub struct DemoArgs {
     /// Products seeded into the SQLite table.
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     rows: u64,
-    /// Seconds each of the two runs (aside, then no cache) lasts.
+    /// Seconds each of the three runs (aside, naive cache-aside, no cache)
+    /// lasts.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     duration: f64,
     /// Concurrent tasks issuing reads and writes.
@@ -42,6 +45,13 @@ pub struct DemoArgs {
     /// Seconds a cached product is kept.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     ttl: u64,
+    /// Milliseconds every database read waits after its SELECT before
+    /// returning the row, in all three runs: what a read costs beyond
+    /// embedded SQLite's microseconds (a network round trip, serialization).
+    /// In a cache load it is also the window in which a write can commit and
+    /// invalidate while the load holds the old row.
+    #[arg(long, value_name = "MS", default_value_t = 1)]
+    load_delay_ms: u64,
     /// Cache in this Redis (e.g. redis://127.0.0.1:6379) instead of in process.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
@@ -81,6 +91,11 @@ impl DemoArgs {
             self.zipf
         );
         ensure!(self.ttl > 0, "--ttl must be at least 1 second");
+        ensure!(
+            self.load_delay_ms <= 60_000,
+            "--load-delay-ms must be at most 60000, got {}",
+            self.load_delay_ms
+        );
         Ok(())
     }
 
@@ -92,6 +107,7 @@ impl DemoArgs {
             write_share: self.write_share,
             zipf: self.zipf,
             seed: self.seed,
+            load_delay: Duration::from_millis(self.load_delay_ms),
         }
     }
 }
@@ -101,7 +117,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     args.validate()?;
     let show_progress = !args.quiet && std::io::stdout().is_terminal();
     let namespace = args.namespace.clone().unwrap_or_else(unique_namespace);
-    let cache = build_cache(&args, &namespace).await?;
+    let (cache, naive) = build_caches(&args, &namespace).await?;
     let plan = args.plan();
 
     let mut out = std::io::stdout().lock();
@@ -117,12 +133,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
-        "workload: {} tasks for {}s per run, Zipf exponent {}, {}% writes, seed {}",
+        "workload: {} tasks for {}s per run, Zipf exponent {}, {}% writes, seed {}; \
+         every database read waits {} ms after its SELECT",
         args.concurrency,
         args.duration,
         args.zipf,
         args.write_share * 100.0,
-        args.seed
+        args.seed,
+        args.load_delay_ms
     )?;
     drop(out);
 
@@ -146,29 +164,40 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let bar = timed_bar(show_progress, "aside   ", plan.duration);
     let cached = workload::run(plan, &db, Reads::Cached(cache.clone()), &versions, &bar).await?;
     let stats = cache.stats();
+    let bar = timed_bar(show_progress, "naive   ", plan.duration);
+    let naive = workload::run(plan, &db, Reads::Naive(naive), &versions, &bar).await?;
     let bar = timed_bar(show_progress, "no cache", plan.duration);
     let direct = workload::run(plan, &db, Reads::Direct, &versions, &bar).await?;
     db.close().await;
 
     let mut out = std::io::stdout().lock();
     writeln!(out)?;
-    report::write(&mut out, &cached, &stats, &direct)?;
+    report::write(
+        &mut out,
+        &report::Runs {
+            aside: &cached,
+            stats: &stats,
+            naive: &naive,
+            direct: &direct,
+        },
+    )?;
     out.flush()?;
     Ok(())
 }
 
-/// The cache under test: in process, or in Redis (checked to answer).
-async fn build_cache(args: &DemoArgs, namespace: &str) -> anyhow::Result<Cache> {
-    let builder = Cache::builder()
-        .namespace(namespace)
-        .ttl(Duration::from_secs(args.ttl));
+/// The cache under test, and naive cache-aside on the same kind of store:
+/// both in process, or both in Redis (checked to answer).
+async fn build_caches(args: &DemoArgs, namespace: &str) -> anyhow::Result<(Cache, Naive)> {
+    let ttl = Duration::from_secs(args.ttl);
+    let builder = Cache::builder().namespace(namespace).ttl(ttl);
     let Some(url) = &args.redis else {
         // Room for the whole table: the demo measures the pattern, not evictions.
         let backend = MemoryBackend::builder().max_entries(args.rows).build();
-        return builder
+        let cache = builder
             .backend(backend)
             .build()
-            .context("invalid cache options (check --namespace)");
+            .context("invalid cache options (check --namespace)")?;
+        return Ok((cache, Naive::in_memory(args.rows, ttl)));
     };
     let backend =
         RedisBackend::new(url).with_context(|| format!("invalid --redis URL {}", redact(url)))?;
@@ -185,10 +214,14 @@ async fn build_cache(args: &DemoArgs, namespace: &str) -> anyhow::Result<Cache> 
         .get::<Product>("probe")
         .await
         .with_context(|| format!("could not reach Redis at {}", redact(url)))?;
-    builder
+    // The naive run comes after aside's, on the same (checked) connection;
+    // its keys are outside aside's `{namespace:...}` shape.
+    let naive = Naive::on_redis(backend.connection(), format!("{namespace}:naive"), ttl);
+    let cache = builder
         .backend(backend)
         .build()
-        .context("invalid cache options (check --namespace)")
+        .context("invalid cache options (check --namespace)")?;
+    Ok((cache, naive))
 }
 
 /// `aside-demo-<pid>-<unix ms>`: runs never read each other's entries.
@@ -264,6 +297,7 @@ mod tests {
             (&["--duration", "0"][..], "--duration"),
             (&["--concurrency", "0"][..], "--concurrency"),
             (&["--ttl", "0"][..], "--ttl"),
+            (&["--load-delay-ms", "60001"][..], "--load-delay-ms"),
         ] {
             match parse(argv).validate() {
                 Ok(()) => panic!("{argv:?} accepted"),

@@ -8,7 +8,10 @@ use comfy_table::{CellAlignment, ContentArrangement, Table};
 
 use super::workload::Outcome;
 
-const HEADER: [&str; 12] = [
+/// Columns of the table (the first is the run's name).
+const COLUMNS: usize = 13;
+
+const HEADER: [&str; COLUMNS] = [
     "",
     "operations",
     "reads",
@@ -21,18 +24,31 @@ const HEADER: [&str; 12] = [
     "p99 read µs",
     "ops/s",
     "stale reads",
+    "stale after invalidation",
 ];
 
+/// What the three runs measured.
+#[derive(Debug)]
+pub struct Runs<'a> {
+    pub aside: &'a Outcome,
+    /// aside's counters over its run.
+    pub stats: &'a Stats,
+    pub naive: &'a Outcome,
+    pub direct: &'a Outcome,
+}
+
 /// Writes the table, then the summary lines.
-pub fn write(
-    out: &mut impl Write,
-    cached: &Outcome,
-    stats: &Stats,
-    direct: &Outcome,
-) -> io::Result<()> {
+pub fn write(out: &mut impl Write, runs: &Runs<'_>) -> io::Result<()> {
+    let Runs {
+        aside: cached,
+        stats,
+        naive,
+        direct,
+    } = *runs;
     let rows = [
-        row("aside", cached, Some(stats)),
-        row("no cache", direct, None),
+        row("aside", cached),
+        row("naive cache-aside", naive),
+        row("no cache", direct),
     ];
     let table = table(&rows);
     writeln!(out, "{table}")?;
@@ -53,21 +69,26 @@ pub fn write(
     )?;
     writeln!(
         out,
-        "stale reads: {} with aside, {} with no cache",
-        cached.stale, direct.stale
+        "stale reads: {} with aside, {} with naive cache-aside, {} with no cache",
+        cached.stale, naive.stale, direct.stale
     )?;
     writeln!(
         out,
-        "  (a read is stale when it returns a version older than one committed before it began)"
+        "  (a read is stale when it returns a version older than one committed before it began; \
+         a read between a write's commit and its invalidation can be, with any cache)"
     )?;
-    if cached.stale > 0 {
-        writeln!(
-            out,
-            "  {} of aside's stale reads began after that write's invalidation had finished: \
-             a load that read the old row cached it after the invalidation",
-            cached.stale_after_invalidation
-        )?;
-    }
+    writeln!(
+        out,
+        "stale after invalidation: {} with aside, {} with naive cache-aside",
+        cached.stale_after_invalidation, naive.stale_after_invalidation
+    )?;
+    writeln!(
+        out,
+        "  (stale reads that began after that write's invalidation had finished: a load read \
+         the old row, the write committed and invalidated, and the load then cached the old \
+         row; aside drops such fills, naive cache-aside keeps them until the TTL or the next \
+         write)"
+    )?;
     let backend_failures = stats.backend_errors + stats.backend_timeouts + stats.backend_skipped;
     if backend_failures > 0 || cached.invalidate_errors > 0 {
         writeln!(
@@ -84,8 +105,8 @@ pub fn write(
 }
 
 /// One row per run, as asked; but on a terminal too narrow for that, one row
-/// per measure (a wrapped 12-column table breaks numbers across lines).
-fn table(rows: &[[String; 12]; 2]) -> Table {
+/// per measure (a wrapped 13-column table breaks numbers across lines).
+fn table(rows: &[[String; COLUMNS]]) -> Table {
     let mut wide = Table::new();
     wide.load_preset(UTF8_FULL_CONDENSED).set_header(HEADER);
     for r in rows {
@@ -103,9 +124,9 @@ fn table(rows: &[[String; 12]; 2]) -> Table {
     let mut tall = Table::new();
     tall.load_preset(UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(["", rows[0][0].as_str(), rows[1][0].as_str()]);
+        .set_header(std::iter::once("").chain(rows.iter().map(|r| r[0].as_str())));
     for (i, measure) in HEADER.iter().enumerate().skip(1) {
-        tall.add_row([measure, rows[0][i].as_str(), rows[1][i].as_str()]);
+        tall.add_row(std::iter::once(*measure).chain(rows.iter().map(|r| r[i].as_str())));
     }
     align_right_from(&mut tall, 1);
     tall
@@ -117,7 +138,7 @@ fn align_right_from(table: &mut Table, first: usize) {
     }
 }
 
-fn row(label: &str, o: &Outcome, stats: Option<&Stats>) -> [String; 12] {
+fn row(label: &str, o: &Outcome) -> [String; COLUMNS] {
     let q = |quantile: f64| {
         if o.latency.is_empty() {
             "-".to_owned()
@@ -130,7 +151,7 @@ fn row(label: &str, o: &Outcome, stats: Option<&Stats>) -> [String; 12] {
         o.ops().to_string(),
         o.reads.to_string(),
         o.writes.to_string(),
-        stats.map_or_else(|| "-".to_owned(), |s| percent(s.hit_ratio())),
+        o.hit_ratio.map_or_else(|| "-".to_owned(), percent),
         o.db_queries.to_string(),
         o.loader_calls
             .map_or_else(|| "-".to_owned(), |n| n.to_string()),
@@ -139,6 +160,11 @@ fn row(label: &str, o: &Outcome, stats: Option<&Stats>) -> [String; 12] {
         q(0.99),
         format!("{:.0}", per_second(o.ops(), o)),
         o.stale.to_string(),
+        // With no cache there is no invalidation to be stale after.
+        o.loader_calls.map_or_else(
+            || "-".to_owned(),
+            |_| o.stale_after_invalidation.to_string(),
+        ),
     ]
 }
 

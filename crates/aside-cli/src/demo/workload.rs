@@ -1,6 +1,6 @@
 //! The workload: tasks reading and writing Zipf-distributed product ids for a
-//! fixed time, through an aside cache or straight against the database, with
-//! stale-read detection.
+//! fixed time, through an aside cache, through naive cache-aside, or straight
+//! against the database, with the same stale-read detection for all three.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,8 +16,9 @@ use rand_distr::{Distribution as _, Zipf};
 use tokio::task::JoinSet;
 
 use super::db::{Db, Product, to_i64};
+use super::naive::Naive;
 
-/// What to run; identical for the cached and the uncached run.
+/// What to run; identical for every run.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
     pub rows: u64,
@@ -26,6 +27,9 @@ pub struct Plan {
     pub write_share: f64,
     pub zipf: f64,
     pub seed: u64,
+    /// How long every database read waits after its `SELECT` before handing
+    /// the row over (see [`read_row`]).
+    pub load_delay: Duration,
 }
 
 /// Where reads go.
@@ -34,6 +38,8 @@ pub enum Reads {
     /// `cache.get_or_load`, loading from the database on a miss; writes
     /// invalidate.
     Cached(Cache),
+    /// Naive cache-aside: get, on a miss load and set; writes delete.
+    Naive(Naive),
     /// Straight to the database.
     Direct,
 }
@@ -80,11 +86,14 @@ pub struct Outcome {
     /// Reads that reached the database: loader calls, or every direct read.
     pub db_queries: u64,
     pub loader_calls: Option<u64>,
+    /// Share of reads answered from the cache; `None` with no cache.
+    pub hit_ratio: Option<f64>,
     /// Reads that returned a version older than one committed before the read
     /// began.
     pub stale: u64,
     /// Of those, reads that began after that write's invalidation had
-    /// finished: the cache kept an old value past its invalidation.
+    /// finished: the cache kept an old value past its invalidation (a load
+    /// that read the old row stored it after the delete).
     pub stale_after_invalidation: u64,
     pub invalidate_errors: u64,
     /// Read latency in microseconds.
@@ -103,6 +112,8 @@ struct Tally {
     reads: u64,
     writes: u64,
     direct_queries: u64,
+    /// Naive cache-aside only (aside counts its own).
+    naive_hits: u64,
     stale: u64,
     stale_after_invalidation: u64,
     invalidate_errors: u64,
@@ -193,21 +204,38 @@ pub async fn run(
             .context("could not merge latency histograms")?;
     }
     let sum = |f: fn(&Tally) -> u64| tallies.iter().map(f).sum::<u64>();
-    let loader_calls = match shared.reads {
-        Reads::Cached(_) => Some(shared.loader_calls.load(Ordering::SeqCst)),
-        Reads::Direct => None,
+    let reads = sum(|t| t.reads);
+    let (loader_calls, hit_ratio) = match &shared.reads {
+        Reads::Cached(cache) => (
+            Some(shared.loader_calls.load(Ordering::SeqCst)),
+            Some(cache.stats().hit_ratio()),
+        ),
+        Reads::Naive(_) => (
+            Some(shared.loader_calls.load(Ordering::SeqCst)),
+            Some(ratio(sum(|t| t.naive_hits), reads)),
+        ),
+        Reads::Direct => (None, None),
     };
     Ok(Outcome {
-        reads: sum(|t| t.reads),
+        reads,
         writes: sum(|t| t.writes),
         db_queries: sum(|t| t.direct_queries) + loader_calls.unwrap_or(0),
         loader_calls,
+        hit_ratio,
         stale: sum(|t| t.stale),
         stale_after_invalidation: sum(|t| t.stale_after_invalidation),
         invalidate_errors: sum(|t| t.invalidate_errors),
         latency,
         elapsed,
     })
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
 }
 
 fn new_histogram() -> anyhow::Result<Histogram<u64>> {
@@ -227,6 +255,7 @@ async fn worker(s: &Shared, task: u64, deadline: Instant) -> anyhow::Result<Tall
         reads: 0,
         writes: 0,
         direct_queries: 0,
+        naive_hits: 0,
         stale: 0,
         stale_after_invalidation: 0,
         invalidate_errors: 0,
@@ -256,14 +285,18 @@ async fn write(s: &Shared, t: &mut Tally, id: u64, price: i64) -> anyhow::Result
         .committed(id)
         .fetch_max(version, Ordering::SeqCst);
     t.writes += 1;
-    if let Reads::Cached(cache) = &s.reads
-        && let Err(e) = cache.invalidate(key(id)).await
-    {
-        // The entry may still be cached: its reads may be stale until the
-        // TTL. Counted and reported, not fatal.
-        t.invalidate_errors += 1;
-        tracing::debug!(id, error = %e, "invalidate failed");
-        return Ok(());
+    match &s.reads {
+        Reads::Cached(cache) => {
+            if let Err(e) = cache.invalidate(key(id)).await {
+                // The entry may still be cached: its reads may be stale until
+                // the TTL. Counted and reported, not fatal.
+                t.invalidate_errors += 1;
+                tracing::debug!(id, error = %e, "invalidate failed");
+                return Ok(());
+            }
+        }
+        Reads::Naive(naive) => naive.delete(id).await?,
+        Reads::Direct => {}
     }
     s.versions
         .invalidated(id)
@@ -278,19 +311,23 @@ async fn read(s: &Shared, t: &mut Tally, id: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     let product: Option<Product> = match &s.reads {
         Reads::Cached(cache) => {
-            let db = s.db.clone();
-            let calls = Arc::clone(&s.loader_calls);
+            let load = s.load(id);
             cache
-                .get_or_load(key(id), move || async move {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    db.product(to_i64(id)).await
-                })
+                .get_or_load(key(id), move || load)
                 .await
                 .with_context(|| format!("could not read product {id} through the cache"))?
         }
+        Reads::Naive(naive) => {
+            let (product, hit) = naive
+                .read(id, s.load(id))
+                .await
+                .with_context(|| format!("could not read product {id} through the naive cache"))?;
+            t.naive_hits += u64::from(hit);
+            product
+        }
         Reads::Direct => {
             t.direct_queries += 1;
-            s.db.product(to_i64(id))
+            read_row(s.db.clone(), id, s.plan.load_delay)
                 .await
                 .with_context(|| format!("could not read product {id}"))?
         }
@@ -308,4 +345,36 @@ async fn read(s: &Shared, t: &mut Tally, id: u64) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+impl Shared {
+    /// A cache load of `id`, the same for aside and naive cache-aside:
+    /// [`read_row`], counted. (Lazy, like any async block: nothing runs, and
+    /// nothing is counted, until it is awaited.)
+    fn load(&self, id: u64) -> impl Future<Output = Result<Option<Product>, sqlx::Error>> + use<> {
+        let (db, calls, delay) = (
+            self.db.clone(),
+            Arc::clone(&self.loader_calls),
+            self.plan.load_delay,
+        );
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            read_row(db, id, delay).await
+        }
+    }
+}
+
+/// One database read, the same in every run: the `SELECT`, then `delay`
+/// before the row is handed over (to the cache, or to the caller with no
+/// cache). The delay stands for what a real read costs beyond an embedded
+/// SQLite's microseconds (a network round trip, more queries,
+/// serialization). In a cache load it is also the window in which a write
+/// can commit and invalidate while the load holds the old row: the race the
+/// stale-read counts measure.
+async fn read_row(db: Db, id: u64, delay: Duration) -> Result<Option<Product>, sqlx::Error> {
+    let product = db.product(to_i64(id)).await?;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    Ok(product)
 }

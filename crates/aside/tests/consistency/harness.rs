@@ -1,7 +1,8 @@
 //! The workload, shared by every cache under test.
 //!
 //! Writers commit `UPDATE rows SET version = version + 1` and then
-//! invalidate the key; readers read through the cache with a loader that
+//! invalidate (the key, or a tag or the namespace, as the target does it);
+//! readers read through the cache with a loader that
 //! reads the row and then waits a random 0-20 ms before handing the value to
 //! the cache. That wait is the race window cache-aside is known for: a
 //! writer can commit and invalidate between the loader's read and the
@@ -9,6 +10,13 @@
 //! version until the TTL (or the next write of that row).
 //!
 //! After the workload, every key's cached value is compared with its row.
+//! During it, every read is checked too: a read that begins after the
+//! invalidation of version `v` of its row has returned must not return an
+//! older version. The final comparison only sees what survived the last
+//! writes, which with tag or namespace invalidation is hardly anything (a
+//! write makes a quarter, or all, of the entries unreadable); the check of
+//! each read catches a fill that lost the race at any point of the run.
+//!
 //! The same generator (same seeds, same operations per task) drives aside
 //! and the naive implementations, through the [`Target`] trait: the only
 //! difference between a run that must find no stale entry and one that
@@ -16,7 +24,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -99,6 +107,11 @@ pub struct Report {
     /// Keys with a cached entry after the workload.
     pub cached: usize,
     pub stale: Vec<Stale>,
+    /// Reads that began after the invalidation of a version of their row had
+    /// returned, and returned an older version: the cache served what it
+    /// should have dropped. (A read between a commit and its invalidation
+    /// may return the old version with any cache; those are not counted.)
+    pub stale_reads: u64,
 }
 
 /// Runs `w` against `target` on `schema`, with `fault` running alongside
@@ -112,27 +125,36 @@ pub async fn run<T: Target>(
     fault: impl Future<Output = ()>,
 ) -> Report {
     let calls = Arc::new(AtomicU64::new(0));
+    // By id (index 0 unused): the newest version whose invalidation has
+    // returned. Rows are seeded at version 1, which needs none.
+    let invalidated: Arc<Vec<AtomicI64>> =
+        Arc::new((0..=w.rows).map(|_| AtomicI64::new(1)).collect());
     let deadline = Instant::now() + w.duration;
     let mut tasks = JoinSet::new();
     for task in 0..w.writers + w.readers {
         let (target, pool, calls) = (Arc::clone(target), schema.pool().clone(), calls.clone());
+        let invalidated = Arc::clone(&invalidated);
         // One seeded stream per task: the same operations for every target.
         let mut rng = StdRng::seed_from_u64(seed << 16 | task as u64);
         let writer = task < w.writers;
         tasks.spawn(async move {
-            let mut done = 0u64;
+            let (mut done, mut stale_reads) = (0u64, 0u64);
             while Instant::now() < deadline {
                 let id = pick(&mut rng, &w);
+                let slot = &invalidated[usize::try_from(id).unwrap()];
                 if writer {
                     let pause = upto(&mut rng, w.max_write_pause);
-                    sqlx::query("UPDATE rows SET version = version + 1 WHERE id = $1")
-                        .bind(id)
-                        .execute(&pool)
-                        .await
-                        .unwrap_or_else(|e| panic!("UPDATE of row {id}: {e}"));
+                    let version: i64 = sqlx::query_scalar(
+                        "UPDATE rows SET version = version + 1 WHERE id = $1 RETURNING version",
+                    )
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or_else(|e| panic!("UPDATE of row {id}: {e}"));
                     // Autocommit: the new version is committed here, before
                     // the invalidation, as a service would do it.
                     target.invalidate(id).await;
+                    slot.fetch_max(version, Ordering::SeqCst);
                     tokio::time::sleep(pause).await;
                 } else {
                     let delay = upto(&mut rng, w.max_load_delay);
@@ -142,7 +164,12 @@ pub async fn run<T: Target>(
                         delay,
                         calls: calls.clone(),
                     };
-                    target.read(id, load).await;
+                    // Read before the read starts: any version the read may
+                    // return must be at least this one.
+                    let floor = slot.load(Ordering::SeqCst);
+                    if target.read(id, load).await.is_some_and(|v| v < floor) {
+                        stale_reads += 1;
+                    }
                 }
                 done += 1;
                 // A hit in process completes without ever yielding: without
@@ -150,23 +177,26 @@ pub async fn run<T: Target>(
                 // from the writers.
                 tokio::task::yield_now().await;
             }
-            (writer, done)
+            (writer, done, stale_reads)
         });
     }
     let workers = async {
-        let (mut reads, mut writes) = (0, 0);
+        let (mut reads, mut writes, mut stale_reads) = (0, 0, 0);
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok((true, n)) => writes += n,
-                Ok((false, n)) => reads += n,
+                Ok((true, n, _)) => writes += n,
+                Ok((false, n, stale)) => {
+                    reads += n;
+                    stale_reads += stale;
+                }
                 // A task's panic (a failed query, a cache error) is the test's.
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Err(e) => panic!("a workload task was cancelled: {e}"),
             }
         }
-        (reads, writes)
+        (reads, writes, stale_reads)
     };
-    let ((reads, writes), ()) = tokio::join!(workers, fault);
+    let ((reads, writes, stale_reads), ()) = tokio::join!(workers, fault);
 
     // Every caller has returned, so every write committed and its
     // invalidation was applied or queued. Let the cache finish what it
@@ -180,6 +210,7 @@ pub async fn run<T: Target>(
         reads,
         writes,
         loads: calls.load(Ordering::Relaxed),
+        stale_reads,
         ..Report::default()
     };
     for (id, row) in schema.versions().await {

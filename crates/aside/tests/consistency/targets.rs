@@ -1,12 +1,13 @@
-//! The caches under test: aside, and textbook cache-aside written naively
-//! (get; on a miss load and store unconditionally; writers delete).
+//! The caches under test: aside (invalidating the key, a tag or the whole
+//! namespace), and textbook cache-aside written naively (get; on a miss load
+//! and store unconditionally; writers delete).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aside::{Cache, Invalidation, Key};
+use aside::{Cache, EntryOptions, Invalidation, Key};
 use redis::aio::MultiplexedConnection;
 
 use super::harness::{Load, Target};
@@ -15,19 +16,56 @@ fn key(id: i32) -> Key {
     Key::new("row").part(id)
 }
 
-/// aside's `get_or_load` and `invalidate`, on whatever backend the cache has.
+/// What an aside target's writers invalidate after their commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `invalidate(key)`: the row's own key.
+    Key,
+    /// `invalidate_tag("group:<id % 4>")`; reads tag their entries with it.
+    /// A quarter of the rows go with each write, and the fill race now runs
+    /// through the tag's version counter instead of the key's generation.
+    Tag,
+    /// `invalidate_namespace()`: every entry goes with each write. The cache
+    /// must be built with `namespace_invalidation(true)`.
+    Namespace,
+}
+
+/// The tag of row `id` under [`Scope::Tag`].
+fn group(id: i32) -> String {
+    format!("group:{}", id % 4)
+}
+
+/// aside's `get_or_load_with` and an invalidation of `scope`, on whatever
+/// backend the cache has.
 #[derive(Debug)]
 pub struct Aside {
     pub cache: Cache,
+    pub scope: Scope,
     /// Invalidations that could not reach the backend and were queued.
     pub queued: AtomicU64,
 }
 
 impl Aside {
+    /// Writers invalidate the row's key.
     pub fn new(cache: Cache) -> Self {
+        Self::with_scope(cache, Scope::Key)
+    }
+
+    pub fn with_scope(cache: Cache, scope: Scope) -> Self {
         Aside {
             cache,
+            scope,
             queued: AtomicU64::new(0),
+        }
+    }
+
+    /// The options every read of row `id` uses: its group tag under
+    /// [`Scope::Tag`], none otherwise (`get_or_load` is `get_or_load_with`
+    /// and no options).
+    fn options(&self, id: i32) -> EntryOptions {
+        match self.scope {
+            Scope::Tag => EntryOptions::new().tag(group(id)),
+            Scope::Key | Scope::Namespace => EntryOptions::new(),
         }
     }
 }
@@ -40,7 +78,7 @@ const SETTLE_WITHIN: Duration = Duration::from_secs(15);
 impl Target for Aside {
     async fn read(&self, id: i32, load: Load) -> Option<i64> {
         self.cache
-            .get_or_load(key(id), move || load.run())
+            .get_or_load_with(key(id), &self.options(id), move || load.run())
             .await
             // Only the loader can fail `get_or_load`, and the loader here is
             // a query on a healthy database: an error is a test failure.
@@ -48,16 +86,28 @@ impl Target for Aside {
     }
 
     async fn invalidate(&self, id: i32) {
-        match self.cache.invalidate(key(id)).await {
+        let result = match self.scope {
+            Scope::Key => self.cache.invalidate(key(id)).await,
+            Scope::Tag => self.cache.invalidate_tag(group(id)).await,
+            Scope::Namespace => self.cache.invalidate_namespace().await,
+        };
+        match result {
             Ok(Invalidation::Applied) => {}
             Ok(_) => {
                 self.queued.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => panic!("invalidate(row {id}): {e}"),
+            Err(e) => panic!("invalidation of row {id} ({:?}): {e}", self.scope),
         }
     }
 
     async fn cached(&self, id: i32) -> Option<i64> {
+        // A plain `get` (what any other reader of the key would see) checks
+        // no less than a read with the tag options: an entry records the tag
+        // versions it was loaded under, and `get` fetches those counters and
+        // compares them (and the namespace version, when the cache has
+        // namespace invalidation on), so an entry loaded before an
+        // `invalidate_tag` of its group reads as nothing here too.
+        //
         // Right after an outage the cache may still count the backend as
         // down for a moment; `get` says so with an error (it has no loader to
         // fall back on). Ask again until it answers.
