@@ -350,6 +350,48 @@ async fn an_expired_lease_wait_follows_the_policy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_wait_can_serve_the_stale_value() {
+    let redis = server();
+    let clock = Arc::new(aside::clock::ManualClock::new(1_700_000_000_000));
+    let make = |then| {
+        builder(&redis.url())
+            .ttl(Duration::from_secs(1))
+            .ttl_jitter(0.0)
+            .fail_safe(Some(Duration::from_secs(600)))
+            .loader_hard_timeout(None)
+            .lease_wait(Duration::from_millis(200))
+            .on_lease_timeout(then)
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    };
+    let holder = make(LeaseTimeout::Load);
+    holder.set("k", "old".to_owned()).await.unwrap();
+    clock.advance(Duration::from_secs(2)); // expired, kept for fail-safe
+    let calls = Arc::new(AtomicU32::new(0));
+    {
+        let (h, calls) = (holder.clone(), calls.clone());
+        tokio::spawn(async move {
+            h.get_or_load("k", slow_loader(&calls, Duration::from_secs(3600), "never"))
+                .await
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let w = make(LeaseTimeout::ServeStale);
+    let got = w
+        .get_or_load("k", slow_loader(&calls, Duration::ZERO, "own load"))
+        .await
+        .unwrap();
+    assert_eq!(got, Some("old".to_owned()));
+    assert_eq!(w.stats().lease_timeouts, 1);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "only the holder's load ran"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_entry_is_refreshed_once_across_instances() {
     let redis = server();
     let clock = Arc::new(aside::clock::ManualClock::new(1_700_000_000_000));
