@@ -219,15 +219,19 @@ fn malformed(what: &'static str) -> BackendError {
     BackendError::failed(std::io::Error::other(what))
 }
 
+fn parse_counter(b: &[u8]) -> Result<u64, BackendError> {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| malformed("a version counter is not a number"))
+}
+
 /// Reads a counter (absent: 0).
 fn counter(v: &redis::Value) -> Result<u64, BackendError> {
     match v {
         redis::Value::Nil => Ok(0),
         redis::Value::Int(n) => u64::try_from(*n).map_err(|_| malformed("negative counter")),
-        redis::Value::BulkString(b) => std::str::from_utf8(b)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| malformed("a version counter is not a number")),
+        redis::Value::BulkString(b) => parse_counter(b),
         _ => Err(malformed("unexpected counter reply")),
     }
 }
@@ -278,19 +282,11 @@ async fn mget(
         .query_async(conn)
         .await
         .map_err(failed)?;
-    let mut counters = Vec::with_capacity(values.len().saturating_sub(1));
-    for v in values.iter().skip(1) {
-        let n = match v {
-            None => 0,
-            Some(b) => std::str::from_utf8(b)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| {
-                    BackendError::failed(std::io::Error::other("a version counter is not a number"))
-                })?,
-        };
-        counters.push(n);
-    }
+    let counters = values
+        .iter()
+        .skip(1)
+        .map(|v| v.as_deref().map_or(Ok(0), parse_counter))
+        .collect::<Result<Vec<_>, _>>()?;
     let first = if values.is_empty() {
         None
     } else {
