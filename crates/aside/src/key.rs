@@ -131,7 +131,7 @@ impl AsRef<str> for Key {
 const DIGEST_HEX: usize = 32;
 
 /// Joins `namespace` and `key` into the physical key stored in the backend:
-/// `{namespace:key}`, hashing the tail when it would exceed `max_len` bytes.
+/// `{namespace:key}`, hashing the tail when it would be `max_len` bytes or more.
 ///
 /// The braces make the whole key a Redis Cluster hash tag, so the keys aside
 /// derives from it by appending a suffix (its generation marker, its lease)
@@ -139,13 +139,16 @@ const DIGEST_HEX: usize = 32;
 /// is never empty (namespaces are non-empty) and ends at the first `}`, which
 /// a suffix cannot move.
 ///
-/// A hashed key is `{<readable prefix>#<128-bit hex digest of the full key>}`;
-/// the `#` is there so a hashed key can never equal an unhashed one of the same
-/// length (an unhashed key is never longer than `max_len`, a hashed one is
-/// exactly `max_len`, and the digest covers the whole original key).
+/// A key whose `{namespace:key}` form is `max_len` bytes or longer is hashed:
+/// `{<readable prefix>#<128-bit hex digest of the full key>}`, padded with
+/// more `#` after the prefix (when the prefix was cut back to a char
+/// boundary) so that it is always exactly `max_len` bytes. An unhashed key is
+/// therefore always strictly shorter than a hashed one, and the mapping is
+/// injective (short of a 128-bit digest collision): a logical key crafted to
+/// look like a hashed key (`…#<digest>`) is itself hashed, never kept as is.
 pub(crate) fn physical_key(namespace: &str, key: &str, max_len: usize) -> String {
     let full_len = namespace.len() + 1 + key.len() + 2;
-    if full_len <= max_len {
+    if full_len < max_len {
         let mut s = String::with_capacity(full_len);
         s.push('{');
         s.push_str(namespace);
@@ -175,7 +178,12 @@ pub(crate) fn physical_key(namespace: &str, key: &str, max_len: usize) -> String
         cut -= 1;
     }
     readable.truncate(cut);
+    // Exactly `max_len` bytes: one `#`, plus one for each byte the cut gave
+    // back to stay on a char boundary.
     readable.push('#');
+    while readable.len() + DIGEST_HEX + 1 < max_len {
+        readable.push('#');
+    }
     readable.push_str(&hex);
     readable.push('}');
     readable
@@ -196,7 +204,7 @@ impl KeyBuf {
     /// The same key as [`physical_key`].
     pub fn new(namespace: &str, key: &str, max_len: usize) -> Self {
         let full_len = namespace.len() + 1 + key.len() + 2;
-        if full_len > max_len || full_len > INLINE_KEY {
+        if full_len >= max_len || full_len > INLINE_KEY {
             return KeyBuf::Heap(physical_key(namespace, key, max_len));
         }
         let mut bytes = [0u8; INLINE_KEY];
@@ -275,7 +283,116 @@ mod tests {
     fn hashing_cuts_on_char_boundaries() {
         let long = "é".repeat(200);
         let k = physical_key("ns", &long, 64);
-        assert!(k.len() <= 64);
+        // Padded with `#` to the limit when the cut gave bytes back.
+        assert_eq!(k.len(), 64);
         assert!(k.contains('#'));
+        for max_len in 60..70 {
+            assert_eq!(physical_key("ns", &long, max_len).len(), max_len);
+        }
+    }
+
+    #[test]
+    fn a_key_of_exactly_the_limit_is_hashed() {
+        // `{app:` + 94 bytes + `}` = 100 bytes: hashed, not kept.
+        let key = "x".repeat(94);
+        let k = physical_key("app", &key, 100);
+        assert_eq!(k.len(), 100);
+        assert!(k.contains('#'));
+        assert_eq!(KeyBuf::new("app", &key, 100).as_str(), k);
+        // One byte less is kept readable.
+        let short = "x".repeat(93);
+        assert_eq!(physical_key("app", &short, 100), format!("{{app:{short}}}"));
+        assert_eq!(
+            KeyBuf::new("app", &short, 100).as_str(),
+            physical_key("app", &short, 100)
+        );
+    }
+
+    /// The logical key whose unhashed physical key would spell `hashed`.
+    fn twin_of(namespace: &str, hashed: &str) -> String {
+        let prefix = format!("{{{namespace}:");
+        hashed
+            .strip_prefix(&prefix)
+            .and_then(|s| s.strip_suffix('}'))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[test]
+    fn a_key_crafted_to_look_hashed_is_hashed_too() {
+        for long in ["x".repeat(300), "é".repeat(150), "aé".repeat(100)] {
+            for max_len in 50..120 {
+                let hashed = physical_key("n", &long, max_len);
+                let twin = twin_of("n", &hashed);
+                assert!(!twin.is_empty());
+                let crafted = physical_key("n", &twin, max_len);
+                assert_ne!(crafted, hashed, "{long:?} at {max_len}");
+                assert_eq!(KeyBuf::new("n", &twin, max_len).as_str(), crafted);
+            }
+        }
+    }
+
+    mod prop {
+        use super::super::*;
+        use super::twin_of;
+        use proptest::prelude::*;
+
+        /// Key strings rich in the characters that matter: separators,
+        /// braces, escapes, the hash marker, hex digits, newlines and
+        /// multi-byte chars, from empty to well past any limit.
+        fn key_strategy() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[{}#:%\\n a-f0-9xé€😀]{0,12}",
+                "[{}#:%\\n a-f0-9xé€😀]{30,140}",
+                any::<String>(),
+            ]
+        }
+
+        fn setup() -> impl Strategy<Value = (String, usize)> {
+            ("[a-z@0-9]{1,6}", 0usize..80)
+                .prop_map(|(ns, extra)| (ns.clone(), MIN_MAX_KEY_LEN + ns.len() + extra))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn different_keys_never_share_a_physical_key(
+                (ns, max_len) in setup(),
+                a in key_strategy(),
+                b in key_strategy(),
+            ) {
+                prop_assume!(a != b);
+                let (pa, pb) = (physical_key(&ns, &a, max_len), physical_key(&ns, &b, max_len));
+                prop_assert_ne!(&pa, &pb);
+                let (ka, kb) = (KeyBuf::new(&ns, &a, max_len), KeyBuf::new(&ns, &b, max_len));
+                prop_assert_eq!(ka.as_str(), pa.as_str());
+                prop_assert_eq!(kb.as_str(), pb.as_str());
+            }
+
+            #[test]
+            fn physical_keys_are_bounded_and_hashed_ones_have_no_unhashed_twin(
+                (ns, max_len) in setup(),
+                key in key_strategy(),
+                pad in 0usize..200,
+            ) {
+                // Also push the key over the limit, so that most cases hash.
+                let key = format!("{key}{}", "k".repeat(pad));
+                let pk = physical_key(&ns, &key, max_len);
+                prop_assert!(pk.len() <= max_len);
+                let buf = KeyBuf::new(&ns, &key, max_len);
+                prop_assert_eq!(buf.as_str(), pk.as_str());
+                let unhashed = format!("{{{ns}:{key}}}");
+                if pk == unhashed {
+                    prop_assert!(pk.len() < max_len);
+                } else {
+                    prop_assert_eq!(pk.len(), max_len);
+                    // The logical key that would spell this hashed key.
+                    let twin = twin_of(&ns, &pk);
+                    prop_assert_ne!(&twin, &key);
+                    prop_assert_ne!(physical_key(&ns, &twin, max_len), pk);
+                }
+            }
+        }
     }
 }
