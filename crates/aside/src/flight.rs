@@ -10,6 +10,14 @@
 //!   `LoaderPanicked` error. If the task is torn down anyway (runtime shutdown),
 //!   its sender drops and the waiters get the same error instead of hanging.
 //! - Waiters are woken by the channel, not by polling.
+//! - A load's outcome says *whom* it may be handed to (`valid_from`): only
+//!   callers that joined before the moment the value was proven current (a
+//!   fill the backend accepted, a read of the cache) or, when nothing proved
+//!   it (the fill was refused because an invalidation came in between, or
+//!   was never tried), callers that joined before the load began. Anyone
+//!   else may have started after an invalidation that this process never
+//!   heard of (it was made by another process), so it loads again. Moments
+//!   are numbers from one process-wide counter ([`Flights::now`]).
 //!
 //! The map is type-erased (`Any`) because one cache serves many value types; a
 //! caller that asks for a key already loading as another type simply runs its
@@ -28,19 +36,51 @@ use tokio::sync::watch;
 
 use crate::error::{Error, ErrorKind};
 
-/// What a load produced, shared with every waiter.
+/// What a load produced.
 pub(crate) type Outcome<V> = Result<Option<V>, Error>;
-type Channel<V> = watch::Receiver<Option<Outcome<V>>>;
+type Channel<V> = watch::Receiver<Option<Done<V>>>;
+
+/// A load's outcome as handed to its waiters.
+#[derive(Debug, Clone)]
+pub(crate) struct Done<V> {
+    pub outcome: Outcome<V>,
+    /// Callers whose moment (see [`Flights::now`]) is below this may take
+    /// the outcome; the others must load again.
+    pub valid_from: u64,
+}
+
+impl<V> Done<V> {
+    /// An outcome for every waiter (errors, and values proven current).
+    pub fn to_all(outcome: Outcome<V>) -> Self {
+        Done {
+            outcome,
+            valid_from: u64::MAX,
+        }
+    }
+
+    /// Nothing for anyone: every waiter loads again (a background refresh
+    /// that left the key to another process).
+    pub fn retry() -> Self {
+        Done {
+            outcome: Ok(None),
+            valid_from: 0,
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct Flights {
     map: Mutex<HashMap<String, Slot>>,
     next_id: AtomicU64,
+    clock: AtomicU64,
 }
 
 #[derive(Debug)]
 struct Slot {
     id: u64,
+    /// The version counters the load depends on: a tag invalidation
+    /// detaches only the flights that carry the tag.
+    deps: Vec<String>,
     channel: Box<dyn Any + Send + Sync>,
 }
 
@@ -55,13 +95,20 @@ pub(crate) struct Leader<V> {
     flights: Arc<Flights>,
     key: String,
     id: Option<u64>,
-    tx: watch::Sender<Option<Outcome<V>>>,
+    tx: watch::Sender<Option<Done<V>>>,
 }
 
 pub(crate) struct Waiter<V>(Channel<V>);
 
 impl Flights {
-    pub fn join<V>(self: &Arc<Self>, key: &str) -> Role<V>
+    /// The current moment: a number that only grows, shared by every flight
+    /// of this cache. A caller takes one before it first joins; a leader
+    /// takes one right before each step that fixes its value.
+    pub fn now(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    pub fn join<V>(self: &Arc<Self>, key: &str, deps: &[String]) -> Role<V>
     where
         V: Clone + Send + Sync + 'static,
     {
@@ -71,13 +118,7 @@ impl Flights {
                 return Role::Follower(Waiter(rx.clone()));
             }
             // Same key, other type: an unshared load of our own.
-            let (tx, _) = watch::channel(None);
-            return Role::Leader(Leader {
-                flights: Arc::clone(self),
-                key: key.to_owned(),
-                id: None,
-                tx,
-            });
+            return Role::Leader(self.private(key));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
@@ -85,6 +126,7 @@ impl Flights {
             key.to_owned(),
             Slot {
                 id,
+                deps: deps.to_vec(),
                 channel: Box::new(rx),
             },
         );
@@ -107,12 +149,27 @@ impl Flights {
             .remove(key);
     }
 
-    /// Detaches every flight (a tag or the whole namespace was invalidated).
-    pub fn forget_all(&self) {
+    /// A load nobody can join.
+    pub fn private<V>(self: &Arc<Self>, key: &str) -> Leader<V>
+    where
+        V: Clone + Send + Sync + 'static,
+    {
+        let (tx, _) = watch::channel(None);
+        Leader {
+            flights: Arc::clone(self),
+            key: key.to_owned(),
+            id: None,
+            tx,
+        }
+    }
+
+    /// Detaches the flights that depend on any of these version counters (a
+    /// tag or the namespace was invalidated).
+    pub fn forget_dependents(&self, counters: &[String]) {
         self.map
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+            .retain(|_, slot| !slot.deps.iter().any(|d| counters.contains(d)));
     }
 
     fn remove_if(&self, key: &str, id: u64) {
@@ -136,10 +193,13 @@ impl<V: Clone + Send + Sync + 'static> Leader<V> {
         Waiter(self.tx.subscribe())
     }
 
-    /// Hands the outcome to every waiter. The flight is unregistered when the
-    /// leader is dropped, right after.
-    pub fn publish(&self, outcome: Outcome<V>) {
-        self.tx.send_replace(Some(outcome));
+    /// Hands the outcome to the waiters. The flight is unregistered first,
+    /// so a caller woken by it that must load again cannot join it again.
+    pub fn publish(&self, done: Done<V>) {
+        if let Some(id) = self.id {
+            self.flights.remove_if(&self.key, id);
+        }
+        self.tx.send_replace(Some(done));
     }
 }
 
@@ -152,13 +212,13 @@ impl<V> Drop for Leader<V> {
 }
 
 impl<V: Clone> Waiter<V> {
-    pub async fn wait(mut self) -> Outcome<V> {
+    pub async fn wait(mut self) -> Done<V> {
         match self.0.wait_for(Option::is_some).await {
-            Ok(outcome) => match &*outcome {
-                Some(o) => o.clone(),
-                None => Err(abandoned()),
+            Ok(done) => match &*done {
+                Some(d) => d.clone(),
+                None => Done::to_all(Err(abandoned())),
             },
-            Err(_) => Err(abandoned()),
+            Err(_) => Done::to_all(Err(abandoned())),
         }
     }
 }
@@ -210,42 +270,58 @@ mod tests {
     #[tokio::test]
     async fn followers_share_the_leaders_outcome_and_the_map_is_cleaned() {
         let flights = Arc::new(Flights::default());
-        let Role::Leader(leader) = flights.join::<u32>("k") else {
+        let Role::Leader(leader) = flights.join::<u32>("k", &[]) else {
             panic!("first caller must lead");
         };
-        let Role::Follower(f) = flights.join::<u32>("k") else {
+        let Role::Follower(f) = flights.join::<u32>("k", &[]) else {
             panic!("second caller must follow");
         };
-        leader.publish(Ok(Some(7)));
-        assert_eq!(f.wait().await.ok(), Some(Some(7)));
-        // Late arrivals while the leader is still registered get the value too.
-        let Role::Follower(late) = flights.join::<u32>("k") else {
-            panic!("late caller must follow");
-        };
-        assert_eq!(late.wait().await.ok(), Some(Some(7)));
-        drop(leader);
+        leader.publish(Done::to_all(Ok(Some(7))));
+        assert_eq!(f.wait().await.outcome.ok(), Some(Some(7)));
+        // Publishing unregisters the flight: a later caller leads a new one.
         assert_eq!(flights.len(), 0);
+        assert!(matches!(flights.join::<u32>("k", &[]), Role::Leader(_)));
+        drop(leader);
     }
 
     #[tokio::test]
     async fn dropped_leader_wakes_followers_with_an_error() {
         let flights = Arc::new(Flights::default());
-        let Role::Leader(leader) = flights.join::<u32>("k") else {
+        let Role::Leader(leader) = flights.join::<u32>("k", &[]) else {
             panic!("first caller must lead");
         };
-        let Role::Follower(f) = flights.join::<u32>("k") else {
+        let Role::Follower(f) = flights.join::<u32>("k", &[]) else {
             panic!("second caller must follow");
         };
         drop(leader);
-        let err = f.wait().await.err().map(|e| e.kind());
+        let err = f.wait().await.outcome.err().map(|e| e.kind());
         assert_eq!(err, Some(ErrorKind::LoaderPanicked));
     }
 
     #[tokio::test]
     async fn other_type_same_key_does_not_join() {
         let flights = Arc::new(Flights::default());
-        let _a = flights.join::<u32>("k");
-        assert!(matches!(flights.join::<String>("k"), Role::Leader(_)));
+        let _a = flights.join::<u32>("k", &[]);
+        assert!(matches!(flights.join::<String>("k", &[]), Role::Leader(_)));
+    }
+
+    #[tokio::test]
+    async fn a_tag_invalidation_detaches_only_its_dependents() {
+        let flights = Arc::new(Flights::default());
+        let _a = flights.join::<u32>("a", &["t1".to_owned()]);
+        let _b = flights.join::<u32>("b", &["t2".to_owned()]);
+        let _c = flights.join::<u32>("c", &[]);
+        flights.forget_dependents(&["t1".to_owned()]);
+        assert_eq!(flights.len(), 2);
+        assert!(matches!(flights.join::<u32>("a", &[]), Role::Leader(_)));
+        assert!(matches!(flights.join::<u32>("b", &[]), Role::Follower(_)));
+    }
+
+    #[test]
+    fn moments_only_grow() {
+        let flights = Flights::default();
+        let a = flights.now();
+        assert!(flights.now() > a);
     }
 
     #[tokio::test]

@@ -73,11 +73,19 @@ counters! {
     invalidations,
     /// Keys whose invalidation could not reach the backend and was queued.
     invalidations_queued,
+    /// Keys whose invalidation failed and could not be queued either (the
+    /// queue was full): the caller got an error.
+    invalidations_refused,
     /// Queued invalidations applied later by the retry task.
     invalidations_retried,
     /// Loaded values not cached because the key was invalidated (or set)
     /// while the load ran: each is a stale entry prevented.
     stale_fills_rejected,
+    /// Callers that joined a load which could not be proven current when
+    /// they joined (its fill was refused, or never tried), and so loaded
+    /// again rather than take what it loaded: each is a stale read
+    /// prevented.
+    joins_retried,
     /// Reads that skipped the cache because an invalidation of the key was
     /// still queued.
     bypassed,

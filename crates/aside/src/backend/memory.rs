@@ -1,5 +1,7 @@
-//! The in-process backend: a moka cache of entry bytes.
+//! The in-process backend: a moka cache of entry bytes, and the validity
+//! tokens (markers, version counters) beside it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -12,6 +14,16 @@ use crate::error::BackendError;
 /// TTL per entry, and the decoded value kept beside the bytes so a hit does not
 /// deserialise.
 ///
+/// # Where the write-path state lives
+/// Entries are bounded by the capacity; the validity tokens are **not** kept
+/// among them, so evicting entries can never drop or reset a token (which
+/// would let a stale fill through). Tokens are bounded by time instead: a
+/// key's marker lives from the start of a load until its fill, its
+/// invalidation or `invalidation_marker_ttl`, whichever comes first; a tag's
+/// or the namespace's counter lives as long as the longest entry that
+/// recorded it. So their number is at most the loads started per marker TTL
+/// plus the tags in use.
+///
 /// ```
 /// use aside::backend::MemoryBackend;
 ///
@@ -22,18 +34,34 @@ use crate::error::BackendError;
 #[derive(Clone, Debug)]
 pub struct MemoryBackend {
     cache: moka::future::Cache<String, Entry>,
-    /// Version counters of tags and namespaces; unbounded by the capacity
-    /// (there are few of them), each expiring `ttl` after its last bump.
-    versions: moka::future::Cache<String, Entry>,
+    /// Key markers, by data key.
+    markers: moka::future::Cache<String, Token>,
+    /// Tag and namespace version counters, by counter key.
+    versions: moka::future::Cache<String, Token>,
 }
 
-/// A value, or a tombstone (`stored: None`) that remembers the generation of
-/// an invalidated key until its marker TTL passes.
 #[derive(Clone, Debug)]
 struct Entry {
-    stored: Option<Stored>,
+    stored: Stored,
     ttl: Duration,
-    generation: u64,
+}
+
+/// A validity token and when it lapses.
+#[derive(Clone, Copy, Debug)]
+struct Token {
+    value: u64,
+    until: Instant,
+}
+
+/// Tokens of this process: a counter, so two tokens of one memory backend
+/// (the only place they are compared) never repeat.
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+fn fresh(ttl: Duration) -> Token {
+    Token {
+        value: NEXT_TOKEN.fetch_add(1, Ordering::Relaxed),
+        until: Instant::now() + ttl,
+    }
 }
 
 struct PerEntryTtl;
@@ -51,6 +79,24 @@ impl Expiry<String, Entry> for PerEntryTtl {
         _: Option<Duration>,
     ) -> Option<Duration> {
         Some(entry.ttl)
+    }
+}
+
+struct UntilExpiry;
+
+impl Expiry<String, Token> for UntilExpiry {
+    fn expire_after_create(&self, _: &String, t: &Token, now: Instant) -> Option<Duration> {
+        Some(t.until.saturating_duration_since(now))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        t: &Token,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(t.until.saturating_duration_since(now))
     }
 }
 
@@ -89,15 +135,20 @@ impl MemoryBackendBuilder {
             Bound::Bytes(n) => builder
                 .max_capacity(n)
                 .weigher(|k: &String, e: &Entry| {
-                    let bytes = e.stored.as_ref().map_or(0, |s| s.bytes().len());
-                    u32::try_from(k.len() + bytes).unwrap_or(u32::MAX)
+                    u32::try_from(k.len() + e.stored.bytes().len()).unwrap_or(u32::MAX)
                 })
                 .build(),
         };
-        let versions = moka::future::Cache::builder()
-            .expire_after(PerEntryTtl)
-            .build();
-        MemoryBackend { cache, versions }
+        let tokens = || {
+            moka::future::Cache::builder()
+                .expire_after(UntilExpiry)
+                .build()
+        };
+        MemoryBackend {
+            cache,
+            markers: tokens(),
+            versions: tokens(),
+        }
     }
 }
 
@@ -121,40 +172,81 @@ impl MemoryBackend {
 
     /// A read without the trait's boxed future, for the cache's hot path.
     pub(crate) async fn get_entry(&self, key: &str) -> Option<Stored> {
-        self.cache.get(key).await.and_then(|e| e.stored)
+        self.cache.get(key).await.map(|e| e.stored)
     }
 
     async fn read_versions(&self, names: &[String]) -> Vec<u64> {
         let mut out = Vec::with_capacity(names.len());
         for n in names {
-            out.push(self.versions.get(n).await.map_or(0, |e| e.generation));
+            out.push(self.versions.get(n).await.map_or(0, |t| t.value));
         }
         out
     }
 
-    /// Replaces the entry of `key` with `make(current generation)`, atomically
-    /// per key (moka serialises computes on one key).
-    async fn bump(&self, key: &str, make: impl FnOnce(u64) -> Entry) {
-        bump_in(&self.cache, key, make).await;
-    }
-
     /// Applies pending maintenance (evictions, expirations) now; for tests.
+    #[doc(hidden)]
     pub async fn run_pending_tasks(&self) {
         self.cache.run_pending_tasks().await;
     }
 }
 
-/// Replaces the entry of `key` in `cache` with `make(next generation)`.
-async fn bump_in(
-    cache: &moka::future::Cache<String, Entry>,
-    key: &str,
-    make: impl FnOnce(u64) -> Entry,
-) {
-    cache
+/// The token of `key`, created if absent and kept at least `ttl` from now.
+async fn token_of(tokens: &moka::future::Cache<String, Token>, key: &str, ttl: Duration) -> u64 {
+    let result = tokens
         .entry_by_ref(key)
         .and_compute_with(|current| {
-            let generation = current.map_or(0, |e| e.value().generation);
-            std::future::ready(Op::Put(make(generation.wrapping_add(1))))
+            let token = match current {
+                Some(e) => {
+                    let t = *e.value();
+                    Token {
+                        value: t.value,
+                        until: t.until.max(Instant::now() + ttl),
+                    }
+                }
+                None => fresh(ttl),
+            };
+            std::future::ready(Op::Put(token))
+        })
+        .await;
+    match result {
+        CompResult::Inserted(e) | CompResult::ReplacedWith(e) => e.into_value().value,
+        // `Op::Put` always inserts or replaces; 0 would only fail the fill.
+        _ => 0,
+    }
+}
+
+/// Removes the token of `key`. A compute, not `invalidate`: moka serialises
+/// computes on one key, and a plain removal racing `token_of`'s
+/// read-then-put could be undone by it (the old token put back after it was
+/// removed, which would let a stale fill through).
+async fn remove(tokens: &moka::future::Cache<String, Token>, key: &str) {
+    tokens
+        .entry_by_ref(key)
+        .and_compute_with(|_| std::future::ready(Op::Remove))
+        .await;
+}
+
+/// Keeps the token of `key` at least `ttl` from now, if it still exists
+/// (never re-creates one: a re-created token would validate old entries).
+async fn extend(tokens: &moka::future::Cache<String, Token>, key: &str, ttl: Duration) {
+    tokens
+        .entry_by_ref(key)
+        .and_compute_with(|current| {
+            std::future::ready(match current {
+                Some(e) => {
+                    let t = *e.value();
+                    let until = Instant::now() + ttl;
+                    if t.until >= until {
+                        Op::Nop
+                    } else {
+                        Op::Put(Token {
+                            value: t.value,
+                            until,
+                        })
+                    }
+                }
+                None => Op::Nop,
+            })
         })
         .await;
 }
@@ -186,13 +278,15 @@ impl Backend for MemoryBackend {
         &self,
         key: &str,
         versions: &[String],
+        marker_ttl: Duration,
     ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        let (stored, generation) = match self.cache.get(key).await {
-            Some(e) => (e.stored, e.generation),
-            None => (None, 0),
-        };
-        let versions = self.read_versions(versions).await;
-        Ok((stored, FillToken::new(generation, versions)))
+        let stored = self.get_entry(key).await;
+        let generation = token_of(&self.markers, key, marker_ttl).await;
+        let mut tokens = Vec::with_capacity(versions.len());
+        for name in versions {
+            tokens.push(token_of(&self.versions, name, marker_ttl).await);
+        }
+        Ok((stored, FillToken::new(generation, tokens)))
     }
 
     async fn fill(
@@ -203,33 +297,41 @@ impl Backend for MemoryBackend {
         token: &FillToken,
         versions: &[String],
     ) -> Result<bool, BackendError> {
-        // Not atomic with a concurrent bump of a version counter; that is
-        // fine: the entry carries the versions of `token`, so a read after
-        // such a bump sees the mismatch. This check only avoids storing an
-        // entry known to be dead.
-        if self.read_versions(versions).await != token.versions() {
+        // Not atomic with a concurrent removal of a version counter; that is
+        // fine: the entry carries the tokens, so a read after the removal
+        // sees the mismatch. This check only avoids storing an entry known
+        // to be dead.
+        if token.generation() == 0 || self.read_versions(versions).await != token.versions() {
             return Ok(false);
         }
+        // The marker check and the write happen under the data key's compute
+        // lock, which `invalidate` and `set` also take: an invalidation lands
+        // either before (the marker is gone: no write) or after (it deletes
+        // what we wrote).
+        let markers = &self.markers;
         let result = self
             .cache
             .entry_by_ref(key)
-            .and_compute_with(|current| {
-                let generation = current.map_or(0, |e| e.value().generation);
-                std::future::ready(if generation == token.generation() {
-                    Op::Put(Entry {
-                        stored: Some(value),
-                        ttl,
-                        generation,
-                    })
-                } else {
-                    Op::Nop
-                })
+            .and_compute_with(|_| async move {
+                match markers.get(key).await {
+                    Some(t) if t.value == token.generation() => {
+                        remove(markers, key).await;
+                        Op::Put(Entry { stored: value, ttl })
+                    }
+                    _ => Op::Nop,
+                }
             })
             .await;
-        Ok(matches!(
+        let stored = matches!(
             result,
             CompResult::Inserted(_) | CompResult::ReplacedWith(_)
-        ))
+        );
+        if stored {
+            for name in versions {
+                extend(&self.versions, name, ttl).await;
+            }
+        }
+        Ok(stored)
     }
 
     async fn set(
@@ -237,42 +339,99 @@ impl Backend for MemoryBackend {
         key: &str,
         value: Stored,
         ttl: Duration,
-        _marker_ttl: Duration,
+        versions: &[String],
     ) -> Result<(), BackendError> {
-        self.bump(key, |generation| Entry {
-            stored: Some(value),
-            ttl,
-            generation,
-        })
-        .await;
-        Ok(())
-    }
-
-    async fn bump_versions(&self, versions: &[String], ttl: Duration) -> Result<(), BackendError> {
-        for name in versions {
-            bump_in(&self.versions, name, |generation| Entry {
-                stored: None,
-                ttl,
-                generation,
+        let markers = &self.markers;
+        self.cache
+            .entry_by_ref(key)
+            .and_compute_with(|_| async move {
+                remove(markers, key).await;
+                Op::Put(Entry { stored: value, ttl })
             })
             .await;
+        for name in versions {
+            extend(&self.versions, name, ttl).await;
         }
         Ok(())
     }
 
-    async fn invalidate(&self, keys: &[String], marker_ttl: Duration) -> Result<(), BackendError> {
+    async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError> {
+        for name in versions {
+            remove(&self.versions, name).await;
+        }
+        Ok(())
+    }
+
+    async fn invalidate(&self, keys: &[String]) -> Result<(), BackendError> {
+        let markers = &self.markers;
         for key in keys {
-            self.bump(key, |generation| Entry {
-                stored: None,
-                ttl: marker_ttl,
-                generation,
-            })
-            .await;
+            self.cache
+                .entry_by_ref(key)
+                .and_compute_with(|_| async move {
+                    remove(markers, key).await;
+                    Op::Remove
+                })
+                .await;
         }
         Ok(())
     }
 
     fn is_remote(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A removal racing a read-and-extend of the same token must never leave
+    /// the old token in place: it would validate a fill its removal was
+    /// meant to refuse. (With moka's plain `invalidate` as the removal, this
+    /// failed in the consistency suite: the extend put the token back.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_removed_token_never_comes_back() {
+        let backend = MemoryBackend::new();
+        let ttl = Duration::from_secs(60);
+        for i in 0..2_000 {
+            let key = format!("k{i}");
+            let old = token_of(&backend.markers, &key, ttl).await;
+            let (m1, m2) = (backend.markers.clone(), backend.markers.clone());
+            let (k1, k2) = (key.clone(), key.clone());
+            let extend = tokio::spawn(async move { token_of(&m1, &k1, ttl).await });
+            let removal = tokio::spawn(async move { remove(&m2, &k2).await });
+            let _ = extend.await;
+            let _ = removal.await;
+            let now = backend.markers.get(&key).await.map(|t| t.value);
+            assert_ne!(now, Some(old), "iteration {i}: the removed token came back");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fill_needs_the_marker_it_read() {
+        let backend = MemoryBackend::new();
+        let ttl = Duration::from_secs(60);
+        let (_, token) = backend
+            .get_for_fill("k", &[], ttl)
+            .await
+            .unwrap_or_default();
+        backend.invalidate(&["k".to_owned()]).await.unwrap_or(());
+        // A later load creates a fresh marker; the old token must not match it.
+        let (_, fresh) = backend
+            .get_for_fill("k", &[], ttl)
+            .await
+            .unwrap_or_default();
+        assert_ne!(token.generation(), fresh.generation());
+        let stored = backend
+            .fill("k", Stored::new(vec![1u8]), ttl, &token, &[])
+            .await
+            .unwrap_or(true);
+        assert!(!stored, "a fill whose marker was removed is refused");
+        assert!(backend.get_entry("k").await.is_none());
+        let stored = backend
+            .fill("k", Stored::new(vec![2u8]), ttl, &fresh, &[])
+            .await
+            .unwrap_or(false);
+        assert!(stored);
     }
 }

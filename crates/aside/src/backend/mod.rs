@@ -29,33 +29,42 @@ pub(crate) use notify::Notifier;
 #[cfg(feature = "redis")]
 pub use redis::{RedisBackend, RedisBackendBuilder};
 
-/// A storage backend for entry bytes, with per-key generations that make
-/// fills conditional.
+/// A storage backend for entry bytes, with the validity tokens that make
+/// fills conditional and invalidations final.
 ///
-/// # Why generations
+/// # Why tokens, and why never counters
 /// The race that makes cache-aside serve stale data until the TTL: a reader
 /// misses and reads the old row; a writer commits the new row and invalidates
-/// the key; then the reader caches the old row. To close it, every key has a
-/// *generation* that each [`invalidate`](Backend::invalidate) and each
-/// unconditional [`set`](Backend::set) changes. A load reads the generation
-/// with [`get_for_fill`](Backend::get_for_fill) before it runs the loader,
-/// and stores through [`fill`](Backend::fill), which writes only if the
-/// generation is still the same: a fill that raced an invalidation is dropped.
+/// the key; then the reader caches the old row. To close it, a load first
+/// reads (creating it if absent) the key's *marker*, a random token, and the
+/// tokens of the tag and namespace *version counters* the entry depends on;
+/// its [`fill`](Backend::fill) writes only if every one of them is still
+/// there with the same value, and the entry records the counters' tokens so
+/// that a read can check them.
 ///
-/// The generation of a key is remembered for `marker_ttl` after its last
-/// change (a tombstone), so a fill is only trusted if its load took less than
-/// that; the cache does not store loads that took longer.
+/// An invalidation **removes** tokens ([`invalidate`](Backend::invalidate)
+/// removes the key's marker with the entry, [`bump_versions`](Backend::bump_versions)
+/// removes a counter), and tokens are only ever created absent-to-fresh-random
+/// (never incremented). So anything that makes a token vanish (an
+/// invalidation, a TTL, eviction under `maxmemory`, `FLUSHDB`, a restart
+/// without persistence) can only make a fill fail or an entry miss, and a
+/// re-created token never equals one an entry or a load recorded: absent
+/// never validates anything (token `0` means absent), and fresh tokens are
+/// 63 random bits (unique per process on the memory backend).
 ///
 /// # Contract
 /// - `get` returns exactly the bytes of the last stored value of that key that
 ///   has not expired or been invalidated, or `None`.
-/// - `fill` stores only if no `invalidate` or `set` of the key happened since
-///   the `get_for_fill` that returned `token` (and, if the token holds a
-///   lease, only if the lease is still that token's; the fill releases it);
-///   it returns whether it stored.
-/// - `set` stores unconditionally and changes the generation.
-/// - `invalidate` removes every listed key and changes their generations;
-///   invalidating a missing key is not an error (it still leaves a marker).
+/// - `get_for_fill` reads the entry, creates the absent marker and counters
+///   with fresh tokens (kept `marker_ttl`), and returns the tokens.
+/// - `fill` stores only if the key's marker and every listed counter still
+///   hold the token's values (and, if the token holds a lease, only if the
+///   lease is still that token's; the fill releases it); it returns whether
+///   it stored. It never re-creates a token, and it keeps the counters at
+///   least as long as the entry it stored.
+/// - `set` stores unconditionally and removes the key's marker.
+/// - `invalidate` removes every listed key and its marker; invalidating a
+///   missing key is not an error.
 /// - Errors are returned, never panicked; an operation may be cancelled at any
 ///   `.await` (the cache applies its own timeout around remote backends).
 #[async_trait::async_trait]
@@ -63,25 +72,28 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Reads the entry stored under `key`.
     async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError>;
 
-    /// Reads the entry and the current values of the version counters
+    /// Reads the entry and the current tokens of the version counters
     /// `versions` (tags, namespace; 0 for an absent counter), in one round
-    /// trip where the backend can.
+    /// trip where the backend can. Creates nothing.
     async fn get_with_versions(
         &self,
         key: &str,
         versions: &[String],
     ) -> Result<(Option<Stored>, Vec<u64>), BackendError>;
 
-    /// Reads the entry, the key's current generation and the version
-    /// counters `versions`, before a load.
+    /// Reads the entry, and the key's marker and the counters `versions`,
+    /// creating those that are absent with fresh tokens kept for
+    /// `marker_ttl`, before a load.
     async fn get_for_fill(
         &self,
         key: &str,
         versions: &[String],
+        marker_ttl: Duration,
     ) -> Result<(Option<Stored>, FillToken), BackendError>;
 
-    /// Stores `value` for `ttl` if the generation of `key` and the counters
-    /// `versions` are still those in `token`.
+    /// Stores `value` for `ttl` if the marker of `key` and the counters
+    /// `versions` still hold the tokens in `token`; keeps those counters at
+    /// least `ttl`.
     async fn fill(
         &self,
         key: &str,
@@ -91,22 +103,24 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         versions: &[String],
     ) -> Result<bool, BackendError>;
 
-    /// Increments version counters (a tag's or a namespace's invalidation),
-    /// each kept for at least `ttl` after this.
-    async fn bump_versions(&self, versions: &[String], ttl: Duration) -> Result<(), BackendError>;
+    /// Removes version counters (a tag's or a namespace's invalidation):
+    /// every entry that recorded their tokens becomes unreadable, and the
+    /// next load creates fresh ones.
+    async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError>;
 
-    /// Stores `value` for `ttl` unconditionally and changes the generation
-    /// (kept for at least `marker_ttl`), so fills that began earlier fail.
+    /// Stores `value` for `ttl` unconditionally and removes the key's marker,
+    /// so fills that began earlier fail; keeps the counters `versions` at
+    /// least `ttl`.
     async fn set(
         &self,
         key: &str,
         value: Stored,
         ttl: Duration,
-        marker_ttl: Duration,
+        versions: &[String],
     ) -> Result<(), BackendError>;
 
-    /// Deletes `keys` and changes their generations (kept for `marker_ttl`).
-    async fn invalidate(&self, keys: &[String], marker_ttl: Duration) -> Result<(), BackendError>;
+    /// Deletes `keys` and their markers.
+    async fn invalidate(&self, keys: &[String]) -> Result<(), BackendError>;
 
     /// [`get_for_fill`](Self::get_for_fill), and also tries to take the
     /// key's *lease* for `ttl` with `token`, so that one load of the key runs
@@ -118,11 +132,12 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         &self,
         key: &str,
         versions: &[String],
+        marker_ttl: Duration,
         token: &str,
         ttl: Duration,
     ) -> Result<(Option<Stored>, FillToken), BackendError> {
         let _ = (token, ttl);
-        self.get_for_fill(key, versions).await
+        self.get_for_fill(key, versions, marker_ttl).await
     }
 
     /// Extends a lease this load holds; `false` if it is no longer ours.
@@ -163,8 +178,19 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// What a load saw when it began: the key's generation, the version
-/// counters it depends on and its lease; see [`Backend::fill`].
+/// A fresh validity token: 63 random bits (it fits an `i64` and 19 decimal
+/// digits, which the Redis scripts check), never 0 (0 means "absent").
+pub(crate) fn fresh_token() -> u64 {
+    loop {
+        let t = rand::random::<u64>() >> 1;
+        if t != 0 {
+            return t;
+        }
+    }
+}
+
+/// What a load saw when it began: the key's marker, the version counters it
+/// depends on and its lease; see [`Backend::fill`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct FillToken {
     generation: u64,
@@ -187,8 +213,9 @@ pub enum Lease {
 }
 
 impl FillToken {
-    /// A token for generation `generation` (0: none recorded) and the values
-    /// of the version counters, in the order they were asked for.
+    /// A token for the key's marker `generation` and the tokens of the
+    /// version counters, in the order they were asked for (0: absent, which
+    /// never validates a fill).
     pub fn new(generation: u64, versions: Vec<u64>) -> Self {
         Self {
             generation,
@@ -209,12 +236,12 @@ impl FillToken {
         &self.lease
     }
 
-    /// The key's generation.
+    /// The key's marker token.
     pub fn generation(&self) -> u64 {
         self.generation
     }
 
-    /// The version counters' values.
+    /// The version counters' tokens.
     pub fn versions(&self) -> &[u64] {
         &self.versions
     }

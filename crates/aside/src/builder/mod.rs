@@ -31,6 +31,7 @@ mod resilience;
 /// | [`max_key_len`](Self::max_key_len) | 250 bytes |
 /// | [`invalidation_marker_ttl`](Self::invalidation_marker_ttl) | 60 seconds |
 /// | [`invalidation_retry`](Self::invalidation_retry) | 100 ms, doubling to 1.6 s |
+/// | [`max_queued_invalidations`](Self::max_queued_invalidations) | 100,000 keys |
 /// | [`delayed_double_delete`](Self::delayed_double_delete) | off |
 /// | [`namespace_invalidation`](Self::namespace_invalidation) | off |
 /// | [`schema_version`](Self::schema_version) | none |
@@ -75,6 +76,7 @@ impl Default for CacheBuilder {
                 max_key_len: 250,
                 marker_ttl: Duration::from_secs(60),
                 invalidation_retry: Duration::from_millis(100),
+                max_queued_invalidations: 100_000,
                 double_delete_after: None,
                 namespace_invalidation: false,
                 clock: Arc::new(SystemClock),
@@ -181,13 +183,26 @@ impl CacheBuilder {
         self
     }
 
-    /// How long a key's generation is remembered after an invalidation or a
-    /// `set` (a small marker key in Redis, a tombstone in memory). A load that
-    /// takes longer than this is returned but not cached, since an
-    /// invalidation during it could no longer be detected. Keep it above your
-    /// slowest loader.
+    /// How long a load's marker (a small random token, a Redis key beside the
+    /// entry) may live: it is created when the load begins and removed by its
+    /// fill or by an invalidation. A load that takes longer than this is
+    /// returned to its caller but not cached (its marker is gone, so its fill
+    /// fails: safe, never stale). Keep it above your slowest loader.
     pub fn invalidation_marker_ttl(mut self, ttl: Duration) -> Self {
         self.settings.marker_ttl = ttl;
+        self
+    }
+
+    /// How many keys (and tags) of failed invalidations may wait for the
+    /// backend at once (default 100,000). When an invalidation would go past
+    /// it: with [`namespace_invalidation`](Self::namespace_invalidation) on,
+    /// the queue collapses into one invalidation of the whole namespace
+    /// (which covers everything queued, and returns `Queued`); otherwise the
+    /// invalidation returns an error of kind `Backend` and is not recorded,
+    /// so the caller knows it did not happen. Reads never serve what a
+    /// queued invalidation covers.
+    pub fn max_queued_invalidations(mut self, n: usize) -> Self {
+        self.settings.max_queued_invalidations = n;
         self
     }
 
@@ -289,6 +304,9 @@ impl CacheBuilder {
             return Err(Error::config(
                 "delayed_double_delete delay must be greater than zero (use None to disable)",
             ));
+        }
+        if s.max_queued_invalidations == 0 {
+            return Err(Error::config("max_queued_invalidations must be at least 1"));
         }
         if s.marker_ttl.is_zero() || s.invalidation_retry.is_zero() {
             return Err(Error::config(

@@ -7,6 +7,15 @@
 //! and leaders that find it taken wait to be woken by the holder's fill
 //! instead of loading. Every caller then gets the load's outcome, or its own
 //! stale value when the outcome is a failure and fail-safe allows it.
+//!
+//! A caller takes a load's value only if it is proven current for that
+//! caller (see `flight`): the leader's own caller always (its call began
+//! before the load did), callers that joined before the fill the backend
+//! accepted, or before the cache read that found the value. Callers that
+//! joined a load whose fill was refused (an invalidation, perhaps from
+//! another process, came in between) load again. That second load began
+//! after they did, so it needs no proof and the retry happens at most once
+//! in practice; a bound hands the rare further retry a private load.
 
 use std::future::Future;
 use std::time::Duration;
@@ -18,7 +27,7 @@ use super::{Cache, Lookup, Value};
 use crate::backend::{FillToken, Lease};
 use crate::breaker::Transition;
 use crate::error::{Error, ErrorKind};
-use crate::flight::{CatchUnwind, Leader, Outcome, Role, Waiter};
+use crate::flight::{CatchUnwind, Done, Leader, Outcome, Role, Waiter};
 use crate::policy::LeaseTimeout;
 use crate::stats::bump;
 
@@ -31,6 +40,20 @@ pub(super) enum Mode {
     /// A refresh of the entry written at this time (Unix ms), still being
     /// served: leave it to another holder, and to any newer entry.
     Background(u64),
+    /// An invalidation of the key is queued: load without reading or
+    /// filling the cache, under the same single-flight, timeouts and
+    /// breaker as any load.
+    Bypass,
+}
+
+/// Joins after which a caller that still could not take a shared load's
+/// value runs a private one (see the module doc: one retry is the norm).
+const MAX_JOINS: u32 = 3;
+
+/// Bypassed loads are shared among themselves only: a flight that reads
+/// and fills the cache must never hand its value to a bypassed caller.
+pub(super) fn bypass_flight_key(pk: &str) -> String {
+    format!("\0bypass\0{pk}")
 }
 
 /// The first pause of a waiter that cannot rely on notifications.
@@ -40,12 +63,14 @@ const MAX_RECHECK: Duration = Duration::from_millis(200);
 impl Cache {
     /// Joins or leads the load of `pk` and waits for its outcome, falling
     /// back to `stale` (the caller's expired entry) where fail-safe allows.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn load<V, F, Fut, E>(
         &self,
         pk: String,
         deps: Deps,
         ttl: Option<Duration>,
         stale: Option<Option<V>>,
+        mode: Mode,
         loader: F,
     ) -> Outcome<V>
     where
@@ -54,24 +79,61 @@ impl Cache {
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
     {
-        let waiter = match self.inner.flights.join::<V>(&pk) {
-            Role::Follower(waiter) => {
-                bump(&self.inner.stats.coalesced);
-                waiter
-            }
-            Role::Leader(leader) => {
-                let waiter = leader.waiter();
-                let cache = self.clone();
-                let (key, fallback) = (pk.clone(), stale.clone());
-                tokio::spawn(async move {
-                    cache
-                        .run_load(key, deps, ttl, leader, fallback, Mode::Foreground, loader)
-                        .await;
-                });
-                waiter
-            }
+        let flights = &self.inner.flights;
+        let flight_key = match mode {
+            Mode::Bypass => bypass_flight_key(&pk),
+            _ => pk.clone(),
         };
-        self.wait_outcome(&pk, waiter, stale).await
+        // This caller's moment: loads that began after it need no proof.
+        let me = flights.now();
+        let mut loader = Some(loader);
+        let mut joins = 0;
+        loop {
+            joins += 1;
+            let role = if joins <= MAX_JOINS {
+                flights.join::<V>(&flight_key, &deps.keys)
+            } else {
+                Role::Leader(flights.private(&flight_key))
+            };
+            let waiter = match role {
+                Role::Follower(waiter) => {
+                    if joins == 1 {
+                        bump(&self.inner.stats.coalesced);
+                    }
+                    waiter
+                }
+                Role::Leader(leader) => {
+                    // A leader's caller always takes its outcome, so the
+                    // loader is only ever needed once.
+                    let Some(loader) = loader.take() else {
+                        return Err(Error::new(
+                            ErrorKind::LoaderPanicked,
+                            "the load was abandoned before it finished",
+                        ));
+                    };
+                    let waiter = leader.waiter();
+                    let cache = self.clone();
+                    let (key, deps, fallback) = (pk.clone(), deps.clone(), stale.clone());
+                    tokio::spawn(async move {
+                        cache
+                            .run_load(key, deps, ttl, leader, fallback, me, mode, loader)
+                            .await;
+                    });
+                    waiter
+                }
+            };
+            let Some(done) = self.wait_soft(waiter, &stale).await else {
+                // The load goes on in its task and fills the cache.
+                bump(&self.inner.stats.soft_timeouts);
+                return Ok(stale.flatten());
+            };
+            if me < done.valid_from {
+                return self.fail_safe(&pk, done.outcome, stale);
+            }
+            // The load this caller joined may predate an invalidation made
+            // before this call began: load again.
+            bump(&self.inner.stats.joins_retried);
+        }
     }
 
     /// Starts a background refresh of `pk` unless one is already running in
@@ -89,7 +151,7 @@ impl Cache {
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
     {
-        let Role::Leader(leader) = self.inner.flights.join::<V>(pk) else {
+        let Role::Leader(leader) = self.inner.flights.join::<V>(pk, &deps.keys) else {
             return;
         };
         bump(&self.inner.stats.refreshes);
@@ -103,6 +165,7 @@ impl Cache {
                     ttl,
                     leader,
                     None,
+                    0,
                     Mode::Background(written_at_ms),
                     loader,
                 )
@@ -110,32 +173,32 @@ impl Cache {
         });
     }
 
-    /// Waits for a load's outcome: at most the soft timeout when there is a
-    /// stale value to fall back on, and the stale value instead of a failure.
-    async fn wait_outcome<V: Value>(
+    /// Waits for a load: at most the soft timeout when there is a stale
+    /// value to fall back on (`None` when it ran out).
+    async fn wait_soft<V: Value>(
+        &self,
+        waiter: Waiter<V>,
+        stale: &Option<Option<V>>,
+    ) -> Option<Done<V>> {
+        match (self.inner.s.policy.loader_soft_timeout, stale) {
+            (Some(soft), Some(_)) => tokio::time::timeout(soft, waiter.wait()).await.ok(),
+            _ => Some(waiter.wait().await),
+        }
+    }
+
+    /// The caller's stale value instead of a failure, where fail-safe
+    /// allows.
+    fn fail_safe<V: Value>(
         &self,
         pk: &str,
-        waiter: Waiter<V>,
+        outcome: Outcome<V>,
         stale: Option<Option<V>>,
     ) -> Outcome<V> {
-        let policy = &self.inner.s.policy;
-        let outcome = match (policy.loader_soft_timeout, &stale) {
-            (Some(soft), Some(fallback)) => {
-                match tokio::time::timeout(soft, waiter.wait()).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => {
-                        // The load goes on in its task and fills the cache.
-                        bump(&self.inner.stats.soft_timeouts);
-                        return Ok(fallback.clone());
-                    }
-                }
-            }
-            _ => waiter.wait().await,
-        };
         match (outcome, stale) {
             (Err(e), Some(fallback)) if fail_safe_covers(&e) => {
                 bump(&self.inner.stats.fail_safe_served);
-                self.inner.throttle.start(pk, policy.fail_safe_throttle);
+                let throttle = self.inner.s.policy.fail_safe_throttle;
+                self.inner.throttle.start(pk, throttle);
                 tracing::debug!(key = %pk, error = %e, "aside: load failed; serving the stale value (fail-safe)");
                 Ok(fallback)
             }
@@ -144,6 +207,8 @@ impl Cache {
     }
 
     /// The body of a load, in its own task: lease, re-check, loader, fill.
+    /// `owner` is the moment of the caller that started it (0 for a
+    /// refresh); `stale` is that caller's expired value.
     #[allow(clippy::too_many_arguments)]
     async fn run_load<V, F, Fut, E>(
         self,
@@ -152,6 +217,7 @@ impl Cache {
         ttl: Option<Duration>,
         leader: Leader<V>,
         stale: Option<Option<V>>,
+        owner: u64,
         mode: Mode,
         loader: F,
     ) where
@@ -160,43 +226,67 @@ impl Cache {
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
     {
-        let token = match self.acquire::<V>(&pk, &deps, mode).await {
-            Acquired::Value(v) => return leader.publish(Ok(v)),
-            Acquired::Leave => return,
-            Acquired::Fail(e) => return leader.publish(Err(e)),
-            Acquired::ServeStale => match stale {
-                Some(v) => return leader.publish(Ok(v)),
-                None => self.unleased_token(&pk, &deps).await,
-            },
-            Acquired::Load(token) => token,
+        let flights = &self.inner.flights;
+        // Taken before the marker is read: whoever joined earlier began
+        // before this load read anything.
+        let began = flights.now();
+        let token = if mode == Mode::Bypass {
+            None
+        } else {
+            match self.acquire::<V>(&pk, &deps, mode).await {
+                Acquired::Value(v, read_at) => {
+                    return leader.publish(Done {
+                        outcome: Ok(v),
+                        valid_from: read_at,
+                    });
+                }
+                Acquired::Leave => return leader.publish(Done::retry()),
+                Acquired::Fail(e) => return leader.publish(Done::to_all(Err(e))),
+                Acquired::ServeStale => match stale {
+                    // Read by the owner's own lookup: current for it alone.
+                    Some(v) => {
+                        return leader.publish(Done {
+                            outcome: Ok(v),
+                            valid_from: owner + 1,
+                        });
+                    }
+                    None => self.unleased_token(&pk, &deps).await,
+                },
+                Acquired::Load(token) => token,
+            }
         };
         if let Some(breaker) = &self.inner.loader_breaker
             && !breaker.allow()
         {
             bump(&self.inner.stats.circuit_rejections);
             self.release(&pk, token.as_ref()).await;
-            return leader.publish(Err(Error::new(
+            return leader.publish(Done::to_all(Err(Error::new(
                 ErrorKind::CircuitOpen,
                 "loader circuit breaker is open; the loader was not called",
-            )));
+            ))));
         }
         let renewal = self.keep_lease(&pk, token.as_ref());
         let (outcome, took) = self.run_loader_timed(&pk, loader).await;
-        if let Some(renewal) = renewal {
-            renewal.abort();
-        }
+        drop(renewal);
         self.record_breaker(&outcome);
         match (outcome, token) {
             (Ok(value), Some(token)) => {
-                self.fill(&pk, value.clone(), &deps, ttl, token, took).await;
+                let filling = flights.now();
+                let stored = self.fill(&pk, value.clone(), &deps, ttl, token, took).await;
                 // Wake the waiters after the write: when `get_or_load`
                 // returns, the value is readable (read-your-writes).
-                leader.publish(Ok(value));
+                leader.publish(Done {
+                    outcome: Ok(value),
+                    valid_from: if stored { filling } else { began },
+                });
             }
-            (Ok(value), None) => leader.publish(Ok(value)),
+            (Ok(value), None) => leader.publish(Done {
+                outcome: Ok(value),
+                valid_from: began,
+            }),
             (Err(e), token) => {
                 self.release(&pk, token.as_ref()).await;
-                leader.publish(Err(e));
+                leader.publish(Done::to_all(Err(e)));
             }
         }
     }
@@ -218,16 +308,19 @@ impl Cache {
             } else {
                 None
             };
+            let read_at = self.inner.flights.now();
+            let marker_ttl = self.inner.s.marker_ttl;
             let read = if leased {
                 self.guarded(self.inner.backend.get_for_fill_leased(
                     pk,
                     &deps.keys,
+                    marker_ttl,
                     &lease_token,
                     policy.lease_ttl,
                 ))
                 .await
             } else {
-                self.guarded(self.inner.backend.get_for_fill(pk, &deps.keys))
+                self.guarded(self.inner.backend.get_for_fill(pk, &deps.keys, marker_ttl))
                     .await
             };
             // Without a generation the fill cannot be made safe: load, do not store.
@@ -241,9 +334,9 @@ impl Cache {
             });
             if let Lookup::Fresh(v, _) = found {
                 match mode {
-                    Mode::Foreground => {
+                    Mode::Foreground | Mode::Bypass => {
                         self.release(pk, Some(&token)).await;
-                        return Acquired::Value(v);
+                        return Acquired::Value(v, read_at);
                     }
                     // An early refresh finds its entry still fresh: go on,
                     // unless another refresh already replaced it.
@@ -300,7 +393,8 @@ impl Cache {
 
     /// A fill token without a lease, for loading after a lease wait ran out.
     async fn unleased_token(&self, pk: &str, deps: &Deps) -> Option<FillToken> {
-        self.guarded(self.inner.backend.get_for_fill(pk, &deps.keys))
+        let marker_ttl = self.inner.s.marker_ttl;
+        self.guarded(self.inner.backend.get_for_fill(pk, &deps.keys, marker_ttl))
             .await
             .ok()
             .map(|(_, token)| token)
@@ -317,8 +411,11 @@ impl Cache {
     }
 
     /// Renews a held lease every third of its TTL while the loader runs, so a
-    /// slow but live load keeps it and a crashed one loses it.
-    fn keep_lease(&self, pk: &str, token: Option<&FillToken>) -> Option<tokio::task::AbortHandle> {
+    /// slow but live load keeps it and a crashed one loses it. The renewal
+    /// stops when the returned guard is dropped, also when the load's task
+    /// is torn down mid-load (a renewal that outlived its load would block
+    /// the key for ever).
+    fn keep_lease(&self, pk: &str, token: Option<&FillToken>) -> Option<AbortOnDrop> {
         let Some(Lease::Held(t)) = token.map(FillToken::lease) else {
             return None;
         };
@@ -337,7 +434,7 @@ impl Cache {
                 }
             }
         });
-        Some(task.abort_handle())
+        Some(AbortOnDrop(task.abort_handle()))
     }
 
     /// The loader under the hard timeout.
@@ -424,10 +521,19 @@ impl Cache {
     }
 }
 
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What taking the lease came to.
 enum Acquired<V> {
-    /// The key was filled meanwhile: here is its value.
-    Value(Option<V>),
+    /// The key was filled meanwhile: here is its value, read at this moment.
+    Value(Option<V>, u64),
     /// Load, with this token (`None`: the backend failed, do not store).
     Load(Option<FillToken>),
     /// A background refresh found another load running: nothing to do.

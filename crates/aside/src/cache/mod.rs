@@ -16,7 +16,7 @@ use crate::clock::Clock;
 use crate::codec::{Codec, Compression};
 use crate::envelope::{self, Meta};
 use crate::error::{BackendError, Error, ErrorKind};
-use crate::flight::{Flights, Outcome};
+use crate::flight::Flights;
 use crate::key::{KeyBuf, physical_key};
 use crate::pending::Pending;
 use crate::policy::{Age, Policy, fresh_until_ms};
@@ -30,6 +30,7 @@ mod write;
 
 pub use deps::EntryOptions;
 use deps::{Check, Deps, version_key};
+use load::Mode;
 pub use write::Invalidation;
 
 /// The bounds every cached value type meets.
@@ -54,6 +55,7 @@ pub(crate) struct Settings {
     pub max_key_len: usize,
     pub marker_ttl: Duration,
     pub invalidation_retry: Duration,
+    pub max_queued_invalidations: usize,
     pub double_delete_after: Option<Duration>,
     pub namespace_invalidation: bool,
     pub clock: Arc<dyn Clock>,
@@ -88,7 +90,7 @@ struct Inner {
     stats: Counters,
     breaker: Breaker,
     flights: Arc<Flights>,
-    pending: Pending,
+    pending: Arc<Pending>,
     /// The loader's circuit breaker, when configured.
     loader_breaker: Option<Breaker>,
     throttle: Throttle,
@@ -144,7 +146,7 @@ impl Cache {
                 stats: Counters::default(),
                 breaker,
                 flights: Arc::new(Flights::default()),
-                pending: Pending::default(),
+                pending: Arc::default(),
                 loader_breaker,
                 throttle: Throttle::default(),
             }),
@@ -250,8 +252,13 @@ impl Cache {
         if self.must_bypass(pk, &deps) {
             // An invalidation of this key (or of a tag or the namespace) has
             // not reached the backend yet: what it holds may be stale, so do
-            // not read it (nor fill it).
-            return Box::pin(self.load_uncached(pk, loader)).await;
+            // not read it (nor fill it). The load is still shared, timed and
+            // guarded by the breaker: this is an outage, when the source of
+            // truth needs protecting most.
+            bump(&self.inner.stats.misses);
+            bump(&self.inner.stats.bypassed);
+            let (pk, ttl) = (pk.to_owned(), options.ttl);
+            return Box::pin(self.load(pk, deps, ttl, None, Mode::Bypass, loader)).await;
         }
         let stale = match self.lookup::<V>(pk, &deps).await {
             Ok(Lookup::Fresh(v, refresh)) => {
@@ -285,7 +292,8 @@ impl Cache {
         };
         // Boxed: the miss path's state is large, and keeping it out of this
         // future keeps the hit path's future small.
-        Box::pin(self.load(pk.to_owned(), deps, options.ttl, stale, loader)).await
+        let (pk, ttl) = (pk.to_owned(), options.ttl);
+        Box::pin(self.load(pk, deps, ttl, stale, Mode::Foreground, loader)).await
     }
 
     fn count_hit<V>(&self, v: &Option<V>) {
@@ -295,30 +303,9 @@ impl Cache {
         }
     }
 
-    /// A load for a key with a pending invalidation: no cache read, no fill.
-    async fn load_uncached<V, F, Fut, E>(&self, pk: &str, loader: F) -> Outcome<V>
-    where
-        V: Value,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
-    {
-        bump(&self.inner.stats.misses);
-        bump(&self.inner.stats.bypassed);
-        // Spawned, like any load: a panicking loader must not unwind here.
-        let cache = self.clone();
-        let pk = pk.to_owned();
-        match tokio::spawn(async move { cache.run_loader(&pk, loader).await.0 }).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(Error::new(
-                ErrorKind::LoaderPanicked,
-                "the load was abandoned before it finished",
-            )),
-        }
-    }
-
     /// Stores a loaded value if no invalidation happened since `token` was
-    /// read, and counts what happened.
+    /// read, and counts what happened. Returns whether the backend stored
+    /// it: only then is the value proven current at the fill.
     async fn fill<V: Value>(
         &self,
         pk: &str,
@@ -327,29 +314,35 @@ impl Cache {
         ttl: Option<Duration>,
         token: FillToken,
         took: Duration,
-    ) {
-        if took >= self.inner.s.marker_ttl || self.must_bypass(pk, deps) {
-            // The generation marker may have expired during so long a load (or
-            // an invalidation is pending): the fill cannot be proven fresh.
+    ) -> bool {
+        if self.must_bypass(pk, deps) {
+            // An invalidation is pending: the fill cannot be proven fresh.
             bump(&self.inner.stats.stale_fills_rejected);
             self.release(pk, Some(&token)).await;
-            return;
+            return false;
         }
         let stamp = deps.stamp(token.versions());
         let Some((stored, ttl)) = self.encode_entry(pk, value, ttl, &stamp, took) else {
             self.release(pk, Some(&token)).await;
-            return;
+            return false;
         };
         match self
             .guarded(self.inner.backend.fill(pk, stored, ttl, &token, &deps.keys))
             .await
         {
-            Ok(true) => bump(&self.inner.stats.sets),
+            Ok(true) => {
+                bump(&self.inner.stats.sets);
+                true
+            }
             Ok(false) => {
                 bump(&self.inner.stats.stale_fills_rejected);
                 tracing::debug!(key = %pk, "aside: fill dropped, the key was invalidated during the load");
+                false
             }
-            Err(e) => tracing::debug!(key = %pk, error = %e, "aside: could not cache loaded value"),
+            Err(e) => {
+                tracing::debug!(key = %pk, error = %e, "aside: could not cache loaded value");
+                false
+            }
         }
     }
 
@@ -620,13 +613,6 @@ impl Cache {
                 None => return Ok(None),
             },
         };
-        // An entry with dependencies must not outlive their counters (see
-        // `deps`): its TTL is capped at theirs.
-        let base_ttl = if stamp.is_empty() {
-            base_ttl
-        } else {
-            base_ttl.min(self.version_ttl())
-        };
         let (soft_ttl, hard_ttl, kept) = s.policy.lifetimes(jittered(base_ttl, s.ttl_jitter));
         let meta = Meta {
             written_at_ms: s.clock.now_ms(),
@@ -649,14 +635,6 @@ impl Cache {
         };
         // The backend keeps the entry through the stale and fail-safe windows.
         Ok(Some((stored, kept)))
-    }
-
-    /// How long version counters are kept after a bump: at least the longest
-    /// time an entry depending on them can be kept.
-    fn version_ttl(&self) -> Duration {
-        let s = &self.inner.s;
-        let longest = s.ttl.max(s.negative_ttl.unwrap_or(Duration::ZERO));
-        s.policy.lifetimes(longest).2
     }
 
     /// Runs a backend operation under the timeout and the breaker, counting

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Cache, EntryOptions, Value};
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::pending::Kind;
 use crate::stats::bump;
 
@@ -17,7 +17,8 @@ pub enum Invalidation {
     Applied,
     /// The backend could not be reached. The invalidation is kept and retried
     /// in the background; until it is applied, this process reads the keys
-    /// from the loader and caches nothing under them.
+    /// from the loader and caches nothing under them. Wait for it with
+    /// [`Cache::flush_invalidations`] (for example before shutting down).
     Queued,
 }
 
@@ -80,24 +81,25 @@ impl Cache {
         let pk = self.physical_key(key.as_ref());
         self.inner.flights.forget(&pk);
         let deps = self.deps(&options.tags);
-        // The entry records the counters as they are now; an invalidation of
-        // a tag right after makes it unreadable, as it should.
+        // The entry records the counters' tokens as they are now (created if
+        // absent: an entry must never record "absent"); an invalidation of a
+        // tag right after makes it unreadable, as it should.
         let stamp = if deps.is_empty() {
             Vec::new()
         } else {
-            let (_, current) = self
-                .guarded(self.inner.backend.get_with_versions(&pk, &deps.keys))
+            let marker_ttl = self.inner.s.marker_ttl;
+            let (_, token) = self
+                .guarded(self.inner.backend.get_for_fill(&pk, &deps.keys, marker_ttl))
                 .await?;
-            deps.stamp(&current)
+            deps.stamp(token.versions())
         };
         let Some((stored, ttl)) =
             self.try_encode_entry(Some(value), options.ttl, &stamp, Duration::ZERO)?
         else {
             return Ok(());
         };
-        let marker_ttl = self.inner.s.marker_ttl;
         match self
-            .guarded(self.inner.backend.set(&pk, stored, ttl, marker_ttl))
+            .guarded(self.inner.backend.set(&pk, stored, ttl, &deps.keys))
             .await
         {
             Ok(()) => {
@@ -105,7 +107,9 @@ impl Cache {
                 Ok(())
             }
             Err(e) => {
-                self.queue_invalidation(vec![pk], Kind::Key);
+                // The old entry may still be there: have it removed. If even
+                // the queue is full, the error below is all we can say.
+                let _ = self.queue_invalidation(vec![pk], Kind::Key);
                 Err(e)
             }
         }
@@ -116,9 +120,8 @@ impl Cache {
     /// load that began before and finishes after is not cached either.
     ///
     /// # Errors
-    /// None today; see [`invalidate`](Self::invalidate) (a failed tag
-    /// invalidation is queued, and this process bypasses the cache until it
-    /// is applied).
+    /// As [`invalidate`](Self::invalidate) (a failed tag invalidation is
+    /// queued, and this process bypasses the cache until it is applied).
     pub async fn invalidate_tag(&self, tag: impl AsRef<str>) -> Result<Invalidation, Error> {
         self.invalidate_tags([tag]).await
     }
@@ -137,9 +140,8 @@ impl Cache {
                 "tag {bad:?} must be 1 to 255 bytes long"
             )));
         }
-        Ok(self
-            .bump_versions(self.deps(&names).keys.split_off(self.namespace_dep_len()))
-            .await)
+        self.bump_versions(self.deps(&names).keys.split_off(self.namespace_dep_len()))
+            .await
     }
 
     /// Makes every entry of this cache's namespace unreadable, in O(1) (it
@@ -157,33 +159,19 @@ impl Cache {
                 "invalidate_namespace needs the cache built with namespace_invalidation(true)",
             ));
         }
-        Ok(self.bump_versions(self.deps(&[]).keys).await)
+        self.bump_versions(self.deps(&[]).keys).await
     }
 
     fn namespace_dep_len(&self) -> usize {
         usize::from(self.inner.s.namespace_invalidation)
     }
 
-    async fn bump_versions(&self, keys: Vec<String>) -> Invalidation {
-        // Loads in flight may have read data the invalidation covers: new
-        // callers must not join them.
-        self.inner.flights.forget_all();
+    async fn bump_versions(&self, keys: Vec<String>) -> Result<Invalidation, Error> {
         self.inner
             .stats
             .invalidations
             .fetch_add(keys.len() as u64, Ordering::Relaxed);
-        let ttl = self.version_ttl();
-        match self
-            .guarded(self.inner.backend.bump_versions(&keys, ttl))
-            .await
-        {
-            Ok(()) => Invalidation::Applied,
-            Err(e) => {
-                tracing::warn!(error = %e, "aside: tag or namespace invalidation queued for retry");
-                self.queue_invalidation(keys, Kind::Version);
-                Invalidation::Queued
-            }
-        }
+        self.run_invalidation(Kind::Version, keys).await
     }
 
     /// Removes `key` (invalidate-on-write): call it after the database write
@@ -192,11 +180,17 @@ impl Cache {
     /// The key's generation changes with it, so a load that read the row
     /// before your write and finishes after it does not cache what it read.
     ///
+    /// # Concurrent calls and cancellation
+    /// Once called, the invalidation runs to the end in a task of its own:
+    /// dropping the returned future (a request timeout, a client gone) does
+    /// not stop it between your committed write and the cache.
+    ///
     /// # Errors
-    /// None today: a backend that cannot be reached gives
-    /// `Ok(Invalidation::Queued)`, and the invalidation is retried until it
-    /// is applied. The `Result` is there for errors a future backend may
-    /// report that retrying cannot fix.
+    /// A backend that cannot be reached gives `Ok(Invalidation::Queued)`,
+    /// and the invalidation is retried until it is applied. An error of kind
+    /// `Backend` when it could neither be applied nor queued (the queue is
+    /// full, see [`CacheBuilder::max_queued_invalidations`](crate::CacheBuilder::max_queued_invalidations),
+    /// or the runtime is shutting down): it did not happen.
     pub async fn invalidate(&self, key: impl AsRef<str>) -> Result<Invalidation, Error> {
         self.invalidate_many([key]).await
     }
@@ -226,29 +220,59 @@ impl Cache {
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
                 bump_by(&cache.inner.stats.double_deletes, again.len());
-                cache.invalidate_physical(again).await;
+                let _ = cache.run_invalidation(Kind::Key, again).await;
             });
         }
-        Ok(self.invalidate_physical(pks).await)
+        self.run_invalidation(Kind::Key, pks).await
     }
 
-    /// Invalidates physical keys, queueing them when the backend fails.
-    async fn invalidate_physical(&self, pks: Vec<String>) -> Invalidation {
-        for pk in &pks {
-            // Callers arriving from now on start a new load rather than join
-            // one that may have read the old row.
-            self.inner.flights.forget(pk);
+    /// Runs an invalidation to the end in a task of its own, so a caller that
+    /// stops waiting cannot leave it half done.
+    async fn run_invalidation(&self, kind: Kind, keys: Vec<String>) -> Result<Invalidation, Error> {
+        // Callers arriving from now on start a new load rather than join one
+        // that may have read the old row. Done before anything can be
+        // cancelled.
+        match kind {
+            Kind::Key => {
+                for pk in &keys {
+                    self.inner.flights.forget(pk);
+                    self.inner
+                        .flights
+                        .forget(&super::load::bypass_flight_key(pk));
+                }
+            }
+            Kind::Version => self.inner.flights.forget_dependents(&keys),
         }
-        let marker_ttl = self.inner.s.marker_ttl;
-        match self
-            .guarded(self.inner.backend.invalidate(&pks, marker_ttl))
-            .await
-        {
-            Ok(()) => Invalidation::Applied,
+        let running = self.inner.pending.start();
+        let cache = self.clone();
+        let task = tokio::spawn(async move {
+            let _running = running;
+            cache.apply_invalidation(kind, keys).await
+        });
+        task.await.unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorKind::Backend,
+                "the invalidation was cut off by the runtime shutting down; it may not have been applied",
+            ))
+        })
+    }
+
+    /// Sends an invalidation to the backend, queueing it when that fails.
+    async fn apply_invalidation(
+        &self,
+        kind: Kind,
+        keys: Vec<String>,
+    ) -> Result<Invalidation, Error> {
+        let backend = &self.inner.backend;
+        let result = match kind {
+            Kind::Key => self.guarded(backend.invalidate(&keys)).await,
+            Kind::Version => self.guarded(backend.bump_versions(&keys)).await,
+        };
+        match result {
+            Ok(()) => Ok(Invalidation::Applied),
             Err(e) => {
-                tracing::warn!(keys = pks.len(), error = %e, "aside: invalidation queued for retry");
-                self.queue_invalidation(pks, Kind::Key);
-                Invalidation::Queued
+                tracing::warn!(keys = keys.len(), error = %e, "aside: invalidation queued for retry");
+                self.queue_invalidation(keys, kind)
             }
         }
     }
@@ -256,6 +280,38 @@ impl Cache {
     /// Invalidations not yet applied by the backend.
     pub fn pending_invalidations(&self) -> usize {
         self.inner.pending.len()
+    }
+
+    /// Waits until every invalidation started so far has been applied by the
+    /// backend (queued ones are retried at once), for at most `within`. Call
+    /// it before a process exits: the queue lives in memory.
+    ///
+    /// # Errors
+    /// `Timeout` when some are still queued after `within`; the message says
+    /// how many, and [`pending_invalidations`](Self::pending_invalidations)
+    /// too. They stay queued (and retried) for as long as this cache lives.
+    pub async fn flush_invalidations(&self, within: Duration) -> Result<(), Error> {
+        let pending = &self.inner.pending;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let changed = pending.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check: a change right after it still wakes us.
+            changed.as_mut().enable();
+            if pending.is_settled() {
+                return Ok(());
+            }
+            pending.kick.notify_one();
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "{} invalidations still queued after {within:?}",
+                        pending.len()
+                    ),
+                ));
+            }
+        }
     }
 
     /// Checks that the backend answers, within the backend timeout. Unlike
@@ -271,13 +327,44 @@ impl Cache {
         }
     }
 
-    fn queue_invalidation(&self, pks: Vec<String>, kind: Kind) {
-        bump_by(&self.inner.stats.invalidations_queued, pks.len());
-        self.inner.pending.add(&pks, kind);
-        if !self.inner.pending.worker.swap(true, Ordering::AcqRel) {
+    /// Queues a failed invalidation for retry (see `max_queued_invalidations`
+    /// for what happens when the queue is full).
+    fn queue_invalidation(&self, keys: Vec<String>, kind: Kind) -> Result<Invalidation, Error> {
+        let pending = &self.inner.pending;
+        let max = self.inner.s.max_queued_invalidations;
+        if !pending.add(&keys, kind, max) {
+            if !self.inner.s.namespace_invalidation {
+                bump_by(&self.inner.stats.invalidations_refused, keys.len());
+                tracing::error!(
+                    keys = keys.len(),
+                    max,
+                    "aside: invalidation failed and the retry queue is full; it was not applied"
+                );
+                return Err(Error::new(
+                    ErrorKind::Backend,
+                    format!(
+                        "the cache backend is unreachable and {max} invalidations are already \
+                         queued; this one was not applied"
+                    ),
+                ));
+            }
+            // One namespace invalidation covers everything queued and this.
+            let namespace = self.deps(&[]).keys;
+            if let Some(counter) = namespace.first() {
+                tracing::warn!(
+                    max,
+                    "aside: invalidation queue full; collapsed into a namespace invalidation"
+                );
+                pending.collapse_to(counter);
+                self.inner.flights.forget_dependents(&namespace);
+            }
+        }
+        bump_by(&self.inner.stats.invalidations_queued, keys.len());
+        if !pending.worker.swap(true, Ordering::AcqRel) {
             let cache = self.clone();
             tokio::spawn(async move { cache.retry_invalidations().await });
         }
+        Ok(Invalidation::Queued)
     }
 
     /// Re-sends queued invalidations with backoff until none is left.
@@ -285,7 +372,8 @@ impl Cache {
         let base = self.inner.s.invalidation_retry;
         let mut pause = base;
         loop {
-            tokio::time::sleep(pause).await;
+            // A flush waiting on the queue cuts the pause short.
+            let _ = tokio::time::timeout(pause, self.inner.pending.kick.notified()).await;
             let batch = self.inner.pending.snapshot(RETRY_BATCH);
             if !batch.is_empty() {
                 let of = |kind| -> Vec<String> {
@@ -296,16 +384,13 @@ impl Cache {
                         .collect()
                 };
                 let (keys, versions) = (of(Kind::Key), of(Kind::Version));
-                let marker_ttl = self.inner.s.marker_ttl;
-                let version_ttl = self.version_ttl();
                 let backend = &self.inner.backend;
                 let result = async {
                     if !keys.is_empty() {
-                        self.guarded(backend.invalidate(&keys, marker_ttl)).await?;
+                        self.guarded(backend.invalidate(&keys)).await?;
                     }
                     if !versions.is_empty() {
-                        self.guarded(backend.bump_versions(&versions, version_ttl))
-                            .await?;
+                        self.guarded(backend.bump_versions(&versions)).await?;
                     }
                     Ok::<(), Error>(())
                 }

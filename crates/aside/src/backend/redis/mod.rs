@@ -5,15 +5,13 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{Backend, FillToken, FillWatch, Lease, Stored};
+use super::{Backend, FillToken, FillWatch, Lease, Stored, fresh_token};
 use crate::error::{BackendError, Error, ErrorKind};
 
 mod scripts;
 mod subscriber;
 
-use scripts::{
-    ACQUIRE, BUMP, FILL, FILLS_CHANNEL, INVALIDATE, RELEASE, RENEW, SET, lease, marker, waiters,
-};
+use scripts::{ACQUIRE, FILL, FILLS_CHANNEL, RELEASE, RENEW, SET, lease, marker, waiters};
 use subscriber::Subscription;
 
 /// A Redis backend on one multiplexed, auto-reconnecting connection.
@@ -205,6 +203,34 @@ impl RedisBackend {
         }
     }
 
+    /// Runs ACQUIRE: reads the entry, reads or creates the marker and the
+    /// counters, and takes the lease when `lease_token` is not empty.
+    async fn acquire(
+        &self,
+        key: &str,
+        versions: &[String],
+        marker_ttl: Duration,
+        lease_token: &str,
+        lease_ttl: Duration,
+    ) -> Result<(Option<Stored>, FillToken), BackendError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = ACQUIRE.prepare_invoke();
+        invocation
+            .key(key)
+            .key(marker(key))
+            .key(lease(key))
+            .key(waiters(key))
+            .arg(lease_token)
+            .arg(px(lease_ttl))
+            .arg(px(marker_ttl))
+            .arg(fresh_token());
+        for name in versions {
+            invocation.key(name).arg(fresh_token());
+        }
+        let reply: Vec<redis::Value> = invocation.invoke_async(&mut conn).await.map_err(failed)?;
+        parse_acquire(reply, lease_token)
+    }
+
     /// The underlying connection, for commands of your own.
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
@@ -219,41 +245,45 @@ fn malformed(what: &'static str) -> BackendError {
     BackendError::failed(std::io::Error::other(what))
 }
 
-fn parse_counter(b: &[u8]) -> Result<u64, BackendError> {
-    std::str::from_utf8(b)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| malformed("a version counter is not a number"))
-}
-
-/// Reads a counter (absent: 0).
-fn counter(v: &redis::Value) -> Result<u64, BackendError> {
+/// Reads a token (absent: 0). Anything that is not a token (foreign or
+/// corrupt bytes) also reads as 0, which validates nothing: the entries that
+/// depend on it miss and reload, and the next load replaces it. It is not a
+/// backend failure (the breaker must not open over one bad value).
+fn token(v: &redis::Value) -> u64 {
     match v {
-        redis::Value::Nil => Ok(0),
-        redis::Value::Int(n) => u64::try_from(*n).map_err(|_| malformed("negative counter")),
-        redis::Value::BulkString(b) => parse_counter(b),
-        _ => Err(malformed("unexpected counter reply")),
+        redis::Value::Int(n) => u64::try_from(*n).unwrap_or(0),
+        redis::Value::BulkString(b) => parse_token(b),
+        _ => 0,
     }
 }
 
-/// Parses ACQUIRE's reply: {taken, lease pttl, data, generation, versions...}.
+fn parse_token(b: &[u8]) -> u64 {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Parses ACQUIRE's reply: {taken, lease pttl, data, marker, counters...}.
 fn parse_acquire(
     reply: Vec<redis::Value>,
-    token: &str,
+    lease_token: &str,
 ) -> Result<(Option<Stored>, FillToken), BackendError> {
     let mut it = reply.into_iter();
-    let (Some(taken), Some(pttl), Some(data), Some(generation)) =
+    let (Some(taken), Some(pttl), Some(data), Some(marker)) =
         (it.next(), it.next(), it.next(), it.next())
     else {
         return Err(malformed("short lease reply"));
     };
-    let versions = it.map(|v| counter(&v)).collect::<Result<Vec<_>, _>>()?;
+    let versions = it.map(|v| token(&v)).collect();
     let stored = match data {
         redis::Value::BulkString(b) => Some(Stored::new(b)),
         _ => None,
     };
-    let lease = if counter(&taken)? == 1 {
-        Lease::Held(token.to_owned())
+    let lease = if lease_token.is_empty() {
+        Lease::None
+    } else if token(&taken) == 1 {
+        Lease::Held(lease_token.to_owned())
     } else {
         // A lease without expiry reads as -1: treat it as one lease length
         // away, the caller bounds its wait anyway.
@@ -263,7 +293,7 @@ fn parse_acquire(
         };
         Lease::Busy(Duration::from_millis(ms))
     };
-    let token = FillToken::new(counter(&generation)?, versions).with_lease(lease);
+    let token = FillToken::new(token(&marker), versions).with_lease(lease);
     Ok((stored, token))
 }
 
@@ -272,7 +302,7 @@ fn px(d: Duration) -> u64 {
 }
 
 /// Reads `keys` with one MGET: the first as entry bytes, the rest as
-/// counters (absent: 0).
+/// tokens (absent or not a token: 0).
 async fn mget(
     conn: &mut ConnectionManager,
     keys: &[&str],
@@ -285,8 +315,8 @@ async fn mget(
     let counters = values
         .iter()
         .skip(1)
-        .map(|v| v.as_deref().map_or(Ok(0), parse_counter))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|v| v.as_deref().map_or(0, parse_token))
+        .collect();
     let first = if values.is_empty() {
         None
     } else {
@@ -322,19 +352,10 @@ impl Backend for RedisBackend {
         &self,
         key: &str,
         versions: &[String],
+        marker_ttl: Duration,
     ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        let marker = marker(key);
-        let mut keys: Vec<&str> = Vec::with_capacity(2 + versions.len());
-        keys.push(key);
-        keys.push(&marker);
-        keys.extend(versions.iter().map(String::as_str));
-        let (stored, mut counters) = mget(&mut self.conn.clone(), &keys).await?;
-        let generation = if counters.is_empty() {
-            0
-        } else {
-            counters.remove(0)
-        };
-        Ok((stored, FillToken::new(generation, counters)))
+        self.acquire(key, versions, marker_ttl, "", Duration::ZERO)
+            .await
     }
 
     async fn fill(
@@ -345,6 +366,10 @@ impl Backend for RedisBackend {
         token: &FillToken,
         versions: &[String],
     ) -> Result<bool, BackendError> {
+        if token.generation() == 0 || token.versions().contains(&0) {
+            // An absent token validates nothing.
+            return Ok(false);
+        }
         let mut conn = self.conn.clone();
         let lease_token = match token.lease() {
             Lease::Held(t) => t.as_str(),
@@ -372,23 +397,11 @@ impl Backend for RedisBackend {
         &self,
         key: &str,
         versions: &[String],
+        marker_ttl: Duration,
         token: &str,
         ttl: Duration,
     ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        let mut conn = self.conn.clone();
-        let mut invocation = ACQUIRE.prepare_invoke();
-        invocation
-            .key(key)
-            .key(marker(key))
-            .key(lease(key))
-            .key(waiters(key))
-            .arg(token)
-            .arg(px(ttl));
-        for name in versions {
-            invocation.key(name);
-        }
-        let reply: Vec<redis::Value> = invocation.invoke_async(&mut conn).await.map_err(failed)?;
-        parse_acquire(reply, token)
+        self.acquire(key, versions, marker_ttl, token, ttl).await
     }
 
     async fn renew_lease(
@@ -426,18 +439,14 @@ impl Backend for RedisBackend {
         self.subscription.as_ref().map(|s| s.notifier.watch(key))
     }
 
-    async fn bump_versions(&self, versions: &[String], ttl: Duration) -> Result<(), BackendError> {
+    async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError> {
         if versions.is_empty() {
             return Ok(());
         }
         let mut conn = self.conn.clone();
-        let mut invocation = BUMP.prepare_invoke();
-        for name in versions {
-            invocation.key(name);
-        }
-        invocation
-            .arg(px(ttl))
-            .invoke_async::<()>(&mut conn)
+        redis::cmd("DEL")
+            .arg(versions)
+            .query_async::<()>(&mut conn)
             .await
             .map_err(failed)
     }
@@ -447,33 +456,34 @@ impl Backend for RedisBackend {
         key: &str,
         value: Stored,
         ttl: Duration,
-        marker_ttl: Duration,
+        versions: &[String],
     ) -> Result<(), BackendError> {
         let mut conn = self.conn.clone();
-        SET.key(key)
+        let mut invocation = SET.prepare_invoke();
+        invocation
+            .key(key)
             .key(marker(key))
             .arg(value.bytes().as_ref())
-            .arg(px(ttl))
-            .arg(px(marker_ttl))
+            .arg(px(ttl));
+        for name in versions {
+            invocation.key(name);
+        }
+        invocation
             .invoke_async::<()>(&mut conn)
             .await
             .map_err(failed)
     }
 
-    async fn invalidate(&self, keys: &[String], marker_ttl: Duration) -> Result<(), BackendError> {
+    async fn invalidate(&self, keys: &[String]) -> Result<(), BackendError> {
         if keys.is_empty() {
             return Ok(());
         }
         let mut conn = self.conn.clone();
-        let mut invocation = INVALIDATE.prepare_invoke();
+        let mut del = redis::cmd("DEL");
         for key in keys {
-            invocation.key(key).key(marker(key));
+            del.arg(key).arg(marker(key));
         }
-        invocation
-            .arg(px(marker_ttl))
-            .invoke_async::<()>(&mut conn)
-            .await
-            .map_err(failed)
+        del.query_async::<()>(&mut conn).await.map_err(failed)
     }
 
     async fn ping(&self) -> Result<(), BackendError> {

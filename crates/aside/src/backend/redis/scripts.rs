@@ -2,10 +2,16 @@
 //! which is what makes "write only if nothing changed since the load began"
 //! and "release only your own lease" single steps.
 //!
-//! Keys of one entry share its hash tag: data `{ns:key}`, generation marker
+//! Keys of one entry share its hash tag: data `{ns:key}`, marker
 //! `{ns:key}:g`, lease `{ns:key}:l`, waiters flag `{ns:key}:w` (one Redis
 //! Cluster slot). Version counters (`{ns}:n`, `{ns}:t:<tag>`) are the
 //! namespace's.
+//!
+//! Markers and counters hold random tokens (decimal, at most 19 digits,
+//! never 0) created by ACQUIRE when absent. Invalidations *delete* them
+//! (`DEL`, no script needed), nothing increments them: a token that vanished
+//! for any reason (invalidation, TTL, eviction, `FLUSHDB`) can only fail a
+//! fill or miss an entry, never validate an old one.
 
 use std::sync::LazyLock;
 
@@ -16,7 +22,7 @@ use redis::Script;
 /// so uncontended fills cost nothing extra.
 pub(super) const FILLS_CHANNEL: &str = "aside:fills";
 
-/// The key's generation marker: ends in `:g`, never `}`, so it can never equal
+/// The key's marker: ends in `:g`, never `}`, so it can never equal
 /// a data key.
 pub(super) fn marker(key: &str) -> String {
     suffixed(key, ":g")
@@ -38,27 +44,43 @@ fn suffixed(key: &str, suffix: &str) -> String {
 }
 
 /// KEYS: data, marker, lease, waiters, version counters...
-/// ARGV: token, lease ms.
-/// Returns {taken (1/0), lease pttl, data or nil, generation, versions...}.
-/// A load that finds the lease taken raises the waiters flag (for as long as
-/// the lease) so the holder announces its fill.
+/// ARGV: lease token ('' for none), lease ms, marker ms, a fresh token for
+/// the marker, a fresh token for each counter (ARGV[i] for KEYS[i], i >= 5).
+/// Returns {taken (1/0), lease pttl, data or nil, marker, counters...}.
+///
+/// The marker and counters are read, or created with the fresh tokens when
+/// absent (or not a token: foreign bytes are replaced, not trusted), in the
+/// same atomic step that re-reads the entry and takes the lease. A load that
+/// finds the lease taken raises the waiters flag (for as long as the lease)
+/// so the holder announces its fill.
 pub(super) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-        local taken = redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2])
-        local out = {}
-        if taken then
-            out[1] = 1
-            out[2] = 0
-        else
-            out[1] = 0
-            out[2] = redis.call('PTTL', KEYS[3])
-            redis.call('SET', KEYS[4], '1', 'PX', ARGV[2])
+        local function token(key, fresh, ms)
+            local v = redis.call('GET', key)
+            if v and #v <= 19 and string.match(v, '^[1-9]%d*$') then
+                if redis.call('PTTL', key) < tonumber(ms) then
+                    redis.call('PEXPIRE', key, ms)
+                end
+                return v
+            end
+            redis.call('SET', key, fresh, 'PX', ms)
+            return fresh
+        end
+        local out = {0, -3}
+        if ARGV[1] ~= '' then
+            if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then
+                out[1] = 1
+                out[2] = 0
+            else
+                out[2] = redis.call('PTTL', KEYS[3])
+                redis.call('SET', KEYS[4], '1', 'PX', ARGV[2])
+            end
         end
         out[3] = redis.call('GET', KEYS[1])
-        out[4] = redis.call('GET', KEYS[2]) or '0'
+        out[4] = token(KEYS[2], ARGV[4], ARGV[3])
         for i = 5, #KEYS do
-            out[#out + 1] = redis.call('GET', KEYS[i]) or '0'
+            out[#out + 1] = token(KEYS[i], ARGV[i], ARGV[3])
         end
         return out
         ",
@@ -66,13 +88,16 @@ pub(super) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// KEYS: data, marker, lease, waiters, version counters...
-/// ARGV: bytes, ttl ms, expected generation, lease token ('' for none),
-/// channel, expected versions...
+/// ARGV: bytes, ttl ms, expected marker, lease token ('' for none),
+/// channel, expected counters...
 ///
-/// Writes only if the generation and the versions are unchanged and, with a
+/// Writes only if the marker and the counters still hold the load's tokens
+/// (an absent one never matches: `GET` gives `false`) and, with a lease
 /// token, only if the lease is still ours; releases our lease whatever the
 /// outcome, and announces it if anyone waited. Another holder's waiters flag
-/// is left alone (it is theirs to announce).
+/// is left alone (it is theirs to announce). After a write the marker has
+/// served its purpose and goes, and the counters are kept at least as long
+/// as the entry that recorded them.
 pub(super) static FILL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -84,12 +109,18 @@ pub(super) static FILL: LazyLock<Script> = LazyLock::new(|| {
                 redis.call('PUBLISH', ARGV[5], KEYS[1])
             end
         end
-        if ok and (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then ok = false end
+        if ok and redis.call('GET', KEYS[2]) ~= ARGV[3] then ok = false end
         for i = 5, #KEYS do
-            if ok and (redis.call('GET', KEYS[i]) or '0') ~= ARGV[i + 1] then ok = false end
+            if ok and redis.call('GET', KEYS[i]) ~= ARGV[i + 1] then ok = false end
         end
         if not ok then return 0 end
         redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+        redis.call('DEL', KEYS[2])
+        for i = 5, #KEYS do
+            if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[2]) then
+                redis.call('PEXPIRE', KEYS[i], ARGV[2])
+            end
+        end
         return 1
         ",
     )
@@ -123,43 +154,20 @@ pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// KEYS: version counters. ARGV: ttl ms (kept at least this long).
-pub(super) static BUMP: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-        for i = 1, #KEYS do
-            redis.call('INCR', KEYS[i])
-            if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[1]) then
-                redis.call('PEXPIRE', KEYS[i], ARGV[1])
-            end
-        end
-        return #KEYS
-        ",
-    )
-});
-
-/// KEYS: data, marker. ARGV: bytes, ttl ms, marker ttl ms.
+/// KEYS: data, marker, version counters... ARGV: bytes, ttl ms.
+/// Writes unconditionally, removes the marker (loads that began earlier
+/// cannot fill), and keeps the counters the entry recorded as long as it.
 pub(super) static SET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-        redis.call('INCR', KEYS[2])
-        redis.call('PEXPIRE', KEYS[2], ARGV[3])
         redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-        return 1
-        ",
-    )
-});
-
-/// KEYS: data1, marker1, data2, marker2, ... ARGV: marker ttl ms.
-pub(super) static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-        for i = 1, #KEYS, 2 do
-            redis.call('DEL', KEYS[i])
-            redis.call('INCR', KEYS[i + 1])
-            redis.call('PEXPIRE', KEYS[i + 1], ARGV[1])
+        redis.call('DEL', KEYS[2])
+        for i = 3, #KEYS do
+            if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[2]) then
+                redis.call('PEXPIRE', KEYS[i], ARGV[2])
+            end
         end
-        return #KEYS / 2
+        return 1
         ",
     )
 });

@@ -7,6 +7,12 @@
 //! announcements made while it was disconnected are lost, and a waiter that
 //! re-reads its key for nothing costs one round trip, while one that misses
 //! its wake-up would wait out the lease.
+//!
+//! A connection can also die without closing (a half-open TCP connection:
+//! a dropped route, a frozen server): nothing arrives and nothing fails. So
+//! the subscriber PINGs every [`PING_EVERY`] and treats a PING unanswered
+//! within [`PING_TIMEOUT`] as a lost connection: waiters are told to stop
+//! trusting notifications (they re-check on their own) and it reconnects.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -15,6 +21,11 @@ use futures_util::StreamExt;
 
 use super::scripts::FILLS_CHANNEL;
 use crate::backend::Notifier;
+
+/// How often the subscription's liveness is checked.
+const PING_EVERY: Duration = Duration::from_millis(500);
+/// How long a PING may go unanswered before the connection counts as lost.
+const PING_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Aborts the subscriber task when the last clone of the backend goes.
 #[derive(Debug)]
@@ -49,11 +60,25 @@ async fn run(client: redis::Client, connect_timeout: Duration, notifier: Weak<No
                 n.set_ready(true);
                 n.notify_all();
                 drop(n);
-                let mut messages = pubsub.into_on_message();
-                while let Some(msg) = messages.next().await {
-                    let Some(n) = notifier.upgrade() else { return };
-                    if let Ok(key) = std::str::from_utf8(msg.get_payload_bytes()) {
-                        n.notify(key);
+                let (mut sink, mut messages) = pubsub.split();
+                let mut ping = tokio::time::interval(PING_EVERY);
+                ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        msg = messages.next() => {
+                            let Some(msg) = msg else { break };
+                            let Some(n) = notifier.upgrade() else { return };
+                            if let Ok(key) = std::str::from_utf8(msg.get_payload_bytes()) {
+                                n.notify(key);
+                            }
+                        }
+                        _ = ping.tick() => {
+                            let pong = tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await;
+                            if !matches!(pong, Ok(Ok(_))) {
+                                tracing::debug!("aside: fill notifications stopped answering PING");
+                                break;
+                            }
+                        }
                     }
                 }
                 tracing::debug!("aside: fill notifications disconnected; reconnecting");
