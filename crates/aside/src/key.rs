@@ -134,7 +134,7 @@ const DIGEST_HEX: usize = 32;
 /// `{namespace:key}`, hashing the tail when it would be `max_len` bytes or more.
 ///
 /// The braces make the whole key a Redis Cluster hash tag, so the keys aside
-/// derives from it by appending a suffix (its generation marker, its lease)
+/// derives from it by appending a suffix (its marker, its lease)
 /// hash to the same slot and can be used together in one Lua script. The tag
 /// is never empty (namespaces are non-empty) and ends at the first `}`, which
 /// a suffix cannot move.

@@ -58,14 +58,15 @@
 //!   the loader; after a few consecutive failures the backend is left alone
 //!   for a short pause, then probed, so an outage costs neither a timeout per
 //!   request nor a long wait after Redis returns.
-//! - **Stale sets are prevented.** Every key has a generation that each
-//!   invalidation and `set` changes; a load reads it before the loader runs
-//!   and its fill is conditional on it, so a load that read the old row does
-//!   not cache it after the writer's invalidation. Tags and the namespace
-//!   have version counters, recorded in each entry and checked on read:
-//!   invalidating a tag or a namespace is one write. An invalidation that
-//!   cannot reach the backend is queued and retried, and this process
-//!   bypasses the cache for it meanwhile.
+//! - **Stale sets are prevented.** A load reads (or creates) the key's
+//!   *marker*, a random token, before the loader runs, and its fill writes
+//!   only if the marker is still there; an invalidation or a `set` removes
+//!   it, so a load that read the old row does not cache it after the
+//!   writer's invalidation. Tags and the namespace have version tokens,
+//!   recorded in each entry and checked on read: invalidating a tag or a
+//!   namespace is one write. An invalidation runs to the end in its own
+//!   task; one that cannot reach the backend is queued and retried, and this
+//!   process bypasses the cache for it meanwhile.
 //! - **One load across processes.** On Redis a load first takes the key's
 //!   lease (a random token, renewed while the loader runs); the fill writes
 //!   only while the token holds and releases it. Loads elsewhere wait to be
@@ -79,6 +80,42 @@
 //! - **Keys** are built from parts with separators escaped, so different
 //!   parts never make the same key, and long keys are hashed with 128 bits of
 //!   SHA-256 behind a readable prefix. See [`Key`].
+//!
+//! ## The consistency promise
+//!
+//! After [`Cache::invalidate`], [`Cache::invalidate_many`],
+//! [`Cache::invalidate_tag`], [`Cache::invalidate_tags`] or
+//! [`Cache::invalidate_namespace`] returns `Ok(`[`Invalidation::Applied`]`)`,
+//! no `get`, `get_or_load` or `get_or_load_with` call that **begins
+//! afterwards**, in this process or in any other process sharing the
+//! backend, returns a value whose load began before the write, whatever
+//! happens meanwhile to markers and tokens (a TTL, Redis `maxmemory`
+//! eviction under any policy, `FLUSHDB`, a restart without persistence) or
+//! to entries (the memory backend evicting at capacity). When aside cannot
+//! prove a value current, it loads again.
+//!
+//! The parts that keep it:
+//! - Markers and version tokens are random, created only when absent, and
+//!   *removed* by invalidations (never incremented): a token that vanished
+//!   for any reason fails fills and misses entries; a re-created one never
+//!   equals a recorded one. See [`Backend`].
+//! - Fills are conditional on the tokens, atomically (a Lua script; a per-key
+//!   compute lock on the memory backend); reads check an entry's tag and
+//!   namespace tokens in the same round trip as the entry.
+//! - A caller that joins a load in flight takes its value only if it joined
+//!   before the value was proven current (an accepted fill, a cache read);
+//!   otherwise only if it joined before the load began; else it loads again.
+//!   The caller that started a load always gets what it loaded.
+//! - Invalidations run to completion in their own task; failed ones are
+//!   queued (bounded, see [`CacheBuilder::max_queued_invalidations`]) and
+//!   [`Cache::flush_invalidations`] waits for them.
+//!
+//! Out of reach: an invalidation acknowledged by a Redis primary that fails
+//! over to a replica before replicating it (invalidate again after a
+//! failover), reads between your database commit and your `invalidate`, and
+//! loaders that read a lagging replica (see
+//! [`CacheBuilder::delayed_double_delete`]). The README lists the tests that
+//! check each part.
 //!
 //! ## What aside does better than the textbook code
 //!

@@ -301,7 +301,10 @@ impl Backend for MemoryBackend {
         // fine: the entry carries the tokens, so a read after the removal
         // sees the mismatch. This check only avoids storing an entry known
         // to be dead.
-        if token.generation() == 0 || self.read_versions(versions).await != token.versions() {
+        if token.generation() == 0
+            || token.versions().contains(&0)
+            || self.read_versions(versions).await != token.versions()
+        {
             return Ok(false);
         }
         // The marker check and the write happen under the data key's compute

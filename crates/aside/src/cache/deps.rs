@@ -3,24 +3,25 @@
 //!
 //! # Design
 //! Every tag, and the namespace (when namespace invalidation is on), has a
-//! version counter in the backend: `{ns}:t:<tag>` and `{ns}:n` in Redis. (Data
-//! keys are `{ns:key}`: the two shapes never collide, and all counters of a
+//! *version token* in the backend: `{ns}:t:<tag>` and `{ns}:n` in Redis. (Data
+//! keys are `{ns:key}`: the two shapes never collide, and all tokens of a
 //! namespace share one Redis Cluster slot.)
 //!
-//! - Invalidating a tag or the namespace increments one counter: O(1),
-//!   whatever the number of entries, no scan, no `KEYS`.
-//! - A load reads the counters with the key's generation *before* running the
-//!   loader, and the entry records those values. A read fetches the entry and
-//!   the current counters in one round trip; any difference means the entry
-//!   was loaded before an invalidation, and it is a miss.
-//! - Because the entry carries the values read before the load, a fill that
+//! - Invalidating a tag or the namespace removes one token: O(1), whatever
+//!   the number of entries, no scan, no `KEYS`.
+//! - A load reads the tokens (creating absent ones with fresh random values)
+//!   with the key's marker *before* running the loader, and the entry records
+//!   them. A read fetches the entry and the current tokens in one round trip;
+//!   any difference, or an absent token, means the entry was loaded before an
+//!   invalidation (or its token was lost), and it is a miss.
+//! - Because the entry carries the tokens read before the load, a fill that
 //!   races an invalidation is invalid on every later read, even if it lands;
 //!   the fill script also refuses it, so it does not take space.
-//! - Counters expire (no leak for tags nobody uses), but never before every
-//!   entry that could depend on an older value: they live at least as long as
-//!   the longest entry TTL, and entries with dependencies are capped at it.
-//!   An expired counter reads as 0, which only causes misses of entries that
-//!   recorded a later value.
+//! - Tokens are never incremented, so one that vanished (expired, evicted,
+//!   flushed) and was re-created never equals what an entry recorded: the
+//!   worst a lost token does is make its entries miss. A fill keeps the
+//!   tokens it depends on at least as long as the entry it stores, so they
+//!   do not expire under live entries.
 
 use std::time::Duration;
 
@@ -64,8 +65,8 @@ impl EntryOptions {
     }
 }
 
-/// The counters one entry depends on: names as recorded in the entry ("" for
-/// the namespace, the tag otherwise) and their backend keys.
+/// The version tokens one entry depends on: names as recorded in the entry
+/// ("" for the namespace, the tag otherwise) and their backend keys.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Deps {
     pub names: Vec<String>,
@@ -87,7 +88,7 @@ impl Deps {
     }
 }
 
-/// The backend key of the counter `name` ("" = the namespace) in `namespace`.
+/// The backend key of the token `name` ("" = the namespace) in `namespace`.
 pub(crate) fn version_key(namespace: &str, name: &str) -> String {
     if name.is_empty() {
         format!("{{{namespace}}}:n")
@@ -96,13 +97,14 @@ pub(crate) fn version_key(namespace: &str, name: &str) -> String {
     }
 }
 
-/// Whether an entry is still valid against the current counter values.
+/// Whether an entry is still valid against the current tokens.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Check {
     Fresh,
-    /// A counter moved, or a required dependency is missing from the entry.
+    /// A token changed or is gone, or a required dependency is missing from
+    /// the entry.
     Stale,
-    /// The entry depends on counters not fetched yet (names).
+    /// The entry depends on tokens not fetched yet (names).
     Unknown(Vec<String>),
 }
 
@@ -111,7 +113,9 @@ pub(crate) enum Check {
 pub(crate) fn check(env: &Envelope<'_>, required: &[String], current: &[u64]) -> Check {
     for (name, value) in required.iter().zip(current) {
         match env.deps().find(|(n, _)| n == name) {
-            Some((_, recorded)) if recorded == *value => {}
+            // 0 is an absent token: it validates nothing, even an entry
+            // that (from a foreign writer) recorded 0.
+            Some((_, recorded)) if recorded == *value && *value != 0 => {}
             _ => return Check::Stale,
         }
     }

@@ -323,7 +323,7 @@ impl Cache {
                 self.guarded(self.inner.backend.get_for_fill(pk, &deps.keys, marker_ttl))
                     .await
             };
-            // Without a generation the fill cannot be made safe: load, do not store.
+            // Without a marker the fill cannot be made safe: load, do not store.
             let Ok((stored, token)) = read else {
                 return Acquired::Load(None);
             };

@@ -168,6 +168,14 @@ impl Cache {
     /// another. The load runs in its own task: a caller that gives up (drops
     /// its future) does not cancel it, and the value is still cached.
     ///
+    /// A waiter takes the load's value only if it is proven current for it:
+    /// the waiter joined before the backend accepted the load's fill (or
+    /// before the cache read that found the value), or before the load
+    /// began. When the fill was refused (the key, a tag or the namespace was
+    /// invalidated while the load ran, perhaps by another process), waiters
+    /// that joined later load again, once; the caller that started the load
+    /// gets what it loaded, since its call began before the invalidation.
+    ///
     /// # Errors
     /// Only the loader's: an error of kind `Loader` wrapping the loader's error
     /// (see [`Error::loader_error`]), or `LoaderPanicked`. Backend failures,

@@ -40,7 +40,7 @@ impl Cache {
     /// commits and leave the older value cached until the TTL, while a delete
     /// is idempotent and the next read loads the committed row. `set` is for
     /// values you computed yourself, or hot keys where a miss is too costly.
-    /// A `set` changes the key's generation, so a load that began before it
+    /// A `set` removes the key's marker, so a load that began before it
     /// cannot overwrite it with what it read.
     ///
     /// # Errors
@@ -116,7 +116,7 @@ impl Cache {
     }
 
     /// Makes every entry tagged `tag` unreadable, at once, with one write
-    /// whatever the number of entries (it increments the tag's version). A
+    /// whatever the number of entries (it removes the tag's token). A
     /// load that began before and finishes after is not cached either.
     ///
     /// # Errors
@@ -145,7 +145,7 @@ impl Cache {
     }
 
     /// Makes every entry of this cache's namespace unreadable, in O(1) (it
-    /// increments the namespace's version; nothing is scanned or deleted, and
+    /// removes the namespace's token; nothing is scanned or deleted, and
     /// old entries expire on their own).
     ///
     /// # Errors
@@ -177,7 +177,7 @@ impl Cache {
     /// Removes `key` (invalidate-on-write): call it after the database write
     /// commits, and the next read loads the new row.
     ///
-    /// The key's generation changes with it, so a load that read the row
+    /// The key's marker goes with it, so a load that read the row
     /// before your write and finishes after it does not cache what it read.
     ///
     /// # Concurrent calls and cancellation
