@@ -47,24 +47,45 @@ pub(crate) struct Done<V> {
     /// Callers whose moment (see [`Flights::now`]) is below this may take
     /// the outcome; the others must load again.
     pub valid_from: u64,
+    /// A caller (by its moment) that may take the outcome whatever
+    /// `valid_from` says: the one whose own read it is.
+    pub owner: Option<u64>,
 }
 
 impl<V> Done<V> {
-    /// An outcome for every waiter (errors, and values proven current).
-    pub fn to_all(outcome: Outcome<V>) -> Self {
+    /// An outcome for the waiters whose moment is below `valid_from`.
+    pub fn before(outcome: Outcome<V>, valid_from: u64) -> Self {
         Done {
             outcome,
-            valid_from: u64::MAX,
+            valid_from,
+            owner: None,
+        }
+    }
+
+    /// An outcome for every waiter (errors, and values proven current).
+    pub fn to_all(outcome: Outcome<V>) -> Self {
+        Self::before(outcome, u64::MAX)
+    }
+
+    /// An outcome for the caller with moment `owner` only (a value it read
+    /// itself); everyone else loads again.
+    pub fn owner_only(outcome: Outcome<V>, owner: u64) -> Self {
+        Done {
+            outcome,
+            valid_from: 0,
+            owner: Some(owner),
         }
     }
 
     /// Nothing for anyone: every waiter loads again (a background refresh
     /// that left the key to another process).
     pub fn retry() -> Self {
-        Done {
-            outcome: Ok(None),
-            valid_from: 0,
-        }
+        Self::before(Ok(None), 0)
+    }
+
+    /// Whether the caller with moment `me` may take it.
+    pub fn is_for(&self, me: u64) -> bool {
+        me < self.valid_from || self.owner == Some(me)
     }
 }
 
@@ -108,16 +129,24 @@ impl Flights {
         self.clock.fetch_add(1, Ordering::SeqCst) + 1
     }
 
+    /// Joins the load of `key` running in this process, or leads a new one.
+    /// `deps` are the version counters the caller's read depends on (its
+    /// tags, the namespace): a load is only joined if it checks all of them,
+    /// since a load that ignores a tag cannot tell that the tag was
+    /// invalidated while it ran.
     pub fn join<V>(self: &Arc<Self>, key: &str, deps: &[String]) -> Role<V>
     where
         V: Clone + Send + Sync + 'static,
     {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(slot) = map.get(key) {
-            if let Some(rx) = slot.channel.downcast_ref::<Channel<V>>() {
+            if let Some(rx) = slot.channel.downcast_ref::<Channel<V>>()
+                && deps.iter().all(|d| slot.deps.contains(d))
+            {
                 return Role::Follower(Waiter(rx.clone()));
             }
-            // Same key, other type: an unshared load of our own.
+            // Same key, other type or fewer checks: an unshared load of our
+            // own.
             return Role::Leader(self.private(key));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -315,6 +344,28 @@ mod tests {
         assert_eq!(flights.len(), 2);
         assert!(matches!(flights.join::<u32>("a", &[]), Role::Leader(_)));
         assert!(matches!(flights.join::<u32>("b", &[]), Role::Follower(_)));
+    }
+
+    #[tokio::test]
+    async fn a_load_that_ignores_a_tag_is_not_joined_by_a_caller_with_it() {
+        let flights = Arc::new(Flights::default());
+        let (t, u) = ("t".to_owned(), "u".to_owned());
+        let _a = flights.join::<u32>("k", &[t.clone(), u.clone()]);
+        assert!(matches!(
+            flights.join::<u32>("k", std::slice::from_ref(&t)),
+            Role::Follower(_)
+        ));
+        let _b = flights.join::<u32>("j", &[]);
+        assert!(matches!(flights.join::<u32>("j", &[t]), Role::Leader(_)));
+    }
+
+    #[test]
+    fn owner_only_outcomes_reach_their_owner_alone() {
+        let d = Done::<u32>::owner_only(Ok(Some(1)), 5);
+        assert!(d.is_for(5));
+        assert!(!d.is_for(4) && !d.is_for(6));
+        let d = Done::<u32>::before(Ok(Some(1)), 5);
+        assert!(d.is_for(4) && !d.is_for(5));
     }
 
     #[test]

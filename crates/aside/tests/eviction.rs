@@ -546,7 +546,7 @@ async fn run(policy: &str, seed: u64) {
     );
     eprintln!("{summary}");
     assert!(
-        evicted > 1000,
+        evicted > 200,
         "Redis hardly evicted, the test proves nothing: {summary}"
     );
     assert!(

@@ -127,7 +127,7 @@ impl Cache {
                 bump(&self.inner.stats.soft_timeouts);
                 return Ok(stale.flatten());
             };
-            if me < done.valid_from {
+            if done.is_for(me) {
                 return self.fail_safe(&pk, done.outcome, stale);
             }
             // The load this caller joined may predate an invalidation made
@@ -235,21 +235,14 @@ impl Cache {
         } else {
             match self.acquire::<V>(&pk, &deps, mode).await {
                 Acquired::Value(v, read_at) => {
-                    return leader.publish(Done {
-                        outcome: Ok(v),
-                        valid_from: read_at,
-                    });
+                    return leader.publish(Done::before(Ok(v), read_at));
                 }
                 Acquired::Leave => return leader.publish(Done::retry()),
                 Acquired::Fail(e) => return leader.publish(Done::to_all(Err(e))),
                 Acquired::ServeStale => match stale {
-                    // Read by the owner's own lookup: current for it alone.
-                    Some(v) => {
-                        return leader.publish(Done {
-                            outcome: Ok(v),
-                            valid_from: owner + 1,
-                        });
-                    }
+                    // Read by the owner's own lookup, before it took its
+                    // moment: current for it alone.
+                    Some(v) => return leader.publish(Done::owner_only(Ok(v), owner)),
                     None => self.unleased_token(&pk, &deps).await,
                 },
                 Acquired::Load(token) => token,
@@ -275,15 +268,12 @@ impl Cache {
                 let stored = self.fill(&pk, value.clone(), &deps, ttl, token, took).await;
                 // Wake the waiters after the write: when `get_or_load`
                 // returns, the value is readable (read-your-writes).
-                leader.publish(Done {
-                    outcome: Ok(value),
-                    valid_from: if stored { filling } else { began },
-                });
+                leader.publish(Done::before(
+                    Ok(value),
+                    if stored { filling } else { began },
+                ));
             }
-            (Ok(value), None) => leader.publish(Done {
-                outcome: Ok(value),
-                valid_from: began,
-            }),
+            (Ok(value), None) => leader.publish(Done::before(Ok(value), began)),
             (Err(e), token) => {
                 self.release(&pk, token.as_ref()).await;
                 leader.publish(Done::to_all(Err(e)));

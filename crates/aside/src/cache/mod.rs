@@ -442,7 +442,8 @@ impl Cache {
             return match self.decode_checked(pk, &stored, deps, &[]) {
                 Lookup::Miss if self.has_unknown_deps(&stored) => {
                     // The entry has tags of its own: check them.
-                    self.lookup_with_deps(pk, &self.entry_deps(&stored)).await
+                    self.lookup_with_deps(pk, &self.entry_deps(&stored, deps))
+                        .await
                 }
                 found => Ok(found),
             };
@@ -460,7 +461,7 @@ impl Cache {
         };
         Ok(match self.decode_checked(pk, &stored, deps, &current) {
             Lookup::Miss if self.has_unknown_deps_beyond(&stored, deps) => {
-                let all = self.entry_deps(&stored);
+                let all = self.entry_deps(&stored, deps);
                 let (stored, current) = self
                     .guarded(self.inner.backend.get_with_versions(pk, &all.keys))
                     .await?;
@@ -472,12 +473,13 @@ impl Cache {
         })
     }
 
-    /// Every dependency recorded in the stored entry.
-    fn entry_deps(&self, stored: &Stored) -> Deps {
+    /// The caller's dependencies and every one recorded in the stored entry:
+    /// the entry must still carry (and match) all of the caller's.
+    fn entry_deps(&self, stored: &Stored, wanted: &Deps) -> Deps {
         let names: Vec<String> = envelope::parse(stored.bytes())
             .map(|env| env.deps().map(|(n, _)| n.to_owned()).collect())
             .unwrap_or_default();
-        let mut deps = self.deps(&[]);
+        let mut deps = wanted.clone();
         for n in names {
             if !deps.names.contains(&n) {
                 deps.keys.push(version_key(&self.inner.s.namespace, &n));

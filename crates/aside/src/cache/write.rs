@@ -1,12 +1,13 @@
 //! The write path: `set` (update-on-write) and `invalidate`
 //! (invalidate-on-write), and the retry of invalidations that failed.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Cache, EntryOptions, Value};
 use crate::error::{Error, ErrorKind};
-use crate::pending::Kind;
+use crate::pending::{Kind, Pending};
 use crate::stats::bump;
 
 /// What became of an invalidation.
@@ -88,10 +89,17 @@ impl Cache {
             Vec::new()
         } else {
             let marker_ttl = self.inner.s.marker_ttl;
-            let (_, token) = self
+            let read = self
                 .guarded(self.inner.backend.get_for_fill(&pk, &deps.keys, marker_ttl))
-                .await?;
-            deps.stamp(token.versions())
+                .await;
+            match read {
+                Ok((_, token)) => deps.stamp(token.versions()),
+                Err(e) => {
+                    // The entry it holds is older than the value meant for it.
+                    let _ = self.queue_invalidation(vec![pk], Kind::Key);
+                    return Err(e);
+                }
+            }
         };
         let Some((stored, ttl)) =
             self.try_encode_entry(Some(value), options.ttl, &stamp, Duration::ZERO)?
@@ -269,7 +277,11 @@ impl Cache {
             Kind::Version => self.guarded(backend.bump_versions(&keys)).await,
         };
         match result {
-            Ok(()) => Ok(Invalidation::Applied),
+            Ok(()) => {
+                // The backend answers: anything still queued can go now.
+                self.ensure_retry_worker();
+                Ok(Invalidation::Applied)
+            }
             Err(e) => {
                 tracing::warn!(keys = keys.len(), error = %e, "aside: invalidation queued for retry");
                 self.queue_invalidation(keys, kind)
@@ -301,6 +313,7 @@ impl Cache {
             if pending.is_settled() {
                 return Ok(());
             }
+            self.ensure_retry_worker();
             pending.kick.notify_one();
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 return Err(Error::new(
@@ -360,15 +373,27 @@ impl Cache {
             }
         }
         bump_by(&self.inner.stats.invalidations_queued, keys.len());
-        if !pending.worker.swap(true, Ordering::AcqRel) {
+        self.ensure_retry_worker();
+        Ok(Invalidation::Queued)
+    }
+
+    /// Starts the retry task if something is queued and none runs. Called
+    /// wherever a queue may be left without one: a worker dies with the
+    /// runtime it was spawned on (its flag is cleared by its guard), so the
+    /// next failure, flush or invalidation starts another.
+    fn ensure_retry_worker(&self) {
+        let pending = &self.inner.pending;
+        if !pending.is_empty() && !pending.worker.swap(true, Ordering::AcqRel) {
             let cache = self.clone();
             tokio::spawn(async move { cache.retry_invalidations().await });
         }
-        Ok(Invalidation::Queued)
     }
 
     /// Re-sends queued invalidations with backoff until none is left.
     async fn retry_invalidations(self) {
+        // Clears the running flag if this task is dropped mid-way (its
+        // runtime shut down), so that another can be started.
+        let mut flag = WorkerFlag(Some(Arc::clone(&self.inner.pending)));
         let base = self.inner.s.invalidation_retry;
         let mut pause = base;
         loop {
@@ -412,9 +437,21 @@ impl Cache {
                 if self.inner.pending.is_empty()
                     || self.inner.pending.worker.swap(true, Ordering::AcqRel)
                 {
+                    flag.0 = None;
                     return;
                 }
             }
+        }
+    }
+}
+
+/// See `retry_invalidations`.
+struct WorkerFlag(Option<Arc<Pending>>);
+
+impl Drop for WorkerFlag {
+    fn drop(&mut self) {
+        if let Some(pending) = self.0.take() {
+            pending.worker.store(false, Ordering::Release);
         }
     }
 }

@@ -329,12 +329,16 @@ async fn mget(
 impl Backend for RedisBackend {
     async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError> {
         let mut conn = self.conn.clone();
-        let bytes: Option<bytes::Bytes> = redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut conn)
-            .await
-            .map_err(failed)?;
-        Ok(bytes.map(Stored::new))
+        let reply: Result<Option<bytes::Bytes>, _> =
+            redis::cmd("GET").arg(key).query_async(&mut conn).await;
+        match reply {
+            Ok(bytes) => Ok(bytes.map(Stored::new)),
+            // A value of another type under the key (written by something
+            // else) is a miss, not a failing backend: the breaker must not
+            // open over one bad key. The next load replaces it.
+            Err(e) if e.code() == Some("WRONGTYPE") => Ok(None),
+            Err(e) => Err(failed(e)),
+        }
     }
 
     async fn get_with_versions(

@@ -56,7 +56,14 @@ fn suffixed(key: &str, suffix: &str) -> String {
 pub(super) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+        -- A value of another type under one of our keys (written by
+        -- something else) is garbage to us: drop it rather than fail on it.
+        local function clear_foreign(key)
+            local t = redis.call('TYPE', key)['ok']
+            if t ~= 'string' and t ~= 'none' then redis.call('DEL', key) end
+        end
         local function token(key, fresh, ms)
+            clear_foreign(key)
             local v = redis.call('GET', key)
             if v and #v <= 19 and string.match(v, '^[1-9]%d*$') then
                 if redis.call('PTTL', key) < tonumber(ms) then
@@ -69,14 +76,23 @@ pub(super) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
         end
         local out = {0, -3}
         if ARGV[1] ~= '' then
+            clear_foreign(KEYS[3])
             if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then
                 out[1] = 1
                 out[2] = 0
             else
-                out[2] = redis.call('PTTL', KEYS[3])
+                local pttl = redis.call('PTTL', KEYS[3])
+                if pttl < 0 then
+                    -- A lease without expiry (not ours: ours always have
+                    -- one) would block the key for ever: give it one.
+                    redis.call('PEXPIRE', KEYS[3], ARGV[2])
+                    pttl = tonumber(ARGV[2])
+                end
+                out[2] = pttl
                 redis.call('SET', KEYS[4], '1', 'PX', ARGV[2])
             end
         end
+        clear_foreign(KEYS[1])
         out[3] = redis.call('GET', KEYS[1])
         out[4] = token(KEYS[2], ARGV[4], ARGV[3])
         for i = 5, #KEYS do
@@ -101,17 +117,21 @@ pub(super) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
 pub(super) static FILL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+        local function get(key)
+            if redis.call('TYPE', key)['ok'] ~= 'string' then return false end
+            return redis.call('GET', key)
+        end
         local leased = ARGV[4] ~= ''
-        local ok = (not leased) or redis.call('GET', KEYS[3]) == ARGV[4]
+        local ok = (not leased) or get(KEYS[3]) == ARGV[4]
         if leased and ok then
             redis.call('DEL', KEYS[3])
             if redis.call('DEL', KEYS[4]) == 1 then
                 redis.call('PUBLISH', ARGV[5], KEYS[1])
             end
         end
-        if ok and redis.call('GET', KEYS[2]) ~= ARGV[3] then ok = false end
+        if ok and get(KEYS[2]) ~= ARGV[3] then ok = false end
         for i = 5, #KEYS do
-            if ok and redis.call('GET', KEYS[i]) ~= ARGV[i + 1] then ok = false end
+            if ok and get(KEYS[i]) ~= ARGV[i + 1] then ok = false end
         end
         if not ok then return 0 end
         redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
