@@ -9,12 +9,19 @@
 //! let url = redis.url(); // redis://127.0.0.1:<port>
 //! # let _ = url;
 //! ```
+//!
+//! A [`Proxy`] between a client and a server injects faults into that
+//! client's connections only: a silent (half-open) connection, latency, or
+//! connections closed under it.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod proxy;
+pub use proxy::Proxy;
 
 /// Why a server could not be started.
 #[derive(Debug, thiserror::Error)]

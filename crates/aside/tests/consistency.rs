@@ -14,7 +14,9 @@
 //! queue and are retried; the check comes after they drain). The same holds
 //! when writers invalidate a tag their row's entry carries, or the whole
 //! namespace, instead of the key: the race then runs through a version
-//! counter instead of the key's generation.
+//! counter instead of the key's generation. And the same across repeated
+//! outages: many short ones (each shorter than a load, so a load can span
+//! one whole), and many long ones (invalidations queue during each).
 //!
 //! Needs PostgreSQL on 127.0.0.1:5432 with a database `test` (see `pg.rs`):
 //! the tests fail, rather than skip, without it.
@@ -22,6 +24,8 @@
 
 #[path = "consistency/harness.rs"]
 mod harness;
+#[path = "consistency/outages.rs"]
+mod outages;
 #[path = "consistency/pg.rs"]
 mod pg;
 #[path = "consistency/targets.rs"]
@@ -32,9 +36,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aside::{Cache, MemoryBackend, RedisBackend};
-use aside_test::RedisServer;
+use aside_test::{Proxy, RedisServer};
 
 use harness::{Report, Stale, Target, Workload};
+use outages::Plan;
 use pg::Postgres;
 use targets::{Aside, NaiveMemory, NaiveRedis, Scope};
 
@@ -60,6 +65,12 @@ const WORKLOAD: Workload = Workload {
     max_load_delay: Duration::from_millis(20),
     max_write_pause: Duration::from_millis(4),
 };
+
+/// Runs of the repeated-outage tests: enough outages in each run that a
+/// few runs cover loads and invalidations at every point of an outage, and
+/// a run whose invalidations queued takes seconds to settle.
+const SHORT_OUTAGE_RUNS: u64 = 4;
+const LONG_OUTAGE_RUNS: u64 = 3;
 
 fn seed(run: u64) -> u64 {
     0xA51DE + run
@@ -461,4 +472,100 @@ async fn aside_on_redis_frozen_and_resumed_keeps_no_stale_entry() {
         "{}",
         totals.summary("aside (Redis frozen and resumed)")
     );
+}
+
+/// Redis frozen (SIGSTOP) for 5-10 ms every ~50 ms, about 25 times a run,
+/// while loads take 0-20 ms: an outage often begins and ends inside one
+/// load, between its generation read and its fill, and commands sent into
+/// it are answered late, out of step with the writers. No command waits
+/// long enough to time out (250 ms): this is the protocol under jitter,
+/// with nothing queued. The plan sleeps 2-6 ms: resuming runs a `kill`
+/// process, which adds a few more (the measured lengths are printed, and
+/// their mean must stay under the longest load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aside_on_redis_with_outages_shorter_than_a_load_keeps_no_stale_entry() {
+    let label = "aside (Redis frozen 5-10 ms every ~50 ms)";
+    let redis = Arc::new(RedisServer::start().unwrap_or_else(|e| panic!("{e}")));
+    let url = redis.url();
+    let count = Arc::new(outages::Count::default());
+    let plan = Plan {
+        healthy_ms: 40..=50,
+        out_ms: 2..=6,
+        within: WORKLOAD.duration,
+    };
+    let totals = runs(
+        label,
+        SHORT_OUTAGE_RUNS,
+        |run| {
+            let url = url.clone();
+            async move { Aside::new(aside_on_redis(&url, run, Scope::Key, false)) }
+        },
+        || outages::freezes(Arc::clone(&redis), plan.clone(), Arc::clone(&count)),
+        aside_add,
+    )
+    .await;
+    eprintln!(
+        "{label}: {} outages, {:?} on average, {:?} at most",
+        count.outages(),
+        count.mean(),
+        count.max()
+    );
+    assert!(
+        count.outages() >= 10 * SHORT_OUTAGE_RUNS,
+        "only {} outages",
+        count.outages()
+    );
+    // Shorter than a load, as measured (resuming takes a `kill` process).
+    assert!(
+        count.mean() < WORKLOAD.max_load_delay,
+        "outages of {:?} on average",
+        count.mean()
+    );
+    assert_no_stale(&totals, label);
+    assert_race_caught(&totals, label);
+}
+
+/// The cache reaches Redis through a proxy that blackholes it for 300-500
+/// ms after every 150-250 ms of service, two or three times a run: each
+/// outage outlasts many loads, and the connections stay open and silent
+/// (half-open) rather than failing. Invalidations time out during each and
+/// are queued; what was sent into the outage reaches Redis after it, late
+/// and in a burst, while queued retries land too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aside_on_redis_with_outages_longer_than_a_load_keeps_no_stale_entry() {
+    let label = "aside (Redis blackholed 300-500 ms every ~200 ms)";
+    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let proxy = Arc::new(Proxy::to_port(redis.port()).unwrap());
+    let url = proxy.url();
+    let count = Arc::new(outages::Count::default());
+    let plan = Plan {
+        healthy_ms: 150..=250,
+        out_ms: 300..=500,
+        within: WORKLOAD.duration,
+    };
+    let totals = runs(
+        label,
+        LONG_OUTAGE_RUNS,
+        |run| {
+            let url = url.clone();
+            async move { Aside::new(aside_on_redis(&url, run, Scope::Key, true)) }
+        },
+        || outages::blackholes(Arc::clone(&proxy), plan.clone(), Arc::clone(&count)),
+        aside_add,
+    )
+    .await;
+    eprintln!(
+        "{label}: {} outages, {:?} on average, {:?} at most",
+        count.outages(),
+        count.mean(),
+        count.max()
+    );
+    assert!(
+        count.outages() >= 2 * LONG_OUTAGE_RUNS,
+        "only {} outages",
+        count.outages()
+    );
+    assert_no_stale(&totals, label);
+    // The outages hit writes: invalidations were queued and retried.
+    assert!(totals.queued > 0, "{}", totals.summary(label));
 }
