@@ -20,6 +20,11 @@ use workload::{Plan, Reads, Versions};
 /// The largest table the demo seeds (and keeps versions for in memory).
 const MAX_ROWS: u64 = 10_000_000;
 
+/// `--small-cache` holds this fraction of the rows (1/4): enough for the hot
+/// ids of the default Zipf workload, too few for the table, so the cold tail
+/// is evicted and loaded again all run long.
+const SMALL_CACHE_DIVISOR: u64 = 4;
+
 /// Options of `aside demo`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
@@ -52,7 +57,17 @@ pub struct DemoArgs {
     /// invalidate while the load holds the old row.
     #[arg(long, value_name = "MS", default_value_t = 1)]
     load_delay_ms: u64,
+    /// Entries the in-process cache holds, for aside and for naive
+    /// cache-aside alike (default: as many as --rows, so nothing is evicted).
+    /// Fewer than --rows makes the runs evict as they go.
+    #[arg(long, value_name = "N", conflicts_with_all = ["redis", "small_cache"])]
+    cache_entries: Option<u64>,
+    /// Shorthand for --cache-entries of a quarter of --rows: a cache smaller
+    /// than the data, which keeps evicting.
+    #[arg(long, conflicts_with = "redis")]
+    small_cache: bool,
     /// Cache in this Redis (e.g. redis://127.0.0.1:6379) instead of in process.
+    /// Its capacity is the server's (maxmemory), not the demo's.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
     /// Key namespace (default: unique per run, so runs never share entries).
@@ -90,6 +105,10 @@ impl DemoArgs {
             "--zipf must be a number greater than 0, got {}",
             self.zipf
         );
+        ensure!(
+            self.cache_entries != Some(0),
+            "--cache-entries must be at least 1"
+        );
         ensure!(self.ttl > 0, "--ttl must be at least 1 second");
         ensure!(
             self.load_delay_ms <= 60_000,
@@ -97,6 +116,16 @@ impl DemoArgs {
             self.load_delay_ms
         );
         Ok(())
+    }
+
+    /// Entries the in-process cache holds (see --cache-entries and
+    /// --small-cache).
+    fn cache_entries(&self) -> u64 {
+        match self.cache_entries {
+            Some(n) => n,
+            None if self.small_cache => (self.rows / SMALL_CACHE_DIVISOR).max(1),
+            None => self.rows,
+        }
     }
 
     fn plan(&self) -> Plan {
@@ -127,7 +156,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.rows,
         match &args.redis {
             Some(url) => format!("Redis at {}", redact(url)),
-            None => "in process (memory backend)".to_owned(),
+            None => format!(
+                "in process (memory backend, {})",
+                capacity(args.cache_entries(), args.rows)
+            ),
         },
         args.ttl
     )?;
@@ -191,13 +223,17 @@ async fn build_caches(args: &DemoArgs, namespace: &str) -> anyhow::Result<(Cache
     let ttl = Duration::from_secs(args.ttl);
     let builder = Cache::builder().namespace(namespace).ttl(ttl);
     let Some(url) = &args.redis else {
-        // Room for the whole table: the demo measures the pattern, not evictions.
-        let backend = MemoryBackend::builder().max_entries(args.rows).build();
+        // By default room for the whole table: the demo measures the pattern,
+        // not evictions. A smaller capacity shows that evicting entries does
+        // not let stale fills through (aside keeps its write-path state
+        // outside the bounded cache). Both runs get the same capacity.
+        let entries = args.cache_entries();
+        let backend = MemoryBackend::builder().max_entries(entries).build();
         let cache = builder
             .backend(backend)
             .build()
             .context("invalid cache options (check --namespace)")?;
-        return Ok((cache, Naive::in_memory(args.rows, ttl)));
+        return Ok((cache, Naive::in_memory(entries, ttl)));
     };
     let backend =
         RedisBackend::new(url).with_context(|| format!("invalid --redis URL {}", redact(url)))?;
@@ -222,6 +258,15 @@ async fn build_caches(args: &DemoArgs, namespace: &str) -> anyhow::Result<(Cache
         .build()
         .context("invalid cache options (check --namespace)")?;
     Ok((cache, naive))
+}
+
+/// The in-process cache's capacity, and whether the table fits in it.
+fn capacity(entries: u64, rows: u64) -> String {
+    if entries >= rows {
+        format!("room for {entries} entries: every product")
+    } else {
+        format!("room for {entries} of the {rows} products, so it evicts")
+    }
 }
 
 /// `aside-demo-<pid>-<unix ms>`: runs never read each other's entries.
@@ -297,12 +342,39 @@ mod tests {
             (&["--duration", "0"][..], "--duration"),
             (&["--concurrency", "0"][..], "--concurrency"),
             (&["--ttl", "0"][..], "--ttl"),
+            (&["--cache-entries", "0"][..], "--cache-entries"),
             (&["--load-delay-ms", "60001"][..], "--load-delay-ms"),
         ] {
             match parse(argv).validate() {
                 Ok(()) => panic!("{argv:?} accepted"),
                 Err(e) => assert!(e.to_string().contains(option), "{argv:?}: {e}"),
             }
+        }
+    }
+
+    #[test]
+    fn cache_capacity_defaults_to_the_table_and_can_be_smaller() {
+        assert_eq!(parse(&["--rows", "2000"]).cache_entries(), 2000);
+        assert_eq!(
+            parse(&["--rows", "2000", "--small-cache"]).cache_entries(),
+            500
+        );
+        assert_eq!(parse(&["--rows", "3", "--small-cache"]).cache_entries(), 1);
+        assert_eq!(
+            parse(&["--rows", "2000", "--cache-entries", "100"]).cache_entries(),
+            100
+        );
+    }
+
+    #[test]
+    fn cache_capacity_options_conflict_with_redis_and_each_other() {
+        for argv in [
+            &["--small-cache", "--redis", "redis://127.0.0.1"][..],
+            &["--cache-entries", "10", "--redis", "redis://127.0.0.1"][..],
+            &["--cache-entries", "10", "--small-cache"][..],
+        ] {
+            let argv = std::iter::once("demo").chain(argv.iter().copied());
+            assert!(Wrapper::try_parse_from(argv).is_err());
         }
     }
 

@@ -55,10 +55,10 @@ impl fmt::Debug for Naive {
 }
 
 impl Naive {
-    /// In process, with room for the whole table (as aside's run).
-    pub fn in_memory(rows: u64, ttl: Duration) -> Self {
+    /// In process, holding at most `entries` products (as aside's run).
+    pub fn in_memory(entries: u64, ttl: Duration) -> Self {
         let cache = moka::future::Cache::builder()
-            .max_capacity(rows)
+            .max_capacity(entries)
             .time_to_live(ttl)
             .build();
         Naive {
