@@ -149,7 +149,9 @@ mod xfetch;
 
 #[cfg(feature = "redis")]
 pub use backend::RedisBackend;
-pub use backend::{Backend, FillToken, FillWatch, Lease, MemoryBackend, Stored};
+pub use backend::{
+    Backend, Capabilities, FillToken, FillWatch, Lease, Leases, MemoryBackend, Stored,
+};
 pub use builder::CacheBuilder;
 pub use cache::{Cache, EntryOptions, Invalidation, Value};
 pub use codec::{Codec, Compression};

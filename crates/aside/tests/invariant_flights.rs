@@ -16,7 +16,8 @@ use std::time::Duration;
 use aside::backend::MemoryBackend;
 use aside::clock::ManualClock;
 use aside::{
-    Backend, BackendError, Cache, ErrorKind, FillToken, Invalidation, Lease, RedisBackend, Stored,
+    Backend, BackendError, Cache, Capabilities, ErrorKind, FillToken, Invalidation, Lease, Leases,
+    RedisBackend, Stored,
 };
 use aside_test::RedisServer;
 use tokio::sync::Notify;
@@ -334,6 +335,12 @@ impl Scripted {
 
 #[async_trait::async_trait]
 impl Backend for Scripted {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::remote()
+    }
+    fn leases(&self) -> Option<&dyn Leases> {
+        Some(self)
+    }
     async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError> {
         self.inner.get(key).await
     }
@@ -351,23 +358,6 @@ impl Backend for Scripted {
         marker_ttl: Duration,
     ) -> Result<(Option<Stored>, FillToken), BackendError> {
         self.inner.get_for_fill(key, versions, marker_ttl).await
-    }
-    async fn get_for_fill_leased(
-        &self,
-        key: &str,
-        versions: &[String],
-        marker_ttl: Duration,
-        token: &str,
-        _ttl: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        let (stored, fill) = self.inner.get_for_fill(key, versions, marker_ttl).await?;
-        if self.acquires.fetch_add(1, Ordering::SeqCst) == 0 {
-            self.holding.store(true, Ordering::SeqCst);
-            self.hold_first_acquire.notified().await;
-            // Another process holds the lease.
-            return Ok((stored, fill.with_lease(Lease::Busy(Duration::from_secs(5)))));
-        }
-        Ok((stored, fill.with_lease(Lease::Held(token.to_owned()))))
     }
     async fn fill(
         &self,
@@ -397,6 +387,42 @@ impl Backend for Scripted {
             return Err(BackendError::failed(std::io::Error::other("link down")));
         }
         self.inner.invalidate(keys).await
+    }
+}
+
+/// Leases as the tests script them: only the acquire is of interest.
+#[async_trait::async_trait]
+impl Leases for Scripted {
+    async fn get_for_fill_leased(
+        &self,
+        key: &str,
+        versions: &[String],
+        marker_ttl: Duration,
+        token: &str,
+        _ttl: Duration,
+    ) -> Result<(Option<Stored>, FillToken), BackendError> {
+        let (stored, fill) = self.inner.get_for_fill(key, versions, marker_ttl).await?;
+        if self.acquires.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.holding.store(true, Ordering::SeqCst);
+            self.hold_first_acquire.notified().await;
+            // Another process holds the lease.
+            return Ok((stored, fill.with_lease(Lease::Busy(Duration::from_secs(5)))));
+        }
+        Ok((stored, fill.with_lease(Lease::Held(token.to_owned()))))
+    }
+    async fn renew_lease(
+        &self,
+        _key: &str,
+        _token: &str,
+        _ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        Ok(true)
+    }
+    async fn release_lease(&self, _key: &str, _token: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn watch_fills(&self, _key: &str) -> Option<aside::FillWatch> {
+        None
     }
 }
 

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use aside::clock::ManualClock;
 use aside::{
-    Backend, BackendError, Cache, EntryOptions, FillToken, Invalidation, Lease, LeaseTimeout,
-    MemoryBackend, Stored,
+    Backend, BackendError, Cache, Capabilities, EntryOptions, FillToken, Invalidation, Lease,
+    LeaseTimeout, Leases, MemoryBackend, Stored,
 };
 use tokio::sync::Notify;
 
@@ -178,6 +178,12 @@ struct Scripted {
 
 #[async_trait::async_trait]
 impl Backend for Scripted {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::remote()
+    }
+    fn leases(&self) -> Option<&dyn Leases> {
+        Some(self)
+    }
     async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError> {
         let got = self.inner.get(key).await;
         if self.hold_next_get.swap(false, Ordering::SeqCst) {
@@ -200,23 +206,6 @@ impl Backend for Scripted {
         marker_ttl: Duration,
     ) -> Result<(Option<Stored>, FillToken), BackendError> {
         self.inner.get_for_fill(key, versions, marker_ttl).await
-    }
-    async fn get_for_fill_leased(
-        &self,
-        key: &str,
-        versions: &[String],
-        marker_ttl: Duration,
-        token: &str,
-        _ttl: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        self.acquires.fetch_add(1, Ordering::SeqCst);
-        let (stored, fill) = self.inner.get_for_fill(key, versions, marker_ttl).await?;
-        let lease = if self.busy.load(Ordering::SeqCst) {
-            Lease::Busy(Duration::from_secs(5))
-        } else {
-            Lease::Held(token.to_owned())
-        };
-        Ok((stored, fill.with_lease(lease)))
     }
     async fn fill(
         &self,
@@ -242,6 +231,42 @@ impl Backend for Scripted {
     }
     async fn invalidate(&self, keys: &[String]) -> Result<(), BackendError> {
         self.inner.invalidate(keys).await
+    }
+}
+
+/// Leases as the tests script them: only the acquire is of interest.
+#[async_trait::async_trait]
+impl Leases for Scripted {
+    async fn get_for_fill_leased(
+        &self,
+        key: &str,
+        versions: &[String],
+        marker_ttl: Duration,
+        token: &str,
+        _ttl: Duration,
+    ) -> Result<(Option<Stored>, FillToken), BackendError> {
+        self.acquires.fetch_add(1, Ordering::SeqCst);
+        let (stored, fill) = self.inner.get_for_fill(key, versions, marker_ttl).await?;
+        let lease = if self.busy.load(Ordering::SeqCst) {
+            Lease::Busy(Duration::from_secs(5))
+        } else {
+            Lease::Held(token.to_owned())
+        };
+        Ok((stored, fill.with_lease(lease)))
+    }
+    async fn renew_lease(
+        &self,
+        _key: &str,
+        _token: &str,
+        _ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        Ok(true)
+    }
+    async fn release_lease(&self, _key: &str, _token: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn watch_fills(&self, _key: &str) -> Option<aside::FillWatch> {
+        None
     }
 }
 
@@ -508,6 +533,9 @@ impl Flaky {
 
 #[async_trait::async_trait]
 impl Backend for Flaky {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::remote()
+    }
     async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError> {
         self.check()?;
         self.inner.get(key).await

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 use moka::ops::compute::{CompResult, Op};
 
-use super::{Backend, FillToken, Stored};
+use super::{Backend, Capabilities, FillToken, Stored};
 use crate::error::BackendError;
 
 /// An in-process backend on moka: bounded by entry count or by bytes, with a
@@ -33,11 +33,11 @@ use crate::error::BackendError;
 /// ```
 #[derive(Clone, Debug)]
 pub struct MemoryBackend {
-    cache: moka::future::Cache<String, Entry>,
+    cache: moka::sync::Cache<String, Entry>,
     /// Key markers, by data key.
-    markers: moka::future::Cache<String, Token>,
+    markers: moka::sync::Cache<String, Token>,
     /// Tag and namespace version counters, by counter key.
-    versions: moka::future::Cache<String, Token>,
+    versions: moka::sync::Cache<String, Token>,
 }
 
 #[derive(Clone, Debug)]
@@ -129,7 +129,7 @@ impl MemoryBackendBuilder {
 
     /// Builds the backend.
     pub fn build(self) -> MemoryBackend {
-        let builder = moka::future::Cache::builder().expire_after(PerEntryTtl);
+        let builder = moka::sync::Cache::builder().expire_after(PerEntryTtl);
         let cache = match self.bound {
             Bound::Entries(n) => builder.max_capacity(n).build(),
             Bound::Bytes(n) => builder
@@ -140,7 +140,7 @@ impl MemoryBackendBuilder {
                 .build(),
         };
         let tokens = || {
-            moka::future::Cache::builder()
+            moka::sync::Cache::builder()
                 .expire_after(UntilExpiry)
                 .build()
         };
@@ -170,44 +170,39 @@ impl MemoryBackend {
         self.cache.entry_count()
     }
 
-    /// A read without the trait's boxed future, for the cache's hot path.
-    pub(crate) async fn get_entry(&self, key: &str) -> Option<Stored> {
-        self.cache.get(key).await.map(|e| e.stored)
+    fn get_entry(&self, key: &str) -> Option<Stored> {
+        self.cache.get(key).map(|e| e.stored)
     }
 
-    async fn read_versions(&self, names: &[String]) -> Vec<u64> {
-        let mut out = Vec::with_capacity(names.len());
-        for n in names {
-            out.push(self.versions.get(n).await.map_or(0, |t| t.value));
-        }
-        out
+    fn read_versions(&self, names: &[String]) -> Vec<u64> {
+        names
+            .iter()
+            .map(|n| self.versions.get(n).map_or(0, |t| t.value))
+            .collect()
     }
 
     /// Applies pending maintenance (evictions, expirations) now; for tests.
     #[doc(hidden)]
     pub async fn run_pending_tasks(&self) {
-        self.cache.run_pending_tasks().await;
+        self.cache.run_pending_tasks();
     }
 }
 
 /// The token of `key`, created if absent and kept at least `ttl` from now.
-async fn token_of(tokens: &moka::future::Cache<String, Token>, key: &str, ttl: Duration) -> u64 {
-    let result = tokens
-        .entry_by_ref(key)
-        .and_compute_with(|current| {
-            let token = match current {
-                Some(e) => {
-                    let t = *e.value();
-                    Token {
-                        value: t.value,
-                        until: t.until.max(Instant::now() + ttl),
-                    }
+fn token_of(tokens: &moka::sync::Cache<String, Token>, key: &str, ttl: Duration) -> u64 {
+    let result = tokens.entry_by_ref(key).and_compute_with(|current| {
+        let token = match current {
+            Some(e) => {
+                let t = *e.value();
+                Token {
+                    value: t.value,
+                    until: t.until.max(Instant::now() + ttl),
                 }
-                None => fresh(ttl),
-            };
-            std::future::ready(Op::Put(token))
-        })
-        .await;
+            }
+            None => fresh(ttl),
+        };
+        Op::Put(token)
+    });
     match result {
         CompResult::Inserted(e) | CompResult::ReplacedWith(e) => e.into_value().value,
         // `Op::Put` always inserts or replaces; 0 would only fail the fill.
@@ -219,36 +214,30 @@ async fn token_of(tokens: &moka::future::Cache<String, Token>, key: &str, ttl: D
 /// computes on one key, and a plain removal racing `token_of`'s
 /// read-then-put could be undone by it (the old token put back after it was
 /// removed, which would let a stale fill through).
-async fn remove(tokens: &moka::future::Cache<String, Token>, key: &str) {
-    tokens
-        .entry_by_ref(key)
-        .and_compute_with(|_| std::future::ready(Op::Remove))
-        .await;
+fn remove(tokens: &moka::sync::Cache<String, Token>, key: &str) {
+    tokens.entry_by_ref(key).and_compute_with(|_| Op::Remove);
 }
 
 /// Keeps the token of `key` at least `ttl` from now, if it still exists
 /// (never re-creates one: a re-created token would validate old entries).
-async fn extend(tokens: &moka::future::Cache<String, Token>, key: &str, ttl: Duration) {
+fn extend(tokens: &moka::sync::Cache<String, Token>, key: &str, ttl: Duration) {
     tokens
         .entry_by_ref(key)
-        .and_compute_with(|current| {
-            std::future::ready(match current {
-                Some(e) => {
-                    let t = *e.value();
-                    let until = Instant::now() + ttl;
-                    if t.until >= until {
-                        Op::Nop
-                    } else {
-                        Op::Put(Token {
-                            value: t.value,
-                            until,
-                        })
-                    }
+        .and_compute_with(|current| match current {
+            Some(e) => {
+                let t = *e.value();
+                let until = Instant::now() + ttl;
+                if t.until >= until {
+                    Op::Nop
+                } else {
+                    Op::Put(Token {
+                        value: t.value,
+                        until,
+                    })
                 }
-                None => Op::Nop,
-            })
-        })
-        .await;
+            }
+            None => Op::Nop,
+        });
 }
 
 impl Default for MemoryBackend {
@@ -257,10 +246,20 @@ impl Default for MemoryBackend {
     }
 }
 
+/// Every operation is synchronous (moka's sync cache): the `async` methods
+/// never wait, and the cache's hit path uses [`Backend::get_now`].
 #[async_trait::async_trait]
 impl Backend for MemoryBackend {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::in_process()
+    }
+
+    fn get_now(&self, key: &str) -> Option<Result<Option<Stored>, BackendError>> {
+        Some(Ok(self.get_entry(key)))
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError> {
-        Ok(self.get_entry(key).await)
+        Ok(self.get_entry(key))
     }
 
     async fn get_with_versions(
@@ -268,10 +267,7 @@ impl Backend for MemoryBackend {
         key: &str,
         versions: &[String],
     ) -> Result<(Option<Stored>, Vec<u64>), BackendError> {
-        Ok((
-            self.get_entry(key).await,
-            self.read_versions(versions).await,
-        ))
+        Ok((self.get_entry(key), self.read_versions(versions)))
     }
 
     async fn get_for_fill(
@@ -280,12 +276,12 @@ impl Backend for MemoryBackend {
         versions: &[String],
         marker_ttl: Duration,
     ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        let stored = self.get_entry(key).await;
-        let generation = token_of(&self.markers, key, marker_ttl).await;
-        let mut tokens = Vec::with_capacity(versions.len());
-        for name in versions {
-            tokens.push(token_of(&self.versions, name, marker_ttl).await);
-        }
+        let stored = self.get_entry(key);
+        let generation = token_of(&self.markers, key, marker_ttl);
+        let tokens = versions
+            .iter()
+            .map(|name| token_of(&self.versions, name, marker_ttl))
+            .collect();
         Ok((stored, FillToken::new(generation, tokens)))
     }
 
@@ -303,7 +299,7 @@ impl Backend for MemoryBackend {
         // to be dead.
         if token.generation() == 0
             || token.versions().contains(&0)
-            || self.read_versions(versions).await != token.versions()
+            || self.read_versions(versions) != token.versions()
         {
             return Ok(false);
         }
@@ -315,23 +311,20 @@ impl Backend for MemoryBackend {
         let result = self
             .cache
             .entry_by_ref(key)
-            .and_compute_with(|_| async move {
-                match markers.get(key).await {
-                    Some(t) if t.value == token.generation() => {
-                        remove(markers, key).await;
-                        Op::Put(Entry { stored: value, ttl })
-                    }
-                    _ => Op::Nop,
+            .and_compute_with(|_| match markers.get(key) {
+                Some(t) if t.value == token.generation() => {
+                    remove(markers, key);
+                    Op::Put(Entry { stored: value, ttl })
                 }
-            })
-            .await;
+                _ => Op::Nop,
+            });
         let stored = matches!(
             result,
             CompResult::Inserted(_) | CompResult::ReplacedWith(_)
         );
         if stored {
             for name in versions {
-                extend(&self.versions, name, ttl).await;
+                extend(&self.versions, name, ttl);
             }
         }
         Ok(stored)
@@ -345,22 +338,19 @@ impl Backend for MemoryBackend {
         versions: &[String],
     ) -> Result<(), BackendError> {
         let markers = &self.markers;
-        self.cache
-            .entry_by_ref(key)
-            .and_compute_with(|_| async move {
-                remove(markers, key).await;
-                Op::Put(Entry { stored: value, ttl })
-            })
-            .await;
+        self.cache.entry_by_ref(key).and_compute_with(|_| {
+            remove(markers, key);
+            Op::Put(Entry { stored: value, ttl })
+        });
         for name in versions {
-            extend(&self.versions, name, ttl).await;
+            extend(&self.versions, name, ttl);
         }
         Ok(())
     }
 
     async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError> {
         for name in versions {
-            remove(&self.versions, name).await;
+            remove(&self.versions, name);
         }
         Ok(())
     }
@@ -368,19 +358,12 @@ impl Backend for MemoryBackend {
     async fn invalidate(&self, keys: &[String]) -> Result<(), BackendError> {
         let markers = &self.markers;
         for key in keys {
-            self.cache
-                .entry_by_ref(key)
-                .and_compute_with(|_| async move {
-                    remove(markers, key).await;
-                    Op::Remove
-                })
-                .await;
+            self.cache.entry_by_ref(key).and_compute_with(|_| {
+                remove(markers, key);
+                Op::Remove
+            });
         }
         Ok(())
-    }
-
-    fn is_remote(&self) -> bool {
-        false
     }
 }
 
@@ -392,20 +375,20 @@ mod tests {
     /// the old token in place: it would validate a fill its removal was
     /// meant to refuse. (With moka's plain `invalidate` as the removal, this
     /// failed in the consistency suite: the extend put the token back.)
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_removed_token_never_comes_back() {
+    #[test]
+    fn a_removed_token_never_comes_back() {
         let backend = MemoryBackend::new();
         let ttl = Duration::from_secs(60);
         for i in 0..2_000 {
             let key = format!("k{i}");
-            let old = token_of(&backend.markers, &key, ttl).await;
+            let old = token_of(&backend.markers, &key, ttl);
             let (m1, m2) = (backend.markers.clone(), backend.markers.clone());
             let (k1, k2) = (key.clone(), key.clone());
-            let extend = tokio::spawn(async move { token_of(&m1, &k1, ttl).await });
-            let removal = tokio::spawn(async move { remove(&m2, &k2).await });
-            let _ = extend.await;
-            let _ = removal.await;
-            let now = backend.markers.get(&key).await.map(|t| t.value);
+            let extend = std::thread::spawn(move || token_of(&m1, &k1, ttl));
+            let removal = std::thread::spawn(move || remove(&m2, &k2));
+            let _ = extend.join();
+            let _ = removal.join();
+            let now = backend.markers.get(&key).map(|t| t.value);
             assert_ne!(now, Some(old), "iteration {i}: the removed token came back");
         }
     }
@@ -430,7 +413,7 @@ mod tests {
             .await
             .unwrap_or(true);
         assert!(!stored, "a fill whose marker was removed is refused");
-        assert!(backend.get_entry("k").await.is_none());
+        assert!(backend.get_entry("k").is_none());
         let stored = backend
             .fill("k", Stored::new(vec![2u8]), ttl, &fresh, &[])
             .await

@@ -1,10 +1,24 @@
-//! Where entries live: the [`Backend`] trait and its implementations.
+//! Where entries live: the [`Backend`] trait, its capabilities, and its
+//! implementations.
 //!
-//! A backend stores opaque entry bytes under a string key with a TTL. It knows
-//! nothing of values, codecs, loaders or single-flight: those are the
-//! [`Cache`](crate::Cache)'s job. Keeping the trait this small (tower's "small
-//! traits") is what lets the same cache logic run on an in-process
-//! [`MemoryBackend`] and on a shared [`RedisBackend`].
+//! A backend stores opaque entry bytes under a string key with a TTL, and
+//! the validity tokens that make fills conditional. It knows nothing of
+//! values, codecs, loaders or single-flight: those are the
+//! [`Cache`](crate::Cache)'s job. The trait is split by capability:
+//!
+//! - [`Backend`], the core every backend implements: read, conditional
+//!   fill, set, invalidate, and the tag and namespace tokens. The tokens are
+//!   in the core, not a capability of their own, because a fill checks the
+//!   key's marker and the entry's version tokens in **one** atomic step: a
+//!   backend that offered one without the other could not keep the
+//!   consistency promise.
+//! - [`Capabilities`]: what the cache must do around the backend (time and
+//!   guard remote calls) and may rely on (values handed back as stored).
+//! - [`Leases`] (optional, [`Backend::leases`]): one load of a key across
+//!   every process sharing the backend, and wake-ups when it fills.
+//!
+//! A third party implements [`Backend`] (and [`Leases`] if it can) and runs
+//! the conformance suite in the `aside-test` crate against it.
 //!
 //! Implementations report failures as [`BackendError`]; the cache decides what
 //! a failure means (in `get_or_load`: degrade to the loader).
@@ -67,19 +81,22 @@ pub use redis::{RedisBackend, RedisBackendBuilder};
 ///   missing key is not an error.
 /// - Errors are returned, never panicked; an operation may be cancelled at any
 ///   `.await` (the cache applies its own timeout around remote backends).
+/// - `get_now`, where implemented, answers exactly as `get` would.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// What the cache must do around this backend, and may rely on.
+    fn capabilities(&self) -> Capabilities;
+
+    /// A read that completes without waiting, for backends that can answer
+    /// at once (in-process ones): the cache's hit path then skips the boxed
+    /// future of [`get`](Self::get). `None` (the default) means "use `get`".
+    fn get_now(&self, key: &str) -> Option<Result<Option<Stored>, BackendError>> {
+        let _ = key;
+        None
+    }
+
     /// Reads the entry stored under `key`.
     async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError>;
-
-    /// Reads the entry and the current tokens of the version counters
-    /// `versions` (tags, namespace; 0 for an absent counter), in one round
-    /// trip where the backend can. Creates nothing.
-    async fn get_with_versions(
-        &self,
-        key: &str,
-        versions: &[String],
-    ) -> Result<(Option<Stored>, Vec<u64>), BackendError>;
 
     /// Reads the entry, and the key's marker and the counters `versions`,
     /// creating those that are absent with fresh tokens kept for
@@ -92,8 +109,9 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     ) -> Result<(Option<Stored>, FillToken), BackendError>;
 
     /// Stores `value` for `ttl` if the marker of `key` and the counters
-    /// `versions` still hold the tokens in `token`; keeps those counters at
-    /// least `ttl`.
+    /// `versions` still hold the tokens in `token` (and, if the token holds a
+    /// lease, only while the lease is that token's; the fill releases it);
+    /// keeps those counters at least `ttl`.
     async fn fill(
         &self,
         key: &str,
@@ -102,11 +120,6 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         token: &FillToken,
         versions: &[String],
     ) -> Result<bool, BackendError>;
-
-    /// Removes version counters (a tag's or a namespace's invalidation):
-    /// every entry that recorded their tokens becomes unreadable, and the
-    /// next load creates fresh ones.
-    async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError>;
 
     /// Stores `value` for `ttl` unconditionally and removes the key's marker,
     /// so fills that began earlier fail; keeps the counters `versions` at
@@ -122,12 +135,45 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Deletes `keys` and their markers.
     async fn invalidate(&self, keys: &[String]) -> Result<(), BackendError>;
 
-    /// [`get_for_fill`](Self::get_for_fill), and also tries to take the
-    /// key's *lease* for `ttl` with `token`, so that one load of the key runs
-    /// across every process sharing the backend. The token's
-    /// [`lease`](FillToken::lease) says whether it was taken or is held
-    /// elsewhere. The default has no leases (in-process backends need none:
-    /// single-flight already allows one load per key).
+    /// Reads the entry and the current tokens of the version counters
+    /// `versions` (tags, namespace; 0 for an absent counter), in one round
+    /// trip where the backend can. Creates nothing.
+    async fn get_with_versions(
+        &self,
+        key: &str,
+        versions: &[String],
+    ) -> Result<(Option<Stored>, Vec<u64>), BackendError>;
+
+    /// Removes version counters (a tag's or a namespace's invalidation):
+    /// every entry that recorded their tokens becomes unreadable, and the
+    /// next load creates fresh ones.
+    async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError>;
+
+    /// Checks that the backend answers.
+    async fn ping(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// The backend's leases, if it has them (backends shared by several
+    /// processes should; an in-process backend needs none, single-flight
+    /// already allows one load per key).
+    fn leases(&self) -> Option<&dyn Leases> {
+        None
+    }
+}
+
+/// Leases: one load of a key across every process sharing a backend.
+///
+/// A load takes the key's lease in the same atomic step that re-reads the
+/// entry and its tokens; loads elsewhere that find it taken wait for a
+/// [`FillWatch`] (or for the lease to lapse) instead of loading. The
+/// holder's [`Backend::fill`] writes only while the lease is its own, and
+/// releases it.
+#[async_trait::async_trait]
+pub trait Leases: Send + Sync {
+    /// [`Backend::get_for_fill`], and also tries to take the key's lease for
+    /// `ttl` with `token`. The returned token's [`lease`](FillToken::lease)
+    /// says whether it was taken or is held elsewhere.
     async fn get_for_fill_leased(
         &self,
         key: &str,
@@ -135,10 +181,7 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         marker_ttl: Duration,
         token: &str,
         ttl: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        let _ = (token, ttl);
-        self.get_for_fill(key, versions, marker_ttl).await
-    }
+    ) -> Result<(Option<Stored>, FillToken), BackendError>;
 
     /// Extends a lease this load holds; `false` if it is no longer ours.
     async fn renew_lease(
@@ -146,35 +189,50 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         key: &str,
         token: &str,
         ttl: Duration,
-    ) -> Result<bool, BackendError> {
-        let _ = (key, token, ttl);
-        Ok(true)
-    }
+    ) -> Result<bool, BackendError>;
 
     /// Releases a lease this load holds without filling (the load failed),
     /// waking the loads waiting for it.
-    async fn release_lease(&self, key: &str, token: &str) -> Result<(), BackendError> {
-        let _ = (key, token);
-        Ok(())
-    }
+    async fn release_lease(&self, key: &str, token: &str) -> Result<(), BackendError>;
 
     /// Registers interest in the next fill or lease release of `key`, before
     /// a lease attempt; `None` if the backend cannot notify (waiters then
     /// re-check on a backoff).
-    fn watch_fills(&self, key: &str) -> Option<FillWatch> {
-        let _ = key;
-        None
+    fn watch_fills(&self, key: &str) -> Option<FillWatch>;
+}
+
+/// What a backend needs from the cache around it, and what the cache may rely
+/// on. Build one with [`Capabilities::remote`] or [`Capabilities::in_process`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Operations cross a network (or may block): the cache bounds each one
+    /// with its `backend_timeout` and skips the backend while its breaker is
+    /// open.
+    pub remote: bool,
+    /// The backend hands back the very [`Stored`] it was given and expires
+    /// entries exactly at their TTL: the cache keeps decoded values beside
+    /// the bytes (no decoding on hits) and skips the expiry check of entries
+    /// without time-based policies.
+    pub shares_stored: bool,
+}
+
+impl Capabilities {
+    /// A backend across a network (Redis): timed, guarded, bytes decoded on
+    /// every read and expiry checked by the cache.
+    pub const fn remote() -> Self {
+        Capabilities {
+            remote: true,
+            shares_stored: false,
+        }
     }
 
-    /// Checks that the backend answers.
-    async fn ping(&self) -> Result<(), BackendError> {
-        Ok(())
-    }
-
-    /// Whether operations cross a network (and so need a timeout and a
-    /// breaker). In-process backends return `false`.
-    fn is_remote(&self) -> bool {
-        true
+    /// An in-process backend that keeps what it is given (moka).
+    pub const fn in_process() -> Self {
+        Capabilities {
+            remote: false,
+            shares_stored: true,
+        }
     }
 }
 

@@ -52,7 +52,6 @@ mod resilience;
 pub struct CacheBuilder {
     schema_version: Option<u32>,
     backend: Option<Arc<dyn Backend>>,
-    memory: Option<MemoryBackend>,
     settings: Settings,
 }
 
@@ -61,7 +60,6 @@ impl Default for CacheBuilder {
         Self {
             schema_version: None,
             backend: None,
-            memory: None,
             settings: Settings {
                 namespace: "aside".to_owned(),
                 ttl: Duration::from_secs(300),
@@ -89,16 +87,12 @@ impl Default for CacheBuilder {
 impl CacheBuilder {
     /// Where entries are stored.
     pub fn backend<B: Backend>(mut self, backend: B) -> Self {
-        self.memory = (&backend as &dyn std::any::Any)
-            .downcast_ref::<MemoryBackend>()
-            .cloned();
         self.backend = Some(Arc::new(backend));
         self
     }
 
     /// A backend already behind an `Arc` (to share it between caches).
     pub fn shared_backend(mut self, backend: Arc<dyn Backend>) -> Self {
-        self.memory = None;
         self.backend = Some(backend);
         self
     }
@@ -329,14 +323,11 @@ impl CacheBuilder {
         if let Some(v) = self.schema_version {
             settings.namespace = format!("{}@v{v}", settings.namespace);
         }
-        let (backend, memory) = match self.backend {
-            Some(backend) => (backend, self.memory),
-            None => {
-                let memory = MemoryBackend::new();
-                (Arc::new(memory.clone()) as Arc<dyn Backend>, Some(memory))
-            }
+        let backend = match self.backend {
+            Some(backend) => backend,
+            None => Arc::new(MemoryBackend::new()),
         };
-        Ok(Cache::from_parts(backend, memory, settings))
+        Ok(Cache::from_parts(backend, settings))
     }
 }
 

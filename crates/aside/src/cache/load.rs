@@ -285,33 +285,37 @@ impl Cache {
     /// process holds it.
     async fn acquire<V: Value>(&self, pk: &str, deps: &Deps, mode: Mode) -> Acquired<V> {
         let policy = &self.inner.s.policy;
-        let leased = self.inner.remote && policy.leases;
+        let backend = &*self.inner.backend;
+        let leases = backend.leases().filter(|_| policy.leases);
         let deadline = Instant::now() + policy.lease_wait;
-        let lease_token = if leased { lease_token() } else { String::new() };
+        let lease_token = if leases.is_some() {
+            lease_token()
+        } else {
+            String::new()
+        };
         let mut recheck = FIRST_RECHECK;
         let mut waited = false;
         loop {
             // Registered before the attempt: a fill announced between the
             // attempt and the wait still wakes us.
-            let mut watch = if leased {
-                self.inner.backend.watch_fills(pk)
-            } else {
-                None
-            };
+            let mut watch = leases.and_then(|l| l.watch_fills(pk));
             let read_at = self.inner.flights.now();
             let marker_ttl = self.inner.s.marker_ttl;
-            let read = if leased {
-                self.guarded(self.inner.backend.get_for_fill_leased(
-                    pk,
-                    &deps.keys,
-                    marker_ttl,
-                    &lease_token,
-                    policy.lease_ttl,
-                ))
-                .await
-            } else {
-                self.guarded(self.inner.backend.get_for_fill(pk, &deps.keys, marker_ttl))
+            let read = match leases {
+                Some(l) => {
+                    self.guarded(l.get_for_fill_leased(
+                        pk,
+                        &deps.keys,
+                        marker_ttl,
+                        &lease_token,
+                        policy.lease_ttl,
+                    ))
                     .await
+                }
+                None => {
+                    self.guarded(backend.get_for_fill(pk, &deps.keys, marker_ttl))
+                        .await
+                }
             };
             // Without a marker the fill cannot be made safe: load, do not store.
             let Ok((stored, token)) = read else {
@@ -393,7 +397,8 @@ impl Cache {
     /// Releases the lease `token` holds, if any (the load will not fill).
     pub(super) async fn release(&self, pk: &str, token: Option<&FillToken>) {
         if let Some(Lease::Held(t)) = token.map(FillToken::lease)
-            && let Err(e) = self.guarded(self.inner.backend.release_lease(pk, t)).await
+            && let Some(leases) = self.inner.backend.leases()
+            && let Err(e) = self.guarded(leases.release_lease(pk, t)).await
         {
             // It lapses by itself after `lease_ttl`.
             tracing::debug!(key = %pk, error = %e, "aside: could not release a lease");
@@ -412,12 +417,12 @@ impl Cache {
         let (cache, pk, t) = (self.clone(), pk.to_owned(), t.clone());
         let ttl = self.inner.s.policy.lease_ttl;
         let task = tokio::spawn(async move {
+            let Some(leases) = cache.inner.backend.leases() else {
+                return;
+            };
             loop {
                 tokio::time::sleep(ttl / 3).await;
-                match cache
-                    .guarded(cache.inner.backend.renew_lease(&pk, &t, ttl))
-                    .await
-                {
+                match cache.guarded(leases.renew_lease(&pk, &t, ttl)).await {
                     Ok(true) => {}
                     Ok(false) => return,
                     Err(_) => {}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::{Backend, FillToken, MemoryBackend, Stored};
+use crate::backend::{Backend, Capabilities, FillToken, Stored};
 use crate::breaker::{Breaker, Transition};
 use crate::builder::CacheBuilder;
 use crate::clock::Clock;
@@ -82,10 +82,7 @@ pub struct Cache {
 
 struct Inner {
     backend: Arc<dyn Backend>,
-    /// The same backend when it is a `MemoryBackend`: reads skip the dynamic
-    /// call (and its boxed future) on the hot path.
-    memory: Option<MemoryBackend>,
-    remote: bool,
+    caps: Capabilities,
     s: Settings,
     stats: Counters,
     breaker: Breaker,
@@ -126,12 +123,8 @@ impl Cache {
         CacheBuilder::default()
     }
 
-    pub(crate) fn from_parts(
-        backend: Arc<dyn Backend>,
-        memory: Option<MemoryBackend>,
-        s: Settings,
-    ) -> Self {
-        let remote = backend.is_remote();
+    pub(crate) fn from_parts(backend: Arc<dyn Backend>, s: Settings) -> Self {
+        let caps = backend.capabilities();
         let breaker = Breaker::new(s.backend_failure_threshold, s.backend_retry_after);
         let loader_breaker = s
             .policy
@@ -140,8 +133,7 @@ impl Cache {
         Cache {
             inner: Arc::new(Inner {
                 backend,
-                memory,
-                remote,
+                caps,
                 s,
                 stats: Counters::default(),
                 breaker,
@@ -424,8 +416,9 @@ impl Cache {
 
     async fn lookup<V: Value>(&self, pk: &str, deps: &Deps) -> Result<Lookup<V>, Error> {
         if deps.is_empty() {
-            let stored = match &self.inner.memory {
-                Some(memory) => memory.get_entry(pk).await,
+            // In-process backends answer without a boxed future.
+            let stored = match self.inner.backend.get_now(pk) {
+                Some(read) => read.map_err(|e| self.backend_failed(e))?,
                 None => self.guarded(self.inner.backend.get(pk)).await?,
             };
             let Some(stored) = stored else {
@@ -528,7 +521,7 @@ impl Cache {
         // that keeps an entry longer (a `PERSIST`ed key, a restored
         // snapshot) must not serve it for ever.
         let policy = &self.inner.s.policy;
-        let (age, refresh) = if self.inner.remote || policy.needs_clock() {
+        let (age, refresh) = if !self.inner.caps.shares_stored || policy.needs_clock() {
             let now = self.inner.s.clock.now_ms();
             match policy.age(&env.meta, now) {
                 None => return Lookup::Miss,
@@ -549,7 +542,7 @@ impl Cache {
         } else {
             match env.decode::<V>(self.inner.s.max_value_bytes) {
                 Ok(v) => {
-                    if !self.inner.remote {
+                    if self.inner.caps.shares_stored {
                         stored.remember(v.clone());
                     }
                     Some(v)
@@ -640,7 +633,9 @@ impl Cache {
         )?;
         let stored = match value {
             // In-process backends keep the value next to the bytes: no decode on hits.
-            Some(v) if !self.inner.remote => Stored::with_decoded(bytes, v, stamp.is_empty()),
+            Some(v) if self.inner.caps.shares_stored => {
+                Stored::with_decoded(bytes, v, stamp.is_empty())
+            }
             _ => Stored::new(bytes),
         };
         // The backend keeps the entry through the stale and fail-safe windows.
@@ -654,7 +649,7 @@ impl Cache {
         op: impl Future<Output = Result<T, BackendError>>,
     ) -> Result<T, Error> {
         let inner = &*self.inner;
-        if !inner.remote {
+        if !inner.caps.remote {
             return op.await.map_err(|e| self.backend_failed(e));
         }
         if !inner.breaker.allow() {

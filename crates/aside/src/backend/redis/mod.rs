@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{Backend, FillToken, FillWatch, Lease, Stored, fresh_token};
+use super::{Backend, Capabilities, FillToken, FillWatch, Lease, Leases, Stored, fresh_token};
 use crate::error::{BackendError, Error, ErrorKind};
 
 mod scripts;
@@ -327,6 +327,14 @@ async fn mget(
 
 #[async_trait::async_trait]
 impl Backend for RedisBackend {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::remote()
+    }
+
+    fn leases(&self) -> Option<&dyn Leases> {
+        Some(self)
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError> {
         let mut conn = self.conn.clone();
         let reply: Result<Option<bytes::Bytes>, _> =
@@ -397,52 +405,6 @@ impl Backend for RedisBackend {
         Ok(stored == 1)
     }
 
-    async fn get_for_fill_leased(
-        &self,
-        key: &str,
-        versions: &[String],
-        marker_ttl: Duration,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        self.acquire(key, versions, marker_ttl, token, ttl).await
-    }
-
-    async fn renew_lease(
-        &self,
-        key: &str,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<bool, BackendError> {
-        let mut conn = self.conn.clone();
-        let renewed: u8 = RENEW
-            .key(lease(key))
-            .key(waiters(key))
-            .arg(token)
-            .arg(px(ttl))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(failed)?;
-        Ok(renewed == 1)
-    }
-
-    async fn release_lease(&self, key: &str, token: &str) -> Result<(), BackendError> {
-        let mut conn = self.conn.clone();
-        RELEASE
-            .key(key)
-            .key(lease(key))
-            .key(waiters(key))
-            .arg(token)
-            .arg(FILLS_CHANNEL)
-            .invoke_async::<()>(&mut conn)
-            .await
-            .map_err(failed)
-    }
-
-    fn watch_fills(&self, key: &str) -> Option<FillWatch> {
-        self.subscription.as_ref().map(|s| s.notifier.watch(key))
-    }
-
     async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError> {
         if versions.is_empty() {
             return Ok(());
@@ -496,5 +458,57 @@ impl Backend for RedisBackend {
             .query_async::<()>(&mut conn)
             .await
             .map_err(failed)
+    }
+}
+
+/// Leases are keys beside the entry (`{ns:key}:l`, one slot with it), taken
+/// by the ACQUIRE script; fills and releases are announced on one pub/sub
+/// channel (only when a load waited), heard by the backend's subscriber.
+#[async_trait::async_trait]
+impl Leases for RedisBackend {
+    async fn get_for_fill_leased(
+        &self,
+        key: &str,
+        versions: &[String],
+        marker_ttl: Duration,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<(Option<Stored>, FillToken), BackendError> {
+        self.acquire(key, versions, marker_ttl, token, ttl).await
+    }
+
+    async fn renew_lease(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let mut conn = self.conn.clone();
+        let renewed: u8 = RENEW
+            .key(lease(key))
+            .key(waiters(key))
+            .arg(token)
+            .arg(px(ttl))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(failed)?;
+        Ok(renewed == 1)
+    }
+
+    async fn release_lease(&self, key: &str, token: &str) -> Result<(), BackendError> {
+        let mut conn = self.conn.clone();
+        RELEASE
+            .key(key)
+            .key(lease(key))
+            .key(waiters(key))
+            .arg(token)
+            .arg(FILLS_CHANNEL)
+            .invoke_async::<()>(&mut conn)
+            .await
+            .map_err(failed)
+    }
+
+    fn watch_fills(&self, key: &str) -> Option<FillWatch> {
+        self.subscription.as_ref().map(|s| s.notifier.watch(key))
     }
 }
