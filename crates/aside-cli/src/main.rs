@@ -4,6 +4,9 @@
 //! skewed read-mostly workload through an aside cache, through naive
 //! cache-aside and straight against the database, and prints what the cache
 //! bought and what aside's protection against stale fills changed.
+//!
+//! `aside listen` runs the PostgreSQL change bridge: committed row changes
+//! in the mapped tables invalidate a Redis-backed cache, until Ctrl-C.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -11,6 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod listen;
 
 /// The aside command line.
 #[derive(Debug, Parser)]
@@ -26,6 +30,9 @@ enum Command {
     /// aside, with naive cache-aside and without a cache, and compare hit
     /// ratio, database queries, latency, throughput and stale reads.
     Demo(demo::DemoArgs),
+    /// Listen to PostgreSQL (LISTEN/NOTIFY and a trigger per table) and
+    /// invalidate a Redis-backed cache when mapped rows change, until Ctrl-C.
+    Listen(listen::ListenArgs),
 }
 
 #[tokio::main]
@@ -33,6 +40,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args).await,
+        Command::Listen(args) => listen::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -128,11 +128,15 @@
 //! ## Features
 //! - `redis` (default): [`RedisBackend`].
 //! - `lz4` (default): LZ4 compression of large payloads.
+//! - `postgres`: [`bridge::ChangeBridge`], committed PostgreSQL row changes
+//!   invalidate the cache (LISTEN/NOTIFY and a trigger).
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod backend;
 mod breaker;
+#[cfg(feature = "postgres")]
+pub mod bridge;
 mod builder;
 mod cache;
 pub mod clock;
@@ -152,6 +156,8 @@ pub use backend::RedisBackend;
 pub use backend::{
     Backend, Capabilities, FillToken, FillWatch, Lease, Leases, MemoryBackend, Stored,
 };
+#[cfg(feature = "postgres")]
+pub use bridge::{BridgeHandle, ChangeBridge, TableMap};
 pub use builder::CacheBuilder;
 pub use cache::{Cache, EntryOptions, Invalidation, Value};
 pub use codec::{Codec, Compression};

@@ -256,7 +256,7 @@ pub struct FillToken {
     lease: Lease,
 }
 
-/// A load's lease on a key, as [`Backend::get_for_fill_leased`] found it.
+/// A load's lease on a key, as [`Leases::get_for_fill_leased`] found it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Lease {

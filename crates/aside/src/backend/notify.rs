@@ -94,7 +94,7 @@ impl Notifier {
 }
 
 /// A registration for "the key's value was filled (or its lease released)";
-/// see [`Backend::watch_fills`](super::Backend::watch_fills).
+/// see [`Leases::watch_fills`](super::Leases::watch_fills).
 pub struct FillWatch {
     rx: watch::Receiver<u64>,
     reliable: bool,
