@@ -37,6 +37,26 @@ impl fmt::Debug for Notifier {
     }
 }
 
+/// Fill notifications arrive as pub/sub messages whose payload is the key.
+impl super::BackplaneListener for Notifier {
+    fn connected(&self) {
+        self.set_ready(true);
+        self.notify_all();
+    }
+
+    fn message(&self, payload: &[u8]) {
+        if let Ok(key) = std::str::from_utf8(payload) {
+            self.notify(key);
+        }
+    }
+
+    fn disconnected(&self) {
+        self.set_ready(false);
+        // Waiters fall back to re-checking on their own while we are away.
+        self.notify_all();
+    }
+}
+
 impl Notifier {
     /// Registers interest in `key`.
     pub fn watch(self: &Arc<Self>, key: &str) -> FillWatch {

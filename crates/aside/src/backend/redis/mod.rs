@@ -8,9 +8,13 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use super::{Backend, Capabilities, FillToken, FillWatch, Lease, Leases, Stored, fresh_token};
 use crate::error::{BackendError, Error, ErrorKind};
 
+mod backplane;
 mod scripts;
 mod subscriber;
 
+pub use backplane::RedisBackplane;
+
+use crate::backend::Notifier;
 use scripts::{ACQUIRE, FILL, FILLS_CHANNEL, RELEASE, RENEW, SET, lease, marker, waiters};
 use subscriber::Subscription;
 
@@ -42,7 +46,16 @@ pub struct RedisBackend {
     conn: ConnectionManager,
     /// Fill notifications for lease waiters; `None` when built from a bare
     /// connection manager (waiters then re-check on a backoff).
-    subscription: Option<Arc<Subscription>>,
+    fills: Option<Arc<Fills>>,
+    /// For subscriptions of our own (the backplane).
+    client: Option<(redis::Client, Duration)>,
+}
+
+/// The fill-notification subscription and the watches it wakes.
+#[derive(Debug)]
+struct Fills {
+    notifier: Arc<Notifier>,
+    _subscription: Subscription,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -135,10 +148,21 @@ impl RedisBackendBuilder {
             .set_response_timeout(None);
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| Error::with_source(ErrorKind::Config, "invalid Redis connection", e))?;
-        let subscription = Subscription::start(client, self.connect_timeout);
+        let notifier = Arc::new(Notifier::default());
+        let listener: Arc<dyn crate::backend::BackplaneListener> = notifier.clone();
+        let subscription = Subscription::start(
+            client.clone(),
+            self.connect_timeout,
+            FILLS_CHANNEL.to_owned(),
+            Arc::downgrade(&listener),
+        );
         Ok(RedisBackend {
             conn,
-            subscription: Some(Arc::new(subscription)),
+            fills: Some(Arc::new(Fills {
+                notifier,
+                _subscription: subscription,
+            })),
+            client: Some((client, self.connect_timeout)),
         })
     }
 }
@@ -199,7 +223,8 @@ impl RedisBackend {
     pub fn from_connection_manager(conn: ConnectionManager) -> Self {
         RedisBackend {
             conn,
-            subscription: None,
+            fills: None,
+            client: None,
         }
     }
 
@@ -229,6 +254,27 @@ impl RedisBackend {
         }
         let reply: Vec<redis::Value> = invocation.invoke_async(&mut conn).await.map_err(failed)?;
         parse_acquire(reply, lease_token)
+    }
+
+    /// A [`Backplane`](crate::backend::Backplane) on this Redis: pub/sub on
+    /// `channel`, published through this backend's connection, heard on a
+    /// connection of its own.
+    ///
+    /// # Errors
+    /// `Config` for a backend built from a bare connection manager: it has no
+    /// client to subscribe with.
+    pub fn backplane(&self, channel: impl Into<String>) -> Result<RedisBackplane, Error> {
+        let Some((client, connect_timeout)) = self.client.clone() else {
+            return Err(Error::config(
+                "a backplane needs a RedisBackend built from a URL (it subscribes with its client)",
+            ));
+        };
+        Ok(RedisBackplane::new(
+            self.conn.clone(),
+            client,
+            connect_timeout,
+            channel.into(),
+        ))
     }
 
     /// The underlying connection, for commands of your own.
@@ -509,6 +555,6 @@ impl Leases for RedisBackend {
     }
 
     fn watch_fills(&self, key: &str) -> Option<FillWatch> {
-        self.subscription.as_ref().map(|s| s.notifier.watch(key))
+        self.fills.as_ref().map(|f| f.notifier.watch(key))
     }
 }

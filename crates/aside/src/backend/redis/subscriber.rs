@@ -1,36 +1,32 @@
-//! The one pub/sub connection of a Redis backend: it hears fills and lease
-//! releases announced on [`FILLS_CHANNEL`] and wakes the local loads waiting
-//! for those keys.
+//! A Redis pub/sub subscription that stays up: one connection per use (fill
+//! notifications, the backplane), reconnecting with backoff, telling its
+//! [`Listener`] when it is live and when it stopped being live.
 //!
-//! It runs in its own task for as long as the backend lives, reconnecting
-//! with backoff. After every (re)subscription it wakes *all* waiters:
-//! announcements made while it was disconnected are lost, and a waiter that
-//! re-reads its key for nothing costs one round trip, while one that misses
-//! its wake-up would wait out the lease.
+//! It runs in its own task for as long as its owner lives. A listener must
+//! treat every (re)connection as a gap: what was published while the
+//! subscription was away is lost (pub/sub keeps nothing).
 //!
 //! A connection can also die without closing (a half-open TCP connection:
 //! a dropped route, a frozen server): nothing arrives and nothing fails. So
 //! the subscriber PINGs every [`PING_EVERY`] and treats a PING unanswered
-//! within [`PING_TIMEOUT`] as a lost connection: waiters are told to stop
-//! trusting notifications (they re-check on their own) and it reconnects.
+//! within [`PING_TIMEOUT`] as a lost connection: the listener hears
+//! `disconnected`, and the subscriber reconnects.
 
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use super::scripts::FILLS_CHANNEL;
-use crate::backend::Notifier;
+use crate::backend::BackplaneListener as Listener;
 
 /// How often the subscription's liveness is checked.
 const PING_EVERY: Duration = Duration::from_millis(500);
 /// How long a PING may go unanswered before the connection counts as lost.
 const PING_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Aborts the subscriber task when the last clone of the backend goes.
+/// Aborts the subscriber task when dropped.
 #[derive(Debug)]
-pub(super) struct Subscription {
-    pub notifier: Arc<Notifier>,
+pub(crate) struct Subscription {
     task: tokio::task::AbortHandle,
 }
 
@@ -41,25 +37,33 @@ impl Drop for Subscription {
 }
 
 impl Subscription {
-    /// Starts the subscriber. Must be called inside a tokio runtime.
-    pub fn start(client: redis::Client, connect_timeout: Duration) -> Self {
-        let notifier = Arc::new(Notifier::default());
-        let weak = Arc::downgrade(&notifier);
-        let task = tokio::spawn(run(client, connect_timeout, weak)).abort_handle();
-        Subscription { notifier, task }
+    /// Subscribes to `channel` and feeds `listener` until dropped (or until
+    /// the listener is gone). Must be called inside a tokio runtime.
+    pub fn start(
+        client: redis::Client,
+        connect_timeout: Duration,
+        channel: String,
+        listener: Weak<dyn Listener>,
+    ) -> Self {
+        let task = tokio::spawn(run(client, connect_timeout, channel, listener)).abort_handle();
+        Subscription { task }
     }
 }
 
-async fn run(client: redis::Client, connect_timeout: Duration, notifier: Weak<Notifier>) {
+async fn run(
+    client: redis::Client,
+    connect_timeout: Duration,
+    channel: String,
+    listener: Weak<dyn Listener>,
+) {
     let mut pause = Duration::from_millis(50);
     loop {
-        match subscribe(&client, connect_timeout).await {
+        match subscribe(&client, connect_timeout, &channel).await {
             Ok(pubsub) => {
                 pause = Duration::from_millis(50);
-                let Some(n) = notifier.upgrade() else { return };
-                n.set_ready(true);
-                n.notify_all();
-                drop(n);
+                let Some(l) = listener.upgrade() else { return };
+                l.connected();
+                drop(l);
                 let (mut sink, mut messages) = pubsub.split();
                 let mut ping = tokio::time::interval(PING_EVERY);
                 ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -67,31 +71,27 @@ async fn run(client: redis::Client, connect_timeout: Duration, notifier: Weak<No
                     tokio::select! {
                         msg = messages.next() => {
                             let Some(msg) = msg else { break };
-                            let Some(n) = notifier.upgrade() else { return };
-                            if let Ok(key) = std::str::from_utf8(msg.get_payload_bytes()) {
-                                n.notify(key);
-                            }
+                            let Some(l) = listener.upgrade() else { return };
+                            l.message(msg.get_payload_bytes());
                         }
                         _ = ping.tick() => {
                             let pong = tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await;
                             if !matches!(pong, Ok(Ok(_))) {
-                                tracing::debug!("aside: fill notifications stopped answering PING");
+                                tracing::debug!(%channel, "aside: subscription stopped answering PING");
                                 break;
                             }
                         }
                     }
                 }
-                tracing::debug!("aside: fill notifications disconnected; reconnecting");
+                tracing::debug!(%channel, "aside: subscription lost; reconnecting");
             }
             Err(e) => {
-                tracing::debug!(error = %e, "aside: could not subscribe to fill notifications");
+                tracing::debug!(%channel, error = %e, "aside: could not subscribe");
             }
         }
-        let Some(n) = notifier.upgrade() else { return };
-        n.set_ready(false);
-        // Waiters fall back to re-checking on their own while we are away.
-        n.notify_all();
-        drop(n);
+        let Some(l) = listener.upgrade() else { return };
+        l.disconnected();
+        drop(l);
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(1));
     }
@@ -100,10 +100,11 @@ async fn run(client: redis::Client, connect_timeout: Duration, notifier: Weak<No
 async fn subscribe(
     client: &redis::Client,
     connect_timeout: Duration,
+    channel: &str,
 ) -> Result<redis::aio::PubSub, redis::RedisError> {
     let connect = async {
         let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(FILLS_CHANNEL).await?;
+        pubsub.subscribe(channel).await?;
         Ok(pubsub)
     };
     match tokio::time::timeout(connect_timeout.max(Duration::from_millis(100)), connect).await {

@@ -1,0 +1,284 @@
+//! The in-process level of a [`TieredBackend`](super::TieredBackend): entries
+//! and version tokens copied from L2, and the rules that keep a copy from
+//! outliving what it copies.
+//!
+//! Two races matter, and each has one rule:
+//!
+//! - **A late copy.** A read of L2 returns an entry, an invalidation removes
+//!   it from L2 and evicts it here, and only then the read puts its copy
+//!   here: a stale copy that nothing will evict. So every copy is taken
+//!   under a *guard*: a token created before the L2 read; eviction removes
+//!   it, and the copy is put (under the key's compute lock, which eviction
+//!   also takes) only while the guard is still there.
+//! - **A gap.** Messages that were never heard (the subscription was down)
+//!   may have evicted anything. A gap bumps the *epoch*: every copy records
+//!   the epoch it was put in, and a copy of an older epoch is a miss. O(1),
+//!   however many entries there are. While the subscription is down the
+//!   level is not *trusted* at all: reads go to L2 and nothing is copied.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::ops::compute::Op;
+
+use crate::backend::Stored;
+
+#[derive(Clone, Debug)]
+struct Copy<T> {
+    value: T,
+    epoch: u64,
+    ttl: Duration,
+}
+
+struct CopyTtl;
+
+impl<T> Expiry<String, Copy<T>> for CopyTtl {
+    fn expire_after_create(&self, _: &String, c: &Copy<T>, _: Instant) -> Option<Duration> {
+        Some(c.ttl)
+    }
+    fn expire_after_update(
+        &self,
+        _: &String,
+        c: &Copy<T>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(c.ttl)
+    }
+}
+
+/// The right to put one copy: see the module doc.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Guard {
+    token: u64,
+    epoch: u64,
+}
+
+/// How long a guard waits for its copy at most (an L2 read is far shorter).
+const GUARD_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+pub(super) struct L1 {
+    entries: moka::sync::Cache<String, Copy<Stored>>,
+    versions: moka::sync::Cache<String, Copy<u64>>,
+    /// Guards of entries (`e` + key) and versions (`v` + key).
+    guards: moka::sync::Cache<String, u64>,
+    epoch: AtomicU64,
+    trusted: AtomicBool,
+    next: AtomicU64,
+}
+
+impl L1 {
+    pub fn new(max_entries: u64, trusted: bool) -> Self {
+        L1 {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(CopyTtl)
+                .build(),
+            // Few: one per tag in use.
+            versions: moka::sync::Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(CopyTtl)
+                .build(),
+            guards: moka::sync::Cache::builder().time_to_live(GUARD_TTL).build(),
+            epoch: AtomicU64::new(0),
+            trusted: AtomicBool::new(trusted),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn is_trusted(&self) -> bool {
+        self.trusted.load(Ordering::Acquire)
+    }
+
+    pub fn set_trusted(&self, trusted: bool) {
+        self.trusted.store(trusted, Ordering::Release);
+    }
+
+    /// Everything copied before now is stale.
+    pub fn gap(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn get(&self, key: &str) -> Option<Stored> {
+        if !self.is_trusted() {
+            return None;
+        }
+        let epoch = self.epoch();
+        self.entries
+            .get(key)
+            .filter(|c| c.epoch == epoch)
+            .map(|c| c.value)
+    }
+
+    /// The copied tokens of all of `keys`, or `None` if any is missing.
+    pub fn versions(&self, keys: &[String]) -> Option<Vec<u64>> {
+        if !self.is_trusted() {
+            return None;
+        }
+        let epoch = self.epoch();
+        keys.iter()
+            .map(|k| {
+                self.versions
+                    .get(k)
+                    .filter(|c| c.epoch == epoch)
+                    .map(|c| c.value)
+            })
+            .collect()
+    }
+
+    pub fn guard(&self, key: &str) -> Guard {
+        self.guard_of(&format!("e{key}"))
+    }
+
+    pub fn guard_version(&self, key: &str) -> Guard {
+        self.guard_of(&format!("v{key}"))
+    }
+
+    fn guard_of(&self, gkey: &str) -> Guard {
+        let epoch = self.epoch();
+        let fresh = self.next.fetch_add(1, Ordering::Relaxed);
+        let token = *self
+            .guards
+            .entry_by_ref(gkey)
+            .or_insert_with(|| fresh)
+            .value();
+        Guard { token, epoch }
+    }
+
+    /// Puts a copy of an entry if its guard still holds.
+    pub fn put(&self, key: &str, guard: Guard, value: Stored, ttl: Duration) {
+        put_guarded(
+            &self.entries,
+            &self.guards,
+            key,
+            &format!("e{key}"),
+            guard,
+            self,
+            value,
+            ttl,
+        );
+    }
+
+    /// Puts a copy of a version token if its guard still holds.
+    pub fn put_version(&self, key: &str, guard: Guard, token: u64, ttl: Duration) {
+        if token == 0 {
+            return;
+        }
+        put_guarded(
+            &self.versions,
+            &self.guards,
+            key,
+            &format!("v{key}"),
+            guard,
+            self,
+            token,
+            ttl,
+        );
+    }
+
+    pub fn evict(&self, keys: &[String]) {
+        for key in keys {
+            evict_guarded(&self.entries, &self.guards, key, &format!("e{key}"));
+        }
+    }
+
+    pub fn evict_versions(&self, keys: &[String]) {
+        for key in keys {
+            evict_guarded(&self.versions, &self.guards, key, &format!("v{key}"));
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.entries.entry_count()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn put_guarded<T: Clone + Send + Sync + 'static>(
+    cache: &moka::sync::Cache<String, Copy<T>>,
+    guards: &moka::sync::Cache<String, u64>,
+    key: &str,
+    gkey: &str,
+    guard: Guard,
+    l1: &L1,
+    value: T,
+    ttl: Duration,
+) {
+    if ttl.is_zero() || !l1.is_trusted() || l1.epoch() != guard.epoch {
+        return;
+    }
+    cache.entry_by_ref(key).and_compute_with(|_| {
+        if guards.get(gkey) == Some(guard.token) {
+            Op::Put(Copy {
+                value,
+                epoch: guard.epoch,
+                ttl,
+            })
+        } else {
+            Op::Nop
+        }
+    });
+}
+
+fn evict_guarded<T: Clone + Send + Sync + 'static>(
+    cache: &moka::sync::Cache<String, Copy<T>>,
+    guards: &moka::sync::Cache<String, u64>,
+    key: &str,
+    gkey: &str,
+) {
+    // Under the key's compute lock, like `put_guarded`: a put either lands
+    // before (and is removed here) or finds its guard gone.
+    cache.entry_by_ref(key).and_compute_with(|_| {
+        guards.invalidate(gkey);
+        Op::Remove
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored() -> Stored {
+        Stored::new(vec![1u8])
+    }
+
+    #[test]
+    fn a_copy_taken_before_an_eviction_is_not_put() {
+        let l1 = L1::new(100, true);
+        let g = l1.guard("k");
+        l1.evict(&["k".to_owned()]);
+        l1.put("k", g, stored(), Duration::from_secs(10));
+        assert!(l1.get("k").is_none());
+        let g = l1.guard("k");
+        l1.put("k", g, stored(), Duration::from_secs(10));
+        assert!(l1.get("k").is_some());
+    }
+
+    #[test]
+    fn a_gap_makes_every_copy_stale_and_untrusted_reads_miss() {
+        let l1 = L1::new(100, true);
+        let g = l1.guard("k");
+        l1.put("k", g, stored(), Duration::from_secs(10));
+        let gv = l1.guard_version("t");
+        l1.put_version("t", gv, 7, Duration::from_secs(10));
+        assert_eq!(l1.versions(&["t".to_owned()]), Some(vec![7]));
+        l1.gap();
+        assert!(l1.get("k").is_none());
+        assert_eq!(l1.versions(&["t".to_owned()]), None);
+        // A guard taken before the gap cannot put after it.
+        let g = l1.guard("j");
+        l1.gap();
+        l1.put("j", g, stored(), Duration::from_secs(10));
+        assert!(l1.get("j").is_none());
+        l1.set_trusted(false);
+        let g = l1.guard("k");
+        l1.put("k", g, stored(), Duration::from_secs(10));
+        assert!(l1.get("k").is_none());
+    }
+}

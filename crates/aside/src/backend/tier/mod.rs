@@ -1,0 +1,498 @@
+//! Two levels: an in-process copy (L1, moka) in front of a shared backend
+//! (L2, Redis), kept honest by a backplane.
+//!
+//! # Design
+//! - **L2 is the truth.** Tokens, conditional fills, leases: everything of
+//!   the consistency promise happens in L2, exactly as without L1. L1 only
+//!   keeps *copies* of what L2 answered (entries, and tag and namespace
+//!   tokens), so an L1 hit costs no round trip, tagged entries included.
+//! - **A copy never outlives its cause.** Copies are put under a guard taken
+//!   before the L2 call, and evictions remove the guard (see `l1`): a read or
+//!   fill that raced an invalidation cannot leave an old copy behind. An
+//!   instance evicts its own copies after its L2 write and before its
+//!   invalidation returns, so in that instance the promise holds as it does
+//!   without L1.
+//! - **Other instances hear it on the backplane.** Every invalidation, tag or
+//!   namespace invalidation and `set` publishes a message (see `events`);
+//!   the others evict their copies when it arrives (a few milliseconds on a
+//!   LAN). Until then they may serve their copy: that window is the price of
+//!   a round-trip-free hit, and it is bounded three ways:
+//!   1. the backplane's delivery time, when it works;
+//!   2. a **gap** (the subscription was lost, PING unanswered, a jump in a
+//!      sender's message numbers, a message not understood) makes every copy
+//!      stale at once (an epoch), and while the subscription is down L1 is
+//!      not used at all;
+//!   3. every copy lives at most [`max_l1_age`](TieredBackendBuilder::max_l1_age)
+//!      and never past the entry's own TTL, even if every message is lost.
+//! - **Other services** can publish the same messages (without `src`):
+//!   instances apply them to L2 as well as to their copies.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{
+    Backend, Backplane, BackplaneListener, BackplaneSubscription, Capabilities, FillToken, Leases,
+    Stored,
+};
+use crate::error::{BackendError, Error};
+
+mod events;
+mod l1;
+
+use events::{Message, Op};
+use l1::L1;
+
+/// A two-level backend: [`MemoryBackend`](super::MemoryBackend)-like copies
+/// in process, in front of any backend (Redis), with an optional
+/// [`Backplane`] to hear other instances' invalidations.
+///
+/// ```no_run
+/// use aside::backend::{RedisBackend, TieredBackend};
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), aside::Error> {
+/// let redis = RedisBackend::new("redis://127.0.0.1:6379")?;
+/// let backplane = redis.backplane("aside:events")?;
+/// let tiered = TieredBackend::builder(redis)
+///     .l1_max_entries(50_000)
+///     .max_l1_age(Duration::from_secs(10))
+///     .backplane(backplane)
+///     .build()?;
+/// let cache = aside::Cache::builder().namespace("shop").backend(tiered).build()?;
+/// # let _ = cache; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct TieredBackend {
+    inner: Arc<Tier>,
+}
+
+struct Tier {
+    l1: L1,
+    l2: Arc<dyn Backend>,
+    max_l1_age: Duration,
+    backplane: Option<Arc<dyn Backplane>>,
+    /// This instance's name on the backplane, and its message numbers.
+    id: String,
+    seq: AtomicU64,
+    /// Keeps the subscription (and its listener) alive.
+    link: Mutex<Option<(Arc<Link>, BackplaneSubscription)>>,
+    stats: Counters,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    l1_hits: AtomicU64,
+    l1_misses: AtomicU64,
+    published: AtomicU64,
+    publish_errors: AtomicU64,
+    received: AtomicU64,
+    foreign: AtomicU64,
+    gaps: AtomicU64,
+}
+
+/// A snapshot of a [`TieredBackend`]'s counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TieredStats {
+    /// Reads answered by an in-process copy.
+    pub l1_hits: u64,
+    /// Reads that went to L2.
+    pub l1_misses: u64,
+    /// Messages sent on the backplane.
+    pub published: u64,
+    /// Messages that could not be sent (the others learn of it as a gap).
+    pub publish_errors: u64,
+    /// Messages heard from other instances or services.
+    pub received: u64,
+    /// Of those, messages from other services (applied to L2 too).
+    pub foreign: u64,
+    /// Gaps: every in-process copy was dropped at once.
+    pub gaps: u64,
+    /// In-process copies (approximate).
+    pub l1_entries: u64,
+}
+
+impl fmt::Debug for TieredBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TieredBackend")
+            .field("l2", &self.inner.l2)
+            .field("max_l1_age", &self.inner.max_l1_age)
+            .field("backplane", &self.inner.backplane)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`TieredBackend`].
+#[must_use]
+pub struct TieredBackendBuilder {
+    l2: Arc<dyn Backend>,
+    l1_max_entries: u64,
+    max_l1_age: Duration,
+    backplane: Option<Arc<dyn Backplane>>,
+}
+
+impl fmt::Debug for TieredBackendBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TieredBackendBuilder")
+            .field("l1_max_entries", &self.l1_max_entries)
+            .field("max_l1_age", &self.max_l1_age)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TieredBackendBuilder {
+    /// How many entries L1 keeps (default 10,000).
+    pub fn l1_max_entries(mut self, n: u64) -> Self {
+        self.l1_max_entries = n;
+        self
+    }
+
+    /// The longest an in-process copy is served (default 10 s): the bound on
+    /// staleness across instances if every backplane message were lost.
+    pub fn max_l1_age(mut self, age: Duration) -> Self {
+        self.max_l1_age = age;
+        self
+    }
+
+    /// Hear other instances' invalidations (and tell them ours), for example
+    /// [`RedisBackend::backplane`](crate::RedisBackend::backplane). Without
+    /// one, copies are only bounded by `max_l1_age`.
+    pub fn backplane(mut self, backplane: impl Backplane + 'static) -> Self {
+        self.backplane = Some(Arc::new(backplane));
+        self
+    }
+
+    /// Builds the backend and subscribes to the backplane.
+    ///
+    /// # Errors
+    /// `Config` for a zero `max_l1_age` or L1 size, or outside a tokio runtime
+    /// when there is a backplane (its subscription is a task).
+    pub fn build(self) -> Result<TieredBackend, Error> {
+        if self.max_l1_age.is_zero() || self.l1_max_entries == 0 {
+            return Err(Error::config(
+                "max_l1_age and l1_max_entries must be greater than zero",
+            ));
+        }
+        if self.backplane.is_some() && tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::config(
+                "a TieredBackend with a backplane must be built inside a tokio runtime",
+            ));
+        }
+        // Without a backplane there is nothing to wait for; with one, copies
+        // are trusted only once the subscription is live.
+        let trusted = self.backplane.is_none();
+        let inner = Arc::new(Tier {
+            l1: L1::new(self.l1_max_entries, trusted),
+            l2: self.l2,
+            max_l1_age: self.max_l1_age,
+            backplane: self.backplane,
+            id: format!("{:016x}", rand::random::<u64>()),
+            seq: AtomicU64::new(0),
+            link: Mutex::new(None),
+            stats: Counters::default(),
+        });
+        if let Some(backplane) = &inner.backplane {
+            let link = Arc::new(Link {
+                tier: Arc::downgrade(&inner),
+                sources: Mutex::new(HashMap::new()),
+            });
+            let listener: Arc<dyn BackplaneListener> = link.clone();
+            let subscription = backplane.subscribe(Arc::downgrade(&listener));
+            *inner.link.lock().unwrap_or_else(PoisonError::into_inner) = Some((link, subscription));
+        }
+        Ok(TieredBackend { inner })
+    }
+}
+
+impl TieredBackend {
+    /// A builder over `l2`.
+    pub fn builder(l2: impl Backend) -> TieredBackendBuilder {
+        TieredBackendBuilder {
+            l2: Arc::new(l2),
+            l1_max_entries: 10_000,
+            max_l1_age: Duration::from_secs(10),
+            backplane: None,
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> TieredStats {
+        let c = &self.inner.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TieredStats {
+            l1_hits: get(&c.l1_hits),
+            l1_misses: get(&c.l1_misses),
+            published: get(&c.published),
+            publish_errors: get(&c.publish_errors),
+            received: get(&c.received),
+            foreign: get(&c.foreign),
+            gaps: get(&c.gaps),
+            l1_entries: self.inner.l1.len(),
+        }
+    }
+}
+
+impl Tier {
+    /// How long a copy of `stored` may be served: never past the entry's
+    /// hard TTL (read from its header), never past `max_l1_age`.
+    fn l1_ttl(&self, stored: &Stored) -> Duration {
+        let Ok(env) = crate::envelope::parse(stored.bytes()) else {
+            return Duration::ZERO;
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let expires = env
+            .meta
+            .written_at_ms
+            .saturating_add(u64::try_from(env.meta.ttl.as_millis()).unwrap_or(u64::MAX));
+        Duration::from_millis(expires.saturating_sub(now)).min(self.max_l1_age)
+    }
+
+    fn count(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Tells the other instances; a failure is theirs to notice (a jump in
+    /// our numbers is a gap to them).
+    async fn publish(&self, op: Op, keys: &[String]) {
+        let Some(backplane) = &self.backplane else {
+            return;
+        };
+        let message = Message {
+            v: events::VERSION,
+            src: Some(self.id.clone()),
+            seq: self.seq.fetch_add(1, Ordering::AcqRel) + 1,
+            op,
+            keys: keys.to_vec(),
+        };
+        match backplane.publish(&message.encode()).await {
+            Ok(()) => self.count(&self.stats.published),
+            Err(e) => {
+                self.count(&self.stats.publish_errors);
+                tracing::warn!(error = %e, "aside: could not publish an invalidation on the backplane");
+            }
+        }
+    }
+
+    fn gap(&self) {
+        self.count(&self.stats.gaps);
+        self.l1.gap();
+    }
+}
+
+/// The backplane's listener: applies what other instances and services say.
+struct Link {
+    tier: Weak<Tier>,
+    /// The last message number heard from each instance.
+    sources: Mutex<HashMap<String, u64>>,
+}
+
+/// Instances remembered at most; past it the map starts over (a gap, since a
+/// jump could no longer be seen).
+const MAX_SOURCES: usize = 10_000;
+
+impl BackplaneListener for Link {
+    fn connected(&self) {
+        if let Some(tier) = self.tier.upgrade() {
+            // Whatever was published while we were away is lost.
+            tier.gap();
+            tier.l1.set_trusted(true);
+        }
+    }
+
+    fn disconnected(&self) {
+        if let Some(tier) = self.tier.upgrade() {
+            tier.l1.set_trusted(false);
+            tier.gap();
+        }
+    }
+
+    fn message(&self, payload: &[u8]) {
+        let Some(tier) = self.tier.upgrade() else {
+            return;
+        };
+        let Some(message) = Message::decode(payload) else {
+            tracing::warn!(
+                "aside: a backplane message was not understood; dropping in-process copies"
+            );
+            tier.gap();
+            return;
+        };
+        match &message.src {
+            Some(src) if *src == tier.id => return,
+            Some(src) => {
+                let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+                if sources.len() >= MAX_SOURCES && !sources.contains_key(src) {
+                    sources.clear();
+                    tier.gap();
+                }
+                let last = sources.insert(src.clone(), message.seq);
+                if last.is_some_and(|l| message.seq != l.wrapping_add(1)) {
+                    tracing::debug!(source = %src, "aside: backplane messages were lost");
+                    tier.gap();
+                }
+            }
+            None => {}
+        }
+        tier.count(&tier.stats.received);
+        match message.op {
+            Op::Keys => tier.l1.evict(&message.keys),
+            Op::Versions => tier.l1.evict_versions(&message.keys),
+            Op::Clear => tier.gap(),
+        }
+        if message.src.is_none() && message.op != Op::Clear {
+            // From another service: nobody else applies it to L2.
+            tier.count(&tier.stats.foreign);
+            let tier = Arc::clone(&tier);
+            tokio::spawn(async move {
+                let applied = match message.op {
+                    Op::Versions => tier.l2.bump_versions(&message.keys).await,
+                    _ => tier.l2.invalidate(&message.keys).await,
+                };
+                if let Err(e) = applied {
+                    tracing::warn!(error = %e, "aside: could not apply another service's invalidation");
+                }
+                // Copies put while it ran were read before it landed.
+                match message.op {
+                    Op::Versions => tier.l1.evict_versions(&message.keys),
+                    _ => tier.l1.evict(&message.keys),
+                }
+            });
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for TieredBackend {
+    fn capabilities(&self) -> Capabilities {
+        // Copies hand back the very `Stored` (decoded values kept) and never
+        // outlive the entry's TTL; L2's calls need L2's guards.
+        Capabilities {
+            remote: self.inner.l2.capabilities().remote,
+            shares_stored: true,
+        }
+    }
+
+    fn get_now(&self, key: &str) -> Option<Result<Option<Stored>, BackendError>> {
+        let hit = self.inner.l1.get(key)?;
+        self.inner.count(&self.inner.stats.l1_hits);
+        Some(Ok(Some(hit)))
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError> {
+        let t = &self.inner;
+        if let Some(hit) = t.l1.get(key) {
+            t.count(&t.stats.l1_hits);
+            return Ok(Some(hit));
+        }
+        t.count(&t.stats.l1_misses);
+        let guard = t.l1.guard(key);
+        let stored = t.l2.get(key).await?;
+        if let Some(s) = &stored {
+            t.l1.put(key, guard, s.clone(), t.l1_ttl(s));
+        }
+        Ok(stored)
+    }
+
+    async fn get_with_versions(
+        &self,
+        key: &str,
+        versions: &[String],
+    ) -> Result<(Option<Stored>, Vec<u64>), BackendError> {
+        let t = &self.inner;
+        if let (Some(hit), Some(tokens)) = (t.l1.get(key), t.l1.versions(versions)) {
+            t.count(&t.stats.l1_hits);
+            return Ok((Some(hit), tokens));
+        }
+        t.count(&t.stats.l1_misses);
+        let guard = t.l1.guard(key);
+        let guards: Vec<_> = versions.iter().map(|v| t.l1.guard_version(v)).collect();
+        let (stored, tokens) = t.l2.get_with_versions(key, versions).await?;
+        for ((name, g), token) in versions.iter().zip(guards).zip(&tokens) {
+            t.l1.put_version(name, g, *token, t.max_l1_age);
+        }
+        if let Some(s) = &stored {
+            t.l1.put(key, guard, s.clone(), t.l1_ttl(s));
+        }
+        Ok((stored, tokens))
+    }
+
+    async fn get_for_fill(
+        &self,
+        key: &str,
+        versions: &[String],
+        marker_ttl: Duration,
+    ) -> Result<(Option<Stored>, FillToken), BackendError> {
+        self.inner.l2.get_for_fill(key, versions, marker_ttl).await
+    }
+
+    async fn fill(
+        &self,
+        key: &str,
+        value: Stored,
+        ttl: Duration,
+        token: &FillToken,
+        versions: &[String],
+    ) -> Result<bool, BackendError> {
+        let t = &self.inner;
+        let guard = t.l1.guard(key);
+        let guards: Vec<_> = versions.iter().map(|v| t.l1.guard_version(v)).collect();
+        let stored = t.l2.fill(key, value.clone(), ttl, token, versions).await?;
+        if stored {
+            // The fill checked these tokens atomically: they are current.
+            for ((name, g), v) in versions.iter().zip(guards).zip(token.versions()) {
+                t.l1.put_version(name, g, *v, t.max_l1_age);
+            }
+            let l1_ttl = t.l1_ttl(&value);
+            t.l1.put(key, guard, value, l1_ttl);
+        }
+        Ok(stored)
+    }
+
+    async fn set(
+        &self,
+        key: &str,
+        value: Stored,
+        ttl: Duration,
+        versions: &[String],
+    ) -> Result<(), BackendError> {
+        let t = &self.inner;
+        let guard = t.l1.guard(key);
+        t.l2.set(key, value.clone(), ttl, versions).await?;
+        let l1_ttl = t.l1_ttl(&value);
+        t.l1.put(key, guard, value, l1_ttl);
+        t.publish(Op::Keys, &[key.to_owned()]).await;
+        Ok(())
+    }
+
+    async fn invalidate(&self, keys: &[String]) -> Result<(), BackendError> {
+        let t = &self.inner;
+        // L2 first, then our copies: a copy taken meanwhile finds its guard
+        // gone (see `l1`).
+        t.l2.invalidate(keys).await?;
+        t.l1.evict(keys);
+        t.publish(Op::Keys, keys).await;
+        Ok(())
+    }
+
+    async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError> {
+        let t = &self.inner;
+        t.l2.bump_versions(versions).await?;
+        t.l1.evict_versions(versions);
+        t.publish(Op::Versions, versions).await;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        self.inner.l2.ping().await
+    }
+
+    fn leases(&self) -> Option<&dyn Leases> {
+        self.inner.l2.leases()
+    }
+}
