@@ -13,6 +13,9 @@
 //! A [`Proxy`] between a client and a server injects faults into that
 //! client's connections only: a silent (half-open) connection, latency, or
 //! connections closed under it.
+//!
+//! [`conformance`] is the backend conformance suite: run it against your own
+//! [`aside::Backend`] to check that it keeps the trait's contract.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -20,6 +23,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod conformance;
 mod proxy;
 pub use proxy::Proxy;
 

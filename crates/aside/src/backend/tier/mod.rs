@@ -237,8 +237,10 @@ impl TieredBackend {
 }
 
 impl Tier {
-    /// How long a copy of `stored` may be served: never past the entry's
-    /// hard TTL (read from its header), never past `max_l1_age`.
+    /// How long a copy of an entry read from L2 may be served: never past
+    /// the entry's hard TTL (read from its header: L2 keeps it through the
+    /// stale and fail-safe windows, which the cache then checks itself),
+    /// never past `max_l1_age`. Bytes that are not an entry are not copied.
     fn l1_ttl(&self, stored: &Stored) -> Duration {
         let Ok(env) = crate::envelope::parse(stored.bytes()) else {
             return Duration::ZERO;
@@ -448,8 +450,9 @@ impl Backend for TieredBackend {
             for ((name, g), v) in versions.iter().zip(guards).zip(token.versions()) {
                 t.l1.put_version(name, g, *v, t.max_l1_age);
             }
-            let l1_ttl = t.l1_ttl(&value);
-            t.l1.put(key, guard, value, l1_ttl);
+            // The TTL the entry is kept for: past its fresh life, the cache
+            // checks its age (stale and fail-safe windows) on every read.
+            t.l1.put(key, guard, value, ttl.min(t.max_l1_age));
         }
         Ok(stored)
     }
@@ -464,8 +467,7 @@ impl Backend for TieredBackend {
         let t = &self.inner;
         let guard = t.l1.guard(key);
         t.l2.set(key, value.clone(), ttl, versions).await?;
-        let l1_ttl = t.l1_ttl(&value);
-        t.l1.put(key, guard, value, l1_ttl);
+        t.l1.put(key, guard, value, ttl.min(t.max_l1_age));
         t.publish(Op::Keys, &[key.to_owned()]).await;
         Ok(())
     }
