@@ -74,6 +74,8 @@ pub enum Compression {
     },
 }
 
+// Derivable only without `lz4`, where `None` is the sole default.
+#[allow(clippy::derivable_impls)]
 impl Default for Compression {
     fn default() -> Self {
         #[cfg(feature = "lz4")]
@@ -91,6 +93,9 @@ impl Compression {
     /// Compresses `payload` if this setting asks for it; returns `None` when
     /// the payload is to be stored as is.
     pub(crate) fn compress(self, payload: &[u8]) -> Option<Vec<u8>> {
+        // Without `lz4` there is nothing to compress with.
+        #[cfg(not(feature = "lz4"))]
+        let _ = payload;
         match self {
             Compression::None => None,
             #[cfg(feature = "lz4")]

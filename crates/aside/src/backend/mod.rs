@@ -40,6 +40,7 @@ mod tier;
 
 pub use memory::{MemoryBackend, MemoryBackendBuilder};
 pub use notify::FillWatch;
+#[cfg(feature = "redis")]
 pub(crate) use notify::Notifier;
 #[cfg(feature = "redis")]
 pub use redis::{RedisBackend, RedisBackendBuilder, RedisBackplane};
@@ -286,6 +287,7 @@ impl Capabilities {
 
 /// A fresh validity token: 63 random bits (it fits an `i64` and 19 decimal
 /// digits, which the Redis scripts check), never 0 (0 means "absent").
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn fresh_token() -> u64 {
     loop {
         let t = rand::random::<u64>() >> 1;
