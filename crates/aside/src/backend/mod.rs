@@ -259,11 +259,14 @@ pub struct Capabilities {
     /// with its `backend_timeout` and skips the backend while its breaker is
     /// open.
     pub remote: bool,
-    /// The backend hands back the very [`Stored`] it was given and expires
-    /// entries exactly at their TTL: the cache keeps decoded values beside
-    /// the bytes (no decoding on hits) and skips the expiry check of entries
-    /// without time-based policies.
+    /// The backend hands back the very [`Stored`] it was given: the cache
+    /// keeps decoded values beside the bytes (no decoding on hits).
     pub shares_stored: bool,
+    /// The backend never returns an entry past the TTL it was stored with
+    /// (an in-process store): the cache skips the expiry check of entries
+    /// without time-based policies. Remote stores can keep an entry longer
+    /// (a persisted key, a restored snapshot), so they leave this off.
+    pub exact_expiry: bool,
 }
 
 impl Capabilities {
@@ -273,6 +276,7 @@ impl Capabilities {
         Capabilities {
             remote: true,
             shares_stored: false,
+            exact_expiry: false,
         }
     }
 
@@ -281,6 +285,7 @@ impl Capabilities {
         Capabilities {
             remote: false,
             shares_stored: true,
+            exact_expiry: true,
         }
     }
 }

@@ -426,7 +426,11 @@ impl Cache {
             };
             // The memory hit path: an in-process backend's expiry is exact,
             // so without time-based policies a plain entry needs no header
-            // check at all.
+            // check at all. (Plain entries are only ever this process's own
+            // fills and sets, kept by a `shares_stored` backend for their TTL
+            // counted here, so this holds for a tiered backend's copies too.) (Plain entries are only ever this process's own
+            // fills and sets, kept by a `shares_stored` backend for their TTL
+            // counted here, so this holds for a tiered backend's copies too.)
             if let Some(v) = stored.plain_value::<V>()
                 && !self.inner.s.policy.needs_clock()
             {
@@ -521,7 +525,7 @@ impl Cache {
         // that keeps an entry longer (a `PERSIST`ed key, a restored
         // snapshot) must not serve it for ever.
         let policy = &self.inner.s.policy;
-        let (age, refresh) = if !self.inner.caps.shares_stored || policy.needs_clock() {
+        let (age, refresh) = if !self.inner.caps.exact_expiry || policy.needs_clock() {
             let now = self.inner.s.clock.now_ms();
             match policy.age(&env.meta, now) {
                 None => return Lookup::Miss,

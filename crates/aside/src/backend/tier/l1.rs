@@ -55,8 +55,9 @@ pub(super) struct Guard {
     epoch: u64,
 }
 
-/// How long a guard waits for its copy at most (an L2 read is far shorter).
-const GUARD_TTL: Duration = Duration::from_secs(60);
+/// How long a guard waits for its copy at most (an L2 read is far shorter;
+/// a guard that lapses only refuses a copy).
+const GUARD_TTL: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub(super) struct L1 {
@@ -81,7 +82,12 @@ impl L1 {
                 .max_capacity(max_entries)
                 .expire_after(CopyTtl)
                 .build(),
-            guards: moka::sync::Cache::builder().time_to_live(GUARD_TTL).build(),
+            // Bounded like the copies: a guard evicted early only refuses a
+            // copy, never lets a stale one in.
+            guards: moka::sync::Cache::builder()
+                .max_capacity(max_entries.saturating_mul(2).max(1024))
+                .time_to_live(GUARD_TTL)
+                .build(),
             epoch: AtomicU64::new(0),
             trusted: AtomicBool::new(trusted),
             next: AtomicU64::new(1),
@@ -215,6 +221,8 @@ fn put_guarded<T: Clone + Send + Sync + 'static>(
     }
     cache.entry_by_ref(key).and_compute_with(|_| {
         if guards.get(gkey) == Some(guard.token) {
+            // Spent: the next copy takes a guard of its own.
+            guards.invalidate(gkey);
             Op::Put(Copy {
                 value,
                 epoch: guard.epoch,

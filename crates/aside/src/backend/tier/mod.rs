@@ -33,6 +33,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::mpsc;
+
 use super::{
     Backend, Backplane, BackplaneListener, BackplaneSubscription, Capabilities, FillToken, Leases,
     Stored,
@@ -75,12 +77,13 @@ struct Tier {
     l2: Arc<dyn Backend>,
     max_l1_age: Duration,
     backplane: Option<Arc<dyn Backplane>>,
-    /// This instance's name on the backplane, and its message numbers.
+    /// This instance's name on the backplane.
     id: String,
-    seq: AtomicU64,
+    /// Messages go out in number order through one task (see `publisher`).
+    outbox: Option<mpsc::UnboundedSender<Message>>,
     /// Keeps the subscription (and its listener) alive.
     link: Mutex<Option<(Arc<Link>, BackplaneSubscription)>>,
-    stats: Counters,
+    stats: Arc<Counters>,
 }
 
 #[derive(Debug, Default)]
@@ -185,15 +188,26 @@ impl TieredBackendBuilder {
         // Without a backplane there is nothing to wait for; with one, copies
         // are trusted only once the subscription is live.
         let trusted = self.backplane.is_none();
+        let stats = Arc::new(Counters::default());
+        let outbox = self.backplane.as_ref().map(|backplane| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(publisher(
+                Arc::clone(backplane),
+                rx,
+                Arc::clone(&stats),
+                self.max_l1_age,
+            ));
+            tx
+        });
         let inner = Arc::new(Tier {
             l1: L1::new(self.l1_max_entries, trusted),
             l2: self.l2,
             max_l1_age: self.max_l1_age,
             backplane: self.backplane,
             id: format!("{:016x}", rand::random::<u64>()),
-            seq: AtomicU64::new(0),
+            outbox,
             link: Mutex::new(None),
-            stats: Counters::default(),
+            stats,
         });
         if let Some(backplane) = &inner.backplane {
             let link = Arc::new(Link {
@@ -259,31 +273,94 @@ impl Tier {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Tells the other instances; a failure is theirs to notice (a jump in
-    /// our numbers is a gap to them).
-    async fn publish(&self, op: Op, keys: &[String]) {
-        let Some(backplane) = &self.backplane else {
+    /// Tells the other instances: queued for the one task that numbers and
+    /// sends messages in order, retrying a failed send (see `publisher`).
+    fn publish(&self, op: Op, keys: &[String]) {
+        let Some(outbox) = &self.outbox else {
             return;
         };
+        // Numbered by the publisher, in the order it takes them: numbering
+        // here could hand two racing callers numbers in the other order.
         let message = Message {
             v: events::VERSION,
             src: Some(self.id.clone()),
-            seq: self.seq.fetch_add(1, Ordering::AcqRel) + 1,
+            seq: 0,
             op,
             keys: keys.to_vec(),
         };
-        match backplane.publish(&message.encode()).await {
-            Ok(()) => self.count(&self.stats.published),
-            Err(e) => {
-                self.count(&self.stats.publish_errors);
-                tracing::warn!(error = %e, "aside: could not publish an invalidation on the backplane");
-            }
-        }
+        // Fails only once the publisher is gone, i.e. the backend is being
+        // dropped: nobody is left to tell.
+        let _ = outbox.send(message);
     }
 
     fn gap(&self) {
         self.count(&self.stats.gaps);
         self.l1.gap();
+    }
+
+    /// Guards taken before an L2 read that sees the current entry and
+    /// tokens (the acquire step of a load).
+    fn begin_copy(&self, key: &str, versions: &[String]) -> (l1::Guard, Vec<l1::Guard>) {
+        let guard = self.l1.guard(key);
+        let guards = versions.iter().map(|v| self.l1.guard_version(v)).collect();
+        (guard, guards)
+    }
+
+    /// Refreshes the copies with what that read saw, so a copy left behind a
+    /// newer token is replaced by the current entry.
+    fn end_copy(
+        &self,
+        (guard, guards): (l1::Guard, Vec<l1::Guard>),
+        key: &str,
+        versions: &[String],
+        stored: Option<&Stored>,
+        token: &FillToken,
+    ) {
+        for ((name, g), v) in versions.iter().zip(guards).zip(token.versions()) {
+            self.l1.put_version(name, g, *v, self.max_l1_age);
+        }
+        if let Some(s) = stored {
+            self.l1.put(key, guard, s.clone(), self.l1_ttl(s));
+        }
+    }
+}
+
+/// Sends messages in their number order, so receivers never mistake a
+/// reordering for a loss. A failed send is retried with backoff for up to
+/// `give_up_after` (the longest any copy lives: after that, no copy the
+/// message was meant to evict can exist); a message given up on is a jump in
+/// our numbers, which receivers treat as a gap. Ends when the backend is
+/// dropped (the sender with it).
+async fn publisher(
+    backplane: Arc<dyn Backplane>,
+    mut outbox: mpsc::UnboundedReceiver<Message>,
+    stats: Arc<Counters>,
+    give_up_after: Duration,
+) {
+    let mut seq = 0u64;
+    while let Some(mut message) = outbox.recv().await {
+        seq += 1;
+        message.seq = seq;
+        let bytes = message.encode();
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match backplane.publish(&bytes).await {
+                Ok(()) => {
+                    stats.published.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => {
+                    stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+                    if started.elapsed() >= give_up_after {
+                        tracing::warn!(error = %e, "aside: gave up publishing an invalidation; receivers will see a gap");
+                        break;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
     }
 }
 
@@ -334,7 +411,11 @@ impl BackplaneListener for Link {
                     tier.gap();
                 }
                 let last = sources.insert(src.clone(), message.seq);
-                if last.is_some_and(|l| message.seq != l.wrapping_add(1)) {
+                // The first message heard from an instance must be its first
+                // (or we may have missed some before it), later ones must
+                // follow on.
+                let expected = last.map_or(1, |l| l.wrapping_add(1));
+                if message.seq != expected {
                     tracing::debug!(source = %src, "aside: backplane messages were lost");
                     tier.gap();
                 }
@@ -352,31 +433,58 @@ impl BackplaneListener for Link {
             tier.count(&tier.stats.foreign);
             let tier = Arc::clone(&tier);
             tokio::spawn(async move {
-                let applied = match message.op {
-                    Op::Versions => tier.l2.bump_versions(&message.keys).await,
-                    _ => tier.l2.invalidate(&message.keys).await,
-                };
-                if let Err(e) = applied {
-                    tracing::warn!(error = %e, "aside: could not apply another service's invalidation");
-                }
-                // Copies put while it ran were read before it landed.
-                match message.op {
-                    Op::Versions => tier.l1.evict_versions(&message.keys),
-                    _ => tier.l1.evict(&message.keys),
+                // Retried like our own messages: for as long as a copy lives.
+                let started = tokio::time::Instant::now();
+                let mut pause = Duration::from_millis(10);
+                loop {
+                    let applied = match message.op {
+                        Op::Versions => tier.l2.bump_versions(&message.keys).await,
+                        _ => tier.l2.invalidate(&message.keys).await,
+                    };
+                    // Copies put while it ran were read before it landed.
+                    match message.op {
+                        Op::Versions => tier.l1.evict_versions(&message.keys),
+                        _ => tier.l1.evict(&message.keys),
+                    }
+                    match applied {
+                        Ok(()) => break,
+                        Err(e) if started.elapsed() >= tier.max_l1_age => {
+                            tracing::warn!(error = %e, "aside: could not apply another service's invalidation");
+                            break;
+                        }
+                        Err(_) => {
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(1));
+                        }
+                    }
                 }
             });
         }
     }
 }
 
+/// Runs a write in a task of its own and waits for it.
+async fn to_the_end(
+    write: impl std::future::Future<Output = Result<(), BackendError>> + Send + 'static,
+) -> Result<(), BackendError> {
+    tokio::spawn(write).await.unwrap_or_else(|_| {
+        Err(BackendError::failed(std::io::Error::other(
+            "the write was cut off by the runtime shutting down",
+        )))
+    })
+}
+
 #[async_trait::async_trait]
 impl Backend for TieredBackend {
     fn capabilities(&self) -> Capabilities {
-        // Copies hand back the very `Stored` (decoded values kept) and never
-        // outlive the entry's TTL; L2's calls need L2's guards.
+        // Copies hand back the very `Stored` (decoded values kept), but what
+        // comes from L2 may be kept there past its TTL (a persisted key, a
+        // restored snapshot), and a copy's life is counted on this machine's
+        // clock: the cache checks every entry's age.
         Capabilities {
             remote: self.inner.l2.capabilities().remote,
             shares_stored: true,
+            exact_expiry: false,
         }
     }
 
@@ -430,7 +538,11 @@ impl Backend for TieredBackend {
         versions: &[String],
         marker_ttl: Duration,
     ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        self.inner.l2.get_for_fill(key, versions, marker_ttl).await
+        let t = &self.inner;
+        let copy = t.begin_copy(key, versions);
+        let (stored, token) = t.l2.get_for_fill(key, versions, marker_ttl).await?;
+        t.end_copy(copy, key, versions, stored.as_ref(), &token);
+        Ok((stored, token))
     }
 
     async fn fill(
@@ -464,30 +576,44 @@ impl Backend for TieredBackend {
         ttl: Duration,
         versions: &[String],
     ) -> Result<(), BackendError> {
-        let t = &self.inner;
-        let guard = t.l1.guard(key);
-        t.l2.set(key, value.clone(), ttl, versions).await?;
-        t.l1.put(key, guard, value, ttl.min(t.max_l1_age));
-        t.publish(Op::Keys, &[key.to_owned()]).await;
-        Ok(())
+        let (t, key, versions) = (Arc::clone(&self.inner), key.to_owned(), versions.to_vec());
+        // In a task of its own: once L2 is written, the eviction and the
+        // message must follow even if the caller stops waiting.
+        to_the_end(async move {
+            t.l2.set(&key, value, ttl, &versions).await?;
+            // No copy: a read that took its guard before the write could
+            // otherwise put the older value over ours. The eviction removes
+            // its guard; the next read copies the new value.
+            let keys = [key];
+            t.l1.evict(&keys);
+            t.publish(Op::Keys, &keys);
+            Ok(())
+        })
+        .await
     }
 
     async fn invalidate(&self, keys: &[String]) -> Result<(), BackendError> {
-        let t = &self.inner;
-        // L2 first, then our copies: a copy taken meanwhile finds its guard
-        // gone (see `l1`).
-        t.l2.invalidate(keys).await?;
-        t.l1.evict(keys);
-        t.publish(Op::Keys, keys).await;
-        Ok(())
+        let (t, keys) = (Arc::clone(&self.inner), keys.to_vec());
+        to_the_end(async move {
+            // L2 first, then our copies: a copy taken meanwhile finds its
+            // guard gone (see `l1`).
+            t.l2.invalidate(&keys).await?;
+            t.l1.evict(&keys);
+            t.publish(Op::Keys, &keys);
+            Ok(())
+        })
+        .await
     }
 
     async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError> {
-        let t = &self.inner;
-        t.l2.bump_versions(versions).await?;
-        t.l1.evict_versions(versions);
-        t.publish(Op::Versions, versions).await;
-        Ok(())
+        let (t, versions) = (Arc::clone(&self.inner), versions.to_vec());
+        to_the_end(async move {
+            t.l2.bump_versions(&versions).await?;
+            t.l1.evict_versions(&versions);
+            t.publish(Op::Versions, &versions);
+            Ok(())
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
@@ -495,6 +621,54 @@ impl Backend for TieredBackend {
     }
 
     fn leases(&self) -> Option<&dyn Leases> {
-        self.inner.l2.leases()
+        self.inner.l2.leases().map(|_| self as &dyn Leases)
+    }
+}
+
+/// L2's leases, with the entry and tokens the acquire step read copied (like
+/// `get_for_fill`'s).
+#[async_trait::async_trait]
+impl Leases for TieredBackend {
+    async fn get_for_fill_leased(
+        &self,
+        key: &str,
+        versions: &[String],
+        marker_ttl: Duration,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<(Option<Stored>, FillToken), BackendError> {
+        let t = &self.inner;
+        let Some(leases) = t.l2.leases() else {
+            return t.l2.get_for_fill(key, versions, marker_ttl).await;
+        };
+        let copy = t.begin_copy(key, versions);
+        let (stored, fill) = leases
+            .get_for_fill_leased(key, versions, marker_ttl, token, ttl)
+            .await?;
+        t.end_copy(copy, key, versions, stored.as_ref(), &fill);
+        Ok((stored, fill))
+    }
+
+    async fn renew_lease(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        match self.inner.l2.leases() {
+            Some(leases) => leases.renew_lease(key, token, ttl).await,
+            None => Ok(false),
+        }
+    }
+
+    async fn release_lease(&self, key: &str, token: &str) -> Result<(), BackendError> {
+        match self.inner.l2.leases() {
+            Some(leases) => leases.release_lease(key, token).await,
+            None => Ok(()),
+        }
+    }
+
+    fn watch_fills(&self, key: &str) -> Option<super::FillWatch> {
+        self.inner.l2.leases().and_then(|l| l.watch_fills(key))
     }
 }
