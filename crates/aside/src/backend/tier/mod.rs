@@ -298,30 +298,35 @@ impl Tier {
         self.l1.gap();
     }
 
-    /// Guards taken before an L2 read that sees the current entry and
-    /// tokens (the acquire step of a load).
+    /// Guards taken before an L2 call whose answer will be copied.
     fn begin_copy(&self, key: &str, versions: &[String]) -> (l1::Guard, Vec<l1::Guard>) {
         let guard = self.l1.guard(key);
         let guards = versions.iter().map(|v| self.l1.guard_version(v)).collect();
         (guard, guards)
     }
 
-    /// Refreshes the copies with what that read saw, so a copy left behind a
-    /// newer token is replaced by the current entry.
+    /// Copies what that call answered: the version `tokens`, and the entry
+    /// with the TTL its copy may live (each put only while its guard holds).
+    /// After a read this also replaces a copy left behind a newer token.
     fn end_copy(
         &self,
         (guard, guards): (l1::Guard, Vec<l1::Guard>),
         key: &str,
         versions: &[String],
-        stored: Option<&Stored>,
-        token: &FillToken,
+        tokens: &[u64],
+        entry: Option<(Stored, Duration)>,
     ) {
-        for ((name, g), v) in versions.iter().zip(guards).zip(token.versions()) {
+        for ((name, g), v) in versions.iter().zip(guards).zip(tokens) {
             self.l1.put_version(name, g, *v, self.max_l1_age);
         }
-        if let Some(s) = stored {
-            self.l1.put(key, guard, s.clone(), self.l1_ttl(s));
+        if let Some((s, ttl)) = entry {
+            self.l1.put(key, guard, s, ttl);
         }
+    }
+
+    /// An entry read from L2, with the TTL its copy may live.
+    fn read_copy(&self, stored: Option<&Stored>) -> Option<(Stored, Duration)> {
+        stored.map(|s| (s.clone(), self.l1_ttl(s)))
     }
 }
 
@@ -501,11 +506,9 @@ impl Backend for TieredBackend {
             return Ok(Some(hit));
         }
         t.count(&t.stats.l1_misses);
-        let guard = t.l1.guard(key);
+        let copy = t.begin_copy(key, &[]);
         let stored = t.l2.get(key).await?;
-        if let Some(s) = &stored {
-            t.l1.put(key, guard, s.clone(), t.l1_ttl(s));
-        }
+        t.end_copy(copy, key, &[], &[], t.read_copy(stored.as_ref()));
         Ok(stored)
     }
 
@@ -520,15 +523,9 @@ impl Backend for TieredBackend {
             return Ok((Some(hit), tokens));
         }
         t.count(&t.stats.l1_misses);
-        let guard = t.l1.guard(key);
-        let guards: Vec<_> = versions.iter().map(|v| t.l1.guard_version(v)).collect();
+        let copy = t.begin_copy(key, versions);
         let (stored, tokens) = t.l2.get_with_versions(key, versions).await?;
-        for ((name, g), token) in versions.iter().zip(guards).zip(&tokens) {
-            t.l1.put_version(name, g, *token, t.max_l1_age);
-        }
-        if let Some(s) = &stored {
-            t.l1.put(key, guard, s.clone(), t.l1_ttl(s));
-        }
+        t.end_copy(copy, key, versions, &tokens, t.read_copy(stored.as_ref()));
         Ok((stored, tokens))
     }
 
@@ -541,7 +538,13 @@ impl Backend for TieredBackend {
         let t = &self.inner;
         let copy = t.begin_copy(key, versions);
         let (stored, token) = t.l2.get_for_fill(key, versions, marker_ttl).await?;
-        t.end_copy(copy, key, versions, stored.as_ref(), &token);
+        t.end_copy(
+            copy,
+            key,
+            versions,
+            token.versions(),
+            t.read_copy(stored.as_ref()),
+        );
         Ok((stored, token))
     }
 
@@ -554,17 +557,15 @@ impl Backend for TieredBackend {
         versions: &[String],
     ) -> Result<bool, BackendError> {
         let t = &self.inner;
-        let guard = t.l1.guard(key);
-        let guards: Vec<_> = versions.iter().map(|v| t.l1.guard_version(v)).collect();
+        let copy = t.begin_copy(key, versions);
         let stored = t.l2.fill(key, value.clone(), ttl, token, versions).await?;
         if stored {
-            // The fill checked these tokens atomically: they are current.
-            for ((name, g), v) in versions.iter().zip(guards).zip(token.versions()) {
-                t.l1.put_version(name, g, *v, t.max_l1_age);
-            }
-            // The TTL the entry is kept for: past its fresh life, the cache
-            // checks its age (stale and fail-safe windows) on every read.
-            t.l1.put(key, guard, value, ttl.min(t.max_l1_age));
+            // The fill checked these tokens atomically: they are current. The
+            // entry's copy lives the TTL it is kept for: past its fresh life,
+            // the cache checks its age (stale and fail-safe windows) on
+            // every read.
+            let entry = Some((value, ttl.min(t.max_l1_age)));
+            t.end_copy(copy, key, versions, token.versions(), entry);
         }
         Ok(stored)
     }
@@ -645,7 +646,13 @@ impl Leases for TieredBackend {
         let (stored, fill) = leases
             .get_for_fill_leased(key, versions, marker_ttl, token, ttl)
             .await?;
-        t.end_copy(copy, key, versions, stored.as_ref(), &fill);
+        t.end_copy(
+            copy,
+            key,
+            versions,
+            fill.versions(),
+            t.read_copy(stored.as_ref()),
+        );
         Ok((stored, fill))
     }
 
