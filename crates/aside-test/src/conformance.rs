@@ -18,8 +18,8 @@
 //! [`run`] calls `make` once per check and runs the check against that
 //! backend; [`run_leases`] does the same for the [`Leases`]
 //! checks. Every check uses keys and version counter names of its own,
-//! unique to the run (`{aside-conformance:<run>:<check>:<name>}`, counters
-//! `{aside-conformance:<run>:<check>}:t:<name>`), so `make` may hand out
+//! unique to the run (`aside-conformance.<run>.<check>:<name>`, counters
+//! `aside-conformance.<run>.<check>:t:<name>`), so `make` may hand out
 //! fresh empty backends or handles to one shared store (a Redis server, a
 //! table) that other runs use at the same time; the suite never touches
 //! other keys and never flushes anything. What it writes expires within a
@@ -182,7 +182,7 @@ impl RunId {
         Ctx {
             backend: Arc::new(backend),
             check,
-            prefix: Arc::from(format!("aside-conformance:{}:{check}", self.0)),
+            prefix: Arc::from(format!("aside-conformance.{}.{check}", self.0)),
         }
     }
 }
@@ -223,14 +223,15 @@ fn bytes(s: Option<Stored>) -> Option<Bytes> {
 }
 
 impl<B: Backend> Ctx<B> {
-    /// A data key of this check.
+    /// A data key of this check, shaped as the cache shapes them
+    /// (`namespace:key`; the prefix is the namespace).
     fn key(&self, name: &str) -> String {
-        format!("{{{}:{name}}}", self.prefix)
+        format!("{}:{name}", self.prefix)
     }
 
-    /// A version counter of this check.
+    /// A version counter of this check (`namespace:t:<tag>`).
     fn version(&self, name: &str) -> String {
-        format!("{{{}}}:t:{name}", self.prefix)
+        format!("{}:t:{name}", self.prefix)
     }
 
     /// A lease token (or any unique string) of this check.

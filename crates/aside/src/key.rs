@@ -130,31 +130,29 @@ impl AsRef<str> for Key {
 /// Hex digits of SHA-256 kept when a key is hashed: 32 hex digits = 128 bits.
 const DIGEST_HEX: usize = 32;
 
-/// Joins `namespace` and `key` into the physical key stored in the backend:
-/// `{namespace:key}`, hashing the tail when it would be `max_len` bytes or more.
+/// Joins `namespace` and `key` into the key handed to the backend:
+/// `namespace:key`, hashing the tail when it would be `max_len` bytes or more.
 ///
-/// The braces make the whole key a Redis Cluster hash tag, so the keys aside
-/// derives from it by appending a suffix (its marker, its lease)
-/// hash to the same slot and can be used together in one Lua script. The tag
-/// is never empty (namespaces are non-empty) and ends at the first `}`, which
-/// a suffix cannot move.
+/// How a backend lays the key out in its store is its own business: the
+/// Redis backend wraps it in braces (`{namespace:key}`, a Redis Cluster hash
+/// tag, so that the keys it derives by suffix, the marker and the lease, hash
+/// to the same slot); the memory backend keeps it as it is. Namespaces hold
+/// no `:`, so the namespace is always the part before the first `:`.
 ///
-/// A key whose `{namespace:key}` form is `max_len` bytes or longer is hashed:
-/// `{<readable prefix>#<128-bit hex digest of the full key>}`, padded with
-/// more `#` after the prefix (when the prefix was cut back to a char
-/// boundary) so that it is always exactly `max_len` bytes. An unhashed key is
-/// therefore always strictly shorter than a hashed one, and the mapping is
-/// injective (short of a 128-bit digest collision): a logical key crafted to
-/// look like a hashed key (`…#<digest>`) is itself hashed, never kept as is.
-pub(crate) fn physical_key(namespace: &str, key: &str, max_len: usize) -> String {
-    let full_len = namespace.len() + 1 + key.len() + 2;
+/// A key whose `namespace:key` form is `max_len` bytes or longer is hashed:
+/// `<readable prefix>#<128-bit hex digest of the full key>`, padded with more
+/// `#` after the prefix (when the prefix was cut back to a char boundary) so
+/// that it is always exactly `max_len` bytes. An unhashed key is therefore
+/// always strictly shorter than a hashed one, and the mapping is injective
+/// (short of a 128-bit digest collision): a logical key crafted to look like
+/// a hashed key (`…#<digest>`) is itself hashed, never kept as is.
+pub(crate) fn backend_key(namespace: &str, key: &str, max_len: usize) -> String {
+    let full_len = namespace.len() + 1 + key.len();
     if full_len < max_len {
         let mut s = String::with_capacity(full_len);
-        s.push('{');
         s.push_str(namespace);
         s.push(SEPARATOR);
         s.push_str(key);
-        s.push('}');
         return s;
     }
     let mut hasher = Sha256::new();
@@ -167,13 +165,12 @@ pub(crate) fn physical_key(namespace: &str, key: &str, max_len: usize) -> String
         hex.push_str(&format!("{byte:02x}"));
     }
     // Keep as much of the readable key as fits, cut on a char boundary.
-    let budget = max_len.saturating_sub(DIGEST_HEX + 3);
+    let budget = max_len.saturating_sub(DIGEST_HEX + 1);
     let mut readable = String::with_capacity(max_len);
-    readable.push('{');
     readable.push_str(namespace);
     readable.push(SEPARATOR);
     readable.push_str(key);
-    let mut cut = (budget + 1).min(readable.len());
+    let mut cut = budget.min(readable.len());
     while !readable.is_char_boundary(cut) {
         cut -= 1;
     }
@@ -181,18 +178,17 @@ pub(crate) fn physical_key(namespace: &str, key: &str, max_len: usize) -> String
     // Exactly `max_len` bytes: one `#`, plus one for each byte the cut gave
     // back to stay on a char boundary.
     readable.push('#');
-    while readable.len() + DIGEST_HEX + 1 < max_len {
+    while readable.len() + DIGEST_HEX < max_len {
         readable.push('#');
     }
     readable.push_str(&hex);
-    readable.push('}');
     readable
 }
 
-/// Physical keys up to this many bytes are built on the stack.
+/// Backend keys up to this many bytes are built on the stack.
 const INLINE_KEY: usize = 96;
 
-/// A physical key built without a heap allocation when it is short: a hit
+/// A backend key built without a heap allocation when it is short: a hit
 /// then allocates nothing for its key (measured: the `String` was ~10% of a
 /// memory hit).
 pub(crate) enum KeyBuf {
@@ -201,21 +197,15 @@ pub(crate) enum KeyBuf {
 }
 
 impl KeyBuf {
-    /// The same key as [`physical_key`].
+    /// The same key as [`backend_key`].
     pub fn new(namespace: &str, key: &str, max_len: usize) -> Self {
-        let full_len = namespace.len() + 1 + key.len() + 2;
+        let full_len = namespace.len() + 1 + key.len();
         if full_len >= max_len || full_len > INLINE_KEY {
-            return KeyBuf::Heap(physical_key(namespace, key, max_len));
+            return KeyBuf::Heap(backend_key(namespace, key, max_len));
         }
         let mut bytes = [0u8; INLINE_KEY];
         let mut at = 0;
-        for part in [
-            b"{".as_slice(),
-            namespace.as_bytes(),
-            b":",
-            key.as_bytes(),
-            b"}",
-        ] {
+        for part in [namespace.as_bytes(), b":", key.as_bytes()] {
             bytes[at..at + part.len()].copy_from_slice(part);
             at += part.len();
         }
@@ -252,80 +242,75 @@ mod tests {
 
     #[test]
     fn short_keys_are_kept_readable() {
-        assert_eq!(physical_key("app", "user:1", 250), "{app:user:1}");
-        assert_eq!(KeyBuf::new("app", "user:1", 250).as_str(), "{app:user:1}");
+        assert_eq!(backend_key("app", "user:1", 250), "app:user:1");
+        assert_eq!(KeyBuf::new("app", "user:1", 250).as_str(), "app:user:1");
         let long = "é".repeat(60);
         assert_eq!(
             KeyBuf::new("app", &long, 250).as_str(),
-            physical_key("app", &long, 250)
+            backend_key("app", &long, 250)
         );
         assert_eq!(
             KeyBuf::new("app", &long, 64).as_str(),
-            physical_key("app", &long, 64)
+            backend_key("app", &long, 64)
         );
     }
 
     #[test]
     fn long_keys_are_hashed_with_readable_prefix_and_bounded_length() {
         let long = "x".repeat(1000);
-        let k = physical_key("app", &long, 100);
+        let k = backend_key("app", &long, 100);
         assert_eq!(k.len(), 100);
-        assert!(k.starts_with("{app:xxx"));
-        assert!(k.ends_with('}'));
+        assert!(k.starts_with("app:xxx"));
         let (_, digest) = k.split_once('#').unwrap_or_default();
-        assert_eq!(digest.len(), 33);
+        assert_eq!(digest.len(), 32);
         // Same prefix, different tail: different keys.
         let other = format!("{}y", "x".repeat(999));
-        assert_ne!(k, physical_key("app", &other, 100));
+        assert_ne!(k, backend_key("app", &other, 100));
     }
 
     #[test]
     fn hashing_cuts_on_char_boundaries() {
         let long = "é".repeat(200);
-        let k = physical_key("ns", &long, 64);
+        let k = backend_key("ns", &long, 64);
         // Padded with `#` to the limit when the cut gave bytes back.
         assert_eq!(k.len(), 64);
         assert!(k.contains('#'));
         for max_len in 60..70 {
-            assert_eq!(physical_key("ns", &long, max_len).len(), max_len);
+            assert_eq!(backend_key("ns", &long, max_len).len(), max_len);
         }
     }
 
     #[test]
     fn a_key_of_exactly_the_limit_is_hashed() {
-        // `{app:` + 94 bytes + `}` = 100 bytes: hashed, not kept.
-        let key = "x".repeat(94);
-        let k = physical_key("app", &key, 100);
+        // `app:` + 96 bytes = 100 bytes: hashed, not kept.
+        let key = "x".repeat(96);
+        let k = backend_key("app", &key, 100);
         assert_eq!(k.len(), 100);
         assert!(k.contains('#'));
         assert_eq!(KeyBuf::new("app", &key, 100).as_str(), k);
         // One byte less is kept readable.
-        let short = "x".repeat(93);
-        assert_eq!(physical_key("app", &short, 100), format!("{{app:{short}}}"));
+        let short = "x".repeat(95);
+        assert_eq!(backend_key("app", &short, 100), format!("app:{short}"));
         assert_eq!(
             KeyBuf::new("app", &short, 100).as_str(),
-            physical_key("app", &short, 100)
+            backend_key("app", &short, 100)
         );
     }
 
-    /// The logical key whose unhashed physical key would spell `hashed`.
+    /// The logical key whose unhashed backend key would spell `hashed`.
     fn twin_of(namespace: &str, hashed: &str) -> String {
-        let prefix = format!("{{{namespace}:");
-        hashed
-            .strip_prefix(&prefix)
-            .and_then(|s| s.strip_suffix('}'))
-            .unwrap_or_default()
-            .to_owned()
+        let prefix = format!("{namespace}:");
+        hashed.strip_prefix(&prefix).unwrap_or_default().to_owned()
     }
 
     #[test]
     fn a_key_crafted_to_look_hashed_is_hashed_too() {
         for long in ["x".repeat(300), "é".repeat(150), "aé".repeat(100)] {
             for max_len in 50..120 {
-                let hashed = physical_key("n", &long, max_len);
+                let hashed = backend_key("n", &long, max_len);
                 let twin = twin_of("n", &hashed);
                 assert!(!twin.is_empty());
-                let crafted = physical_key("n", &twin, max_len);
+                let crafted = backend_key("n", &twin, max_len);
                 assert_ne!(crafted, hashed, "{long:?} at {max_len}");
                 assert_eq!(KeyBuf::new("n", &twin, max_len).as_str(), crafted);
             }
@@ -357,13 +342,13 @@ mod tests {
             #![proptest_config(ProptestConfig::with_cases(2000))]
 
             #[test]
-            fn different_keys_never_share_a_physical_key(
+            fn different_keys_never_share_a_backend_key(
                 (ns, max_len) in setup(),
                 a in key_strategy(),
                 b in key_strategy(),
             ) {
                 prop_assume!(a != b);
-                let (pa, pb) = (physical_key(&ns, &a, max_len), physical_key(&ns, &b, max_len));
+                let (pa, pb) = (backend_key(&ns, &a, max_len), backend_key(&ns, &b, max_len));
                 prop_assert_ne!(&pa, &pb);
                 let (ka, kb) = (KeyBuf::new(&ns, &a, max_len), KeyBuf::new(&ns, &b, max_len));
                 prop_assert_eq!(ka.as_str(), pa.as_str());
@@ -371,18 +356,18 @@ mod tests {
             }
 
             #[test]
-            fn physical_keys_are_bounded_and_hashed_ones_have_no_unhashed_twin(
+            fn backend_keys_are_bounded_and_hashed_ones_have_no_unhashed_twin(
                 (ns, max_len) in setup(),
                 key in key_strategy(),
                 pad in 0usize..200,
             ) {
                 // Also push the key over the limit, so that most cases hash.
                 let key = format!("{key}{}", "k".repeat(pad));
-                let pk = physical_key(&ns, &key, max_len);
+                let pk = backend_key(&ns, &key, max_len);
                 prop_assert!(pk.len() <= max_len);
                 let buf = KeyBuf::new(&ns, &key, max_len);
                 prop_assert_eq!(buf.as_str(), pk.as_str());
-                let unhashed = format!("{{{ns}:{key}}}");
+                let unhashed = format!("{ns}:{key}");
                 if pk == unhashed {
                     prop_assert!(pk.len() < max_len);
                 } else {
@@ -390,7 +375,7 @@ mod tests {
                     // The logical key that would spell this hashed key.
                     let twin = twin_of(&ns, &pk);
                     prop_assert_ne!(&twin, &key);
-                    prop_assert_ne!(physical_key(&ns, &twin, max_len), pk);
+                    prop_assert_ne!(backend_key(&ns, &twin, max_len), pk);
                 }
             }
         }

@@ -183,7 +183,7 @@ mod tests {
         );
         assert!(!p.add(&["c".into()], Kind::Key, 2));
         assert!(!p.contains("c"));
-        p.collapse_to("{ns}:n");
+        p.collapse_to("ns:n");
         assert_eq!(p.len(), 1);
         assert!(p.has_versions());
         assert!(!p.contains("a"));

@@ -456,7 +456,7 @@ async fn another_services_message_is_applied_to_l2_even_after_a_failure() {
     bus.connect_all();
     assert_eq!(load(&a, "k", "old").await.as_deref(), Some("old"));
     l2.ctl.fail_invalidate.store(1, Ordering::SeqCst);
-    let pk = a.physical_key("k");
+    let pk = a.backend_key("k");
     bus.deliver(format!(r#"{{"v":1,"op":"keys","keys":["{pk}"]}}"#).as_bytes());
     assert_eq!(ab.stats().foreign, 1);
     eventually("the apply was attempted", || {
@@ -811,7 +811,7 @@ async fn a_foreign_message_during_a_read_leaves_no_copy() {
         async move { get(&a, "k").await }
     });
     reached.await.unwrap();
-    let pk = a.physical_key("k");
+    let pk = a.backend_key("k");
     bus.deliver(format!(r#"{{"v":1,"op":"keys","keys":["{pk}"]}}"#).as_bytes());
     release.send(()).unwrap();
     assert_eq!(reader.await.unwrap().as_deref(), Some("old"));

@@ -179,7 +179,7 @@ async fn another_services_message_is_applied_to_redis_and_copies() {
     // What a Python service does: r.publish("aside:events", json.dumps(...)).
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let message = r#"{"v":1,"op":"keys","keys":["{tier:k}"]}"#;
+    let message = r#"{"v":1,"op":"keys","keys":["tier:k"]}"#;
     let _: u64 = redis::cmd("PUBLISH")
         .arg("aside:events")
         .arg(message)

@@ -69,6 +69,14 @@ pub use tier::{TieredBackend, TieredBackendBuilder, TieredStats};
 /// never validates anything (token `0` means absent), and fresh tokens are
 /// 63 random bits (unique per process on the memory backend).
 ///
+/// # Keys
+/// The cache hands a backend entry keys `namespace:key` and token names
+/// `namespace:n` (the namespace's) and `namespace:t:<tag>`; namespaces hold
+/// no `:`. Entry keys and token names are two spaces: a backend keeps them
+/// apart (an entry key `ns:n` is not the token `ns:n`). How they are laid out
+/// in the store is the backend's choice (the Redis backend adds Cluster hash
+/// tags).
+///
 /// # Contract
 /// - `get` returns exactly the bytes of the last stored value of that key that
 ///   has not expired or been invalidated, or `None`.
@@ -155,6 +163,12 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Checks that the backend answers.
     async fn ping(&self) -> Result<(), BackendError> {
         Ok(())
+    }
+
+    /// Where this backend stores the entry of `key`, for people and tools
+    /// looking at the store (`redis-cli`). The default: the key as given.
+    fn storage_key(&self, key: &str) -> String {
+        key.to_owned()
     }
 
     /// The backend's leases, if it has them (backends shared by several

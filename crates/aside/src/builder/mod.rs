@@ -170,8 +170,10 @@ impl CacheBuilder {
         self
     }
 
-    /// The longest physical key (namespace included). Longer keys are hashed:
-    /// a readable prefix plus 128 bits of SHA-256.
+    /// The longest key handed to the backend (`namespace:key`). Longer keys
+    /// are hashed: a readable prefix plus 128 bits of SHA-256. (The Redis
+    /// backend adds two bytes of hash-tag braces, and two more for a key's
+    /// marker and lease.)
     pub fn max_key_len(mut self, len: usize) -> Self {
         self.settings.max_key_len = len;
         self

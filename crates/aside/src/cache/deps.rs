@@ -3,9 +3,9 @@
 //!
 //! # Design
 //! Every tag, and the namespace (when namespace invalidation is on), has a
-//! *version token* in the backend: `{ns}:t:<tag>` and `{ns}:n` in Redis. (Data
-//! keys are `{ns:key}`: the two shapes never collide, and all tokens of a
-//! namespace share one Redis Cluster slot.)
+//! *version token* in the backend, named `ns:t:<tag>` and `ns:n` (Redis lays
+//! them out as `{ns}:t:<tag>` and `{ns}:n`, one Cluster slot per namespace,
+//! apart from data keys `{ns:key}`).
 //!
 //! - Invalidating a tag or the namespace removes one token: O(1), whatever
 //!   the number of entries, no scan, no `KEYS`.
@@ -88,12 +88,15 @@ impl Deps {
     }
 }
 
-/// The backend key of the token `name` ("" = the namespace) in `namespace`.
+/// The backend name of the token `name` ("" = the namespace) in
+/// `namespace`: `namespace:n`, or `namespace:t:<tag>`. Token names are a
+/// space of their own beside entry keys (a backend keeps them apart; Redis
+/// lays them out as `{namespace}:n` and `{namespace}:t:<tag>`).
 pub(crate) fn version_key(namespace: &str, name: &str) -> String {
     if name.is_empty() {
-        format!("{{{namespace}}}:n")
+        format!("{namespace}:n")
     } else {
-        format!("{{{namespace}}}:t:{name}")
+        format!("{namespace}:t:{name}")
     }
 }
 

@@ -17,7 +17,7 @@ use crate::codec::{Codec, Compression};
 use crate::envelope::{self, Meta};
 use crate::error::{BackendError, Error, ErrorKind};
 use crate::flight::Flights;
-use crate::key::{KeyBuf, physical_key};
+use crate::key::{KeyBuf, backend_key};
 use crate::pending::Pending;
 use crate::policy::{Age, Policy, fresh_until_ms};
 use crate::stats::{Counters, Stats, bump};
@@ -353,7 +353,7 @@ impl Cache {
     /// `get_or_load`, there is nothing to degrade to). An undecodable entry is
     /// counted and reads as `None`.
     pub async fn get<V: Value>(&self, key: impl AsRef<str>) -> Result<Option<V>, Error> {
-        let pk = self.physical_key(key.as_ref());
+        let pk = self.backend_key(key.as_ref());
         let deps = self.deps(&[]);
         if self.must_bypass(&pk, &deps) {
             bump(&self.inner.stats.bypassed);
@@ -378,9 +378,16 @@ impl Cache {
         self.inner.stats.snapshot()
     }
 
-    /// The backend key for `key`: `namespace:key`, hashed past the key limit.
+    /// The key this cache hands its backend for `key`: `namespace:key`,
+    /// hashed past the key limit. Backplane messages name entries this way.
+    pub fn backend_key(&self, key: &str) -> String {
+        backend_key(&self.inner.s.namespace, key, self.inner.s.max_key_len)
+    }
+
+    /// Where the backend stores `key` (for `redis-cli` and tooling): on
+    /// Redis `{namespace:key}`, on the memory backend the backend key.
     pub fn physical_key(&self, key: &str) -> String {
-        physical_key(&self.inner.s.namespace, key, self.inner.s.max_key_len)
+        self.inner.backend.storage_key(&self.backend_key(key))
     }
 
     /// Whether the backend is currently marked down (operations skipped).

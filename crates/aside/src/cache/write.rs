@@ -79,7 +79,7 @@ impl Cache {
         if options.ttl.is_some_and(|t| t.is_zero()) {
             return Err(Error::config("ttl must be greater than zero"));
         }
-        let pk = self.physical_key(key.as_ref());
+        let pk = self.backend_key(key.as_ref());
         self.inner.flights.forget(&pk);
         let deps = self.deps(&options.tags);
         // The entry records the counters' tokens as they are now (created if
@@ -213,7 +213,7 @@ impl Cache {
     ) -> Result<Invalidation, Error> {
         let pks: Vec<String> = keys
             .into_iter()
-            .map(|k| self.physical_key(k.as_ref()))
+            .map(|k| self.backend_key(k.as_ref()))
             .collect();
         if pks.is_empty() {
             return Ok(Invalidation::Applied);

@@ -15,7 +15,9 @@ mod subscriber;
 pub use backplane::RedisBackplane;
 
 use crate::backend::Notifier;
-use scripts::{ACQUIRE, FILL, FILLS_CHANNEL, RELEASE, RENEW, SET, lease, marker, waiters};
+use scripts::{
+    ACQUIRE, FILL, FILLS_CHANNEL, RELEASE, RENEW, SET, data, lease, marker, token_key, waiters,
+};
 use subscriber::Subscription;
 
 /// A Redis backend on one multiplexed, auto-reconnecting connection.
@@ -241,7 +243,7 @@ impl RedisBackend {
         let mut conn = self.conn.clone();
         let mut invocation = ACQUIRE.prepare_invoke();
         invocation
-            .key(key)
+            .key(data(key))
             .key(marker(key))
             .key(lease(key))
             .key(waiters(key))
@@ -250,7 +252,7 @@ impl RedisBackend {
             .arg(px(marker_ttl))
             .arg(fresh_token());
         for name in versions {
-            invocation.key(name).arg(fresh_token());
+            invocation.key(token_key(name)).arg(fresh_token());
         }
         let reply: Vec<redis::Value> = invocation.invoke_async(&mut conn).await.map_err(failed)?;
         parse_acquire(reply, lease_token)
@@ -351,7 +353,7 @@ fn px(d: Duration) -> u64 {
 /// tokens (absent or not a token: 0).
 async fn mget(
     conn: &mut ConnectionManager,
-    keys: &[&str],
+    keys: &[String],
 ) -> Result<(Option<Stored>, Vec<u64>), BackendError> {
     let mut values: Vec<Option<bytes::Bytes>> = redis::cmd("MGET")
         .arg(keys)
@@ -383,8 +385,10 @@ impl Backend for RedisBackend {
 
     async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError> {
         let mut conn = self.conn.clone();
-        let reply: Result<Option<bytes::Bytes>, _> =
-            redis::cmd("GET").arg(key).query_async(&mut conn).await;
+        let reply: Result<Option<bytes::Bytes>, _> = redis::cmd("GET")
+            .arg(data(key))
+            .query_async(&mut conn)
+            .await;
         match reply {
             Ok(bytes) => Ok(bytes.map(Stored::new)),
             // A value of another type under the key (written by something
@@ -400,9 +404,9 @@ impl Backend for RedisBackend {
         key: &str,
         versions: &[String],
     ) -> Result<(Option<Stored>, Vec<u64>), BackendError> {
-        let mut keys: Vec<&str> = Vec::with_capacity(1 + versions.len());
-        keys.push(key);
-        keys.extend(versions.iter().map(String::as_str));
+        let mut keys: Vec<String> = Vec::with_capacity(1 + versions.len());
+        keys.push(data(key));
+        keys.extend(versions.iter().map(|v| token_key(v)));
         mget(&mut self.conn.clone(), &keys).await
     }
 
@@ -435,7 +439,7 @@ impl Backend for RedisBackend {
         };
         let mut invocation = FILL.prepare_invoke();
         invocation
-            .key(key)
+            .key(data(key))
             .key(marker(key))
             .key(lease(key))
             .key(waiters(key))
@@ -445,7 +449,7 @@ impl Backend for RedisBackend {
             .arg(lease_token)
             .arg(FILLS_CHANNEL);
         for (name, version) in versions.iter().zip(token.versions()) {
-            invocation.key(name).arg(version.to_string());
+            invocation.key(token_key(name)).arg(version.to_string());
         }
         let stored: u8 = invocation.invoke_async(&mut conn).await.map_err(failed)?;
         Ok(stored == 1)
@@ -456,11 +460,11 @@ impl Backend for RedisBackend {
             return Ok(());
         }
         let mut conn = self.conn.clone();
-        redis::cmd("DEL")
-            .arg(versions)
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(failed)
+        let mut del = redis::cmd("DEL");
+        for name in versions {
+            del.arg(token_key(name));
+        }
+        del.query_async::<()>(&mut conn).await.map_err(failed)
     }
 
     async fn set(
@@ -473,12 +477,12 @@ impl Backend for RedisBackend {
         let mut conn = self.conn.clone();
         let mut invocation = SET.prepare_invoke();
         invocation
-            .key(key)
+            .key(data(key))
             .key(marker(key))
             .arg(value.bytes().as_ref())
             .arg(px(ttl));
         for name in versions {
-            invocation.key(name);
+            invocation.key(token_key(name));
         }
         invocation
             .invoke_async::<()>(&mut conn)
@@ -493,9 +497,13 @@ impl Backend for RedisBackend {
         let mut conn = self.conn.clone();
         let mut del = redis::cmd("DEL");
         for key in keys {
-            del.arg(key).arg(marker(key));
+            del.arg(data(key)).arg(marker(key));
         }
         del.query_async::<()>(&mut conn).await.map_err(failed)
+    }
+
+    fn storage_key(&self, key: &str) -> String {
+        data(key)
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
@@ -544,7 +552,7 @@ impl Leases for RedisBackend {
     async fn release_lease(&self, key: &str, token: &str) -> Result<(), BackendError> {
         let mut conn = self.conn.clone();
         RELEASE
-            .key(key)
+            .key(data(key))
             .key(lease(key))
             .key(waiters(key))
             .arg(token)
@@ -555,6 +563,7 @@ impl Leases for RedisBackend {
     }
 
     fn watch_fills(&self, key: &str) -> Option<FillWatch> {
-        self.fills.as_ref().map(|f| f.notifier.watch(key))
+        // Fills announce the data key (the scripts publish KEYS[1]).
+        self.fills.as_ref().map(|f| f.notifier.watch(&data(key)))
     }
 }

@@ -2,10 +2,13 @@
 //! which is what makes "write only if nothing changed since the load began"
 //! and "release only your own lease" single steps.
 //!
-//! Keys of one entry share its hash tag: data `{ns:key}`, marker
-//! `{ns:key}:g`, lease `{ns:key}:l`, waiters flag `{ns:key}:w` (one Redis
-//! Cluster slot). Version counters (`{ns}:n`, `{ns}:t:<tag>`) are the
-//! namespace's.
+//! The layout is the Redis backend's own (the cache hands it `ns:key` and
+//! token names `ns:n`, `ns:t:<tag>`). Keys of one entry share its hash tag:
+//! data `{ns:key}`, marker `{ns:key}:g`, lease `{ns:key}:l`, waiters flag
+//! `{ns:key}:w` (one Redis Cluster slot). Version tokens (`{ns}:n`,
+//! `{ns}:t:<tag>`) carry the namespace's tag. A data key always ends in `}`
+//! and the others never do, and a token's tag (`{ns}`, no `:` inside) is
+//! never a data key's (`{ns:...}`), so the kinds cannot collide.
 //!
 //! Markers and counters hold random tokens (decimal, at most 19 digits,
 //! never 0) created by ACQUIRE when absent. Invalidations *delete* them
@@ -22,6 +25,11 @@ use redis::Script;
 /// so uncontended fills cost nothing extra.
 pub(super) const FILLS_CHANNEL: &str = "aside:fills";
 
+/// The Redis key of the entry `key`: the whole key is the hash tag.
+pub(super) fn data(key: &str) -> String {
+    suffixed(key, "")
+}
+
 /// The key's marker: ends in `:g`, never `}`, so it can never equal
 /// a data key.
 pub(super) fn marker(key: &str) -> String {
@@ -36,11 +44,31 @@ pub(super) fn waiters(key: &str) -> String {
     suffixed(key, ":w")
 }
 
+/// `{key}` followed by `suffix`.
 fn suffixed(key: &str, suffix: &str) -> String {
-    let mut m = String::with_capacity(key.len() + suffix.len());
+    let mut m = String::with_capacity(key.len() + suffix.len() + 2);
+    m.push('{');
     m.push_str(key);
+    m.push('}');
     m.push_str(suffix);
     m
+}
+
+/// The Redis key of the version token `name` (`ns:n` or `ns:t:<tag>`):
+/// `{ns}:n`, `{ns}:t:<tag>`, in the namespace's slot. A name without `:`
+/// (not one the cache makes) is wrapped whole.
+pub(super) fn token_key(name: &str) -> String {
+    match name.split_once(':') {
+        Some((ns, rest)) => {
+            let mut k = String::with_capacity(name.len() + 2);
+            k.push('{');
+            k.push_str(ns);
+            k.push_str("}:");
+            k.push_str(rest);
+            k
+        }
+        None => suffixed(name, ""),
+    }
 }
 
 /// KEYS: data, marker, lease, waiters, version counters...

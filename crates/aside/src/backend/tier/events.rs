@@ -2,8 +2,8 @@
 //! other services may send or read. JSON, one object per message:
 //!
 //! ```json
-//! {"v":1,"src":"5f0c9a7e21d4b8c3","seq":42,"op":"keys","keys":["{shop:product:42}"]}
-//! {"v":1,"src":"5f0c9a7e21d4b8c3","seq":43,"op":"versions","keys":["{shop}:t:category:7"]}
+//! {"v":1,"src":"5f0c9a7e21d4b8c3","seq":42,"op":"keys","keys":["shop:product:42"]}
+//! {"v":1,"src":"5f0c9a7e21d4b8c3","seq":43,"op":"versions","keys":["shop:t:category:7"]}
 //! {"v":1,"op":"clear"}
 //! ```
 //!
@@ -15,11 +15,12 @@
 //!   instances that hear it also apply it to the shared store (deleting the
 //!   keys, removing the version tokens), since nobody else will.
 //! - `op`: `keys` (entries were invalidated or set), `versions` (tags or
-//!   namespaces were invalidated: their token keys), `clear` (drop every
+//!   namespaces were invalidated: their token names), `clear` (drop every
 //!   in-process copy).
-//! - `keys`: physical keys as stored in Redis: an entry is `{namespace:key}`
-//!   (see the README on keys), a tag's token `{namespace}:t:<tag>`, the
-//!   namespace's token `{namespace}:n`.
+//! - `keys`: backend keys, independent of the store's layout: an entry is
+//!   `namespace:key` (see the README on keys), a tag's token
+//!   `namespace:t:<tag>`, the namespace's token `namespace:n`. (Redis stores
+//!   them as `{namespace:key}`, `{namespace}:t:<tag>`, `{namespace}:n`.)
 
 use serde::{Deserialize, Serialize};
 
@@ -75,7 +76,7 @@ mod tests {
             keys: vec!["{s:k}".into()],
         };
         assert_eq!(Message::decode(&m.encode()), Some(m));
-        let foreign = br#"{"v":1,"op":"versions","keys":["{s}:t:x"]}"#;
+        let foreign = br#"{"v":1,"op":"versions","keys":["s:t:x"]}"#;
         let m = Message::decode(foreign);
         assert_eq!(
             m.as_ref().map(|m| (&m.op, m.src.is_none())),

@@ -617,6 +617,10 @@ impl Backend for TieredBackend {
         .await
     }
 
+    fn storage_key(&self, key: &str) -> String {
+        self.inner.l2.storage_key(key)
+    }
+
     async fn ping(&self) -> Result<(), BackendError> {
         self.inner.l2.ping().await
     }
