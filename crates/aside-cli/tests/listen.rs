@@ -13,10 +13,11 @@ use aside_test::RedisServer;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
+/// This binary's own PostgreSQL (started on a free port, stopped when the
+/// binary exits), or `ASIDE_TEST_PG_URL`'s; a panic that says how to install
+/// PostgreSQL when it is missing.
 fn pg_url() -> String {
-    std::env::var("ASIDE_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+    aside_test::pg_url().unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn listen(args: &[&str]) -> Output {
@@ -87,12 +88,13 @@ impl Drop for Running {
 async fn an_update_removes_the_cached_key_from_redis() {
     let suffix = format!("{:016x}", rand::random::<u64>());
     let schema = format!("aside_cli_{suffix}");
-    let options = PgConnectOptions::from_str(&pg_url()).expect("URL");
+    let pg_url = pg_url();
+    let options = PgConnectOptions::from_str(&pg_url).expect("URL");
     let admin = PgPoolOptions::new()
         .max_connections(2)
         .connect_with(options.clone())
         .await
-        .unwrap_or_else(|e| panic!("this test needs PostgreSQL at {}: {e}", pg_url()));
+        .unwrap_or_else(|e| panic!("could not connect to PostgreSQL at {pg_url}: {e}"));
     let ddl = format!(
         "CREATE SCHEMA {schema};
          CREATE TABLE {schema}.products (id int PRIMARY KEY, name text, category_id int);
@@ -107,7 +109,7 @@ async fn an_update_removes_the_cached_key_from_redis() {
     let namespace = format!("cli{suffix}");
     let map = format!("{schema}.products:key=product:{{id}},tag=category:{{category_id}}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_aside"))
-        .args(["listen", "--install", "--pg-url", &pg_url(), "--redis-url"])
+        .args(["listen", "--install", "--pg-url", &pg_url, "--redis-url"])
         .arg(redis.url())
         .args(["--namespace", &namespace, "--map", &map, "--channel"])
         .arg(format!("aside_cli_{suffix}"))

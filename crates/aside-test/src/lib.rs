@@ -1,4 +1,5 @@
-//! Test support for aside: real `redis-server` processes on free ports.
+//! Test support for aside: real `redis-server` and PostgreSQL processes on
+//! free ports.
 //!
 //! Every test that needs Redis starts its own server, so tests are isolated,
 //! run in parallel, and can kill, pause and restart "their" Redis to test
@@ -7,6 +8,20 @@
 //! ```no_run
 //! let redis = aside_test::RedisServer::start().expect("redis-server");
 //! let url = redis.url(); // redis://127.0.0.1:<port>
+//! # let _ = url;
+//! ```
+//!
+//! A [`PgServer`] is a PostgreSQL of its own: `initdb` into a temporary
+//! directory, a server on a free port, a database `test`, all gone on drop
+//! or when the process exits. `initdb` takes about a second, so the tests of
+//! one binary share one ([`pg_url`], [`PgServer::shared`]) and keep out of
+//! each other's way with schemas of their own; `ASIDE_TEST_PG_URL` points
+//! them at an existing server instead. As root (PostgreSQL refuses to run as
+//! root), the server runs as the `postgres` system user.
+//!
+//! ```no_run
+//! let url = aside_test::pg_url().unwrap_or_else(|e| panic!("{e}"));
+//! // postgres://postgres@127.0.0.1:<port>/test, or ASIDE_TEST_PG_URL
 //! # let _ = url;
 //! ```
 //!
@@ -24,11 +39,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod conformance;
+mod pg;
 mod proxy;
+pub use pg::{PG_URL_ENV, PgServer, Rows, TEST_DATABASE, pg_url};
 pub use proxy::Proxy;
 
 /// Why a server could not be started.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Clone`, so that every test sharing a server ([`PgServer::shared`]) can
+/// report why it did not start.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum LaunchError {
     /// `redis-server` is not installed.
@@ -37,9 +57,19 @@ pub enum LaunchError {
          `apt-get update && apt-get install -y redis-server`)"
     )]
     NotInstalled,
+    /// PostgreSQL's server programs are not installed.
+    #[error(
+        "PostgreSQL's server programs (`initdb`, `pg_ctl`, `postgres`) were found neither on \
+         PATH nor in /usr/lib/postgresql/*/bin (install them: \
+         `apt-get update && apt-get install -y postgresql`, or put their directory on PATH)"
+    )]
+    PgNotInstalled,
     /// The process could not be started, or did not answer in time.
     #[error("redis-server did not start: {0}")]
     Failed(String),
+    /// A step of starting or using a [`PgServer`] failed (with its output).
+    #[error("PostgreSQL test server: {0}")]
+    PgFailed(String),
 }
 
 /// A `redis-server` child process, killed on drop.
@@ -117,11 +147,11 @@ impl RedisServerBuilder {
             };
             match server.spawn_and_wait(Duration::from_secs(10)) {
                 Ok(()) => return Ok(server),
-                Err(LaunchError::NotInstalled) => return Err(LaunchError::NotInstalled),
                 Err(LaunchError::Failed(e)) => {
                     last = e;
                     tls = server.tls.take();
                 }
+                Err(e) => return Err(e),
             }
         }
         Err(LaunchError::Failed(last))

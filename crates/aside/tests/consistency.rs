@@ -18,8 +18,9 @@
 //! outages: many short ones (each shorter than a load, so a load can span
 //! one whole), and many long ones (invalidations queue during each).
 //!
-//! Needs PostgreSQL on 127.0.0.1:5432 with a database `test` (see `pg.rs`):
-//! the tests fail, rather than skip, without it.
+//! Starts a PostgreSQL of its own (see `pg.rs`), so it needs PostgreSQL's
+//! server programs installed: the tests fail, rather than skip, without
+//! them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 #[path = "consistency/harness.rs"]

@@ -47,8 +47,10 @@
 //! wait, `SET ... PX`; writers `DEL`), and asserts that it *does* serve stale
 //! reads: that is what shows the harness can fail.
 //!
-//! Needs PostgreSQL on 127.0.0.1:5432 with a database `test` (trust auth), or
-//! `ASIDE_TEST_PG_URL`; the tests fail, rather than skip, without it.
+//! The parent starts a PostgreSQL of its own (`aside_test::pg_url`, or the
+//! server `ASIDE_TEST_PG_URL` names) and passes its URL to the workers, so it
+//! needs PostgreSQL's server programs installed; the tests fail, rather than
+//! skip, without them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::collections::HashMap;
@@ -156,39 +158,20 @@ fn now_ns() -> i64 {
 // PostgreSQL: a fresh schema per run.
 // ---------------------------------------------------------------------------
 
-/// Tried first, unless `ASIDE_TEST_PG_URL` says otherwise.
-const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-/// Tried when the first URL does not connect (a server whose superuser is
-/// the OS user, e.g. in a container running as root).
-const FALLBACK_PG_URL: &str = "postgres://root@127.0.0.1:5432/test";
-
-/// Connects to the first URL that answers, or panics saying what is needed.
+/// The PostgreSQL of this test binary (started on a free port and stopped
+/// when the binary exits, or `ASIDE_TEST_PG_URL`'s), or a panic saying what
+/// is needed. The workers get its URL in their configuration.
 async fn pg_admin() -> (String, PgPool) {
-    let first = std::env::var("ASIDE_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned());
-    let mut tried = Vec::new();
-    for url in [first.as_str(), FALLBACK_PG_URL] {
-        let options = match PgConnectOptions::from_str(url) {
-            Ok(o) => o,
-            Err(e) => {
-                tried.push(format!("{url}: {e}"));
-                continue;
-            }
-        };
-        match PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await
-        {
-            Ok(pool) => return (url.to_owned(), pool),
-            Err(e) => tried.push(format!("{url}: {e}")),
-        }
-    }
-    panic!(
-        "the multi-process consistency test needs PostgreSQL on 127.0.0.1:5432 with a \
-         database `test` (trust auth), or ASIDE_TEST_PG_URL set to one; none answered:\n  {}",
-        tried.join("\n  ")
-    );
+    let url = aside_test::pg_url().unwrap_or_else(|e| panic!("{e}"));
+    let options = PgConnectOptions::from_str(&url)
+        .unwrap_or_else(|e| panic!("not a PostgreSQL URL: {url}: {e}"));
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .unwrap_or_else(|e| panic!("could not connect to PostgreSQL at {url}: {e}"));
+    (url, pool)
 }
 
 /// A pool whose connections use `schema` as their search path.

@@ -1,5 +1,7 @@
-//! The PostgreSQL change bridge against a real PostgreSQL (127.0.0.1:5432,
-//! database `test`, or `ASIDE_TEST_PG_URL`) and a real Redis: plain SQL
+//! The PostgreSQL change bridge against a real PostgreSQL (this binary's
+//! own, started on a free port by `aside_test::pg_url`, or
+//! `ASIDE_TEST_PG_URL`'s; each test has a schema of its own) and a real
+//! Redis: plain SQL
 //! writes on another connection invalidate the cache; a restart and a cut
 //! connection are gaps that invalidate the namespace; garbage on the channel
 //! is counted, never fatal.
@@ -14,12 +16,13 @@ use aside_test::RedisServer;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// How long a committed change may take to reach the cache.
 const PROPAGATION: Duration = Duration::from_secs(2);
 
+/// The server all tests of this binary share; a panic that says how to
+/// install PostgreSQL when it is missing.
 fn pg_url() -> String {
-    std::env::var("ASIDE_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+    aside_test::pg_url().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// One test's world: a schema with `products(id, name, category_id)`, a
@@ -40,18 +43,14 @@ impl World {
         let suffix = format!("{:016x}", rand::random::<u64>());
         let schema = format!("aside_b_{suffix}");
         let channel = format!("aside_t_{suffix}");
-        let options = PgConnectOptions::from_str(&pg_url()).expect("PostgreSQL URL");
+        let url = pg_url();
+        let options = PgConnectOptions::from_str(&url).expect("PostgreSQL URL");
         let admin = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options.clone())
             .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "these tests need PostgreSQL at {} (database `test`): {e}",
-                    pg_url()
-                )
-            });
+            .unwrap_or_else(|e| panic!("could not connect to PostgreSQL at {url}: {e}"));
         let ddl = format!(
             "CREATE SCHEMA {schema};
              CREATE TABLE {schema}.products (id int PRIMARY KEY, name text NOT NULL, category_id int);

@@ -2,8 +2,11 @@
 //!
 //! A real database, not a counter in memory: a commit in PostgreSQL is what
 //! a service invalidates after, and its reads (in their own transactions, on
-//! other connections) are what a loader sees. Each run gets a fresh schema,
-//! so runs (and concurrent test binaries) never see each other's rows.
+//! other connections) are what a loader sees. The server is this test
+//! binary's own (`aside_test::pg_url`: started on a free port, stopped when
+//! the binary exits), or `ASIDE_TEST_PG_URL`'s. Each run gets a fresh
+//! schema, so runs (and tests running side by side) never see each other's
+//! rows.
 
 use std::str::FromStr as _;
 use std::time::Duration;
@@ -11,15 +14,9 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 
-/// Tried first, unless `ASIDE_TEST_PG_URL` says otherwise.
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-/// Tried when the first URL does not connect (a server set up with the OS
-/// user as superuser, e.g. in a container running as root).
-const FALLBACK_URL: &str = "postgres://root@127.0.0.1:5432/test";
-
 /// Connections per run: enough that readers and writers rarely queue for
-/// one, few enough that two tests running side by side stay far below
-/// PostgreSQL's default `max_connections` (100).
+/// one, few enough that the tests running side by side stay far below the
+/// server's `max_connections`.
 const POOL_SIZE: u32 = 10;
 
 /// A reachable PostgreSQL and the options that reached it.
@@ -30,38 +27,20 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// Connects, or panics saying what is needed. The test never skips: a
-    /// consistency check that quietly does not run proves nothing.
+    /// Connects, or panics saying what is needed (how to install
+    /// PostgreSQL, or why the server did not start). The test never skips:
+    /// a consistency check that quietly does not run proves nothing.
     pub async fn connect() -> Self {
-        let first = std::env::var("ASIDE_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
-        let mut tried = Vec::new();
-        for url in [first.as_str(), FALLBACK_URL] {
-            if tried.iter().any(|(u, _): &(String, String)| u == url) {
-                continue;
-            }
-            let options = match PgConnectOptions::from_str(url) {
-                Ok(o) => o,
-                Err(e) => {
-                    tried.push((url.to_owned(), e.to_string()));
-                    continue;
-                }
-            };
-            let admin = PgPoolOptions::new()
-                .max_connections(2)
-                .acquire_timeout(Duration::from_secs(5))
-                .connect_with(options.clone())
-                .await;
-            match admin {
-                Ok(admin) => return Postgres { options, admin },
-                Err(e) => tried.push((url.to_owned(), e.to_string())),
-            }
-        }
-        let tried: Vec<String> = tried.iter().map(|(u, e)| format!("{u}: {e}")).collect();
-        panic!(
-            "the consistency tests need PostgreSQL on 127.0.0.1:5432 with a database `test` \
-             (trust auth), or ASIDE_TEST_PG_URL set to one; none answered:\n  {}",
-            tried.join("\n  ")
-        );
+        let url = aside_test::pg_url().unwrap_or_else(|e| panic!("{e}"));
+        let options = PgConnectOptions::from_str(&url)
+            .unwrap_or_else(|e| panic!("not a PostgreSQL URL: {url}: {e}"));
+        let admin = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.clone())
+            .await
+            .unwrap_or_else(|e| panic!("could not connect to PostgreSQL at {url}: {e}"));
+        Postgres { options, admin }
     }
 
     /// Creates `aside_c_<random hex>` with `rows(id, version)` seeded with
