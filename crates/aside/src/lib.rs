@@ -154,8 +154,8 @@ mod xfetch;
 #[cfg(feature = "redis")]
 pub use backend::RedisBackend;
 pub use backend::{
-    Backend, Backplane, BackplaneListener, BackplaneSubscription, Capabilities, FillToken,
-    FillWatch, Lease, Leases, MemoryBackend, Stored, TieredBackend,
+    Backend, Backplane, BackplaneListener, BackplaneSubscription, BatchEntry, Capabilities,
+    FillToken, FillWatch, Lease, Leases, MemoryBackend, Stored, TieredBackend,
 };
 #[cfg(feature = "postgres")]
 pub use bridge::{BridgeHandle, ChangeBridge, TableMap};

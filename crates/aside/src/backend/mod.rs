@@ -85,6 +85,9 @@ pub use tier::{TieredBackend, TieredBackendBuilder, TieredStats};
 /// - Errors are returned, never panicked; an operation may be cancelled at any
 ///   `.await` (the cache applies its own timeout around remote backends).
 /// - `get_now`, where implemented, answers exactly as `get` would.
+/// - The `_many` operations answer exactly as the single ones would, key by
+///   key, in the order asked; they exist so that a batch costs one round
+///   trip (the defaults loop over the single operations).
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// What the cache must do around this backend, and may rely on.
@@ -152,6 +155,77 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// next load creates fresh ones.
     async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError>;
 
+    /// Reads the entries of `keys` (in order, one answer per key) and the
+    /// current tokens of the counters `versions`, as
+    /// [`get_with_versions`](Self::get_with_versions) does for one key, in
+    /// one round trip where the backend can. Creates nothing. The default
+    /// reads key by key.
+    async fn get_many(
+        &self,
+        keys: &[String],
+        versions: &[String],
+    ) -> Result<(Vec<Option<Stored>>, Vec<u64>), BackendError> {
+        let mut entries = Vec::with_capacity(keys.len());
+        let mut tokens = vec![0; versions.len()];
+        for (i, key) in keys.iter().enumerate() {
+            if i == 0 && !versions.is_empty() {
+                let (stored, current) = self.get_with_versions(key, versions).await?;
+                tokens = current;
+                entries.push(stored);
+            } else {
+                entries.push(self.get(key).await?);
+            }
+        }
+        Ok((entries, tokens))
+    }
+
+    /// [`get_for_fill`](Self::get_for_fill) for each of `keys` (one answer
+    /// per key, in order), in one round trip where the backend can.
+    async fn get_for_fill_many(
+        &self,
+        keys: &[String],
+        versions: &[String],
+        marker_ttl: Duration,
+    ) -> Result<Vec<(Option<Stored>, FillToken)>, BackendError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.get_for_fill(key, versions, marker_ttl).await?);
+        }
+        Ok(out)
+    }
+
+    /// [`fill`](Self::fill) for each entry with its token (one answer per
+    /// entry, in order), in one round trip where the backend can. Every
+    /// entry depends on the same counters `versions`.
+    async fn fill_many(
+        &self,
+        fills: &[(BatchEntry, FillToken)],
+        versions: &[String],
+    ) -> Result<Vec<bool>, BackendError> {
+        let mut out = Vec::with_capacity(fills.len());
+        for (entry, token) in fills {
+            out.push(
+                self.fill(&entry.key, entry.value.clone(), entry.ttl, token, versions)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// [`set`](Self::set) for each entry, in one round trip where the backend
+    /// can.
+    async fn set_many(
+        &self,
+        entries: &[BatchEntry],
+        versions: &[String],
+    ) -> Result<(), BackendError> {
+        for entry in entries {
+            self.set(&entry.key, entry.value.clone(), entry.ttl, versions)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Checks that the backend answers.
     async fn ping(&self) -> Result<(), BackendError> {
         Ok(())
@@ -197,6 +271,49 @@ pub trait Leases: Send + Sync {
     /// Releases a lease this load holds without filling (the load failed),
     /// waking the loads waiting for it.
     async fn release_lease(&self, key: &str, token: &str) -> Result<(), BackendError>;
+
+    /// [`get_for_fill_leased`](Self::get_for_fill_leased) for each of `keys`
+    /// (one answer per key, in order) with one lease token, in one round
+    /// trip where the backend can.
+    async fn get_for_fill_leased_many(
+        &self,
+        keys: &[String],
+        versions: &[String],
+        marker_ttl: Duration,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Vec<(Option<Stored>, FillToken)>, BackendError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(
+                self.get_for_fill_leased(key, versions, marker_ttl, token, ttl)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// [`renew_lease`](Self::renew_lease) for each of `keys`.
+    async fn renew_leases(
+        &self,
+        keys: &[String],
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Vec<bool>, BackendError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.renew_lease(key, token, ttl).await?);
+        }
+        Ok(out)
+    }
+
+    /// [`release_lease`](Self::release_lease) for each of `keys`.
+    async fn release_leases(&self, keys: &[String], token: &str) -> Result<(), BackendError> {
+        for key in keys {
+            self.release_lease(key, token).await?;
+        }
+        Ok(())
+    }
 
     /// Registers interest in the next fill or lease release of `key`, before
     /// a lease attempt; `None` if the backend cannot notify (waiters then
@@ -309,6 +426,17 @@ pub struct FillToken {
     generation: u64,
     versions: Vec<u64>,
     lease: Lease,
+}
+
+/// One entry of a batch write ([`Backend::fill_many`], [`Backend::set_many`]).
+#[derive(Debug, Clone)]
+pub struct BatchEntry {
+    /// The data key.
+    pub key: String,
+    /// The entry bytes.
+    pub value: Stored,
+    /// How long the backend keeps it.
+    pub ttl: Duration,
 }
 
 /// A load's lease on a key, as [`Leases::get_for_fill_leased`] found it.

@@ -5,10 +5,13 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{Backend, Capabilities, FillToken, FillWatch, Lease, Leases, Stored, fresh_token};
+use super::{
+    Backend, BatchEntry, Capabilities, FillToken, FillWatch, Lease, Leases, Stored, fresh_token,
+};
 use crate::error::{BackendError, Error, ErrorKind};
 
 mod backplane;
+mod batch;
 mod scripts;
 mod subscriber;
 
@@ -322,6 +325,18 @@ fn parse_acquire(
         return Err(malformed("short lease reply"));
     };
     let versions = it.map(|v| token(&v)).collect();
+    Ok(parse_key(taken, pttl, data, &marker, versions, lease_token))
+}
+
+/// One key's part of an ACQUIRE reply, with the counters' tokens.
+fn parse_key(
+    taken: redis::Value,
+    pttl: redis::Value,
+    data: redis::Value,
+    marker: &redis::Value,
+    versions: Vec<u64>,
+    lease_token: &str,
+) -> (Option<Stored>, FillToken) {
     let stored = match data {
         redis::Value::BulkString(b) => Some(Stored::new(b)),
         _ => None,
@@ -339,8 +354,8 @@ fn parse_acquire(
         };
         Lease::Busy(Duration::from_millis(ms))
     };
-    let token = FillToken::new(token(&marker), versions).with_lease(lease);
-    Ok((stored, token))
+    let token = FillToken::new(token(marker), versions).with_lease(lease);
+    (stored, token)
 }
 
 fn px(d: Duration) -> u64 {
@@ -414,6 +429,40 @@ impl Backend for RedisBackend {
     ) -> Result<(Option<Stored>, FillToken), BackendError> {
         self.acquire(key, versions, marker_ttl, "", Duration::ZERO)
             .await
+    }
+
+    async fn get_many(
+        &self,
+        keys: &[String],
+        versions: &[String],
+    ) -> Result<(Vec<Option<Stored>>, Vec<u64>), BackendError> {
+        self.mget_many(keys, versions).await
+    }
+
+    async fn get_for_fill_many(
+        &self,
+        keys: &[String],
+        versions: &[String],
+        marker_ttl: Duration,
+    ) -> Result<Vec<(Option<Stored>, FillToken)>, BackendError> {
+        self.acquire_many(keys, versions, marker_ttl, "", Duration::ZERO)
+            .await
+    }
+
+    async fn fill_many(
+        &self,
+        fills: &[(BatchEntry, FillToken)],
+        versions: &[String],
+    ) -> Result<Vec<bool>, BackendError> {
+        self.fill_many_script(fills, versions).await
+    }
+
+    async fn set_many(
+        &self,
+        entries: &[BatchEntry],
+        versions: &[String],
+    ) -> Result<(), BackendError> {
+        self.set_many_script(entries, versions).await
     }
 
     async fn fill(
@@ -552,6 +601,31 @@ impl Leases for RedisBackend {
             .invoke_async::<()>(&mut conn)
             .await
             .map_err(failed)
+    }
+
+    async fn get_for_fill_leased_many(
+        &self,
+        keys: &[String],
+        versions: &[String],
+        marker_ttl: Duration,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Vec<(Option<Stored>, FillToken)>, BackendError> {
+        self.acquire_many(keys, versions, marker_ttl, token, ttl)
+            .await
+    }
+
+    async fn renew_leases(
+        &self,
+        keys: &[String],
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Vec<bool>, BackendError> {
+        self.renew_many(keys, token, ttl).await
+    }
+
+    async fn release_leases(&self, keys: &[String], token: &str) -> Result<(), BackendError> {
+        self.release_many(keys, token).await
     }
 
     fn watch_fills(&self, key: &str) -> Option<FillWatch> {

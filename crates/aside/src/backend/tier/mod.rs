@@ -36,11 +36,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 use super::{
-    Backend, Backplane, BackplaneListener, BackplaneSubscription, Capabilities, FillToken, Leases,
-    Stored,
+    Backend, Backplane, BackplaneListener, BackplaneSubscription, BatchEntry, Capabilities,
+    FillToken, Leases, Stored,
 };
 use crate::error::{BackendError, Error};
 
+mod batch;
 mod events;
 mod l1;
 
@@ -621,6 +622,40 @@ impl Backend for TieredBackend {
         self.inner.l2.ping().await
     }
 
+    async fn get_many(
+        &self,
+        keys: &[String],
+        versions: &[String],
+    ) -> Result<(Vec<Option<Stored>>, Vec<u64>), BackendError> {
+        self.get_many_tiered(keys, versions).await
+    }
+
+    async fn get_for_fill_many(
+        &self,
+        keys: &[String],
+        versions: &[String],
+        marker_ttl: Duration,
+    ) -> Result<Vec<(Option<Stored>, FillToken)>, BackendError> {
+        self.get_for_fill_many_tiered(keys, versions, marker_ttl, None)
+            .await
+    }
+
+    async fn fill_many(
+        &self,
+        fills: &[(BatchEntry, FillToken)],
+        versions: &[String],
+    ) -> Result<Vec<bool>, BackendError> {
+        self.fill_many_tiered(fills, versions).await
+    }
+
+    async fn set_many(
+        &self,
+        entries: &[BatchEntry],
+        versions: &[String],
+    ) -> Result<(), BackendError> {
+        self.set_many_tiered(entries, versions).await
+    }
+
     fn leases(&self) -> Option<&dyn Leases> {
         self.inner.l2.leases().map(|_| self as &dyn Leases)
     }
@@ -654,6 +689,37 @@ impl Leases for TieredBackend {
             t.read_copy(stored.as_ref()),
         );
         Ok((stored, fill))
+    }
+
+    async fn get_for_fill_leased_many(
+        &self,
+        keys: &[String],
+        versions: &[String],
+        marker_ttl: Duration,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Vec<(Option<Stored>, FillToken)>, BackendError> {
+        self.get_for_fill_many_tiered(keys, versions, marker_ttl, Some((token, ttl)))
+            .await
+    }
+
+    async fn renew_leases(
+        &self,
+        keys: &[String],
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Vec<bool>, BackendError> {
+        match self.inner.l2.leases() {
+            Some(leases) => leases.renew_leases(keys, token, ttl).await,
+            None => Ok(vec![false; keys.len()]),
+        }
+    }
+
+    async fn release_leases(&self, keys: &[String], token: &str) -> Result<(), BackendError> {
+        match self.inner.l2.leases() {
+            Some(leases) => leases.release_leases(keys, token).await,
+            None => Ok(()),
+        }
     }
 
     async fn renew_lease(
