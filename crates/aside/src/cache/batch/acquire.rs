@@ -148,6 +148,13 @@ impl Cache {
                 }
             })
             .await;
+            if !held.is_empty() {
+                // Two batches that released their leases for each other are
+                // woken together: a random pause lets one of them go first.
+                let jitter = FIRST_RECHECK.mul_f64(rand::random::<f64>());
+                tokio::time::sleep(jitter.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+            }
             pending = held.into_iter().map(|(i, _)| i).collect();
             pending.extend(busy.into_iter().map(|(i, _, _, _)| i));
             pending.sort_unstable();
