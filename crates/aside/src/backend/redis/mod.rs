@@ -5,20 +5,19 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{
-    Backend, BatchEntry, Capabilities, FillToken, FillWatch, Lease, Leases, Stored, fresh_token,
-};
+use super::{Backend, BatchEntry, Capabilities, FillToken, Lease, Leases, Stored, fresh_token};
 use crate::error::{BackendError, Error, ErrorKind};
 
 mod backplane;
 mod batch;
+mod leases;
 mod scripts;
 mod subscriber;
 
 pub use backplane::RedisBackplane;
 
 use crate::backend::Notifier;
-use scripts::{ACQUIRE, FILL, FILLS_CHANNEL, RELEASE, RENEW, SET, lease, marker, waiters};
+use scripts::{ACQUIRE, FILL, FILLS_CHANNEL, SET, lease, marker, waiters};
 use subscriber::Subscription;
 
 /// A Redis backend on one multiplexed, auto-reconnecting connection.
@@ -553,82 +552,5 @@ impl Backend for RedisBackend {
             .query_async::<()>(&mut conn)
             .await
             .map_err(failed)
-    }
-}
-
-/// Leases are keys beside the entry (`{ns:key}:l`, one slot with it), taken
-/// by the ACQUIRE script; fills and releases are announced on one pub/sub
-/// channel (only when a load waited), heard by the backend's subscriber.
-#[async_trait::async_trait]
-impl Leases for RedisBackend {
-    async fn get_for_fill_leased(
-        &self,
-        key: &str,
-        versions: &[String],
-        marker_ttl: Duration,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        self.acquire(key, versions, marker_ttl, token, ttl).await
-    }
-
-    async fn renew_lease(
-        &self,
-        key: &str,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<bool, BackendError> {
-        let mut conn = self.conn.clone();
-        let renewed: u8 = RENEW
-            .key(lease(key))
-            .key(waiters(key))
-            .arg(token)
-            .arg(px(ttl))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(failed)?;
-        Ok(renewed == 1)
-    }
-
-    async fn release_lease(&self, key: &str, token: &str) -> Result<(), BackendError> {
-        let mut conn = self.conn.clone();
-        RELEASE
-            .key(key)
-            .key(lease(key))
-            .key(waiters(key))
-            .arg(token)
-            .arg(FILLS_CHANNEL)
-            .invoke_async::<()>(&mut conn)
-            .await
-            .map_err(failed)
-    }
-
-    async fn get_for_fill_leased_many(
-        &self,
-        keys: &[String],
-        versions: &[String],
-        marker_ttl: Duration,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<Vec<(Option<Stored>, FillToken)>, BackendError> {
-        self.acquire_many(keys, versions, marker_ttl, token, ttl)
-            .await
-    }
-
-    async fn renew_leases(
-        &self,
-        keys: &[String],
-        token: &str,
-        ttl: Duration,
-    ) -> Result<Vec<bool>, BackendError> {
-        self.renew_many(keys, token, ttl).await
-    }
-
-    async fn release_leases(&self, keys: &[String], token: &str) -> Result<(), BackendError> {
-        self.release_many(keys, token).await
-    }
-
-    fn watch_fills(&self, key: &str) -> Option<FillWatch> {
-        self.fills.as_ref().map(|f| f.notifier.watch(key))
     }
 }
