@@ -217,26 +217,32 @@ impl Cache {
         // Taken before any token is read: whoever joined earlier began
         // before this load read anything.
         let began = flights.now();
-        let (bypassed, cached): (Vec<Item<V>>, Vec<Item<V>>) =
-            items.into_iter().partition(|it| it.bypass);
-        let pks: Vec<String> = cached.iter().map(|it| it.pk.clone()).collect();
-        let refresh: Vec<Option<u64>> = cached.iter().map(|it| it.refresh).collect();
-        let got = self.acquire_many::<V>(&pks, &refresh, &deps).await;
+        let cached = items.iter().filter(|it| !it.bypass);
+        let pks: Vec<String> = cached.clone().map(|it| it.pk.clone()).collect();
+        let refresh: Vec<Option<u64>> = cached.map(|it| it.refresh).collect();
+        let mut got = self
+            .acquire_many::<V>(&pks, &refresh, &deps)
+            .await
+            .into_iter();
+        // In the order asked: the loader sees the keys as the caller listed
+        // them.
         let mut loads: Vec<(Item<V>, Option<FillToken>)> = Vec::new();
-        for (it, got) in cached.into_iter().zip(got) {
+        for it in items {
+            let got = if it.bypass { None } else { got.next() };
             match got {
-                Got::Value(v, read_at) => it.leader.publish(Done::before(Ok(v), read_at)),
-                Got::Leave => it.leader.publish(Done::retry()),
-                Got::Fail(e) => it.leader.publish(Done::to_all(Err(e))),
-                Got::ServeStale(token) => match it.stale.clone() {
+                // Bypassed: loaded without reading or filling the cache.
+                None => loads.push((it, None)),
+                Some(Got::Value(v, read_at)) => it.leader.publish(Done::before(Ok(v), read_at)),
+                Some(Got::Leave) => it.leader.publish(Done::retry()),
+                Some(Got::Fail(e)) => it.leader.publish(Done::to_all(Err(e))),
+                Some(Got::ServeStale(token)) => match it.stale.clone() {
                     // Read by the caller's own lookup: current for it alone.
                     Some(v) => it.leader.publish(Done::owner_only(Ok(v), it.owner)),
                     None => loads.push((it, Some(token))),
                 },
-                Got::Load(token) => loads.push((it, token)),
+                Some(Got::Load(token)) => loads.push((it, token)),
             }
         }
-        loads.extend(bypassed.into_iter().map(|it| (it, None)));
         if loads.is_empty() {
             return;
         }

@@ -237,3 +237,96 @@ fn batch_child() {
         assert_eq!(got, want);
     });
 }
+
+/// A batch over `batch_chunk_size` keys sends one request per chunk, and
+/// still calls the loader once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_batches_are_chunked() {
+    let redis = server();
+    let backend = RedisBackend::new(&redis.url()).unwrap();
+    let cache = builder()
+        .batch_chunk_size(10)
+        .backend(backend)
+        .build()
+        .unwrap();
+    let mut conn = raw(&redis).await;
+    warm(&cache).await;
+    reset_stats(&mut conn).await;
+    let calls_made = Calls::default();
+    let got: Vec<Option<String>> = cache
+        .get_many_or_load(keys(0..25), loader(&calls_made, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(got.iter().flatten().count(), 25);
+    assert_eq!(calls_made.all(), vec![keys(0..25)], "one loader call");
+    let s = commandstats(&mut conn).await;
+    assert_eq!(calls(&s, "mget"), 3, "{s:?}");
+    assert_eq!(
+        calls(&s, "evalsha"),
+        6,
+        "three chunks of tokens, three of fills {s:?}"
+    );
+}
+
+/// Stale-while-revalidate: stale entries are served at once and refreshed
+/// by the batch's load in the background, the caller waits for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_entries_are_served_and_refreshed() {
+    let cache = builder()
+        .ttl(Duration::from_millis(100))
+        .ttl_jitter(0.0)
+        .stale_while_revalidate(Some(Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    let calls_made = Calls::default();
+    let _: Vec<Option<String>> = cache
+        .get_many_or_load(["a", "b"], loader(&calls_made, Duration::ZERO))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (tx, rx) = oneshot::channel::<Vec<String>>();
+    let started = tokio::time::Instant::now();
+    let served: Vec<Option<String>> = cache
+        .get_many_or_load(["a", "b"], move |keys| async move {
+            let _ = tx.send(keys.clone());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, DbDown>(keys.into_iter().map(|k| (k, "fresh".to_owned())).collect())
+        })
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "did not wait for the refresh"
+    );
+    assert_eq!(served, [Some("v:a".to_owned()), Some("v:b".to_owned())]);
+    assert_eq!(rx.await.unwrap(), ["a", "b"], "refreshed in one call");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        cache.get::<String>("a").await.unwrap().as_deref(),
+        Some("fresh")
+    );
+    assert_eq!(cache.stats().stale_served, 2);
+}
+
+/// A queued invalidation (the backend was down when it was made) makes the
+/// batch load those keys without reading or filling the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_invalidations_bypass_the_cache() {
+    let mut redis = server();
+    let cache = on_redis(&redis);
+    cache.set("q", "old".to_owned()).await.unwrap();
+    redis.stop();
+    assert_eq!(
+        cache.invalidate("q").await.unwrap(),
+        aside::Invalidation::Queued
+    );
+    redis.restart().unwrap();
+    let calls_made = Calls::default();
+    let got: Vec<Option<String>> = cache
+        .get_many_or_load(["q", "r"], loader(&calls_made, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(got, [Some("v:q".to_owned()), Some("v:r".to_owned())]);
+    assert_eq!(calls_made.all(), vec![vec!["q".to_owned(), "r".to_owned()]]);
+    assert!(cache.stats().bypassed >= 1);
+}
