@@ -425,5 +425,7 @@ fail_safe_on!(
     },
 );
 
+#[path = "batch/promise.rs"]
+mod promise;
 #[path = "batch/round_trips.rs"]
 mod round_trips;
