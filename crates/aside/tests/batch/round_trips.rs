@@ -330,3 +330,65 @@ async fn queued_invalidations_bypass_the_cache() {
     assert_eq!(calls_made.all(), vec![vec!["q".to_owned(), "r".to_owned()]]);
     assert!(cache.stats().bypassed >= 1);
 }
+
+/// A key whose lease another process holds (and never fills) is waited for
+/// up to `lease_wait`, then `on_lease_timeout` decides, for that key only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_leased_elsewhere_follow_the_lease_timeout_policy() {
+    let redis = server();
+    let mut conn = raw(&redis).await;
+    for (round, policy) in [aside::LeaseTimeout::Load, aside::LeaseTimeout::Fail]
+        .into_iter()
+        .enumerate()
+    {
+        let cache = builder()
+            .lease_wait(Duration::from_millis(300))
+            .on_lease_timeout(policy)
+            .backend(RedisBackend::new(&redis.url()).unwrap())
+            .build()
+            .unwrap();
+        let (held, free) = (format!("held{round}"), format!("free{round}"));
+        redis::cmd("SET")
+            .arg(format!("{{b:{held}}}:l"))
+            .arg("another process")
+            .arg("PX")
+            .arg(10_000)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        let calls_made = Calls::default();
+        let started = tokio::time::Instant::now();
+        let each = cache
+            .get_many_or_load_each(
+                [&held, &free],
+                &EntryOptions::new(),
+                loader(&calls_made, Duration::ZERO),
+            )
+            .await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "{policy:?}: waited"
+        );
+        assert_eq!(
+            each[1].as_ref().unwrap().as_deref(),
+            Some(format!("v:{free}").as_str())
+        );
+        match policy {
+            aside::LeaseTimeout::Fail => {
+                assert_eq!(
+                    each[0].as_ref().unwrap_err().kind(),
+                    ErrorKind::LoaderTimeout
+                );
+                assert_eq!(calls_made.all(), vec![vec![free.clone()]]);
+            }
+            _ => {
+                assert_eq!(
+                    each[0].as_ref().unwrap().as_deref(),
+                    Some(format!("v:{held}").as_str())
+                );
+                assert_eq!(calls_made.all(), vec![vec![held.clone(), free.clone()]]);
+            }
+        }
+        assert!(cache.stats().lease_timeouts >= 1);
+    }
+}
