@@ -47,6 +47,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aside::{Backend, BackendError, FillToken, Leases, Stored};
 
+mod batch;
 mod leases;
 mod race;
 mod storage;
@@ -99,6 +100,8 @@ suite!(
     storage::fill_after_bump_versions_is_refused,
     storage::absent_tokens_never_validate,
     storage::invalidate_and_bump_of_missing_are_ok,
+    batch::get_many_reads_like_get,
+    batch::batch_writes_keep_the_fill_contract,
     ttl::versions_outlive_the_marker_ttl,
     ttl::lapsed_tokens_stay_gone,
     ttl::entries_expire_after_their_ttl,
@@ -130,6 +133,10 @@ mod clause {
          (or a counter) exists, every `get_for_fill` returns the same token";
     pub const GET_WITH_VERSIONS: &str = "`get_with_versions` reads the entry and the counters' \
          current tokens (0 for an absent counter), and creates nothing";
+    pub const GET_MANY: &str = "`get_many` returns, in order, what `get` returns for each key, \
+         and the counters' tokens as `get_with_versions` does; it creates nothing";
+    pub const BATCH: &str = "`get_for_fill_many`, `fill_many` and `set_many` answer as \
+         `get_for_fill`, `fill` and `set` would, key by key, in order";
     pub const FILL: &str = "`fill` stores only if the key's marker and every listed counter still \
          hold the token's values, and returns whether it stored";
     pub const FILL_AFTER_INVALIDATE: &str = "`invalidate` removes the key and its marker: a fill \

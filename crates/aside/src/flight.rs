@@ -167,6 +167,20 @@ impl Flights {
         })
     }
 
+    /// Joins the load of `key` running in this process, if there is one
+    /// that `join` would let this caller join; registers nothing.
+    pub fn follow<V>(&self, key: &str, deps: &[String]) -> Option<Waiter<V>>
+    where
+        V: Clone + Send + Sync + 'static,
+    {
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = map.get(key)?;
+        let rx = slot.channel.downcast_ref::<Channel<V>>()?;
+        deps.iter()
+            .all(|d| slot.deps.contains(d))
+            .then(|| Waiter(rx.clone()))
+    }
+
     /// Detaches the flight for `key`, if any: callers arriving from now on
     /// start a new load instead of joining one that began before (an
     /// invalidation or a write happened in between). Callers already waiting

@@ -86,9 +86,9 @@
 //! After [`Cache::invalidate`], [`Cache::invalidate_many`],
 //! [`Cache::invalidate_tag`], [`Cache::invalidate_tags`] or
 //! [`Cache::invalidate_namespace`] returns `Ok(`[`Invalidation::Applied`]`)`,
-//! no `get`, `get_or_load` or `get_or_load_with` call that **begins
-//! afterwards**, in this process or in any other process sharing the
-//! backend, returns a value whose load began before the write, whatever
+//! no `get`, `get_or_load`, `get_or_load_with` or `get_many_or_load*` call
+//! that **begins afterwards**, in this process or in any other process
+//! sharing the backend, returns a value whose load began before the write, whatever
 //! happens meanwhile to markers and tokens (a TTL, Redis `maxmemory`
 //! eviction under any policy, `FLUSHDB`, a restart without persistence) or
 //! to entries (the memory backend evicting at capacity). When aside cannot
@@ -154,8 +154,8 @@ mod xfetch;
 #[cfg(feature = "redis")]
 pub use backend::RedisBackend;
 pub use backend::{
-    Backend, Backplane, BackplaneListener, BackplaneSubscription, Capabilities, FillToken,
-    FillWatch, Lease, Leases, MemoryBackend, Stored, TieredBackend,
+    Backend, Backplane, BackplaneListener, BackplaneSubscription, BatchEntry, Capabilities,
+    FillToken, FillWatch, Lease, Leases, MemoryBackend, Stored, TieredBackend,
 };
 #[cfg(feature = "postgres")]
 pub use bridge::{BridgeHandle, ChangeBridge, TableMap};

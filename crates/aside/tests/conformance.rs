@@ -78,6 +78,7 @@ async fn the_suite_fails_broken_backends() {
         ),
         (Flaw::NoExpiry, "entries_expire_after_their_ttl"),
         (Flaw::FillNotAtomic, "no_stale_read_after_invalidate"),
+        (Flaw::GetManyWithoutTokens, "get_many_reads_like_get"),
     ] {
         let message = suite_failure(flaw).await;
         assert!(
@@ -122,6 +123,8 @@ enum Flaw {
     /// `fill` checks the tokens, then writes in a second step: an
     /// invalidation landing between them is lost (caught by the race check).
     FillNotAtomic,
+    /// `get_many` reads the entries but reports every counter absent.
+    GetManyWithoutTokens,
 }
 
 /// A third-party backend: entries and tokens in `HashMap`s behind one
@@ -327,6 +330,24 @@ impl Backend for MapBackend {
             entry,
             versions.iter().map(|v| read(&state.versions, v)).collect(),
         ))
+    }
+
+    async fn get_many(
+        &self,
+        keys: &[String],
+        versions: &[String],
+    ) -> Result<(Vec<Option<Stored>>, Vec<u64>), BackendError> {
+        // One lock: every entry and counter in one atomic read.
+        let state = self.state();
+        let entries = keys.iter().map(|k| self.entry(&state, k)).collect();
+        let tokens = versions
+            .iter()
+            .map(|v| match self.flaw {
+                Some(Flaw::GetManyWithoutTokens) => 0,
+                _ => read(&state.versions, v),
+            })
+            .collect();
+        Ok((entries, tokens))
     }
 
     async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError> {

@@ -270,6 +270,15 @@ impl Backend for MemoryBackend {
         Ok((self.get_entry(key), self.read_versions(versions)))
     }
 
+    async fn get_many(
+        &self,
+        keys: &[String],
+        versions: &[String],
+    ) -> Result<(Vec<Option<Stored>>, Vec<u64>), BackendError> {
+        let entries = keys.iter().map(|k| self.get_entry(k)).collect();
+        Ok((entries, self.read_versions(versions)))
+    }
+
     async fn get_for_fill(
         &self,
         key: &str,

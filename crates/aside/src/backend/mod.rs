@@ -25,10 +25,8 @@
 
 use std::any::Any;
 use std::fmt;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::Weak;
 use std::time::Duration;
-
-use bytes::Bytes;
 
 use crate::error::BackendError;
 
@@ -36,6 +34,7 @@ mod memory;
 mod notify;
 #[cfg(feature = "redis")]
 mod redis;
+mod stored;
 mod tier;
 
 pub use memory::{MemoryBackend, MemoryBackendBuilder};
@@ -44,6 +43,7 @@ pub use notify::FillWatch;
 pub(crate) use notify::Notifier;
 #[cfg(feature = "redis")]
 pub use redis::{RedisBackend, RedisBackendBuilder, RedisBackplane};
+pub use stored::{BatchEntry, Stored};
 pub use tier::{TieredBackend, TieredBackendBuilder, TieredStats};
 
 /// A storage backend for entry bytes, with the validity tokens that make
@@ -93,6 +93,9 @@ pub use tier::{TieredBackend, TieredBackendBuilder, TieredStats};
 /// - Errors are returned, never panicked; an operation may be cancelled at any
 ///   `.await` (the cache applies its own timeout around remote backends).
 /// - `get_now`, where implemented, answers exactly as `get` would.
+/// - The `_many` operations answer exactly as the single ones would, key by
+///   key, in the order asked; they exist so that a batch costs one round
+///   trip (the defaults loop over the single operations).
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// What the cache must do around this backend, and may rely on.
@@ -160,6 +163,77 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// next load creates fresh ones.
     async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError>;
 
+    /// Reads the entries of `keys` (in order, one answer per key) and the
+    /// current tokens of the counters `versions`, as
+    /// [`get_with_versions`](Self::get_with_versions) does for one key, in
+    /// one round trip where the backend can. Creates nothing. The default
+    /// reads key by key.
+    async fn get_many(
+        &self,
+        keys: &[String],
+        versions: &[String],
+    ) -> Result<(Vec<Option<Stored>>, Vec<u64>), BackendError> {
+        let mut entries = Vec::with_capacity(keys.len());
+        let mut tokens = vec![0; versions.len()];
+        for (i, key) in keys.iter().enumerate() {
+            if i == 0 && !versions.is_empty() {
+                let (stored, current) = self.get_with_versions(key, versions).await?;
+                tokens = current;
+                entries.push(stored);
+            } else {
+                entries.push(self.get(key).await?);
+            }
+        }
+        Ok((entries, tokens))
+    }
+
+    /// [`get_for_fill`](Self::get_for_fill) for each of `keys` (one answer
+    /// per key, in order), in one round trip where the backend can.
+    async fn get_for_fill_many(
+        &self,
+        keys: &[String],
+        versions: &[String],
+        marker_ttl: Duration,
+    ) -> Result<Vec<(Option<Stored>, FillToken)>, BackendError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.get_for_fill(key, versions, marker_ttl).await?);
+        }
+        Ok(out)
+    }
+
+    /// [`fill`](Self::fill) for each entry with its token (one answer per
+    /// entry, in order), in one round trip where the backend can. Every
+    /// entry depends on the same counters `versions`.
+    async fn fill_many(
+        &self,
+        fills: &[(BatchEntry, FillToken)],
+        versions: &[String],
+    ) -> Result<Vec<bool>, BackendError> {
+        let mut out = Vec::with_capacity(fills.len());
+        for (entry, token) in fills {
+            out.push(
+                self.fill(&entry.key, entry.value.clone(), entry.ttl, token, versions)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// [`set`](Self::set) for each entry, in one round trip where the backend
+    /// can.
+    async fn set_many(
+        &self,
+        entries: &[BatchEntry],
+        versions: &[String],
+    ) -> Result<(), BackendError> {
+        for entry in entries {
+            self.set(&entry.key, entry.value.clone(), entry.ttl, versions)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Checks that the backend answers.
     async fn ping(&self) -> Result<(), BackendError> {
         Ok(())
@@ -211,6 +285,49 @@ pub trait Leases: Send + Sync {
     /// Releases a lease this load holds without filling (the load failed),
     /// waking the loads waiting for it.
     async fn release_lease(&self, key: &str, token: &str) -> Result<(), BackendError>;
+
+    /// [`get_for_fill_leased`](Self::get_for_fill_leased) for each of `keys`
+    /// (one answer per key, in order) with one lease token, in one round
+    /// trip where the backend can.
+    async fn get_for_fill_leased_many(
+        &self,
+        keys: &[String],
+        versions: &[String],
+        marker_ttl: Duration,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Vec<(Option<Stored>, FillToken)>, BackendError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(
+                self.get_for_fill_leased(key, versions, marker_ttl, token, ttl)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// [`renew_lease`](Self::renew_lease) for each of `keys`.
+    async fn renew_leases(
+        &self,
+        keys: &[String],
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Vec<bool>, BackendError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.renew_lease(key, token, ttl).await?);
+        }
+        Ok(out)
+    }
+
+    /// [`release_lease`](Self::release_lease) for each of `keys`.
+    async fn release_leases(&self, keys: &[String], token: &str) -> Result<(), BackendError> {
+        for key in keys {
+            self.release_lease(key, token).await?;
+        }
+        Ok(())
+    }
 
     /// Registers interest in the next fill or lease release of `key`, before
     /// a lease attempt; `None` if the backend cannot notify (waiters then
@@ -371,79 +488,5 @@ impl FillToken {
     /// The version counters' tokens.
     pub fn versions(&self) -> &[u64] {
         &self.versions
-    }
-}
-
-/// The bytes of one entry, as stored in a backend.
-///
-/// Cheap to clone. An in-process backend hands the same `Stored` back on every
-/// read, so the cache can keep the decoded value next to the bytes and skip
-/// deserialising on later hits; a remote backend returns fresh bytes each
-/// time, and the slot stays empty.
-#[derive(Clone)]
-pub struct Stored(Arc<StoredInner>);
-
-struct StoredInner {
-    bytes: Bytes,
-    decoded: OnceLock<Box<dyn Any + Send + Sync>>,
-    /// A positive entry without dependencies whose decoded value was kept
-    /// when it was stored: a hit needs nothing but the value.
-    plain: bool,
-}
-
-impl Stored {
-    /// Wraps entry bytes.
-    pub fn new(bytes: impl Into<Bytes>) -> Self {
-        Stored(Arc::new(StoredInner {
-            bytes: bytes.into(),
-            decoded: OnceLock::new(),
-            plain: false,
-        }))
-    }
-
-    /// Wraps entry bytes whose decoded value is already known; `plain` if
-    /// the entry has no dependencies.
-    pub(crate) fn with_decoded<V: Any + Send + Sync>(
-        bytes: impl Into<Bytes>,
-        value: V,
-        plain: bool,
-    ) -> Self {
-        let decoded = OnceLock::new();
-        let _ = decoded.set(Box::new(value) as Box<dyn Any + Send + Sync>);
-        Stored(Arc::new(StoredInner {
-            bytes: bytes.into(),
-            decoded,
-            plain,
-        }))
-    }
-
-    /// The decoded value of a plain entry (see `with_decoded`), if it is a `V`.
-    pub(crate) fn plain_value<V: Any>(&self) -> Option<&V> {
-        if self.0.plain { self.decoded() } else { None }
-    }
-
-    /// The entry bytes.
-    pub fn bytes(&self) -> &Bytes {
-        &self.0.bytes
-    }
-
-    /// The decoded value kept with these bytes, if it is a `V`.
-    pub(crate) fn decoded<V: Any>(&self) -> Option<&V> {
-        self.0.decoded.get().and_then(|b| b.downcast_ref::<V>())
-    }
-
-    /// Keeps a decoded value with these bytes (first writer wins; the value is
-    /// a pure function of the bytes, so any winner is right).
-    pub(crate) fn remember<V: Any + Send + Sync>(&self, value: V) {
-        let _ = self.0.decoded.set(Box::new(value));
-    }
-}
-
-impl fmt::Debug for Stored {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Stored")
-            .field("len", &self.0.bytes.len())
-            .field("decoded", &self.0.decoded.get().is_some())
-            .finish()
     }
 }

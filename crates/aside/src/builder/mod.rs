@@ -34,6 +34,7 @@ mod resilience;
 /// | [`max_queued_invalidations`](Self::max_queued_invalidations) | 100,000 keys |
 /// | [`delayed_double_delete`](Self::delayed_double_delete) | off |
 /// | [`namespace_invalidation`](Self::namespace_invalidation) | off |
+/// | [`batch_chunk_size`](Self::batch_chunk_size) | 1,000 keys |
 /// | [`schema_version`](Self::schema_version) | none |
 /// | [`clock`](Self::clock) | [`SystemClock`] |
 /// | [`stale_while_revalidate`](Self::stale_while_revalidate) | off |
@@ -77,6 +78,7 @@ impl Default for CacheBuilder {
                 max_queued_invalidations: 100_000,
                 double_delete_after: None,
                 namespace_invalidation: false,
+                batch_chunk_size: 1000,
                 clock: Arc::new(SystemClock),
                 policy: Policy::default(),
             },
@@ -231,6 +233,16 @@ impl CacheBuilder {
         self
     }
 
+    /// The most keys one backend request of a batch carries
+    /// ([`Cache::get_many_or_load`], [`Cache::set_many`]): larger batches
+    /// are split into several requests of this size, so that one batch does
+    /// not hold Redis (single-threaded) for long. The batch loader is still
+    /// called once, with every miss.
+    pub fn batch_chunk_size(mut self, keys: usize) -> Self {
+        self.settings.batch_chunk_size = keys;
+        self
+    }
+
     /// The version of the shape of the cached values. Keys become
     /// `{namespace@vN:key}`, so a deploy that changes a type bumps this and
     /// never reads entries of the old shape (nor overwrites them for the old
@@ -300,6 +312,9 @@ impl CacheBuilder {
             return Err(Error::config(
                 "delayed_double_delete delay must be greater than zero (use None to disable)",
             ));
+        }
+        if s.batch_chunk_size == 0 {
+            return Err(Error::config("batch_chunk_size must be at least 1"));
         }
         if s.max_queued_invalidations == 0 {
             return Err(Error::config("max_queued_invalidations must be at least 1"));
@@ -371,6 +386,7 @@ mod tests {
             "zero timeout",
         );
         rejects(Cache::builder().max_value_bytes(0), "zero max value");
+        rejects(Cache::builder().batch_chunk_size(0), "zero batch chunk");
         rejects(Cache::builder().max_key_len(10), "tiny key limit");
         rejects(
             Cache::builder().backend_failure_threshold(0),

@@ -48,7 +48,7 @@ pub(super) enum Mode {
 
 /// Joins after which a caller that still could not take a shared load's
 /// value runs a private one (see the module doc: one retry is the norm).
-const MAX_JOINS: u32 = 3;
+pub(super) const MAX_JOINS: u32 = 3;
 
 /// Bypassed loads are shared among themselves only: a flight that reads
 /// and fills the cache must never hand its value to a bypassed caller.
@@ -57,8 +57,8 @@ pub(super) fn bypass_flight_key(pk: &str) -> String {
 }
 
 /// The first pause of a waiter that cannot rely on notifications.
-const FIRST_RECHECK: Duration = Duration::from_millis(5);
-const MAX_RECHECK: Duration = Duration::from_millis(200);
+pub(super) const FIRST_RECHECK: Duration = Duration::from_millis(5);
+pub(super) const MAX_RECHECK: Duration = Duration::from_millis(200);
 
 impl Cache {
     /// Joins or leads the load of `pk` and waits for its outcome, falling
@@ -188,7 +188,7 @@ impl Cache {
 
     /// The caller's stale value instead of a failure, where fail-safe
     /// allows.
-    fn fail_safe<V: Value>(
+    pub(super) fn fail_safe<V: Value>(
         &self,
         pk: &str,
         outcome: Outcome<V>,
@@ -440,14 +440,28 @@ impl Cache {
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
     {
+        self.run_timed(pk, async move { loader().await }).await
+    }
+
+    /// A loader's future (for one key, or a batch named `what`) under the
+    /// hard timeout.
+    pub(super) async fn run_timed<T, Fut, E>(
+        &self,
+        what: &str,
+        load: Fut,
+    ) -> (Result<T, Error>, Duration)
+    where
+        Fut: Future<Output = Result<T, E>> + Send,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    {
         let Some(hard) = self.inner.s.policy.loader_hard_timeout else {
-            return self.run_loader(pk, loader).await;
+            return self.run_caught(what, load).await;
         };
-        match tokio::time::timeout(hard, self.run_loader(pk, loader)).await {
+        match tokio::time::timeout(hard, self.run_caught(what, load)).await {
             Ok(done) => done,
             Err(_) => {
                 bump(&self.inner.stats.loader_timeouts);
-                tracing::warn!(key = %pk, timeout = ?hard, "aside: loader abandoned at the hard timeout");
+                tracing::warn!(key = %what, timeout = ?hard, "aside: loader abandoned at the hard timeout");
                 let e = Error::new(
                     ErrorKind::LoaderTimeout,
                     format!("loader did not finish within {hard:?}"),
@@ -457,20 +471,15 @@ impl Cache {
         }
     }
 
-    /// Runs the loader, catching a panic, timing it and counting the outcome.
-    pub(super) async fn run_loader<V, F, Fut, E>(
-        &self,
-        pk: &str,
-        loader: F,
-    ) -> (Outcome<V>, Duration)
+    /// Runs a loader's future, catching a panic, timing it and counting
+    /// the outcome.
+    async fn run_caught<T, Fut, E>(&self, what: &str, load: Fut) -> (Result<T, Error>, Duration)
     where
-        V: Value,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+        Fut: Future<Output = Result<T, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     {
         let started = Instant::now();
-        let outcome = CatchUnwind::new(async move { loader().await }).await;
+        let outcome = CatchUnwind::new(load).await;
         let took = started.elapsed();
         self.inner.stats.record_load(took);
         let outcome = match outcome {
@@ -483,7 +492,7 @@ impl Cache {
             }
             Err(message) => {
                 bump(&self.inner.stats.load_panics);
-                tracing::error!(key = %pk, panic = %message, "aside: loader panicked");
+                tracing::error!(key = %what, panic = %message, "aside: loader panicked");
                 Err(Error::new(
                     ErrorKind::LoaderPanicked,
                     format!("loader panicked: {message}"),
@@ -493,7 +502,7 @@ impl Cache {
         (outcome, took)
     }
 
-    fn record_breaker<V>(&self, outcome: &Outcome<V>) {
+    pub(super) fn record_breaker<T>(&self, outcome: &Result<T, Error>) {
         let Some(breaker) = &self.inner.loader_breaker else {
             return;
         };
@@ -517,7 +526,7 @@ impl Cache {
 }
 
 /// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
+pub(super) struct AbortOnDrop(pub(super) tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -550,13 +559,13 @@ fn fail_safe_covers(e: &Error) -> bool {
     )
 }
 
-fn written_at(stored: &crate::backend::Stored) -> Option<u64> {
+pub(super) fn written_at(stored: &crate::backend::Stored) -> Option<u64> {
     crate::envelope::parse(stored.bytes())
         .ok()
         .map(|env| env.meta.written_at_ms)
 }
 
 /// A random lease token: 128 bits, so two loads never share one.
-fn lease_token() -> String {
+pub(super) fn lease_token() -> String {
     format!("{:032x}", rand::random::<u128>())
 }

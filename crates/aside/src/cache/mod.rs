@@ -23,6 +23,7 @@ use crate::policy::{Age, Policy, fresh_until_ms};
 use crate::stats::{Counters, Stats, bump};
 use throttle::Throttle;
 
+mod batch;
 mod deps;
 mod load;
 mod throttle;
@@ -58,6 +59,7 @@ pub(crate) struct Settings {
     pub max_queued_invalidations: usize,
     pub double_delete_after: Option<Duration>,
     pub namespace_invalidation: bool,
+    pub batch_chunk_size: usize,
     pub clock: Arc<dyn Clock>,
     pub policy: Policy,
 }

@@ -342,7 +342,11 @@ impl Cache {
 
     /// Queues a failed invalidation for retry (see `max_queued_invalidations`
     /// for what happens when the queue is full).
-    fn queue_invalidation(&self, keys: Vec<String>, kind: Kind) -> Result<Invalidation, Error> {
+    pub(super) fn queue_invalidation(
+        &self,
+        keys: Vec<String>,
+        kind: Kind,
+    ) -> Result<Invalidation, Error> {
         let pending = &self.inner.pending;
         let max = self.inner.s.max_queued_invalidations;
         if !pending.add(&keys, kind, max) {

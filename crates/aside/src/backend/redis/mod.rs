@@ -5,19 +5,19 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{Backend, Capabilities, FillToken, FillWatch, Lease, Leases, Stored, fresh_token};
+use super::{Backend, BatchEntry, Capabilities, FillToken, Lease, Leases, Stored, fresh_token};
 use crate::error::{BackendError, Error, ErrorKind};
 
 mod backplane;
+mod batch;
+mod leases;
 mod scripts;
 mod subscriber;
 
 pub use backplane::RedisBackplane;
 
 use crate::backend::Notifier;
-use scripts::{
-    ACQUIRE, FILL, FILLS_CHANNEL, RELEASE, RENEW, SET, data, lease, marker, token_key, waiters,
-};
+use scripts::{ACQUIRE, FILL, FILLS_CHANNEL, SET, data, lease, marker, token_key, waiters};
 use subscriber::Subscription;
 
 /// A Redis backend on one multiplexed, auto-reconnecting connection.
@@ -324,6 +324,18 @@ fn parse_acquire(
         return Err(malformed("short lease reply"));
     };
     let versions = it.map(|v| token(&v)).collect();
+    Ok(parse_key(taken, pttl, data, &marker, versions, lease_token))
+}
+
+/// One key's part of an ACQUIRE reply, with the counters' tokens.
+fn parse_key(
+    taken: redis::Value,
+    pttl: redis::Value,
+    data: redis::Value,
+    marker: &redis::Value,
+    versions: Vec<u64>,
+    lease_token: &str,
+) -> (Option<Stored>, FillToken) {
     let stored = match data {
         redis::Value::BulkString(b) => Some(Stored::new(b)),
         _ => None,
@@ -341,8 +353,8 @@ fn parse_acquire(
         };
         Lease::Busy(Duration::from_millis(ms))
     };
-    let token = FillToken::new(token(&marker), versions).with_lease(lease);
-    Ok((stored, token))
+    let token = FillToken::new(token(marker), versions).with_lease(lease);
+    (stored, token)
 }
 
 fn px(d: Duration) -> u64 {
@@ -418,6 +430,40 @@ impl Backend for RedisBackend {
     ) -> Result<(Option<Stored>, FillToken), BackendError> {
         self.acquire(key, versions, marker_ttl, "", Duration::ZERO)
             .await
+    }
+
+    async fn get_many(
+        &self,
+        keys: &[String],
+        versions: &[String],
+    ) -> Result<(Vec<Option<Stored>>, Vec<u64>), BackendError> {
+        self.mget_many(keys, versions).await
+    }
+
+    async fn get_for_fill_many(
+        &self,
+        keys: &[String],
+        versions: &[String],
+        marker_ttl: Duration,
+    ) -> Result<Vec<(Option<Stored>, FillToken)>, BackendError> {
+        self.acquire_many(keys, versions, marker_ttl, "", Duration::ZERO)
+            .await
+    }
+
+    async fn fill_many(
+        &self,
+        fills: &[(BatchEntry, FillToken)],
+        versions: &[String],
+    ) -> Result<Vec<bool>, BackendError> {
+        self.fill_many_script(fills, versions).await
+    }
+
+    async fn set_many(
+        &self,
+        entries: &[BatchEntry],
+        versions: &[String],
+    ) -> Result<(), BackendError> {
+        self.set_many_script(entries, versions).await
     }
 
     async fn fill(
@@ -512,58 +558,5 @@ impl Backend for RedisBackend {
             .query_async::<()>(&mut conn)
             .await
             .map_err(failed)
-    }
-}
-
-/// Leases are keys beside the entry (`{ns:key}:l`, one slot with it), taken
-/// by the ACQUIRE script; fills and releases are announced on one pub/sub
-/// channel (only when a load waited), heard by the backend's subscriber.
-#[async_trait::async_trait]
-impl Leases for RedisBackend {
-    async fn get_for_fill_leased(
-        &self,
-        key: &str,
-        versions: &[String],
-        marker_ttl: Duration,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        self.acquire(key, versions, marker_ttl, token, ttl).await
-    }
-
-    async fn renew_lease(
-        &self,
-        key: &str,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<bool, BackendError> {
-        let mut conn = self.conn.clone();
-        let renewed: u8 = RENEW
-            .key(lease(key))
-            .key(waiters(key))
-            .arg(token)
-            .arg(px(ttl))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(failed)?;
-        Ok(renewed == 1)
-    }
-
-    async fn release_lease(&self, key: &str, token: &str) -> Result<(), BackendError> {
-        let mut conn = self.conn.clone();
-        RELEASE
-            .key(data(key))
-            .key(lease(key))
-            .key(waiters(key))
-            .arg(token)
-            .arg(FILLS_CHANNEL)
-            .invoke_async::<()>(&mut conn)
-            .await
-            .map_err(failed)
-    }
-
-    fn watch_fills(&self, key: &str) -> Option<FillWatch> {
-        // Fills announce the data key (the scripts publish KEYS[1]).
-        self.fills.as_ref().map(|f| f.notifier.watch(&data(key)))
     }
 }

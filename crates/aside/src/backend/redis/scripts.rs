@@ -219,3 +219,174 @@ pub(super) static SET: LazyLock<Script> = LazyLock::new(|| {
         ",
     )
 });
+
+/// ACQUIRE for many keys in one step. KEYS: data, marker, lease, waiters of
+/// each key (four per key), then the version counters. ARGV: lease token
+/// ('' for none), lease ms, marker ms, the number of keys n, a fresh marker
+/// token per key, a fresh token per counter. Returns the counters' tokens,
+/// then {taken, lease pttl, data or nil, marker} per key.
+pub(super) static ACQUIRE_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local function clear_foreign(key)
+            local t = redis.call('TYPE', key)['ok']
+            if t ~= 'string' and t ~= 'none' then redis.call('DEL', key) end
+        end
+        local function token(key, fresh, ms)
+            clear_foreign(key)
+            local v = redis.call('GET', key)
+            if v and #v <= 19 and string.match(v, '^[1-9]%d*$') then
+                if redis.call('PTTL', key) < tonumber(ms) then
+                    redis.call('PEXPIRE', key, ms)
+                end
+                return v
+            end
+            redis.call('SET', key, fresh, 'PX', ms)
+            return fresh
+        end
+        local n = tonumber(ARGV[4])
+        local out = {}
+        for j = 1, #KEYS - 4 * n do
+            out[j] = token(KEYS[4 * n + j], ARGV[4 + n + j], ARGV[3])
+        end
+        for i = 0, n - 1 do
+            local data, marker, lease, waiters = KEYS[4*i+1], KEYS[4*i+2], KEYS[4*i+3], KEYS[4*i+4]
+            local taken, pttl = 0, -3
+            if ARGV[1] ~= '' then
+                clear_foreign(lease)
+                if redis.call('SET', lease, ARGV[1], 'NX', 'PX', ARGV[2]) then
+                    taken, pttl = 1, 0
+                else
+                    pttl = redis.call('PTTL', lease)
+                    if pttl < 0 then
+                        redis.call('PEXPIRE', lease, ARGV[2])
+                        pttl = tonumber(ARGV[2])
+                    end
+                    redis.call('SET', waiters, '1', 'PX', ARGV[2])
+                end
+            end
+            clear_foreign(data)
+            out[#out + 1] = taken
+            out[#out + 1] = pttl
+            out[#out + 1] = redis.call('GET', data)
+            out[#out + 1] = token(marker, ARGV[5 + i], ARGV[3])
+        end
+        return out
+        ",
+    )
+});
+
+/// FILL for many keys in one step. KEYS: data, marker, lease, waiters of
+/// each key, then the version counters. ARGV: channel, the number of keys n,
+/// then bytes, ttl ms, expected marker, lease token ('' for none) per key,
+/// then the expected counters. Returns 1 (stored) or 0 per key.
+pub(super) static FILL_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local function get(key)
+            if redis.call('TYPE', key)['ok'] ~= 'string' then return false end
+            return redis.call('GET', key)
+        end
+        local n = tonumber(ARGV[2])
+        local counters_ok = true
+        for j = 1, #KEYS - 4 * n do
+            if get(KEYS[4 * n + j]) ~= ARGV[2 + 4 * n + j] then counters_ok = false end
+        end
+        local out = {}
+        local longest = 0
+        for i = 0, n - 1 do
+            local data, marker, lease, waiters = KEYS[4*i+1], KEYS[4*i+2], KEYS[4*i+3], KEYS[4*i+4]
+            local a = 2 + 4 * i
+            local leased = ARGV[a + 4] ~= ''
+            local ok = (not leased) or get(lease) == ARGV[a + 4]
+            if leased and ok then
+                redis.call('DEL', lease)
+                if redis.call('DEL', waiters) == 1 then
+                    redis.call('PUBLISH', ARGV[1], data)
+                end
+            end
+            if ok and (not counters_ok or get(marker) ~= ARGV[a + 3]) then ok = false end
+            if ok then
+                redis.call('SET', data, ARGV[a + 1], 'PX', ARGV[a + 2])
+                redis.call('DEL', marker)
+                longest = math.max(longest, tonumber(ARGV[a + 2]))
+                out[i + 1] = 1
+            else
+                out[i + 1] = 0
+            end
+        end
+        if longest > 0 then
+            for j = 4 * n + 1, #KEYS do
+                if redis.call('PTTL', KEYS[j]) < longest then
+                    redis.call('PEXPIRE', KEYS[j], longest)
+                end
+            end
+        end
+        return out
+        ",
+    )
+});
+
+/// SET for many keys in one step. KEYS: data and marker of each key, then
+/// the version counters. ARGV: bytes and ttl ms per key.
+pub(super) static SET_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local n = #ARGV / 2
+        local longest = 0
+        for i = 0, n - 1 do
+            redis.call('SET', KEYS[2*i+1], ARGV[2*i+1], 'PX', ARGV[2*i+2])
+            redis.call('DEL', KEYS[2*i+2])
+            longest = math.max(longest, tonumber(ARGV[2*i+2]))
+        end
+        for j = 2 * n + 1, #KEYS do
+            if redis.call('PTTL', KEYS[j]) < longest then
+                redis.call('PEXPIRE', KEYS[j], longest)
+            end
+        end
+        return 1
+        ",
+    )
+});
+
+/// RELEASE for many keys. KEYS: data, lease, waiters of each key. ARGV:
+/// token, channel.
+pub(super) static RELEASE_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        for i = 0, #KEYS / 3 - 1 do
+            local data, lease, waiters = KEYS[3*i+1], KEYS[3*i+2], KEYS[3*i+3]
+            if redis.call('GET', lease) == ARGV[1] then
+                redis.call('DEL', lease)
+                if redis.call('DEL', waiters) == 1 then
+                    redis.call('PUBLISH', ARGV[2], data)
+                end
+            end
+        end
+        return 1
+        ",
+    )
+});
+
+/// RENEW for many keys. KEYS: lease and waiters of each key. ARGV: token,
+/// lease ms. Returns 1 (renewed) or 0 per key.
+pub(super) static RENEW_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local out = {}
+        for i = 0, #KEYS / 2 - 1 do
+            local lease, waiters = KEYS[2*i+1], KEYS[2*i+2]
+            if redis.call('GET', lease) == ARGV[1] then
+                redis.call('PEXPIRE', lease, ARGV[2])
+                if redis.call('EXISTS', waiters) == 1 then
+                    redis.call('PEXPIRE', waiters, ARGV[2])
+                end
+                out[i + 1] = 1
+            else
+                out[i + 1] = 0
+            end
+        end
+        return out
+        ",
+    )
+});

@@ -36,13 +36,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 use super::{
-    Backend, Backplane, BackplaneListener, BackplaneSubscription, Capabilities, FillToken, Leases,
-    Stored,
+    Backend, Backplane, BackplaneListener, BackplaneSubscription, BatchEntry, Capabilities,
+    FillToken, Leases, Stored,
 };
 use crate::error::{BackendError, Error};
 
+mod batch;
 mod events;
 mod l1;
+mod leases;
 
 use events::{Message, Op};
 use l1::L1;
@@ -625,61 +627,41 @@ impl Backend for TieredBackend {
         self.inner.l2.ping().await
     }
 
-    fn leases(&self) -> Option<&dyn Leases> {
-        self.inner.l2.leases().map(|_| self as &dyn Leases)
-    }
-}
-
-/// L2's leases, with the entry and tokens the acquire step read copied (like
-/// `get_for_fill`'s).
-#[async_trait::async_trait]
-impl Leases for TieredBackend {
-    async fn get_for_fill_leased(
+    async fn get_many(
         &self,
-        key: &str,
+        keys: &[String],
+        versions: &[String],
+    ) -> Result<(Vec<Option<Stored>>, Vec<u64>), BackendError> {
+        self.get_many_tiered(keys, versions).await
+    }
+
+    async fn get_for_fill_many(
+        &self,
+        keys: &[String],
         versions: &[String],
         marker_ttl: Duration,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        let t = &self.inner;
-        let Some(leases) = t.l2.leases() else {
-            return t.l2.get_for_fill(key, versions, marker_ttl).await;
-        };
-        let copy = t.begin_copy(key, versions);
-        let (stored, fill) = leases
-            .get_for_fill_leased(key, versions, marker_ttl, token, ttl)
-            .await?;
-        t.end_copy(
-            copy,
-            key,
-            versions,
-            fill.versions(),
-            t.read_copy(stored.as_ref()),
-        );
-        Ok((stored, fill))
+    ) -> Result<Vec<(Option<Stored>, FillToken)>, BackendError> {
+        self.get_for_fill_many_tiered(keys, versions, marker_ttl, None)
+            .await
     }
 
-    async fn renew_lease(
+    async fn fill_many(
         &self,
-        key: &str,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<bool, BackendError> {
-        match self.inner.l2.leases() {
-            Some(leases) => leases.renew_lease(key, token, ttl).await,
-            None => Ok(false),
-        }
+        fills: &[(BatchEntry, FillToken)],
+        versions: &[String],
+    ) -> Result<Vec<bool>, BackendError> {
+        self.fill_many_tiered(fills, versions).await
     }
 
-    async fn release_lease(&self, key: &str, token: &str) -> Result<(), BackendError> {
-        match self.inner.l2.leases() {
-            Some(leases) => leases.release_lease(key, token).await,
-            None => Ok(()),
-        }
+    async fn set_many(
+        &self,
+        entries: &[BatchEntry],
+        versions: &[String],
+    ) -> Result<(), BackendError> {
+        self.set_many_tiered(entries, versions).await
     }
 
-    fn watch_fills(&self, key: &str) -> Option<super::FillWatch> {
-        self.inner.l2.leases().and_then(|l| l.watch_fills(key))
+    fn leases(&self) -> Option<&dyn Leases> {
+        self.inner.l2.leases().map(|_| self as &dyn Leases)
     }
 }

@@ -1,0 +1,94 @@
+//! What a backend stores: the bytes of one entry ([`Stored`]), and one
+//! entry of a batch write ([`BatchEntry`]).
+
+use std::any::Any;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// One entry of a batch write ([`Backend::fill_many`], [`Backend::set_many`]).
+#[derive(Debug, Clone)]
+pub struct BatchEntry {
+    /// The data key.
+    pub key: String,
+    /// The entry bytes.
+    pub value: Stored,
+    /// How long the backend keeps it.
+    pub ttl: Duration,
+}
+
+/// The bytes of one entry, as stored in a backend.
+///
+/// Cheap to clone. An in-process backend hands the same `Stored` back on every
+/// read, so the cache can keep the decoded value next to the bytes and skip
+/// deserialising on later hits; a remote backend returns fresh bytes each
+/// time, and the slot stays empty.
+#[derive(Clone)]
+pub struct Stored(Arc<StoredInner>);
+
+struct StoredInner {
+    bytes: Bytes,
+    decoded: OnceLock<Box<dyn Any + Send + Sync>>,
+    /// A positive entry without dependencies whose decoded value was kept
+    /// when it was stored: a hit needs nothing but the value.
+    plain: bool,
+}
+
+impl Stored {
+    /// Wraps entry bytes.
+    pub fn new(bytes: impl Into<Bytes>) -> Self {
+        Stored(Arc::new(StoredInner {
+            bytes: bytes.into(),
+            decoded: OnceLock::new(),
+            plain: false,
+        }))
+    }
+
+    /// Wraps entry bytes whose decoded value is already known; `plain` if
+    /// the entry has no dependencies.
+    pub(crate) fn with_decoded<V: Any + Send + Sync>(
+        bytes: impl Into<Bytes>,
+        value: V,
+        plain: bool,
+    ) -> Self {
+        let decoded = OnceLock::new();
+        let _ = decoded.set(Box::new(value) as Box<dyn Any + Send + Sync>);
+        Stored(Arc::new(StoredInner {
+            bytes: bytes.into(),
+            decoded,
+            plain,
+        }))
+    }
+
+    /// The decoded value of a plain entry (see `with_decoded`), if it is a `V`.
+    pub(crate) fn plain_value<V: Any>(&self) -> Option<&V> {
+        if self.0.plain { self.decoded() } else { None }
+    }
+
+    /// The entry bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0.bytes
+    }
+
+    /// The decoded value kept with these bytes, if it is a `V`.
+    pub(crate) fn decoded<V: Any>(&self) -> Option<&V> {
+        self.0.decoded.get().and_then(|b| b.downcast_ref::<V>())
+    }
+
+    /// Keeps a decoded value with these bytes (first writer wins; the value is
+    /// a pure function of the bytes, so any winner is right).
+    pub(crate) fn remember<V: Any + Send + Sync>(&self, value: V) {
+        let _ = self.0.decoded.set(Box::new(value));
+    }
+}
+
+impl fmt::Debug for Stored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stored")
+            .field("len", &self.0.bytes.len())
+            .field("decoded", &self.0.decoded.get().is_some())
+            .finish()
+    }
+}

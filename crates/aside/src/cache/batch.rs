@@ -1,0 +1,431 @@
+//! Batch lookups: `get_many_or_load` reads every key in one backend round
+//! trip, takes the tokens (and leases) of every miss in one more, calls the
+//! batch loader once with the misses, and fills them in one more.
+//!
+//! Each key keeps the guarantees of `get_or_load`:
+//! - Its tokens are read before the loader runs and its fill is conditional
+//!   on them (the `_many` backend operations are the single ones, key by
+//!   key, in one request).
+//! - The batch registers an in-process flight for every key it loads, so
+//!   single callers (and other batches) join it, and it hands each key's
+//!   value to its joiners under the same proof rules (`flight`).
+//! - A key already loading elsewhere in this process is awaited, not loaded
+//!   again. The batch waits for those loads *before* it registers flights of
+//!   its own: a batch that held flights while waiting for another batch's
+//!   could wait for ever on a batch waiting for it.
+//! - A key whose lease another process holds is awaited the same way: the
+//!   batch never waits while holding leases (see `acquire`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::deps::Deps;
+use super::load::{
+    AbortOnDrop, FIRST_RECHECK, MAX_JOINS, MAX_RECHECK, bypass_flight_key, lease_token, written_at,
+};
+use super::{Cache, Lookup, Value};
+use crate::backend::{BatchEntry, FillToken, Lease};
+use crate::error::{Error, ErrorKind};
+use crate::flight::{Done, Leader, Outcome, Role, Waiter};
+use crate::policy::LeaseTimeout;
+use crate::stats::bump;
+
+mod acquire;
+mod api;
+mod read;
+
+/// One distinct key of a batch, and what the batch found for it so far.
+struct Slot<V> {
+    /// The caller's key, as the loader sees it.
+    name: String,
+    pk: String,
+    /// An invalidation concerning it is queued: load it without the cache.
+    bypass: bool,
+    answer: Option<Outcome<V>>,
+    /// Its expired value (fail-safe's fallback).
+    stale: Option<Option<V>>,
+    /// Served, and to be refreshed: the write time of the entry served.
+    refresh: Option<u64>,
+}
+
+impl<V> Slot<V> {
+    fn flight_key(&self) -> String {
+        if self.bypass {
+            bypass_flight_key(&self.pk)
+        } else {
+            self.pk.clone()
+        }
+    }
+}
+
+/// A key the batch loads, in the batch's task.
+struct Item<V> {
+    name: String,
+    pk: String,
+    bypass: bool,
+    leader: Leader<V>,
+    stale: Option<Option<V>>,
+    /// A background refresh of the entry written at this time.
+    refresh: Option<u64>,
+    /// The moment of the caller (see `flight`).
+    owner: u64,
+}
+
+/// What taking a key's tokens and lease came to (see `acquire`).
+enum Got<V> {
+    /// Filled meanwhile: its value, read at this moment.
+    Value(Option<V>, u64),
+    /// Load it, with this token (`None`: do not store).
+    Load(Option<FillToken>),
+    /// A refresh that another load made needless.
+    Leave,
+    /// The lease wait ran out and the policy is to serve the stale value
+    /// (loaded with this unleased token when there is none).
+    ServeStale(FillToken),
+    Fail(Error),
+}
+
+impl Cache {
+    /// Loads the slots not answered by the read: waits for this process's
+    /// loads of them, then loads the rest (and refreshes the served ones
+    /// that asked for it) in one task, with one loader call.
+    async fn load_many<V, F, Fut, E>(
+        &self,
+        slots: &mut [Slot<V>],
+        deps: &Deps,
+        ttl: Option<Duration>,
+        me: u64,
+        loader: F,
+    ) where
+        V: Value,
+        F: FnOnce(Vec<String>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<HashMap<String, V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+    {
+        let flights = &self.inner.flights;
+        let mut waiting: Vec<usize> = (0..slots.len())
+            .filter(|&i| slots[i].answer.is_none())
+            .collect();
+        for &i in &waiting {
+            bump(&self.inner.stats.misses);
+            if slots[i].bypass {
+                bump(&self.inner.stats.bypassed);
+            }
+        }
+        for round in 0..MAX_JOINS {
+            let followed: Vec<(usize, Waiter<V>)> = waiting
+                .iter()
+                .filter_map(|&i| {
+                    flights
+                        .follow::<V>(&slots[i].flight_key(), &deps.keys)
+                        .map(|w| (i, w))
+                })
+                .collect();
+            if followed.is_empty() {
+                break;
+            }
+            if round == 0 {
+                for _ in &followed {
+                    bump(&self.inner.stats.coalesced);
+                }
+            }
+            self.wait_all(slots, followed, me).await;
+            waiting.retain(|&i| slots[i].answer.is_none());
+        }
+        let mut items = Vec::new();
+        let mut waiters = Vec::new();
+        for &i in &waiting {
+            let slot = &slots[i];
+            let key = slot.flight_key();
+            let leader = match flights.join::<V>(&key, &deps.keys) {
+                Role::Leader(leader) => leader,
+                // A load began since the last look: loading it again (once)
+                // is the price of never waiting while leading.
+                Role::Follower(_) => flights.private(&key),
+            };
+            waiters.push((i, leader.waiter()));
+            items.push(item(slot, leader, None, me));
+        }
+        for slot in slots.iter().filter(|s| s.refresh.is_some() && !s.bypass) {
+            if let Role::Leader(leader) = flights.join::<V>(&slot.pk, &deps.keys) {
+                bump(&self.inner.stats.refreshes);
+                items.push(item(slot, leader, slot.refresh, me));
+            }
+        }
+        if items.is_empty() {
+            return;
+        }
+        let (cache, deps2) = (self.clone(), deps.clone());
+        tokio::spawn(async move { cache.run_batch(items, deps2, ttl, loader).await });
+        self.wait_all(slots, waiters, me).await;
+    }
+
+    /// Waits for the loads of `waiters`, and answers each slot whose load's
+    /// value is proven current for this caller (moment `me`). A slot with a
+    /// stale value waits at most the soft timeout.
+    async fn wait_all<V: Value>(
+        &self,
+        slots: &mut [Slot<V>],
+        waiters: Vec<(usize, Waiter<V>)>,
+        me: u64,
+    ) {
+        let soft = self
+            .inner
+            .s
+            .policy
+            .loader_soft_timeout
+            .map(|d| Instant::now() + d);
+        // One after the other: the loads run meanwhile, so this waits as
+        // long as the slowest one.
+        for (i, waiter) in waiters {
+            let slot = &mut slots[i];
+            let done = match (soft, &slot.stale) {
+                (Some(at), Some(_)) => tokio::time::timeout_at(at, waiter.wait()).await.ok(),
+                _ => Some(waiter.wait().await),
+            };
+            let Some(done) = done else {
+                bump(&self.inner.stats.soft_timeouts);
+                slot.answer = Some(Ok(slot.stale.clone().flatten()));
+                continue;
+            };
+            if done.is_for(me) {
+                slot.answer = Some(self.fail_safe(&slot.pk, done.outcome, slot.stale.clone()));
+            } else {
+                bump(&self.inner.stats.joins_retried);
+            }
+        }
+    }
+
+    /// The batch's task: tokens and leases, the loader, the fills, and each
+    /// key's outcome to its waiters.
+    async fn run_batch<V, F, Fut, E>(
+        self,
+        items: Vec<Item<V>>,
+        deps: Deps,
+        ttl: Option<Duration>,
+        loader: F,
+    ) where
+        V: Value,
+        F: FnOnce(Vec<String>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<HashMap<String, V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+    {
+        let flights = &self.inner.flights;
+        // Taken before any token is read: whoever joined earlier began
+        // before this load read anything.
+        let began = flights.now();
+        let cached = items.iter().filter(|it| !it.bypass);
+        let pks: Vec<String> = cached.clone().map(|it| it.pk.clone()).collect();
+        let refresh: Vec<Option<u64>> = cached.map(|it| it.refresh).collect();
+        let mut got = self
+            .acquire_many::<V>(&pks, &refresh, &deps)
+            .await
+            .into_iter();
+        // In the order asked: the loader sees the keys as the caller listed
+        // them.
+        let mut loads: Vec<(Item<V>, Option<FillToken>)> = Vec::new();
+        for it in items {
+            let got = if it.bypass { None } else { got.next() };
+            match got {
+                // Bypassed: loaded without reading or filling the cache.
+                None => loads.push((it, None)),
+                Some(Got::Value(v, read_at)) => it.leader.publish(Done::before(Ok(v), read_at)),
+                Some(Got::Leave) => it.leader.publish(Done::retry()),
+                Some(Got::Fail(e)) => it.leader.publish(Done::to_all(Err(e))),
+                Some(Got::ServeStale(token)) => match it.stale.clone() {
+                    // Read by the caller's own lookup: current for it alone.
+                    Some(v) => it.leader.publish(Done::owner_only(Ok(v), it.owner)),
+                    None => loads.push((it, Some(token))),
+                },
+                Some(Got::Load(token)) => loads.push((it, token)),
+            }
+        }
+        if loads.is_empty() {
+            return;
+        }
+        if let Some(breaker) = &self.inner.loader_breaker
+            && !breaker.allow()
+        {
+            bump(&self.inner.stats.circuit_rejections);
+            self.release_all(
+                loads
+                    .iter()
+                    .filter_map(|(it, t)| Some((&it.pk, t.as_ref()?))),
+            )
+            .await;
+            let e = Error::new(
+                ErrorKind::CircuitOpen,
+                "loader circuit breaker is open; the loader was not called",
+            );
+            for (it, _) in loads {
+                it.leader.publish(Done::to_all(Err(e.clone())));
+            }
+            return;
+        }
+        let renewal = self.keep_leases(&loads);
+        let names: Vec<String> = loads.iter().map(|(it, _)| it.name.clone()).collect();
+        let what = format!("batch of {}", names.len());
+        let (outcome, took) = self
+            .run_timed(&what, async move { loader(names).await })
+            .await;
+        drop(renewal);
+        self.record_breaker(&outcome);
+        let mut found = match outcome {
+            Ok(found) => found,
+            Err(e) => {
+                self.release_all(
+                    loads
+                        .iter()
+                        .filter_map(|(it, t)| Some((&it.pk, t.as_ref()?))),
+                )
+                .await;
+                for (it, _) in loads {
+                    it.leader.publish(Done::to_all(Err(e.clone())));
+                }
+                return;
+            }
+        };
+        // A key the loader left out does not exist: a negative entry.
+        let values: Vec<Option<V>> = loads.iter().map(|(it, _)| found.remove(&it.name)).collect();
+        let stored = self.fill_all(&loads, &values, &deps, ttl, took).await;
+        // Woken after the writes: when the call returns, the values are
+        // readable (read-your-writes).
+        for (((it, _), value), stored) in loads.into_iter().zip(values).zip(stored) {
+            let valid_from = stored.unwrap_or(began);
+            it.leader.publish(Done::before(Ok(value), valid_from));
+        }
+    }
+
+    /// Fills every loaded key that has a token, in one request per chunk.
+    /// Returns, per key, the moment its fill was accepted.
+    async fn fill_all<V: Value>(
+        &self,
+        loads: &[(Item<V>, Option<FillToken>)],
+        values: &[Option<V>],
+        deps: &Deps,
+        ttl: Option<Duration>,
+        took: Duration,
+    ) -> Vec<Option<u64>> {
+        let mut fills = Vec::new();
+        let mut of = Vec::new();
+        let mut unused = Vec::new();
+        for (j, ((it, token), value)) in loads.iter().zip(values).enumerate() {
+            let Some(token) = token else { continue };
+            if self.must_bypass(&it.pk, deps) {
+                // An invalidation is pending: the fill cannot be proven fresh.
+                bump(&self.inner.stats.stale_fills_rejected);
+                unused.push((&it.pk, token));
+                continue;
+            }
+            let stamp = deps.stamp(token.versions());
+            match self.encode_entry(&it.pk, value.clone(), ttl, &stamp, took) {
+                Some((stored, ttl)) => {
+                    let entry = BatchEntry {
+                        key: it.pk.clone(),
+                        value: stored,
+                        ttl,
+                    };
+                    fills.push((entry, token.clone()));
+                    of.push(j);
+                }
+                None => unused.push((&it.pk, token)),
+            }
+        }
+        self.release_all(unused).await;
+        let mut accepted = vec![None; loads.len()];
+        let filling = self.inner.flights.now();
+        for (chunk, at) in fills
+            .chunks(self.inner.s.batch_chunk_size)
+            .zip(of.chunks(self.inner.s.batch_chunk_size))
+        {
+            let stored = match self
+                .guarded(self.inner.backend.fill_many(chunk, &deps.keys))
+                .await
+            {
+                Ok(stored) => stored,
+                Err(e) => {
+                    tracing::debug!(keys = chunk.len(), error = %e, "aside: could not cache loaded values");
+                    continue;
+                }
+            };
+            for (&j, ok) in at.iter().zip(stored) {
+                if ok {
+                    bump(&self.inner.stats.sets);
+                    accepted[j] = Some(filling);
+                } else {
+                    bump(&self.inner.stats.stale_fills_rejected);
+                }
+            }
+        }
+        accepted
+    }
+
+    /// Releases the leases these tokens hold (their loads will not fill).
+    async fn release_all<'a>(&self, tokens: impl IntoIterator<Item = (&'a String, &'a FillToken)>) {
+        let Some(leases) = self.inner.backend.leases() else {
+            return;
+        };
+        let mut by_token: HashMap<&str, Vec<String>> = HashMap::new();
+        for (pk, token) in tokens {
+            if let Lease::Held(t) = token.lease() {
+                by_token.entry(t.as_str()).or_default().push(pk.clone());
+            }
+        }
+        for (t, keys) in by_token {
+            for chunk in keys.chunks(self.inner.s.batch_chunk_size) {
+                if let Err(e) = self.guarded(leases.release_leases(chunk, t)).await {
+                    // They lapse by themselves after `lease_ttl`.
+                    tracing::debug!(keys = chunk.len(), error = %e, "aside: could not release leases");
+                }
+            }
+        }
+    }
+
+    /// Renews the leases the loads hold while the loader runs (see
+    /// `keep_lease`), in one request per chunk.
+    fn keep_leases<V>(&self, loads: &[(Item<V>, Option<FillToken>)]) -> Option<AbortOnDrop> {
+        let mut token = None;
+        let mut keys = Vec::new();
+        for (it, t) in loads {
+            if let Some(Lease::Held(t)) = t.as_ref().map(FillToken::lease) {
+                token = Some(t.clone());
+                keys.push(it.pk.clone());
+            }
+        }
+        let token = token?;
+        let cache = self.clone();
+        let ttl = self.inner.s.policy.lease_ttl;
+        let task = tokio::spawn(async move {
+            let Some(leases) = cache.inner.backend.leases() else {
+                return;
+            };
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                for chunk in keys.chunks(cache.inner.s.batch_chunk_size) {
+                    // A failure is retried at the next turn; a lost lease
+                    // only makes its fill fail.
+                    let _ = cache.guarded(leases.renew_leases(chunk, &token, ttl)).await;
+                }
+            }
+        });
+        Some(AbortOnDrop(task.abort_handle()))
+    }
+}
+
+fn item<V>(slot: &Slot<V>, leader: Leader<V>, refresh: Option<u64>, owner: u64) -> Item<V>
+where
+    V: Clone,
+{
+    Item {
+        name: slot.name.clone(),
+        pk: slot.pk.clone(),
+        bypass: slot.bypass,
+        leader,
+        stale: slot.stale.clone(),
+        refresh,
+        owner,
+    }
+}

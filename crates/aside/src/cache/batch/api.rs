@@ -1,0 +1,279 @@
+//! The public batch methods: `get_many_or_load` and its variants, and
+//! `set_many`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use super::{Cache, Slot, Value};
+use crate::backend::BatchEntry;
+use crate::cache::EntryOptions;
+use crate::error::Error;
+use crate::pending::Kind;
+use crate::stats::bump;
+
+impl Cache {
+    /// Returns the values of `keys`, in the caller's order, from the cache;
+    /// the misses are loaded with **one** call of `batch_loader` and cached
+    /// (the bulk form of [`get_or_load`](Self::get_or_load), like Caffeine's
+    /// `getAll`).
+    ///
+    /// Every key costs the same round trips whatever their number: one read
+    /// of all of them (an `MGET` on Redis, with the tag and namespace
+    /// tokens they depend on; on a two-level backend, one read of L2 for the
+    /// keys L1 does not hold), and for the misses one request that reads
+    /// their tokens and takes their leases, then one that fills them all,
+    /// each entry with its own jittered TTL. Batches over
+    /// [`batch_chunk_size`](crate::CacheBuilder::batch_chunk_size) keys send
+    /// one request per chunk. (The usual fix for N+1 lookups in the
+    /// textbook code still asks the cache key by key: N round trips.)
+    ///
+    /// `batch_loader` gets the keys to load (each once, in the order first
+    /// asked) and returns the values it found by key. A key it leaves out
+    /// does not exist: it is cached as a negative entry (see
+    /// [`CacheBuilder::negative_ttl`](crate::CacheBuilder::negative_ttl))
+    /// and answered `None`, so the next call does not ask for it again.
+    /// Keys the loader returns that were not asked for are ignored. A key
+    /// asked for several times is read and loaded once, and answered at
+    /// each of its positions.
+    ///
+    /// # Concurrent calls
+    /// Keys that another call in this process is already loading (a
+    /// `get_or_load`, or another batch) are awaited, not loaded again; the
+    /// batch waits for those loads first, then loads the rest, so it may
+    /// take up to their time plus its own. Its own loads are shared in turn
+    /// with `get_or_load` callers and batches that ask for the same keys
+    /// meanwhile. On a backend with leases (Redis), keys another process is
+    /// loading are awaited the same way, bounded by
+    /// [`lease_wait`](crate::CacheBuilder::lease_wait). Every key keeps the
+    /// guarantees of `get_or_load`: its tokens are read before the loader
+    /// runs and its fill is refused if it was invalidated meanwhile, and a
+    /// value shared with a caller is proven current for it. The load runs in
+    /// its own task: dropping the returned future does not cancel it.
+    ///
+    /// # Errors
+    /// The whole call fails only when some key has neither a value nor a
+    /// stale fallback: when the batch loader fails, panics or times out,
+    /// keys with a value kept by [`fail_safe`](crate::CacheBuilder::fail_safe)
+    /// are answered with it, and if every key was answered the call
+    /// succeeds; otherwise it returns the loader's error (kind `Loader`,
+    /// `LoaderPanicked`, `LoaderTimeout` or `CircuitOpen`, as
+    /// `get_or_load`). For the answer of each key, error or not, use
+    /// [`get_many_or_load_each`](Self::get_many_or_load_each). Backend
+    /// failures degrade to the loader, as in `get_or_load`.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), aside::Error> {
+    /// let cache = aside::Cache::builder().namespace("shop").build()?;
+    /// cache.set("price:1", 100u32).await?;
+    /// let prices: Vec<Option<u32>> = cache
+    ///     .get_many_or_load(["price:1", "price:2", "price:404", "price:2"], |misses| async move {
+    ///         // One query for every miss: SELECT ... WHERE id IN (2, 404)
+    ///         assert_eq!(misses, ["price:2", "price:404"]);
+    ///         Ok::<_, std::io::Error>(HashMap::from([("price:2".to_owned(), 200u32)]))
+    ///     })
+    ///     .await?;
+    /// assert_eq!(prices, [Some(100), Some(200), None, Some(200)]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_many_or_load<K, V, F, Fut, E>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+        batch_loader: F,
+    ) -> Result<Vec<Option<V>>, Error>
+    where
+        K: AsRef<str>,
+        V: Value,
+        F: FnOnce(Vec<String>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<HashMap<String, V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+    {
+        self.get_many_or_load_with(keys, &EntryOptions::default(), batch_loader)
+            .await
+    }
+
+    /// [`get_many_or_load`](Self::get_many_or_load) with tags and a TTL for
+    /// every entry it loads, as
+    /// [`get_or_load_with`](Self::get_or_load_with): a cached entry is
+    /// returned only if it carries every tag asked for and none of its tags
+    /// (nor the namespace) was invalidated since it was loaded.
+    ///
+    /// # Errors
+    /// As `get_many_or_load`.
+    pub async fn get_many_or_load_with<K, V, F, Fut, E>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+        options: &EntryOptions,
+        batch_loader: F,
+    ) -> Result<Vec<Option<V>>, Error>
+    where
+        K: AsRef<str>,
+        V: Value,
+        F: FnOnce(Vec<String>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<HashMap<String, V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+    {
+        self.get_many_or_load_each(keys, options, batch_loader)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// [`get_many_or_load_with`](Self::get_many_or_load_with), answering
+    /// each key on its own: when the batch loader fails, the keys with a
+    /// fail-safe value get it and the others get the error.
+    ///
+    /// # Errors
+    /// Per key, as `get_many_or_load`.
+    pub async fn get_many_or_load_each<K, V, F, Fut, E>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+        options: &EntryOptions,
+        batch_loader: F,
+    ) -> Vec<Result<Option<V>, Error>>
+    where
+        K: AsRef<str>,
+        V: Value,
+        F: FnOnce(Vec<String>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<HashMap<String, V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+    {
+        // This caller's moment, before anything is read: loads that began
+        // after it need no proof (see `flight`).
+        let me = self.inner.flights.now();
+        let deps = self.deps(&options.tags);
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut slots: Vec<Slot<V>> = Vec::new();
+        let mut order = Vec::new();
+        for key in keys {
+            let name = key.as_ref();
+            let at = match index.get(name) {
+                Some(&at) => at,
+                None => {
+                    let pk = self.physical_key(name);
+                    let bypass = self.must_bypass(&pk, &deps);
+                    slots.push(Slot {
+                        name: name.to_owned(),
+                        pk,
+                        bypass,
+                        answer: None,
+                        stale: None,
+                        refresh: None,
+                    });
+                    index.insert(name.to_owned(), slots.len() - 1);
+                    slots.len() - 1
+                }
+            };
+            order.push(at);
+        }
+        if !slots.is_empty() {
+            self.read_many(&mut slots, &deps).await;
+            // Boxed: the miss path's state is large.
+            Box::pin(self.load_many(&mut slots, &deps, options.ttl, me, batch_loader)).await;
+        }
+        order
+            .into_iter()
+            .map(|at| {
+                slots[at].answer.clone().unwrap_or_else(|| {
+                    Err(Error::new(
+                        crate::ErrorKind::LoaderPanicked,
+                        "the load was abandoned before it finished",
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Writes several values with the default TTL, in one backend request
+    /// (per [`batch_chunk_size`](crate::CacheBuilder::batch_chunk_size)
+    /// keys), each with its own jittered TTL. As [`set`](Self::set) for each
+    /// key: loads that began before it do not overwrite it.
+    ///
+    /// # Errors
+    /// As `set`. A value that cannot be encoded (too large) fails the call
+    /// before anything is written. When the backend cannot be written, an
+    /// invalidation of every key is queued.
+    pub async fn set_many<K: AsRef<str>, V: Value>(
+        &self,
+        items: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<(), Error> {
+        self.set_many_with(items, &EntryOptions::default()).await
+    }
+
+    /// [`set_many`](Self::set_many) with tags and a TTL for every entry. With
+    /// tags (or namespace invalidation), their tokens are read first: one
+    /// more request.
+    ///
+    /// # Errors
+    /// As `set_many`, and `Config` for a zero TTL.
+    pub async fn set_many_with<K: AsRef<str>, V: Value>(
+        &self,
+        items: impl IntoIterator<Item = (K, V)>,
+        options: &EntryOptions,
+    ) -> Result<(), Error> {
+        if options.ttl.is_some_and(|t| t.is_zero()) {
+            return Err(Error::config("ttl must be greater than zero"));
+        }
+        let items: Vec<(String, V)> = items
+            .into_iter()
+            .map(|(k, v)| (self.physical_key(k.as_ref()), v))
+            .collect();
+        let Some((first, _)) = items.first() else {
+            return Ok(());
+        };
+        let pks: Vec<String> = items.iter().map(|(pk, _)| pk.clone()).collect();
+        for pk in &pks {
+            self.inner.flights.forget(pk);
+        }
+        let deps = self.deps(&options.tags);
+        // Every entry records the counters' tokens as they are now (created
+        // if absent), read once for all: they are the same counters.
+        let stamp = if deps.is_empty() {
+            Vec::new()
+        } else {
+            let marker_ttl = self.inner.s.marker_ttl;
+            let read = self
+                .guarded(
+                    self.inner
+                        .backend
+                        .get_for_fill(first, &deps.keys, marker_ttl),
+                )
+                .await;
+            match read {
+                Ok((_, token)) => deps.stamp(token.versions()),
+                Err(e) => {
+                    let _ = self.queue_invalidation(pks, Kind::Key);
+                    return Err(e);
+                }
+            }
+        };
+        let mut entries = Vec::with_capacity(items.len());
+        for (pk, value) in items {
+            if let Some((stored, ttl)) =
+                self.try_encode_entry(Some(value), options.ttl, &stamp, Duration::ZERO)?
+            {
+                entries.push(BatchEntry {
+                    key: pk,
+                    value: stored,
+                    ttl,
+                });
+            }
+        }
+        for chunk in entries.chunks(self.inner.s.batch_chunk_size) {
+            if let Err(e) = self
+                .guarded(self.inner.backend.set_many(chunk, &deps.keys))
+                .await
+            {
+                // Old entries may still be there: have them removed.
+                let _ = self.queue_invalidation(pks, Kind::Key);
+                return Err(e);
+            }
+            for _ in chunk {
+                bump(&self.inner.stats.sets);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,128 @@
+//! The read of a batch: every key and the counters it depends on in one
+//! request per chunk (`Backend::get_many`), checked as `lookup` checks one.
+
+use std::collections::HashMap;
+
+use super::super::deps::Deps;
+use super::super::version_key;
+use super::{Cache, Lookup, Slot, Value};
+use crate::backend::Stored;
+use crate::envelope;
+use crate::stats::bump;
+
+impl Cache {
+    /// Answers the slots the cache can answer; records expired values (for
+    /// fail-safe) and the entries to refresh. A backend failure leaves its
+    /// chunk to the loader.
+    pub(super) async fn read_many<V: Value>(&self, slots: &mut [Slot<V>], deps: &Deps) {
+        let read: Vec<usize> = (0..slots.len()).filter(|&i| !slots[i].bypass).collect();
+        for chunk in read.chunks(self.inner.s.batch_chunk_size) {
+            let pks: Vec<String> = chunk.iter().map(|&i| slots[i].pk.clone()).collect();
+            // Counted as a backend failure in `guarded`; the loader answers.
+            let Ok((entries, current)) = self
+                .guarded(self.inner.backend.get_many(&pks, &deps.keys))
+                .await
+            else {
+                continue;
+            };
+            let mut unknown = Vec::new();
+            for (&i, stored) in chunk.iter().zip(entries) {
+                let Some(stored) = stored else { continue };
+                match self.decode_checked::<V>(&slots[i].pk, &stored, deps, &current) {
+                    Lookup::Miss if self.has_unknown_deps_beyond(&stored, deps) => {
+                        unknown.push((i, stored));
+                    }
+                    found => self.found(&mut slots[i], found),
+                }
+            }
+            if !unknown.is_empty() {
+                self.read_with_their_deps(slots, &unknown, deps).await;
+            }
+        }
+    }
+
+    /// Reads again the entries that carry tags the caller did not name,
+    /// with every counter any of them records, in one more request.
+    async fn read_with_their_deps<V: Value>(
+        &self,
+        slots: &mut [Slot<V>],
+        unknown: &[(usize, Stored)],
+        deps: &Deps,
+    ) {
+        let pks: Vec<String> = unknown.iter().map(|(i, _)| slots[*i].pk.clone()).collect();
+        let mut all = deps.clone();
+        for (_, stored) in unknown {
+            for n in dep_names(stored) {
+                if !all.names.contains(&n) {
+                    all.keys.push(version_key(&self.inner.s.namespace, &n));
+                    all.names.push(n);
+                }
+            }
+        }
+        // An entry replaced meanwhile by one with yet other tags is checked
+        // against these counters only, and misses.
+        let Ok((entries, current)) = self
+            .guarded(self.inner.backend.get_many(&pks, &all.keys))
+            .await
+        else {
+            return;
+        };
+        let tokens: HashMap<&str, u64> = all
+            .names
+            .iter()
+            .map(String::as_str)
+            .zip(current.iter().copied())
+            .collect();
+        for ((i, _), stored) in unknown.iter().zip(entries) {
+            let i = *i;
+            let Some(stored) = stored else { continue };
+            let mine = self.entry_deps(&stored, deps);
+            let current: Vec<u64> = mine
+                .names
+                .iter()
+                .map(|n| tokens.get(n.as_str()).copied().unwrap_or(0))
+                .collect();
+            let found = self.decode_checked::<V>(&slots[i].pk, &stored, &mine, &current);
+            self.found(&mut slots[i], found);
+        }
+    }
+
+    /// Records what the read found for one slot, counted as `get_or_load`
+    /// counts it.
+    fn found<V: Value>(&self, slot: &mut Slot<V>, found: Lookup<V>) {
+        let stats = &self.inner.stats;
+        match found {
+            Lookup::Fresh(v, refresh) => {
+                self.count_hit(&v);
+                if refresh.is_some() {
+                    bump(&stats.early_refreshes);
+                    slot.refresh = refresh;
+                }
+                slot.answer = Some(Ok(v));
+            }
+            Lookup::Stale(v, written_at) => {
+                bump(&stats.stale_served);
+                slot.refresh = Some(written_at);
+                slot.answer = Some(Ok(v));
+            }
+            Lookup::Expired(v) => {
+                if self.inner.throttle.is_active(&slot.pk) {
+                    // Fail-safe served this key recently: do not ask the
+                    // failing loader again yet.
+                    bump(&stats.misses);
+                    bump(&stats.fail_safe_served);
+                    slot.answer = Some(Ok(v));
+                } else {
+                    slot.stale = Some(v);
+                }
+            }
+            Lookup::Miss => {}
+        }
+    }
+}
+
+fn dep_names(stored: &Stored) -> Vec<String> {
+    envelope::parse(stored.bytes())
+        .map(|env| env.deps().map(|(n, _)| n.to_owned()).collect())
+        .unwrap_or_default()
+}
