@@ -152,7 +152,7 @@ impl Cache {
             let at = match index.get(name) {
                 Some(&at) => at,
                 None => {
-                    let pk = self.physical_key(name);
+                    let pk = self.backend_key(name);
                     let bypass = self.must_bypass(&pk, &deps);
                     slots.push(Slot {
                         name: name.to_owned(),
@@ -218,7 +218,7 @@ impl Cache {
         }
         let items: Vec<(String, V)> = items
             .into_iter()
-            .map(|(k, v)| (self.physical_key(k.as_ref()), v))
+            .map(|(k, v)| (self.backend_key(k.as_ref()), v))
             .collect();
         let Some((first, _)) = items.first() else {
             return Ok(());
