@@ -57,9 +57,9 @@ pub enum LaunchError {
          `apt-get update && apt-get install -y redis-server`)"
     )]
     NotInstalled,
-    /// PostgreSQL's server programs are not installed.
+    /// PostgreSQL's server programs (or `psql`) are not installed.
     #[error(
-        "PostgreSQL's server programs (`initdb`, `pg_ctl`, `postgres`) were found neither on \
+        "PostgreSQL's programs (`initdb`, `pg_ctl`, `postgres`, `psql`) were found neither on \
          PATH nor in /usr/lib/postgresql/*/bin (install them: \
          `apt-get update && apt-get install -y postgresql`, or put their directory on PATH)"
     )]

@@ -14,9 +14,14 @@
 //! SIGKILL alike, and then stops the server (`pg_ctl stop -m immediate`) and
 //! deletes its directory. Only a kill of the watchdog itself (SIGKILL to the
 //! whole process group) leaves a server behind.
+//!
+//! Queries ([`PgServer::query`], [`PgServer::create_database`],
+//! [`PgServer::ping`]) run `psql`, from the same directory as the server's
+//! programs, as the same OS user, and are killed when they outlast their
+//! timeout.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write as _;
+use std::io::{Read, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -26,10 +31,8 @@ use std::time::{Duration, Instant};
 
 use crate::LaunchError;
 
-mod wire;
-
-/// Rows of a simple query, every value in PostgreSQL's text format (`None`
-/// for NULL).
+/// Rows of a query, every value in PostgreSQL's text format (`None` for
+/// NULL).
 pub type Rows = Vec<Vec<Option<String>>>;
 
 /// Set to a PostgreSQL URL, tests use that server (its database must exist)
@@ -46,7 +49,7 @@ const SUPERUSER: &str = "postgres";
 const OS_USER: &str = "postgres";
 
 /// The programs a server needs, all from one directory (one version).
-const TOOLS: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
+const TOOLS: [&str; 4] = ["initdb", "pg_ctl", "postgres", "psql"];
 
 /// Searched, highest version first, after PATH (Debian and Ubuntu keep the
 /// server programs here, off PATH).
@@ -60,6 +63,16 @@ const MAX_CONNECTIONS: u32 = 300;
 
 /// How long `pg_ctl` may take to start or stop a server on a busy machine.
 const PG_CTL_TIMEOUT_S: &str = "60";
+
+/// How `psql` prints results (unaligned): control characters that test data
+/// does not contain. A value equal to [`NULL_MARK`], or containing
+/// [`RESULT_MARK`] followed by [`RECORD_SEP`], would be misread.
+const FIELD_SEP: char = '\u{1f}';
+const RECORD_SEP: char = '\u{1e}';
+/// Printed for NULL.
+const NULL_MARK: &str = "\u{1d}N";
+/// The title `psql` prints before each result set (then its header line).
+const RESULT_MARK: &str = "\u{1d}R";
 
 /// Reads stdin until it closes, then stops the server and deletes its
 /// directory. `$1` is `pg_ctl`, `$2` the data directory, `$3` the temporary
@@ -109,7 +122,7 @@ impl PgServer {
     /// second, most of it `initdb`.
     ///
     /// # Errors
-    /// [`LaunchError::PgNotInstalled`] when the server programs are not
+    /// [`LaunchError::PgNotInstalled`] when PostgreSQL's programs are not
     /// found; [`LaunchError::PgFailed`] when a step fails (with its output).
     pub fn start() -> Result<Self, LaunchError> {
         let bin = bin_dir()?;
@@ -186,28 +199,77 @@ impl PgServer {
         Ok(self.url_for(name))
     }
 
-    /// Runs SQL (one or more statements, PostgreSQL's simple query protocol)
-    /// as the superuser on `database`; returns the rows of the last
-    /// statement that returned any.
+    /// Runs SQL (one or more statements, sent together as one query string
+    /// by `psql -c`) as the superuser on `database`; returns the rows of the
+    /// last statement that returned a result set (`psql` before version 15:
+    /// of the last statement).
     ///
     /// # Errors
     /// [`LaunchError::PgFailed`] when the server cannot be reached or reports
-    /// an error.
+    /// an error (with `psql`'s message), or `psql` outlasts 30 seconds.
     pub fn query(&self, database: &str, sql: &str) -> Result<Rows, LaunchError> {
-        wire::simple_query(self.port, SUPERUSER, database, sql, Duration::from_secs(30))
+        self.psql(database, sql, Duration::from_secs(30))
             .map_err(|e| LaunchError::PgFailed(format!("port {}: {e}", self.port)))
     }
 
     /// Whether the server answers a query.
     pub fn ping(&self) -> bool {
-        wire::simple_query(
-            self.port,
-            SUPERUSER,
-            "postgres",
-            "SELECT 1",
-            Duration::from_secs(2),
-        )
-        .is_ok()
+        self.psql("postgres", "SELECT 1", Duration::from_secs(2))
+            .is_ok()
+    }
+
+    /// Runs `psql -c sql`, killed if it outlasts `timeout`.
+    fn psql(&self, database: &str, sql: &str, timeout: Duration) -> Result<Rows, String> {
+        let mut child = self
+            .command("psql")
+            .args(["-X", "-q", "-A", "-v", "ON_ERROR_STOP=1"])
+            .arg("-F")
+            .arg(FIELD_SEP.to_string())
+            .arg("-R")
+            .arg(RECORD_SEP.to_string())
+            .args(["-P", "footer=off", "-P"])
+            .arg(format!("null={NULL_MARK}"))
+            .arg("-P")
+            .arg(format!("title={RESULT_MARK}"))
+            .args(["-h", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .args(["-U", SUPERUSER, "-d", database, "-c", sql])
+            .env("PGCONNECT_TIMEOUT", timeout.as_secs().max(2).to_string())
+            .env("PGCLIENTENCODING", "UTF8")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("could not run psql: {e}"))?;
+        let stdout = drain(child.stdout.take());
+        let stderr = drain(child.stderr.take());
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Ok(status),
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break Err(format!("psql did not finish within {timeout:?}"));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break Err(format!("could not wait for psql: {e}"));
+                }
+            }
+        };
+        let stdout = stdout.join().unwrap_or_default();
+        let stderr = stderr.join().unwrap_or_default();
+        let status = status?;
+        if status.success() {
+            Ok(parse_psql_output(&String::from_utf8_lossy(&stdout)))
+        } else {
+            Err(format!(
+                "psql exited with {status}: {}",
+                String::from_utf8_lossy(&stderr).trim()
+            ))
+        }
     }
 
     /// One of PostgreSQL's programs, run as the server's OS user, in the
@@ -372,6 +434,39 @@ pub fn pg_url() -> Result<String, LaunchError> {
     }
 }
 
+/// Reads a child's pipe to its end in a thread (so that neither pipe fills
+/// up while the other is read).
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
+/// The rows of the last result set `psql` printed. Each result set is
+/// [`RESULT_MARK`], the header line, then the rows, every record ended by
+/// [`RECORD_SEP`] but the last, which a newline ends.
+fn parse_psql_output(out: &str) -> Rows {
+    let start = format!("{RESULT_MARK}{RECORD_SEP}");
+    let Some((_, last)) = out.rsplit_once(start.as_str()) else {
+        return Rows::new();
+    };
+    let last = last.strip_suffix('\n').unwrap_or(last);
+    // The header line, then the rows.
+    last.split(RECORD_SEP)
+        .skip(1)
+        .map(|record| {
+            record
+                .split(FIELD_SEP)
+                .map(|value| (value != NULL_MARK).then(|| value.to_owned()))
+                .collect()
+        })
+        .collect()
+}
+
 fn free_port() -> Result<u16, LaunchError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -466,6 +561,28 @@ mod tests {
         assert_eq!(names, ["16", "15", "10", "9.6"]);
         assert!(versioned_bin_dirs(&root.path().join("absent")).is_empty());
         Ok(())
+    }
+
+    #[test]
+    fn psql_output_gives_the_last_result_set() {
+        let out =
+            "\u{1d}R\u{1e}a\u{1f}b\u{1f}c\u{1e}1\u{1f}\u{1d}N\u{1f}\u{1e}x\ny\u{1f}2\u{1f}3\n";
+        assert_eq!(
+            parse_psql_output(out),
+            [
+                vec![Some("1".to_owned()), None, Some(String::new())],
+                vec![
+                    Some("x\ny".to_owned()),
+                    Some("2".to_owned()),
+                    Some("3".to_owned())
+                ],
+            ]
+        );
+        let two = format!("{out}\u{1d}R\u{1e}?column?\u{1e}2\n");
+        assert_eq!(parse_psql_output(&two), [[Some("2".to_owned())]]);
+        let empty = format!("{out}\u{1d}R\u{1e}?column?\n");
+        assert!(parse_psql_output(&empty).is_empty());
+        assert!(parse_psql_output("").is_empty());
     }
 
     #[test]

@@ -61,7 +61,26 @@ fn two_servers_at_once_each_answer_and_are_gone_after_drop() {
     }
     // Two servers, not one seen twice.
     ok(a.query("test", "CREATE TABLE only_in_a (x int)"));
-    assert!(b.query("test", "SELECT * FROM only_in_a").is_err());
+    let e = b.query("test", "SELECT * FROM only_in_a").unwrap_err();
+    assert!(
+        e.to_string().contains("\"only_in_a\" does not exist"),
+        "{e}"
+    );
+    // Several statements: the rows of the last result set, values as they are.
+    let rows = ok(a.query(
+        "test",
+        "SELECT 1; INSERT INTO only_in_a VALUES (7); SELECT x, '', E'a\\nb' FROM only_in_a; \
+         CREATE TABLE also_in_a ()",
+    ));
+    assert_eq!(
+        rows,
+        [[
+            Some("7".to_owned()),
+            Some(String::new()),
+            Some("a\nb".to_owned())
+        ]]
+    );
+    assert!(ok(a.query("test", "SELECT 1 WHERE false")).is_empty());
     // A database of a test's own.
     let url = ok(b.create_database("mine"));
     assert!(url.ends_with("/mine"), "{url}");
