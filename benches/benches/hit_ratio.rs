@@ -8,6 +8,9 @@
 //! alternating order), and the report is the median of the per-round ratios.
 //!
 //! Run: `cargo bench -p aside-benches --bench hit_ratio`
+//!
+//! For profiling, `ASIDE_BENCH_ONLY=memory|tiered|redis` runs one row and
+//! `ASIDE_BENCH_ROUNDS=N` changes the number of rounds (30).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::hint::black_box;
@@ -66,108 +69,119 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let rounds = 30;
+    let rounds: usize = std::env::var("ASIDE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(30);
+    let only = std::env::var("ASIDE_BENCH_ONLY").ok();
+    let runs = |row: &str| only.as_deref().is_none_or(|o| o == row);
 
     // Memory: aside vs raw moka.
-    rt.block_on(async {
-        let raw: moka::future::Cache<String, Product> = moka::future::Cache::new(10_000);
-        // The raw cache is keyed by the same key the caller gives aside.
-        raw.insert("product:42".to_owned(), product()).await;
-        let cache = Cache::builder()
-            .backend(MemoryBackend::new())
-            .build()
-            .unwrap();
-        assert_eq!(hit(&cache).await, Some(product()));
-        let n = 20_000;
-        let (mut r, mut a) = (Vec::new(), Vec::new());
-        for round in 0..rounds {
-            if round % 2 == 0 {
-                r.push(block(n, || raw.get("product:42")).await);
-                a.push(block(n, || hit(&cache)).await);
-            } else {
-                a.push(block(n, || hit(&cache)).await);
-                r.push(block(n, || raw.get("product:42")).await);
+    if runs("memory") {
+        rt.block_on(async {
+            let raw: moka::future::Cache<String, Product> = moka::future::Cache::new(10_000);
+            // The raw cache is keyed by the same key the caller gives aside.
+            raw.insert("product:42".to_owned(), product()).await;
+            let cache = Cache::builder()
+                .backend(MemoryBackend::new())
+                .build()
+                .unwrap();
+            assert_eq!(hit(&cache).await, Some(product()));
+            let n = 20_000;
+            let (mut r, mut a) = (Vec::new(), Vec::new());
+            for round in 0..rounds {
+                if round % 2 == 0 {
+                    r.push(block(n, || raw.get("product:42")).await);
+                    a.push(block(n, || hit(&cache)).await);
+                } else {
+                    a.push(block(n, || hit(&cache)).await);
+                    r.push(block(n, || raw.get("product:42")).await);
+                }
             }
-        }
-        report("memory hit vs raw moka get", &r, &a, n, 1.5);
-    });
+            report("memory hit vs raw moka get", &r, &a, n, 1.5);
+        });
+    }
 
     let server = aside_test::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
 
     // Two-level: an L1 hit of a TieredBackend (over Redis, with the Redis
     // backplane subscribed, as deployed) vs the same raw moka get.
-    rt.block_on(async {
-        let raw: moka::future::Cache<String, Product> = moka::future::Cache::new(10_000);
-        raw.insert("product:42".to_owned(), product()).await;
-        let redis = RedisBackend::new(&server.url()).unwrap();
-        let backplane = redis.backplane("aside:events").unwrap();
-        let tiered = TieredBackend::builder(redis)
-            .backplane(backplane)
-            .build()
-            .unwrap();
-        // Copies are trusted once the subscription is live (its first gap).
-        while tiered.stats().gaps == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let cache = Cache::builder().backend(tiered.clone()).build().unwrap();
-        assert_eq!(hit(&cache).await, Some(product()));
-        let before = tiered.stats();
-        let n = 20_000;
-        let (mut r, mut a) = (Vec::new(), Vec::new());
-        for round in 0..rounds {
-            if round % 2 == 0 {
-                r.push(block(n, || raw.get("product:42")).await);
-                a.push(block(n, || hit(&cache)).await);
-            } else {
-                a.push(block(n, || hit(&cache)).await);
-                r.push(block(n, || raw.get("product:42")).await);
+    if runs("tiered") {
+        rt.block_on(async {
+            let raw: moka::future::Cache<String, Product> = moka::future::Cache::new(10_000);
+            raw.insert("product:42".to_owned(), product()).await;
+            let redis = RedisBackend::new(&server.url()).unwrap();
+            let backplane = redis.backplane("aside:events").unwrap();
+            let tiered = TieredBackend::builder(redis)
+                .backplane(backplane)
+                .build()
+                .unwrap();
+            // Copies are trusted once the subscription is live (its first gap).
+            while tiered.stats().gaps == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-        }
-        let after = tiered.stats();
-        assert_eq!(
-            after.l1_misses, before.l1_misses,
-            "the timed reads were not all L1 hits"
-        );
-        report("tiered L1 hit vs raw moka get", &r, &a, n, 1.2);
-    });
+            let cache = Cache::builder().backend(tiered.clone()).build().unwrap();
+            assert_eq!(hit(&cache).await, Some(product()));
+            let before = tiered.stats();
+            let n = 20_000;
+            let (mut r, mut a) = (Vec::new(), Vec::new());
+            for round in 0..rounds {
+                if round % 2 == 0 {
+                    r.push(block(n, || raw.get("product:42")).await);
+                    a.push(block(n, || hit(&cache)).await);
+                } else {
+                    a.push(block(n, || hit(&cache)).await);
+                    r.push(block(n, || raw.get("product:42")).await);
+                }
+            }
+            let after = tiered.stats();
+            assert_eq!(
+                after.l1_misses, before.l1_misses,
+                "the timed reads were not all L1 hits"
+            );
+            report("tiered L1 hit vs raw moka get", &r, &a, n, 1.2);
+        });
+    }
 
     // Redis: aside vs raw GET + MessagePack decode of the same bytes.
-    rt.block_on(async {
-        let cache = Cache::builder()
-            .backend(RedisBackend::new(&server.url()).unwrap())
-            .build()
-            .unwrap();
-        assert_eq!(hit(&cache).await, Some(product()));
-        let key = cache.physical_key("product:42");
-        let conn = redis::Client::open(server.url())
-            .unwrap()
-            .get_connection_manager()
-            .await
-            .unwrap();
-        let raw = || {
-            let mut conn = conn.clone();
-            let key = key.clone();
-            async move {
-                let bytes: Vec<u8> = redis::cmd("GET")
-                    .arg(key)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                rmp_serde::from_slice::<Product>(&bytes[34..]).unwrap()
+    if runs("redis") {
+        rt.block_on(async {
+            let cache = Cache::builder()
+                .backend(RedisBackend::new(&server.url()).unwrap())
+                .build()
+                .unwrap();
+            assert_eq!(hit(&cache).await, Some(product()));
+            let key = cache.physical_key("product:42");
+            let conn = redis::Client::open(server.url())
+                .unwrap()
+                .get_connection_manager()
+                .await
+                .unwrap();
+            let raw = || {
+                let mut conn = conn.clone();
+                let key = key.clone();
+                async move {
+                    let bytes: Vec<u8> = redis::cmd("GET")
+                        .arg(key)
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                    rmp_serde::from_slice::<Product>(&bytes[34..]).unwrap()
+                }
+            };
+            let n = 500;
+            let (mut r, mut a) = (Vec::new(), Vec::new());
+            for round in 0..rounds {
+                if round % 2 == 0 {
+                    r.push(block(n, raw).await);
+                    a.push(block(n, || hit(&cache)).await);
+                } else {
+                    a.push(block(n, || hit(&cache)).await);
+                    r.push(block(n, raw).await);
+                }
             }
-        };
-        let n = 500;
-        let (mut r, mut a) = (Vec::new(), Vec::new());
-        for round in 0..rounds {
-            if round % 2 == 0 {
-                r.push(block(n, raw).await);
-                a.push(block(n, || hit(&cache)).await);
-            } else {
-                a.push(block(n, || hit(&cache)).await);
-                r.push(block(n, raw).await);
-            }
-        }
-        report("redis hit vs raw redis-rs GET + decode", &r, &a, n, 1.1);
-    });
+            report("redis hit vs raw redis-rs GET + decode", &r, &a, n, 1.1);
+        });
+    }
     drop(server);
 }

@@ -399,6 +399,10 @@ impl Cache {
 
     /// The counters an entry read or written now depends on.
     fn deps(&self, tags: &[String]) -> Deps {
+        if tags.is_empty() && !self.inner.s.namespace_invalidation {
+            // The hit path's usual case: nothing to build.
+            return Deps::default();
+        }
         let mut deps = Deps::default();
         if self.inner.s.namespace_invalidation {
             deps.names.push(String::new());
@@ -436,8 +440,6 @@ impl Cache {
             // The memory hit path: an in-process backend's expiry is exact,
             // so without time-based policies a plain entry needs no header
             // check at all. (Plain entries are only ever this process's own
-            // fills and sets, kept by a `shares_stored` backend for their TTL
-            // counted here, so this holds for a tiered backend's copies too.) (Plain entries are only ever this process's own
             // fills and sets, kept by a `shares_stored` backend for their TTL
             // counted here, so this holds for a tiered backend's copies too.)
             if let Some(v) = stored.plain_value::<V>()

@@ -202,7 +202,7 @@ impl TieredBackendBuilder {
             tx
         });
         let inner = Arc::new(Tier {
-            l1: L1::new(self.l1_max_entries, trusted),
+            l1: L1::new(self.l1_max_entries, trusted, self.max_l1_age),
             l2: self.l2,
             max_l1_age: self.max_l1_age,
             backplane: self.backplane,
