@@ -32,6 +32,8 @@
 //! [`conformance`] is the backend conformance suite: run it against your own
 //! [`aside::Backend`] to check that it keeps the trait's contract.
 
+#![warn(missing_docs)]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
