@@ -365,4 +365,111 @@ mod tests {
         .map(|e| e.kind());
         assert_eq!(err, Some(ErrorKind::TooLarge));
     }
+
+    #[test]
+    fn a_declared_size_over_the_limit_is_refused_before_allocating() {
+        let mut bytes = encode(
+            Some(&1u8),
+            meta(),
+            &[],
+            Codec::MessagePack,
+            Compression::None,
+            1024,
+        )
+        .unwrap_or_default();
+        bytes.truncate(HEADER_LEN + 1);
+        bytes[4] |= FLAG_COMPRESSED;
+        // A 4 GiB claim in front of a few bytes.
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        bytes.extend_from_slice(&[0x1f, 0, 0, 0]);
+        let env = parse(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            env.decode::<u8>(1 << 20),
+            Err(DecodeError::Decompress(_))
+        ));
+    }
+
+    /// Whatever the bytes, parsing and decoding return, never panic (and
+    /// allocate within the limit they are given: a run under a small limit
+    /// that tried to allocate a declared 4 GiB would abort the test).
+    mod fuzz {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        fn exercise(bytes: &[u8]) {
+            if let Ok(env) = parse(bytes) {
+                let _ = env.deps().count();
+                let _ = env.decode::<Product>(1 << 16);
+                let _ = env.decode::<String>(1 << 16);
+                let _ = env.decode::<Vec<u64>>(1 << 16);
+                let _ = env.decode::<std::collections::HashMap<String, Vec<u8>>>(1 << 16);
+            }
+        }
+
+        fn valid(name_len: usize, codec: Codec, compression: Compression) -> Vec<u8> {
+            let p = Product {
+                id: 7,
+                name: "n".repeat(name_len),
+            };
+            let deps = [("tag".to_owned(), 5u64), (String::new(), 9u64)];
+            encode(Some(&p), meta(), &deps, codec, compression, 1 << 20).unwrap_or_default()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn arbitrary_bytes(bytes in vec(any::<u8>(), 0..600)) {
+                exercise(&bytes);
+            }
+
+            /// A valid header (so parsing gets past the magic and version)
+            /// followed by anything: dependency counts, lengths and
+            /// payloads that lie.
+            #[test]
+            fn a_valid_header_then_anything(
+                json in any::<bool>(),
+                compressed in any::<bool>(),
+                negative in any::<bool>(),
+                tail in vec(any::<u8>(), 0..600),
+            ) {
+                let codec = if json { Codec::Json } else { Codec::MessagePack };
+                let mut bytes = valid(1, codec, Compression::None);
+                bytes.truncate(HEADER_LEN);
+                if compressed {
+                    bytes[4] |= FLAG_COMPRESSED;
+                }
+                if negative {
+                    bytes[4] |= FLAG_NEGATIVE;
+                }
+                bytes.extend_from_slice(&tail);
+                exercise(&bytes);
+            }
+
+            /// A valid entry with bytes overwritten, or cut short.
+            #[test]
+            fn a_valid_entry_mutated(
+                name_len in 0usize..3000,
+                json in any::<bool>(),
+                compress in any::<bool>(),
+                edits in vec((any::<proptest::sample::Index>(), any::<u8>()), 1..8),
+                cut in any::<proptest::sample::Index>(),
+                truncate in any::<bool>(),
+            ) {
+                let codec = if json { Codec::Json } else { Codec::MessagePack };
+                let compression = if compress { Compression::default() } else { Compression::None };
+                let mut bytes = valid(name_len, codec, compression);
+                prop_assume!(!bytes.is_empty());
+                for (at, b) in &edits {
+                    let i = at.index(bytes.len());
+                    bytes[i] = *b;
+                }
+                if truncate {
+                    bytes.truncate(cut.index(bytes.len()));
+                }
+                exercise(&bytes);
+            }
+        }
+    }
 }
