@@ -67,7 +67,7 @@ impl std::fmt::Debug for RedisBackend {
 }
 
 /// Builds a [`RedisBackend`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct RedisBackendBuilder {
     url: String,
@@ -75,6 +75,27 @@ pub struct RedisBackendBuilder {
     reconnect_max_delay: Duration,
     #[cfg(feature = "tls")]
     tls: Option<redis::TlsCertificates>,
+}
+
+// By hand: the URL may carry a password, which must not reach logs.
+impl std::fmt::Debug for RedisBackendBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackendBuilder")
+            .field("url", &without_password(&self.url))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The URL with its user information (user and password) replaced by `***`.
+fn without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl RedisBackendBuilder {
