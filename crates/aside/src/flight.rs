@@ -129,6 +129,14 @@ impl Flights {
         self.clock.fetch_add(1, Ordering::SeqCst) + 1
     }
 
+    /// Loads running now (keys with a flight).
+    pub fn len(&self) -> usize {
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// Joins the load of `key` running in this process, or leads a new one.
     /// `deps` are the version counters the caller's read depends on (its
     /// tags, the namespace): a load is only joined if it checks all of them,

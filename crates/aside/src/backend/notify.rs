@@ -61,6 +61,14 @@ impl super::BackplaneListener for Notifier {
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 impl Notifier {
     /// Registers interest in `key`.
+    /// Keys with a live watch.
+    pub fn len(&self) -> usize {
+        self.watches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     pub fn watch(self: &Arc<Self>, key: &str) -> FillWatch {
         let mut map = self.watches.lock().unwrap_or_else(PoisonError::into_inner);
         let rx = match map.get(key) {

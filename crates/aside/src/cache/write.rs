@@ -289,6 +289,12 @@ impl Cache {
         }
     }
 
+    /// Loads running in this process now, one per key (a gauge for
+    /// monitoring: it returns to 0 when nothing is loading).
+    pub fn loads_in_flight(&self) -> usize {
+        self.inner.flights.len()
+    }
+
     /// Invalidations not yet applied by the backend.
     pub fn pending_invalidations(&self) -> usize {
         self.inner.pending.len()

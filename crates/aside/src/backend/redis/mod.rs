@@ -300,6 +300,13 @@ impl RedisBackend {
         ))
     }
 
+    /// Keys whose fill or lease release a load in this process is waiting
+    /// to hear of now (a gauge for monitoring: it returns to 0 when no load
+    /// waits for another's lease).
+    pub fn fill_watches(&self) -> usize {
+        self.fills.as_ref().map_or(0, |f| f.notifier.len())
+    }
+
     /// The underlying connection, for commands of your own.
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
