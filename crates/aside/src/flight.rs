@@ -229,14 +229,6 @@ impl Flights {
             map.remove(key);
         }
     }
-
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
 }
 
 impl<V: Clone + Send + Sync + 'static> Leader<V> {

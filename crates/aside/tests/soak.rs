@@ -18,7 +18,12 @@
 //! uses the Redis backend alone and only reads: a writer without the
 //! backplane would not evict the others' copies (they would live up to
 //! `max_l1_age`; see the README), so every writer here has it.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr,
+    clippy::print_stdout
+)]
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -392,7 +397,7 @@ async fn write(cache: &Cache, db: &redis::aio::ConnectionManager, id: u64, count
         .unwrap();
     // Batches name the row `row:<id>`; single reads use Key::new("row").part(id):
     // the same backend key, so one invalidation covers both.
-    let done = if version % 3 == 0 {
+    let done = if version.is_multiple_of(3) {
         cache.invalidate_tag(tag(id)).await
     } else {
         cache.invalidate(Key::new("row").part(id)).await

@@ -113,14 +113,6 @@ impl Notifier {
             map.remove(key);
         }
     }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.watches
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
 }
 
 /// A registration for "the key's value was filled (or its lease released)";
