@@ -29,6 +29,12 @@
 //! client's connections only: a silent (half-open) connection, latency, or
 //! connections closed under it.
 //!
+//! A [`FaultyBackend`] wraps any [`aside::Backend`] and injects faults into
+//! the operations of the kinds a test picks (errors, latency, hangs, an
+//! operation applied but reported failed), switched at run time through its
+//! [`FaultControl`]: the failures of one operation that a broken connection
+//! cannot express.
+//!
 //! [`conformance`] is the backend conformance suite: run it against your own
 //! [`aside::Backend`] to check that it keeps the trait's contract.
 
@@ -41,8 +47,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod conformance;
+pub mod faulty;
 mod pg;
 mod proxy;
+pub use faulty::{Failure, FaultControl, FaultyBackend, InjectedFault, Op};
 pub use pg::{PG_URL_ENV, PgServer, Rows, TEST_DATABASE, pg_url};
 pub use proxy::Proxy;
 

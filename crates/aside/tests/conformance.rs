@@ -1,9 +1,11 @@
 //! The backend conformance suite (`aside_test::conformance`) against the
-//! memory backend, a real redis-server, and a third-party style backend
-//! written here on a `Mutex<HashMap>`, which shows that the suite depends on
-//! nothing but the `Backend` trait. The same backend with one defect
-//! switched on must fail the suite, naming the clause it breaks: the suite
-//! can fail.
+//! memory backend, a real redis-server, the two-level backend, the
+//! fault-injecting wrapper (`aside_test::FaultyBackend`) with nothing
+//! switched on, and a third-party style backend written here on a
+//! `Mutex<HashMap>`, which shows that the suite depends on nothing but the
+//! `Backend` trait. The same backend with one defect switched on must fail
+//! the suite, naming the clause it breaks, and so must the wrapper with a
+//! fault switched on: the suite can fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use aside::backend::{MemoryBackend, TieredBackend};
 use aside::{Backend, BackendError, Capabilities, FillToken, RedisBackend, Stored};
-use aside_test::{RedisServer, conformance};
+use aside_test::{Failure, FaultControl, FaultyBackend, Op, RedisServer, conformance};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_backend_conforms() {
@@ -63,6 +65,72 @@ async fn third_party_map_backend_conforms() {
     conformance::run(|| MapBackend::new(None)).await;
 }
 
+/// With nothing switched on, the fault-injecting wrapper passes every call
+/// through: it keeps the contract exactly when the backend it wraps does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faulty_memory_backend_without_faults_conforms() {
+    let control = FaultControl::new();
+    conformance::run(|| FaultyBackend::with_control(MemoryBackend::new(), control.clone())).await;
+    assert!(FaultyBackend::new(MemoryBackend::new()).leases().is_none());
+    assert_passed_through(&control);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faulty_redis_backend_without_faults_conforms() {
+    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let url = redis.url();
+    let control = FaultControl::new();
+    let make = || {
+        let inner = RedisBackend::new(&url).expect("a valid URL");
+        FaultyBackend::with_control(inner, control.clone())
+    };
+    conformance::run(make).await;
+    conformance::run_leases(make).await;
+    assert_passed_through(&control);
+    assert!(
+        control.calls(Op::Lease) > 0,
+        "the lease checks went through"
+    );
+}
+
+/// The suite's calls went through the wrapper, and none was failed.
+fn assert_passed_through(control: &FaultControl) {
+    for op in [Op::Read, Op::Acquire, Op::Fill, Op::Set, Op::Invalidate] {
+        assert!(control.calls(op) > 0, "no {op:?} call went through");
+    }
+    assert!(Op::ALL.iter().all(|op| control.injected(*op) == 0));
+}
+
+/// The wrapper with a fault switched on fails the suite: a fill applied but
+/// reported failed (the ambiguous outcome), and reads failing now and then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suite_fails_a_faulty_backend() {
+    let message = suite_panic(|| {
+        let backend = FaultyBackend::new(MemoryBackend::new());
+        let faults = backend.control();
+        faults.failure(Op::Fill, Failure::AppliedThenError);
+        faults.fail_always(Op::Fill);
+        backend
+    })
+    .await
+    .expect("the suite fails a fill applied but reported failed");
+    assert!(
+        message.contains("`fill` returned an error") && message.contains("applied: true"),
+        "{message}"
+    );
+    let message = suite_panic(|| {
+        let backend = FaultyBackend::new(MemoryBackend::new());
+        backend.control().fail_with_probability(Op::Read, 0.2);
+        backend
+    })
+    .await
+    .expect("the suite fails reads that fail now and then");
+    assert!(
+        message.contains("returned an error") && message.contains("InjectedFault"),
+        "{message}"
+    );
+}
+
 /// Each defect fails the suite, in the check of the clause it breaks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_suite_fails_broken_backends() {
@@ -92,19 +160,28 @@ async fn the_suite_fails_broken_backends() {
 /// Runs the suite on a flawed backend in its own task; returns its panic
 /// message (and fails if it passed).
 async fn suite_failure(flaw: Flaw) -> String {
-    let result = tokio::spawn(conformance::run(move || MapBackend::new(Some(flaw)))).await;
-    let Err(e) = result else {
-        panic!("the conformance suite passed a backend with the flaw {flaw:?}");
+    suite_panic(move || MapBackend::new(Some(flaw)))
+        .await
+        .unwrap_or_else(|| panic!("the conformance suite passed a backend with the flaw {flaw:?}"))
+}
+
+/// Runs the suite on backends made by `make` in its own task; returns its
+/// panic message, or `None` if it passed.
+async fn suite_panic<B: Backend>(make: impl Fn() -> B + Send + Sync + 'static) -> Option<String> {
+    let Err(e) = tokio::spawn(conformance::run(make)).await else {
+        return None;
     };
     let payload = e.into_panic();
-    match (
-        payload.downcast_ref::<String>(),
-        payload.downcast_ref::<&str>(),
-    ) {
-        (Some(s), _) => s.clone(),
-        (None, Some(s)) => (*s).to_owned(),
-        (None, None) => String::new(),
-    }
+    Some(
+        match (
+            payload.downcast_ref::<String>(),
+            payload.downcast_ref::<&str>(),
+        ) {
+            (Some(s), _) => s.clone(),
+            (None, Some(s)) => (*s).to_owned(),
+            (None, None) => String::new(),
+        },
+    )
 }
 
 /// A deliberate defect of [`MapBackend`].

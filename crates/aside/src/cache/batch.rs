@@ -348,6 +348,10 @@ impl Cache {
                 Ok(stored) => stored,
                 Err(e) => {
                     tracing::debug!(keys = chunk.len(), error = %e, "aside: could not cache loaded values");
+                    // As for one key (`Cache::fill`): release the leases
+                    // the failed fill kept, or loads wait for them to lapse.
+                    self.release_all(chunk.iter().map(|(entry, token)| (&entry.key, token)))
+                        .await;
                     continue;
                 }
             };

@@ -328,10 +328,10 @@ impl Cache {
             self.release(pk, Some(&token)).await;
             return false;
         };
-        match self
+        let filled = self
             .guarded(self.inner.backend.fill(pk, stored, ttl, &token, &deps.keys))
-            .await
-        {
+            .await;
+        match filled {
             Ok(true) => {
                 bump(&self.inner.stats.sets);
                 true
@@ -343,6 +343,11 @@ impl Cache {
             }
             Err(e) => {
                 tracing::debug!(key = %pk, error = %e, "aside: could not cache loaded value");
+                // A fill that failed did not release the lease (or did, and
+                // its reply was lost: releasing again is a no-op then). Left
+                // held, every load of the key, in every process, would wait
+                // for it to lapse.
+                self.release(pk, Some(&token)).await;
                 false
             }
         }

@@ -432,8 +432,11 @@ impl Cache {
                 .await;
                 match result {
                     Ok(()) => {
-                        self.inner.pending.applied(&batch);
+                        // Counted before the queue shrinks: `applied` wakes
+                        // `flush_invalidations`, whose caller may read the
+                        // stats at once.
                         bump_by(&self.inner.stats.invalidations_retried, batch.len());
+                        self.inner.pending.applied(&batch);
                         tracing::info!(keys = batch.len(), "aside: queued invalidations applied");
                         pause = base;
                     }
