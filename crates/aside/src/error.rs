@@ -99,7 +99,9 @@ impl Error {
         self.kind == ErrorKind::LoaderPanicked
     }
 
-    /// The backend failed or timed out.
+    /// The backend failed: an error it returned, or the cache refusing a
+    /// write it cannot record (a full invalidation queue). A backend that
+    /// did not answer in time is [`is_timeout`](Self::is_timeout) instead.
     pub fn is_backend(&self) -> bool {
         self.kind == ErrorKind::Backend
     }

@@ -393,6 +393,7 @@ impl Cache {
 
     /// Where the backend stores `key` (for `redis-cli` and tooling): on
     /// Redis `{namespace:key}`, on the memory backend the backend key.
+    #[doc(hidden)]
     pub fn physical_key(&self, key: &str) -> String {
         self.inner.backend.storage_key(&self.backend_key(key))
     }

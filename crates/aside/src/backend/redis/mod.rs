@@ -239,7 +239,8 @@ impl RedisBackend {
         Self::builder(url).build()
     }
 
-    /// Wraps a connection manager you configured yourself. Without the
+    /// An escape hatch: wraps a connection manager you configured yourself
+    /// (settings the builder does not offer). Without the
     /// client, no fill notifications are received: a load waiting for another
     /// process's lease re-checks the key on a backoff (5 ms doubling to
     /// 200 ms) instead of being woken.
@@ -307,7 +308,9 @@ impl RedisBackend {
         self.fills.as_ref().map_or(0, |f| f.notifier.len())
     }
 
-    /// The underlying connection, for commands of your own.
+    /// An escape hatch: the underlying connection, for commands of your own
+    /// (keys outside aside's, or reading aside's for tooling). Writing
+    /// aside's keys through it bypasses the consistency promise.
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
     }
