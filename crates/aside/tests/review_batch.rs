@@ -1,5 +1,5 @@
-//! Batch lookups under attack: what is left in Redis once every TTL ran
-//! out, the consistency promise across instances with tags and `set_many`,
+//! Batch lookups under attack: requests that time out on the client but run
+//! on the server, what is left in Redis once every TTL ran out, the consistency promise across instances with tags and `set_many`,
 //! and the edge cases on which the three backends must agree. Every test
 //! runs against a real redis-server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -38,9 +38,89 @@ async fn raw(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
+/// Holds every write (scripts included) for `ms`: a request sent meanwhile
+/// times out on the client, then runs on the server when the pause ends.
+async fn pause_writes(conn: &mut redis::aio::MultiplexedConnection, ms: u64) {
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(ms)
+        .arg("WRITE")
+        .query_async::<()>(conn)
+        .await
+        .unwrap();
+}
+
+async fn exists(conn: &mut redis::aio::MultiplexedConnection, keys: &[String]) -> u64 {
+    redis::cmd("EXISTS")
+        .arg(keys)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
 /// A loader that finds every key it is asked for, as its own value.
 async fn echo(keys: Vec<String>) -> Result<HashMap<String, String>, DbDown> {
     Ok(keys.into_iter().map(|k| (k.clone(), k)).collect())
+}
+
+fn fragile(redis: &RedisServer, namespace: &str) -> Cache {
+    builder(namespace)
+        .backend(redis_backend(redis))
+        .backend_timeout(Duration::from_millis(100))
+        .backend_failure_threshold(1000)
+        .lease_ttl(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// The request that takes a batch's leases times out on the client but
+/// runs on the server afterwards: the leases it took must not stay behind,
+/// or every other process waits up to `lease_ttl` for a load nobody runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_lease_request_timed_out_leaves_no_lease_behind() {
+    let redis = server();
+    let cache = fragile(&redis, "lt");
+    // The scripts are loaded first: held by the pause, an `EVALSHA` of an
+    // unknown script would only fail once it runs.
+    cache.get_many_or_load(["warm"], echo).await.unwrap();
+    let mut conn = raw(&redis).await;
+    pause_writes(&mut conn, 400).await;
+    let got = cache.get_many_or_load(["a", "b"], echo).await.unwrap();
+    assert_eq!(got, [Some("a".to_owned()), Some("b".to_owned())]);
+    // The pause ends and the held requests run, in the order sent.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let leases: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|k| format!("{}:l", cache.physical_key(k)))
+        .collect();
+    assert_eq!(
+        exists(&mut conn, &leases).await,
+        0,
+        "leases taken by a request the batch gave up on are still held"
+    );
+}
+
+/// The same for one key through `get_or_load`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_whose_lease_request_timed_out_leaves_no_lease_behind() {
+    let redis = server();
+    let cache = fragile(&redis, "ls");
+    let warm = cache.get_or_load("warm", || async { Ok::<_, DbDown>(Some(0u8)) });
+    warm.await.unwrap();
+    let mut conn = raw(&redis).await;
+    pause_writes(&mut conn, 400).await;
+    let got = cache
+        .get_or_load("s", || async { Ok::<_, DbDown>(Some("s".to_owned())) })
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref(), Some("s"));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let lease = format!("{}:l", cache.physical_key("s"));
+    assert_eq!(
+        exists(&mut conn, &[lease]).await,
+        0,
+        "the lease taken by a request the load gave up on is still held"
+    );
 }
 
 #[path = "review_batch/agree.rs"]

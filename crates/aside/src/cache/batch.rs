@@ -23,8 +23,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::deps::Deps;
+use super::lease::AbortOnDrop;
 use super::load::{
-    AbortOnDrop, FIRST_RECHECK, MAX_JOINS, MAX_RECHECK, bypass_flight_key, lease_token, written_at,
+    FIRST_RECHECK, MAX_JOINS, MAX_RECHECK, bypass_flight_key, lease_token, written_at,
 };
 use super::{Cache, Lookup, Value};
 use crate::backend::{BatchEntry, FillToken, Lease};
