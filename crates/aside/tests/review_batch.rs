@@ -1,7 +1,8 @@
 //! Batch lookups under attack: requests that time out on the client but run
-//! on the server, what is left in Redis once every TTL ran out, the consistency promise across instances with tags and `set_many`,
-//! and the edge cases on which the three backends must agree. Every test
-//! runs against a real redis-server.
+//! on the server, values too large for one request, what is left in Redis
+//! once every TTL ran out, the consistency promise across instances with
+//! tags and `set_many`, and the edge cases on which the three backends must
+//! agree. Every test runs against a real redis-server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -121,6 +122,39 @@ async fn a_load_whose_lease_request_timed_out_leaves_no_lease_behind() {
         0,
         "the lease taken by a request the load gave up on is still held"
     );
+}
+
+/// 300 values of 1 MiB: written in one request, the fill cannot reach
+/// Redis within the backend timeout, counts as a backend failure (feeding
+/// the breaker of the whole cache) and caches nothing. Requests bounded by
+/// bytes each fit it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_are_written_in_requests_that_fit_the_backend_timeout() {
+    let redis = server();
+    let cache = fragile(&redis, "big");
+    let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+    let value: String = (0..1 << 20)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let v = value.clone();
+    let got = cache
+        .get_many_or_load(keys.clone(), move |keys| async move {
+            Ok::<_, DbDown>(keys.into_iter().map(|k| (k, v.clone())).collect())
+        })
+        .await
+        .unwrap();
+    assert!(got.iter().all(|g| g.as_deref() == Some(value.as_str())));
+    let s = cache.stats();
+    assert_eq!(s.backend_timeouts, 0, "{s:?}");
+    assert_eq!(s.sets, 300, "{s:?}");
+    let mut conn = raw(&redis).await;
+    let stored: Vec<String> = keys.iter().map(|k| cache.physical_key(k)).collect();
+    assert_eq!(exists(&mut conn, &stored).await, 300);
+
+    // `set_many` the same way.
+    let items: Vec<(String, String)> = keys.iter().map(|k| (k.clone(), value.clone())).collect();
+    cache.set_many(items).await.unwrap();
+    assert_eq!(cache.stats().backend_timeouts, 0);
 }
 
 #[path = "review_batch/agree.rs"]

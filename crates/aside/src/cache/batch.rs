@@ -338,10 +338,9 @@ impl Cache {
         self.release_all(unused).await;
         let mut accepted = vec![None; loads.len()];
         let filling = self.inner.flights.now();
-        for (chunk, at) in fills
-            .chunks(self.inner.s.batch_chunk_size)
-            .zip(of.chunks(self.inner.s.batch_chunk_size))
-        {
+        let size = |(entry, _): &(BatchEntry, FillToken)| entry.value.bytes().len();
+        for run in runs(&fills, self.inner.s.batch_chunk_size, size) {
+            let (chunk, at) = (&fills[run.clone()], &of[run]);
             let stored = match self
                 .guarded(self.inner.backend.fill_many(chunk, &deps.keys))
                 .await
@@ -416,6 +415,35 @@ impl Cache {
     }
 }
 
+/// The most value bytes one fill or write request of a batch carries (an
+/// entry larger than this goes alone): a request must reach the backend
+/// within `backend_timeout`, and a thousand large values in one would not,
+/// counting as a backend failure and caching nothing.
+const MAX_REQUEST_BYTES: usize = 4 << 20;
+
+/// Splits `items` into runs of at most `max_keys` items and, past a run's
+/// first item, at most `MAX_REQUEST_BYTES` of `bytes`.
+fn runs<T>(
+    items: &[T],
+    max_keys: usize,
+    bytes: impl Fn(&T) -> usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        let b = bytes(item);
+        if i > start && (i - start >= max_keys || size + b > MAX_REQUEST_BYTES) {
+            out.push(start..i);
+            (start, size) = (i, 0);
+        }
+        size += b;
+    }
+    if start < items.len() {
+        out.push(start..items.len());
+    }
+    out
+}
+
 fn item<V>(slot: &Slot<V>, leader: Leader<V>, refresh: Option<u64>, owner: u64) -> Item<V>
 where
     V: Clone,
@@ -428,5 +456,20 @@ where
         stale: slot.stale.clone(),
         refresh,
         owner,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_REQUEST_BYTES, runs};
+
+    #[test]
+    fn runs_are_bounded_by_keys_and_bytes() {
+        let small = vec![10usize; 25];
+        assert_eq!(runs(&small, 10, |b| *b), [0..10, 10..20, 20..25]);
+        let half = MAX_REQUEST_BYTES / 2;
+        let large = [half, half, half, MAX_REQUEST_BYTES * 3, 1];
+        assert_eq!(runs(&large, 10, |b| *b), [0..2, 2..3, 3..4, 4..5]);
+        assert!(runs(&Vec::<usize>::new(), 10, |b| *b).is_empty());
     }
 }

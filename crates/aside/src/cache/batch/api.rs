@@ -188,7 +188,7 @@ impl Cache {
 
     /// Writes several values with the default TTL, in one backend request
     /// (per [`batch_chunk_size`](crate::CacheBuilder::batch_chunk_size)
-    /// keys), each with its own jittered TTL. As [`set`](Self::set) for each
+    /// keys or 4 MiB of values), each with its own jittered TTL. As [`set`](Self::set) for each
     /// key: loads that began before it do not overwrite it.
     ///
     /// # Errors
@@ -261,7 +261,9 @@ impl Cache {
                 });
             }
         }
-        for chunk in entries.chunks(self.inner.s.batch_chunk_size) {
+        let size = |entry: &BatchEntry| entry.value.bytes().len();
+        for run in super::runs(&entries, self.inner.s.batch_chunk_size, size) {
+            let chunk = &entries[run];
             if let Err(e) = self
                 .guarded(self.inner.backend.set_many(chunk, &deps.keys))
                 .await
