@@ -159,6 +159,8 @@ async fn large_values_are_written_in_requests_that_fit_the_backend_timeout() {
 
 #[path = "review_batch/agree.rs"]
 mod agree;
+#[path = "review_batch/backend.rs"]
+mod backend;
 #[path = "review_batch/leftovers.rs"]
 mod leftovers;
 #[path = "review_batch/promise.rs"]
