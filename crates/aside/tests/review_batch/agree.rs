@@ -10,16 +10,14 @@ use super::*;
 
 type Transcript = Vec<String>;
 
+/// What the test loader returns.
+type Loaded = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<HashMap<String, String>, DbDown>> + Send>,
+>;
+
 /// A loader that records its call, leaves out `absent*` and adds a key
 /// nobody asked for.
-fn loader(
-    log: &Arc<Mutex<Transcript>>,
-) -> impl FnOnce(
-    Vec<String>,
-) -> std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<HashMap<String, String>, DbDown>> + Send>,
-> + Send
-+ 'static {
+fn loader(log: &Arc<Mutex<Transcript>>) -> impl FnOnce(Vec<String>) -> Loaded + Send + 'static {
     let log = Arc::clone(log);
     move |keys: Vec<String>| {
         Box::pin(async move {
