@@ -131,7 +131,11 @@ async fn a_load_whose_lease_request_timed_out_leaves_no_lease_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_values_are_written_in_requests_that_fit_the_backend_timeout() {
     let redis = server();
-    let cache = fragile(&redis, "big");
+    let cache = builder("big")
+        .backend(redis_backend(&redis))
+        .backend_failure_threshold(1000)
+        .build()
+        .unwrap();
     let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
     let value: String = (0..1 << 20)
         .map(|i| char::from(b'a' + (i % 26) as u8))
@@ -155,6 +159,32 @@ async fn large_values_are_written_in_requests_that_fit_the_backend_timeout() {
     let items: Vec<(String, String)> = keys.iter().map(|k| (k.clone(), value.clone())).collect();
     cache.set_many(items).await.unwrap();
     assert_eq!(cache.stats().backend_timeouts, 0);
+}
+
+/// The fills of a large batch take several requests (and encoding a
+/// hundred values of 1 MiB takes a while): the batch's leases must stay
+/// renewed until the last one, or the later fills find their lease lapsed
+/// and are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batchs_leases_are_kept_until_its_last_fill() {
+    let redis = server();
+    let cache = builder("lr")
+        .backend(redis_backend(&redis))
+        .lease_ttl(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+    // Made beforehand: a loader busy on the CPU would hold up the renewal.
+    let found: HashMap<String, String> = keys
+        .iter()
+        .map(|k| (k.clone(), "v".repeat(1 << 20)))
+        .collect();
+    cache
+        .get_many_or_load(keys, move |_| async move { Ok::<_, DbDown>(found) })
+        .await
+        .unwrap();
+    let s = cache.stats();
+    assert_eq!((s.sets, s.stale_fills_rejected), (100, 0), "{s:?}");
 }
 
 #[path = "review_batch/agree.rs"]

@@ -28,7 +28,7 @@ use super::load::{
     FIRST_RECHECK, MAX_JOINS, MAX_RECHECK, bypass_flight_key, lease_token, written_at,
 };
 use super::{Cache, Lookup, Value};
-use crate::backend::{BatchEntry, FillToken, Lease};
+use crate::backend::{FillToken, Lease};
 use crate::error::{Error, ErrorKind};
 use crate::flight::{Done, Leader, Outcome, Role, Waiter};
 use crate::policy::LeaseTimeout;
@@ -36,6 +36,7 @@ use crate::stats::bump;
 
 mod acquire;
 mod api;
+mod fill;
 mod read;
 
 /// One distinct key of a batch, and what the batch found for it so far.
@@ -272,11 +273,11 @@ impl Cache {
         let (outcome, took) = self
             .run_timed(&what, async move { loader(names).await })
             .await;
-        drop(renewal);
         self.record_breaker(&outcome);
         let mut found = match outcome {
             Ok(found) => found,
             Err(e) => {
+                drop(renewal);
                 self.release_all(
                     loads
                         .iter()
@@ -292,75 +293,15 @@ impl Cache {
         // A key the loader left out does not exist: a negative entry.
         let values: Vec<Option<V>> = loads.iter().map(|(it, _)| found.remove(&it.name)).collect();
         let stored = self.fill_all(&loads, &values, &deps, ttl, took).await;
+        // Renewed until the last fill: encoding and writing many values can
+        // outlast `lease_ttl`, and a fill whose lease lapsed is refused.
+        drop(renewal);
         // Woken after the writes: when the call returns, the values are
         // readable (read-your-writes).
         for (((it, _), value), stored) in loads.into_iter().zip(values).zip(stored) {
             let valid_from = stored.unwrap_or(began);
             it.leader.publish(Done::before(Ok(value), valid_from));
         }
-    }
-
-    /// Fills every loaded key that has a token, in one request per chunk.
-    /// Returns, per key, the moment its fill was accepted.
-    async fn fill_all<V: Value>(
-        &self,
-        loads: &[(Item<V>, Option<FillToken>)],
-        values: &[Option<V>],
-        deps: &Deps,
-        ttl: Option<Duration>,
-        took: Duration,
-    ) -> Vec<Option<u64>> {
-        let mut fills = Vec::new();
-        let mut of = Vec::new();
-        let mut unused = Vec::new();
-        for (j, ((it, token), value)) in loads.iter().zip(values).enumerate() {
-            let Some(token) = token else { continue };
-            if self.must_bypass(&it.pk, deps) {
-                // An invalidation is pending: the fill cannot be proven fresh.
-                bump(&self.inner.stats.stale_fills_rejected);
-                unused.push((&it.pk, token));
-                continue;
-            }
-            let stamp = deps.stamp(token.versions());
-            match self.encode_entry(&it.pk, value.clone(), ttl, &stamp, took) {
-                Some((stored, ttl)) => {
-                    let entry = BatchEntry {
-                        key: it.pk.clone(),
-                        value: stored,
-                        ttl,
-                    };
-                    fills.push((entry, token.clone()));
-                    of.push(j);
-                }
-                None => unused.push((&it.pk, token)),
-            }
-        }
-        self.release_all(unused).await;
-        let mut accepted = vec![None; loads.len()];
-        let filling = self.inner.flights.now();
-        let size = |(entry, _): &(BatchEntry, FillToken)| entry.value.bytes().len();
-        for run in runs(&fills, self.inner.s.batch_chunk_size, size) {
-            let (chunk, at) = (&fills[run.clone()], &of[run]);
-            let stored = match self
-                .guarded(self.inner.backend.fill_many(chunk, &deps.keys))
-                .await
-            {
-                Ok(stored) => stored,
-                Err(e) => {
-                    tracing::debug!(keys = chunk.len(), error = %e, "aside: could not cache loaded values");
-                    continue;
-                }
-            };
-            for (&j, ok) in at.iter().zip(stored) {
-                if ok {
-                    bump(&self.inner.stats.sets);
-                    accepted[j] = Some(filling);
-                } else {
-                    bump(&self.inner.stats.stale_fills_rejected);
-                }
-            }
-        }
-        accepted
     }
 
     /// Releases the leases these tokens hold (their loads will not fill).
@@ -415,35 +356,6 @@ impl Cache {
     }
 }
 
-/// The most value bytes one fill or write request of a batch carries (an
-/// entry larger than this goes alone): a request must reach the backend
-/// within `backend_timeout`, and a thousand large values in one would not,
-/// counting as a backend failure and caching nothing.
-const MAX_REQUEST_BYTES: usize = 4 << 20;
-
-/// Splits `items` into runs of at most `max_keys` items and, past a run's
-/// first item, at most `MAX_REQUEST_BYTES` of `bytes`.
-fn runs<T>(
-    items: &[T],
-    max_keys: usize,
-    bytes: impl Fn(&T) -> usize,
-) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let (mut start, mut size) = (0, 0);
-    for (i, item) in items.iter().enumerate() {
-        let b = bytes(item);
-        if i > start && (i - start >= max_keys || size + b > MAX_REQUEST_BYTES) {
-            out.push(start..i);
-            (start, size) = (i, 0);
-        }
-        size += b;
-    }
-    if start < items.len() {
-        out.push(start..items.len());
-    }
-    out
-}
-
 fn item<V>(slot: &Slot<V>, leader: Leader<V>, refresh: Option<u64>, owner: u64) -> Item<V>
 where
     V: Clone,
@@ -456,20 +368,5 @@ where
         stale: slot.stale.clone(),
         refresh,
         owner,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{MAX_REQUEST_BYTES, runs};
-
-    #[test]
-    fn runs_are_bounded_by_keys_and_bytes() {
-        let small = vec![10usize; 25];
-        assert_eq!(runs(&small, 10, |b| *b), [0..10, 10..20, 20..25]);
-        let half = MAX_REQUEST_BYTES / 2;
-        let large = [half, half, half, MAX_REQUEST_BYTES * 3, 1];
-        assert_eq!(runs(&large, 10, |b| *b), [0..2, 2..3, 3..4, 4..5]);
-        assert!(runs(&Vec::<usize>::new(), 10, |b| *b).is_empty());
     }
 }

@@ -260,7 +260,6 @@ impl Cache {
         }
         let renewal = self.keep_lease(&pk, token.as_ref());
         let (outcome, took) = self.run_loader_timed(&pk, loader).await;
-        drop(renewal);
         self.record_breaker(&outcome);
         match (outcome, token) {
             (Ok(value), Some(token)) => {
@@ -279,6 +278,9 @@ impl Cache {
                 leader.publish(Done::to_all(Err(e)));
             }
         }
+        // Renewed until the fill is written: encoding a large value can
+        // take a while, and a fill whose lease lapsed is refused.
+        drop(renewal);
     }
 
     /// Re-checks the key and takes its lease, waiting (bounded) while another

@@ -262,7 +262,7 @@ impl Cache {
             }
         }
         let size = |entry: &BatchEntry| entry.value.bytes().len();
-        for run in super::runs(&entries, self.inner.s.batch_chunk_size, size) {
+        for run in super::fill::runs(&entries, self.inner.s.batch_chunk_size, size) {
             let chunk = &entries[run];
             if let Err(e) = self
                 .guarded(self.inner.backend.set_many(chunk, &deps.keys))
