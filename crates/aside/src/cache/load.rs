@@ -320,14 +320,18 @@ impl Cache {
                 }
             };
             // Without a marker the fill cannot be made safe: load, do not store.
-            let Ok((stored, token)) = read else {
-                if leases.is_some() {
-                    // The request may have timed out here and still run on
-                    // the server, taking the lease: others would wait for
-                    // it until `lease_ttl`.
-                    self.release_later(vec![pk.to_owned()], lease_token);
+            let (stored, token) = match read {
+                Ok(read) => read,
+                Err(e) => {
+                    if leases.is_some() && e.kind() == ErrorKind::Timeout {
+                        // Timed out here, the request may still run on the
+                        // server and take the lease: others would wait for
+                        // it until `lease_ttl`. (A request that failed
+                        // otherwise, or was never sent, took nothing.)
+                        self.release_later(vec![pk.to_owned()], lease_token);
+                    }
+                    return Acquired::Load(None);
                 }
-                return Acquired::Load(None);
             };
             // Re-check: a load that finished since our miss has filled the
             // key (the textbook lock holder skips this and loads twice).

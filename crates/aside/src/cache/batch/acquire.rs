@@ -164,10 +164,11 @@ impl Cache {
             .collect()
     }
 
-    /// One request per chunk. On a failure, the leases of every chunk sent
-    /// so far are released, the failed one's included: a request that timed
-    /// out here may still run on the server and take them, and other
-    /// processes would then wait up to `lease_ttl` for a load nobody runs.
+    /// One request per chunk. On a failure, the leases of the chunks before
+    /// it are released, and when it timed out its own too: it may still run
+    /// on the server and take them, and other processes would then wait up
+    /// to `lease_ttl` for a load nobody runs. (A request that failed
+    /// otherwise, or was never sent, took nothing.)
     async fn acquire_chunks(
         &self,
         keys: &[String],
@@ -200,8 +201,11 @@ impl Cache {
             match read {
                 Ok(read) if read.len() == chunk.len() => out.extend(read),
                 failed => {
-                    if leases.is_some() {
-                        self.release_later(keys[..sent].to_vec(), token.to_owned());
+                    // Ran, or may have: a timeout, or a malformed answer.
+                    let ran = !matches!(&failed, Err(e) if e.kind() != ErrorKind::Timeout);
+                    let upto = if ran { sent } else { sent - chunk.len() };
+                    if leases.is_some() && upto > 0 {
+                        self.release_later(keys[..upto].to_vec(), token.to_owned());
                     }
                     return Err(failed.err().unwrap_or_else(|| {
                         Error::new(
