@@ -99,7 +99,7 @@ async fn reader(cache: Cache, truth: Arc<Truth>, until: tokio::time::Instant) ->
 
 /// Writes rows by bumping their version (the commit), then invalidating
 /// the key, invalidating the tag or writing the new value with `set_many`.
-async fn writer(cache: Cache, truth: Arc<Truth>, until: tokio::time::Instant) {
+async fn writer(cache: Cache, truth: Arc<Truth>, until: tokio::time::Instant, namespace: bool) {
     while tokio::time::Instant::now() < until {
         let (op, rows, pause) = {
             let mut rng = rand::rng();
@@ -119,7 +119,12 @@ async fn writer(cache: Cache, truth: Arc<Truth>, until: tokio::time::Instant) {
                     .iter()
                     .map(|v| v.load(Ordering::SeqCst))
                     .collect();
-                assert!(cache.invalidate_tag("all").await.unwrap().is_applied());
+                let done = if namespace && rows[0] % 2 == 0 {
+                    cache.invalidate_namespace().await
+                } else {
+                    cache.invalidate_tag("all").await
+                };
+                assert!(done.unwrap().is_applied());
                 for (floor, v) in truth.floor.iter().zip(seen) {
                     floor.fetch_max(v, Ordering::SeqCst);
                 }
@@ -148,15 +153,8 @@ async fn writer(cache: Cache, truth: Arc<Truth>, until: tokio::time::Instant) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_promise_holds_across_instances_with_tags_and_set_many() {
-    let redis = server();
-    let make = || {
-        builder("pr")
-            .backend(redis_backend(&redis))
-            .build()
-            .unwrap()
-    };
+/// Readers on two instances and a writer on a third, all made by `make`.
+async fn workload(make: impl Fn() -> Cache, namespace: bool) -> aside::Stats {
     let (a, b, w) = (make(), make(), make());
     let truth = Arc::new(Truth {
         version: (0..ROWS).map(|_| AtomicI64::new(1)).collect(),
@@ -170,7 +168,7 @@ async fn the_promise_holds_across_instances_with_tags_and_set_many() {
             tokio::spawn(reader(cache, Arc::clone(&truth), until))
         })
         .collect();
-    let writer = tokio::spawn(writer(w, Arc::clone(&truth), until));
+    let writer = tokio::spawn(writer(w, Arc::clone(&truth), until, namespace));
     let mut reads = 0;
     for r in readers {
         reads += r.await.unwrap();
@@ -186,5 +184,45 @@ async fn the_promise_holds_across_instances_with_tags_and_set_many() {
     assert!(
         sa.joins_retried + sb.joins_retried > 0 || sa.coalesced + sb.coalesced > 0,
         "no load was shared: {sa:?} {sb:?}"
+    );
+    sa
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_promise_holds_across_instances_with_tags_and_set_many() {
+    let redis = server();
+    workload(
+        || {
+            builder("pr")
+                .backend(redis_backend(&redis))
+                .build()
+                .unwrap()
+        },
+        false,
+    )
+    .await;
+}
+
+/// The same with entries that go stale within the run and are served
+/// while refreshed (in the batches' own loader calls), refreshed early,
+/// and a namespace that is invalidated too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_promise_holds_across_instances_while_entries_are_refreshed() {
+    let redis = server();
+    let make = || {
+        builder("pq")
+            .backend(redis_backend(&redis))
+            .ttl(Duration::from_millis(40))
+            .ttl_jitter(0.0)
+            .stale_while_revalidate(Some(Duration::from_secs(5)))
+            .early_refresh(Some(1.0))
+            .namespace_invalidation(true)
+            .build()
+            .unwrap()
+    };
+    let s = workload(make, true).await;
+    assert!(
+        s.stale_served > 0 && s.refreshes > 0,
+        "nothing was refreshed: {s:?}"
     );
 }
