@@ -222,3 +222,5 @@ mod backend;
 mod leftovers;
 #[path = "review_batch/promise.rs"]
 mod promise;
+#[path = "review_batch/tiered.rs"]
+mod tiered;
