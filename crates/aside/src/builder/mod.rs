@@ -238,6 +238,15 @@ impl CacheBuilder {
     /// are split into several requests of this size, so that one batch does
     /// not hold Redis (single-threaded) for long. The batch loader is still
     /// called once, with every miss.
+    ///
+    /// Requests that write (the fills of loaded values, `set_many`) also
+    /// carry at most 4 MiB of values (a larger value goes alone), so that
+    /// each reaches the backend within
+    /// [`backend_timeout`](Self::backend_timeout). Reads cannot be split by
+    /// size, since the sizes are not known before: when values are large,
+    /// lower this so that a chunk of them is read within `backend_timeout`
+    /// (a read that times out counts as a backend failure and its keys are
+    /// loaded again).
     pub fn batch_chunk_size(mut self, keys: usize) -> Self {
         self.settings.batch_chunk_size = keys;
         self

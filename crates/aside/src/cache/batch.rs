@@ -23,11 +23,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::deps::Deps;
+use super::lease::AbortOnDrop;
 use super::load::{
-    AbortOnDrop, FIRST_RECHECK, MAX_JOINS, MAX_RECHECK, bypass_flight_key, lease_token, written_at,
+    FIRST_RECHECK, MAX_JOINS, MAX_RECHECK, bypass_flight_key, lease_token, written_at,
 };
 use super::{Cache, Lookup, Value};
-use crate::backend::{BatchEntry, FillToken, Lease};
+use crate::backend::{FillToken, Lease};
 use crate::error::{Error, ErrorKind};
 use crate::flight::{Done, Leader, Outcome, Role, Waiter};
 use crate::policy::LeaseTimeout;
@@ -35,6 +36,7 @@ use crate::stats::bump;
 
 mod acquire;
 mod api;
+mod fill;
 mod read;
 
 /// One distinct key of a batch, and what the batch found for it so far.
@@ -271,11 +273,11 @@ impl Cache {
         let (outcome, took) = self
             .run_timed(&what, async move { loader(names).await })
             .await;
-        drop(renewal);
         self.record_breaker(&outcome);
         let mut found = match outcome {
             Ok(found) => found,
             Err(e) => {
+                drop(renewal);
                 self.release_all(
                     loads
                         .iter()
@@ -291,80 +293,15 @@ impl Cache {
         // A key the loader left out does not exist: a negative entry.
         let values: Vec<Option<V>> = loads.iter().map(|(it, _)| found.remove(&it.name)).collect();
         let stored = self.fill_all(&loads, &values, &deps, ttl, took).await;
+        // Renewed until the last fill: encoding and writing many values can
+        // outlast `lease_ttl`, and a fill whose lease lapsed is refused.
+        drop(renewal);
         // Woken after the writes: when the call returns, the values are
         // readable (read-your-writes).
         for (((it, _), value), stored) in loads.into_iter().zip(values).zip(stored) {
             let valid_from = stored.unwrap_or(began);
             it.leader.publish(Done::before(Ok(value), valid_from));
         }
-    }
-
-    /// Fills every loaded key that has a token, in one request per chunk.
-    /// Returns, per key, the moment its fill was accepted.
-    async fn fill_all<V: Value>(
-        &self,
-        loads: &[(Item<V>, Option<FillToken>)],
-        values: &[Option<V>],
-        deps: &Deps,
-        ttl: Option<Duration>,
-        took: Duration,
-    ) -> Vec<Option<u64>> {
-        let mut fills = Vec::new();
-        let mut of = Vec::new();
-        let mut unused = Vec::new();
-        for (j, ((it, token), value)) in loads.iter().zip(values).enumerate() {
-            let Some(token) = token else { continue };
-            if self.must_bypass(&it.pk, deps) {
-                // An invalidation is pending: the fill cannot be proven fresh.
-                bump(&self.inner.stats.stale_fills_rejected);
-                unused.push((&it.pk, token));
-                continue;
-            }
-            let stamp = deps.stamp(token.versions());
-            match self.encode_entry(&it.pk, value.clone(), ttl, &stamp, took) {
-                Some((stored, ttl)) => {
-                    let entry = BatchEntry {
-                        key: it.pk.clone(),
-                        value: stored,
-                        ttl,
-                    };
-                    fills.push((entry, token.clone()));
-                    of.push(j);
-                }
-                None => unused.push((&it.pk, token)),
-            }
-        }
-        self.release_all(unused).await;
-        let mut accepted = vec![None; loads.len()];
-        let filling = self.inner.flights.now();
-        for (chunk, at) in fills
-            .chunks(self.inner.s.batch_chunk_size)
-            .zip(of.chunks(self.inner.s.batch_chunk_size))
-        {
-            let stored = match self
-                .guarded(self.inner.backend.fill_many(chunk, &deps.keys))
-                .await
-            {
-                Ok(stored) => stored,
-                Err(e) => {
-                    tracing::debug!(keys = chunk.len(), error = %e, "aside: could not cache loaded values");
-                    // As for one key (`Cache::fill`): release the leases
-                    // the failed fill kept, or loads wait for them to lapse.
-                    self.release_all(chunk.iter().map(|(entry, token)| (&entry.key, token)))
-                        .await;
-                    continue;
-                }
-            };
-            for (&j, ok) in at.iter().zip(stored) {
-                if ok {
-                    bump(&self.inner.stats.sets);
-                    accepted[j] = Some(filling);
-                } else {
-                    bump(&self.inner.stats.stale_fills_rejected);
-                }
-            }
-        }
-        accepted
     }
 
     /// Releases the leases these tokens hold (their loads will not fill).

@@ -260,7 +260,6 @@ impl Cache {
         }
         let renewal = self.keep_lease(&pk, token.as_ref());
         let (outcome, took) = self.run_loader_timed(&pk, loader).await;
-        drop(renewal);
         self.record_breaker(&outcome);
         match (outcome, token) {
             (Ok(value), Some(token)) => {
@@ -279,6 +278,9 @@ impl Cache {
                 leader.publish(Done::to_all(Err(e)));
             }
         }
+        // Renewed until the fill is written: encoding a large value can
+        // take a while, and a fill whose lease lapsed is refused.
+        drop(renewal);
     }
 
     /// Re-checks the key and takes its lease, waiting (bounded) while another
@@ -318,8 +320,18 @@ impl Cache {
                 }
             };
             // Without a marker the fill cannot be made safe: load, do not store.
-            let Ok((stored, token)) = read else {
-                return Acquired::Load(None);
+            let (stored, token) = match read {
+                Ok(read) => read,
+                Err(e) => {
+                    if leases.is_some() && e.kind() == ErrorKind::Timeout {
+                        // Timed out here, the request may still run on the
+                        // server and take the lease: others would wait for
+                        // it until `lease_ttl`. (A request that failed
+                        // otherwise, or was never sent, took nothing.)
+                        self.release_later(vec![pk.to_owned()], lease_token);
+                    }
+                    return Acquired::Load(None);
+                }
             };
             // Re-check: a load that finished since our miss has filled the
             // key (the textbook lock holder skips this and loads twice).
@@ -392,44 +404,6 @@ impl Cache {
             .await
             .ok()
             .map(|(_, token)| token)
-    }
-
-    /// Releases the lease `token` holds, if any (the load will not fill).
-    pub(super) async fn release(&self, pk: &str, token: Option<&FillToken>) {
-        if let Some(Lease::Held(t)) = token.map(FillToken::lease)
-            && let Some(leases) = self.inner.backend.leases()
-            && let Err(e) = self.guarded(leases.release_lease(pk, t)).await
-        {
-            // It lapses by itself after `lease_ttl`.
-            tracing::debug!(key = %pk, error = %e, "aside: could not release a lease");
-        }
-    }
-
-    /// Renews a held lease every third of its TTL while the loader runs, so a
-    /// slow but live load keeps it and a crashed one loses it. The renewal
-    /// stops when the returned guard is dropped, also when the load's task
-    /// is torn down mid-load (a renewal that outlived its load would block
-    /// the key for ever).
-    fn keep_lease(&self, pk: &str, token: Option<&FillToken>) -> Option<AbortOnDrop> {
-        let Some(Lease::Held(t)) = token.map(FillToken::lease) else {
-            return None;
-        };
-        let (cache, pk, t) = (self.clone(), pk.to_owned(), t.clone());
-        let ttl = self.inner.s.policy.lease_ttl;
-        let task = tokio::spawn(async move {
-            let Some(leases) = cache.inner.backend.leases() else {
-                return;
-            };
-            loop {
-                tokio::time::sleep(ttl / 3).await;
-                match cache.guarded(leases.renew_lease(&pk, &t, ttl)).await {
-                    Ok(true) => {}
-                    Ok(false) => return,
-                    Err(_) => {}
-                }
-            }
-        });
-        Some(AbortOnDrop(task.abort_handle()))
     }
 
     /// The loader under the hard timeout.
@@ -522,15 +496,6 @@ impl Cache {
             ),
             Transition::None => {}
         }
-    }
-}
-
-/// Aborts a background task when dropped.
-pub(super) struct AbortOnDrop(pub(super) tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

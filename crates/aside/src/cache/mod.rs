@@ -25,6 +25,7 @@ use throttle::Throttle;
 
 mod batch;
 mod deps;
+mod lease;
 mod load;
 mod throttle;
 mod write;

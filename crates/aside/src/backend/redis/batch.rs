@@ -111,20 +111,26 @@ impl RedisBackend {
         Ok(out)
     }
 
-    /// FILL_MANY: every conditional fill in one script.
+    /// FILL_MANY: every conditional fill in one script, each checked
+    /// against its own tokens.
     pub(super) async fn fill_many_script(
         &self,
         fills: &[(BatchEntry, FillToken)],
         versions: &[String],
     ) -> Result<Vec<bool>, BackendError> {
-        // An absent token validates nothing: such fills are refused here,
-        // the others go in one script.
-        let sendable = |t: &FillToken| t.generation() != 0 && !t.versions().contains(&0);
+        // An absent token validates nothing, nor does a token for other
+        // counters: such fills are refused here, the others go in one
+        // script.
+        let sendable = |t: &FillToken| {
+            t.generation() != 0
+                && !t.versions().contains(&0)
+                && t.versions().len() == versions.len()
+        };
         let sent: Vec<&(BatchEntry, FillToken)> =
             fills.iter().filter(|(_, t)| sendable(t)).collect();
-        let Some((_, first)) = sent.first() else {
+        if sent.is_empty() {
             return Ok(vec![false; fills.len()]);
-        };
+        }
         let mut invocation = FILL_MANY.prepare_invoke();
         invocation.arg(FILLS_CHANNEL).arg(sent.len());
         for (entry, token) in &sent {
@@ -143,12 +149,12 @@ impl RedisBackend {
                 .arg(px(entry.ttl))
                 .arg(token.generation().to_string())
                 .arg(lease_token);
+            for version in token.versions() {
+                invocation.arg(version.to_string());
+            }
         }
-        // Every fill of a batch read the counters in the same step, so the
-        // first token's values are every token's; a token that disagrees
-        // is refused below.
-        for (name, version) in versions.iter().zip(first.versions()) {
-            invocation.key(token_key(name)).arg(version.to_string());
+        for name in versions {
+            invocation.key(token_key(name));
         }
         let stored: Vec<u8> = invocation
             .invoke_async(&mut self.conn.clone())
@@ -157,13 +163,7 @@ impl RedisBackend {
         let mut stored = stored.into_iter();
         Ok(fills
             .iter()
-            .map(|(_, t)| {
-                if !sendable(t) {
-                    return false;
-                }
-                let ok = stored.next() == Some(1);
-                ok && t.versions() == first.versions()
-            })
+            .map(|(_, t)| sendable(t) && stored.next() == Some(1))
             .collect())
     }
 

@@ -277,9 +277,13 @@ pub(super) static ACQUIRE_MANY: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// FILL for many keys in one step. KEYS: data, marker, lease, waiters of
-/// each key, then the version counters. ARGV: channel, the number of keys n,
-/// then bytes, ttl ms, expected marker, lease token ('' for none) per key,
-/// then the expected counters. Returns 1 (stored) or 0 per key.
+/// each key, then the m version counters. ARGV: channel, the number of keys
+/// n, then per key: bytes, ttl ms, expected marker, lease token ('' for
+/// none) and the m counters it expects. Returns 1 (stored) or 0 per key.
+///
+/// Each fill is checked against its own expected counters, as FILL checks
+/// one: a fill whose tokens are stale is refused and writes nothing, one
+/// whose tokens are current is stored, whatever the others expect.
 pub(super) static FILL_MANY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -288,15 +292,14 @@ pub(super) static FILL_MANY: LazyLock<Script> = LazyLock::new(|| {
             return redis.call('GET', key)
         end
         local n = tonumber(ARGV[2])
-        local counters_ok = true
-        for j = 1, #KEYS - 4 * n do
-            if get(KEYS[4 * n + j]) ~= ARGV[2 + 4 * n + j] then counters_ok = false end
-        end
+        local m = #KEYS - 4 * n
+        local current = {}
+        for j = 1, m do current[j] = get(KEYS[4 * n + j]) end
         local out = {}
         local longest = 0
         for i = 0, n - 1 do
             local data, marker, lease, waiters = KEYS[4*i+1], KEYS[4*i+2], KEYS[4*i+3], KEYS[4*i+4]
-            local a = 2 + 4 * i
+            local a = 2 + (4 + m) * i
             local leased = ARGV[a + 4] ~= ''
             local ok = (not leased) or get(lease) == ARGV[a + 4]
             if leased and ok then
@@ -305,7 +308,10 @@ pub(super) static FILL_MANY: LazyLock<Script> = LazyLock::new(|| {
                     redis.call('PUBLISH', ARGV[1], data)
                 end
             end
-            if ok and (not counters_ok or get(marker) ~= ARGV[a + 3]) then ok = false end
+            if ok and get(marker) ~= ARGV[a + 3] then ok = false end
+            for j = 1, m do
+                if ok and current[j] ~= ARGV[a + 4 + j] then ok = false end
+            end
             if ok then
                 redis.call('SET', data, ARGV[a + 1], 'PX', ARGV[a + 2])
                 redis.call('DEL', marker)

@@ -164,8 +164,11 @@ impl Cache {
             .collect()
     }
 
-    /// One request per chunk; on a failure, the leases taken by the chunks
-    /// before it are released.
+    /// One request per chunk. On a failure, the leases of the chunks before
+    /// it are released, and when it timed out its own too: it may still run
+    /// on the server and take them, and other processes would then wait up
+    /// to `lease_ttl` for a load nobody runs. (A request that failed
+    /// otherwise, or was never sent, took nothing.)
     async fn acquire_chunks(
         &self,
         keys: &[String],
@@ -176,7 +179,9 @@ impl Cache {
         let backend = &*self.inner.backend;
         let leases = backend.leases().filter(|_| !token.is_empty());
         let mut out: Read = Vec::with_capacity(keys.len());
+        let mut sent = 0;
         for chunk in keys.chunks(s.batch_chunk_size) {
+            sent += chunk.len();
             let read = match leases {
                 Some(l) => {
                     self.guarded(l.get_for_fill_leased_many(
@@ -196,8 +201,12 @@ impl Cache {
             match read {
                 Ok(read) if read.len() == chunk.len() => out.extend(read),
                 failed => {
-                    self.release_all(keys.iter().zip(out.iter().map(|(_, t)| t)))
-                        .await;
+                    // Ran, or may have: a timeout, or a malformed answer.
+                    let ran = !matches!(&failed, Err(e) if e.kind() != ErrorKind::Timeout);
+                    let upto = if ran { sent } else { sent - chunk.len() };
+                    if leases.is_some() && upto > 0 {
+                        self.release_later(keys[..upto].to_vec(), token.to_owned());
+                    }
                     return Err(failed.err().unwrap_or_else(|| {
                         Error::new(
                             ErrorKind::Backend,

@@ -18,24 +18,29 @@ impl Cache {
     /// (the bulk form of [`get_or_load`](Self::get_or_load), like Caffeine's
     /// `getAll`).
     ///
-    /// Every key costs the same round trips whatever their number: one read
-    /// of all of them (an `MGET` on Redis, with the tag and namespace
-    /// tokens they depend on; on a two-level backend, one read of L2 for the
-    /// keys L1 does not hold), and for the misses one request that reads
-    /// their tokens and takes their leases, then one that fills them all,
-    /// each entry with its own jittered TTL. Batches over
+    /// The round trips do not grow with the number of keys: one read of all
+    /// of them (an `MGET` on Redis, with the tag and namespace tokens they
+    /// depend on; on a two-level backend, one read of L2 for the keys L1
+    /// does not hold), and for the misses one request that reads their
+    /// tokens and takes their leases, then one that fills them all, each
+    /// entry with its own jittered TTL. Batches over
     /// [`batch_chunk_size`](crate::CacheBuilder::batch_chunk_size) keys send
-    /// one request per chunk. (The usual fix for N+1 lookups in the
-    /// textbook code still asks the cache key by key: N round trips.)
+    /// one request per chunk (and fills one per 4 MiB of values). Cached
+    /// entries carrying tags the call did not name cost one more read, and
+    /// keys another process holds the lease of cost a request per wait.
+    /// (The usual fix for N+1 lookups in the textbook code still asks the
+    /// cache key by key: N round trips.)
     ///
     /// `batch_loader` gets the keys to load (each once, in the order first
     /// asked) and returns the values it found by key. A key it leaves out
-    /// does not exist: it is cached as a negative entry (see
-    /// [`CacheBuilder::negative_ttl`](crate::CacheBuilder::negative_ttl))
-    /// and answered `None`, so the next call does not ask for it again.
-    /// Keys the loader returns that were not asked for are ignored. A key
-    /// asked for several times is read and loaded once, and answered at
-    /// each of its positions.
+    /// does not exist: it is answered `None` and, unless
+    /// [`negative_ttl`](crate::CacheBuilder::negative_ttl) is `None`,
+    /// cached as a negative entry, so the next call does not ask for it
+    /// again. Keys the loader returns that were not asked for are ignored,
+    /// not cached: no token of theirs was read before the load, so nothing
+    /// could tell whether an invalidation came in between (load them by
+    /// asking for them). A key asked for several times is read and loaded
+    /// once, and answered at each of its positions.
     ///
     /// # Concurrent calls
     /// Keys that another call in this process is already loading (a
@@ -50,6 +55,13 @@ impl Cache {
     /// runs and its fill is refused if it was invalidated meanwhile, and a
     /// value shared with a caller is proven current for it. The load runs in
     /// its own task: dropping the returned future does not cancel it.
+    ///
+    /// The batch's leases are renewed from the start of the loader to the
+    /// last fill, not while their requests are being sent: a batch whose
+    /// lease requests (one per chunk) take longer than
+    /// [`lease_ttl`](crate::CacheBuilder::lease_ttl) loses its first leases
+    /// before it loads, and their fills are refused (the values are still
+    /// returned). Keep chunks times the backend's latency well under it.
     ///
     /// # Errors
     /// The whole call fails only when some key has neither a value nor a
@@ -188,7 +200,7 @@ impl Cache {
 
     /// Writes several values with the default TTL, in one backend request
     /// (per [`batch_chunk_size`](crate::CacheBuilder::batch_chunk_size)
-    /// keys), each with its own jittered TTL. As [`set`](Self::set) for each
+    /// keys or 4 MiB of values), each with its own jittered TTL. As [`set`](Self::set) for each
     /// key: loads that began before it do not overwrite it.
     ///
     /// # Errors
@@ -261,7 +273,9 @@ impl Cache {
                 });
             }
         }
-        for chunk in entries.chunks(self.inner.s.batch_chunk_size) {
+        let size = |entry: &BatchEntry| entry.value.bytes().len();
+        for run in super::fill::runs(&entries, self.inner.s.batch_chunk_size, size) {
+            let chunk = &entries[run];
             if let Err(e) = self
                 .guarded(self.inner.backend.set_many(chunk, &deps.keys))
                 .await
