@@ -144,6 +144,7 @@ mod codec;
 mod envelope;
 mod error;
 mod flight;
+mod hot;
 mod key;
 mod pending;
 pub mod policy;
@@ -160,9 +161,10 @@ pub use backend::{
 #[cfg(feature = "postgres")]
 pub use bridge::{BridgeHandle, ChangeBridge, TableMap};
 pub use builder::CacheBuilder;
-pub use cache::{Cache, EntryOptions, Invalidation, Value};
+pub use cache::{Cache, EntryOptions, Invalidation, Value, WarmOptions, WarmProgress};
 pub use codec::{Codec, Compression};
 pub use error::{BackendError, Error, ErrorKind, Result};
+pub use hot::HotKeys;
 pub use key::Key;
 pub use policy::LeaseTimeout;
 pub use retry::RetryPolicy;
