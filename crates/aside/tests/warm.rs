@@ -203,6 +203,45 @@ async fn a_failing_chunk_does_not_stop_the_others(cache: &Cache) {
     assert_eq!((report.loaded, report.cached_already), (100, 900));
 }
 
+/// A key invalidated while its chunk loads is not cached (its fill is
+/// refused), and the report says so instead of counting it loaded.
+async fn a_key_invalidated_during_its_load_is_reported(cache: &Cache) {
+    let writer = cache.clone();
+    let loader = move |keys: Vec<String>| {
+        let writer = writer.clone();
+        async move {
+            // The row of k3 changes while the batch holds its old value.
+            if keys.iter().any(|k| k == "k3") {
+                writer.invalidate("k3").await.unwrap();
+            }
+            Ok::<_, DbDown>(
+                keys.into_iter()
+                    .map(|k| (k.clone(), format!("v:{k}")))
+                    .collect::<HashMap<_, _>>(),
+            )
+        }
+    };
+    let keys: Vec<String> = (0..10).map(key).collect();
+    let report = cache
+        .warm(&keys, loader, &WarmOptions::new().chunk_size(5))
+        .await
+        .unwrap();
+    assert_eq!((report.loaded, report.failed), (9, 1));
+    assert!(report.first_error.is_some());
+    assert_eq!(cache.get::<String>("k3").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn memory_a_key_invalidated_during_its_load_is_reported() {
+    a_key_invalidated_during_its_load_is_reported(&memory()).await;
+}
+
+#[tokio::test]
+async fn redis_a_key_invalidated_during_its_load_is_reported() {
+    let redis = server();
+    a_key_invalidated_during_its_load_is_reported(&on_redis(&redis, "w")).await;
+}
+
 /// Reads `reads` Zipf-distributed product keys through `get_or_load`;
 /// returns the true read count of each key.
 async fn zipf_reads(cache: &Cache, reads: usize, seed: u64) -> HashMap<String, u64> {

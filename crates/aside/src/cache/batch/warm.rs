@@ -99,17 +99,23 @@ pub struct WarmProgress {
     pub total: usize,
     /// Keys dealt with so far.
     pub done: usize,
-    /// Keys the cache did not hold and now holds: loaded by the batch
+    /// Keys the cache did not hold and holds now (read back after the
+    /// chunk's fill): loaded by the batch
     /// loader (a key it left out is cached as "not found", as
-    /// `get_many_or_load` does) or by a load already running.
+    /// `get_many_or_load` does) or by a load already running. (A key whose
+    /// invalidation is still queued is loaded but, as on every read, not
+    /// cached.)
     pub loaded: usize,
     /// Keys the cache already held, not loaded again. (A stale entry, with
     /// [`stale_while_revalidate`](crate::CacheBuilder::stale_while_revalidate),
     /// is refreshed in the background as a read would.)
     pub cached_already: usize,
-    /// Keys whose load failed (their chunk's loader call failed, panicked
-    /// or timed out). With [`fail_safe`](crate::CacheBuilder::fail_safe), a
-    /// key that kept its expired value counts here too.
+    /// Keys not warmed: their chunk's loader call failed, panicked or
+    /// timed out, or the loaded value was not left in the cache (the
+    /// backend failed, or the key was invalidated during the load; warm
+    /// reads the loaded keys back to tell). With
+    /// [`fail_safe`](crate::CacheBuilder::fail_safe), a key that kept its
+    /// expired value after a failed load counts here too.
     pub failed: usize,
     /// The first load error met, if any.
     pub first_error: Option<Error>,
@@ -146,7 +152,8 @@ impl Cache {
     ///
     /// Each chunk is a [`get_many_or_load_with`](Self::get_many_or_load_with)
     /// that keeps no values: one read of its keys, the loader for the misses,
-    /// one fill, under the same rules (a fill is refused if its key was
+    /// one fill (and one more read, of the loaded keys' presence, to report
+    /// what was left in the cache), under the same rules (a fill is refused if its key was
     /// invalidated meanwhile; keys another load is already loading are
     /// awaited, not loaded twice). So warm **does not overwrite entries the
     /// cache holds**, and a key set meanwhile keeps the newer value. To
@@ -332,12 +339,21 @@ impl Cache {
             std::mem::take(&mut *failed_calls.lock().unwrap_or_else(PoisonError::into_inner))
                 .into_iter()
                 .collect();
-        for (slot, cached) in slots.iter().zip(cached) {
+        let mut check = Vec::new();
+        for (i, (slot, cached)) in slots.iter().zip(cached).enumerate() {
             if cached {
                 continue;
             }
             match &slot.answer {
-                Some(Ok(_)) if !failed.contains(&slot.name) => tally.loaded += 1,
+                Some(Ok(v)) if !failed.contains(&slot.name) => {
+                    // Nothing is stored for a bypassed key, nor for a "not
+                    // found" without negative caching: nothing to check.
+                    if !slot.bypass && (v.is_some() || self.inner.s.negative_ttl.is_some()) {
+                        check.push(i);
+                    } else {
+                        tally.loaded += 1;
+                    }
+                }
                 Some(Err(e)) => {
                     tally.failed += 1;
                     tally.error.get_or_insert_with(|| e.clone());
@@ -345,6 +361,37 @@ impl Cache {
                 _ => tally.failed += 1,
             }
         }
+        self.count_stored(&slots, &check, &mut tally).await;
         tally
+    }
+
+    /// Counts the loaded keys the backend now holds as loaded, the others
+    /// as failed. A fill that the backend did not take (down, timed out,
+    /// the key invalidated during the load) is only logged on the load
+    /// path; warm reports what it left in the cache, so it reads the keys
+    /// once more (one more request per chunk, the entries' presence only).
+    async fn count_stored<V>(&self, slots: &[Slot<V>], check: &[usize], tally: &mut Tally) {
+        for chunk in check.chunks(self.inner.s.batch_chunk_size) {
+            let pks: Vec<String> = chunk.iter().map(|&i| slots[i].pk.clone()).collect();
+            let present = match self.guarded(self.inner.backend.get_many(&pks, &[])).await {
+                Ok((entries, _)) => entries.iter().filter(|e| e.is_some()).count(),
+                Err(e) => {
+                    tally.error.get_or_insert(e);
+                    0
+                }
+            };
+            tally.loaded += present;
+            let missing = chunk.len().saturating_sub(present);
+            if missing > 0 {
+                tally.failed += missing;
+                tally.error.get_or_insert_with(|| {
+                    Error::new(
+                        ErrorKind::Backend,
+                        "loaded, but not left in the cache (the backend failed or timed out, \
+                         or the key was invalidated during the load)",
+                    )
+                });
+            }
+        }
     }
 }
