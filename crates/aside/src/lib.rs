@@ -77,6 +77,11 @@
 //!   times out or meets the open loader breaker). Loader soft and hard
 //!   timeouts, XFetch early refresh, [`RetryPolicy`] and a loader circuit
 //!   breaker complete the stampede and outage defences.
+//! - **Pre-warming.** [`Cache::warm`] loads what the cache is missing of a
+//!   list of keys, in chunks through the batch path, a few at a time, with
+//!   progress; [`CacheBuilder::track_hot_keys`] keeps an approximate top-k
+//!   of the most read keys ([`Cache::hot_keys`], saved as JSON with
+//!   [`HotKeys`]) for a new instance to warm from.
 //! - **Keys** are built from parts with separators escaped, so different
 //!   parts never make the same key, and long keys are hashed with 128 bits of
 //!   SHA-256 behind a readable prefix. See [`Key`].
