@@ -17,7 +17,7 @@ use crate::codec::{Codec, Compression};
 use crate::envelope::{self, Meta};
 use crate::error::{BackendError, Error, ErrorKind};
 use crate::flight::Flights;
-use crate::hot::{HotKeys, Tracker};
+use crate::hot::Tracker;
 use crate::key::{KeyBuf, backend_key};
 use crate::pending::Pending;
 use crate::policy::{Age, Policy, fresh_until_ms};
@@ -26,6 +26,7 @@ use throttle::Throttle;
 
 mod batch;
 mod deps;
+mod hot;
 mod load;
 mod throttle;
 mod write;
@@ -384,25 +385,6 @@ impl Cache {
                 Ok(None)
             }
         }
-    }
-
-    /// Counts a read of `key` for hot-key tracking, when it is on.
-    #[inline]
-    fn record_read(&self, key: &str) {
-        if let Some(hot) = &self.inner.hot {
-            hot.record(key);
-        }
-    }
-
-    /// The most read keys and their estimated read counts, most read first
-    /// (see [`CacheBuilder::track_hot_keys`]); empty when tracking is off.
-    /// Save them with [`HotKeys::to_json`] to [`warm`](Self::warm) a new
-    /// instance.
-    pub fn hot_keys(&self) -> HotKeys {
-        self.inner
-            .hot
-            .as_ref()
-            .map_or_else(HotKeys::default, Tracker::top)
     }
 
     /// A snapshot of this cache's counters.
