@@ -102,6 +102,61 @@ fn main() {
         });
     }
 
+    // Memory with hot-key tracking on (the default sampling, 1 read in 16,
+    // and every read), vs the same hit with tracking off and vs raw moka.
+    rt.block_on(async {
+        let raw: moka::future::Cache<String, Product> = moka::future::Cache::new(10_000);
+        raw.insert("product:42".to_owned(), product()).await;
+        let built = |track: Option<u32>| {
+            let b = Cache::builder().backend(MemoryBackend::new());
+            match track {
+                Some(one_in) => b.track_hot_keys(100).hot_key_sampling(one_in),
+                None => b,
+            }
+            .build()
+            .unwrap()
+        };
+        let (off, sampled, every) = (built(None), built(Some(16)), built(Some(1)));
+        for cache in [&off, &sampled, &every] {
+            assert_eq!(hit(cache).await, Some(product()));
+        }
+        let n = 20_000;
+        let (mut r, mut o, mut s, mut e) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            // Rotated, so that no variant always runs first in its round.
+            for step in 0..4 {
+                match (round + step) % 4 {
+                    0 => r.push(block(n, || raw.get("product:42")).await),
+                    1 => o.push(block(n, || hit(&off)).await),
+                    2 => s.push(block(n, || hit(&sampled)).await),
+                    _ => e.push(block(n, || hit(&every)).await),
+                }
+            }
+        }
+        assert!(!sampled.hot_keys().is_empty() && !every.hot_keys().is_empty());
+        report(
+            "memory hit, hot keys tracked (1 in 16) vs raw moka get",
+            &r,
+            &s,
+            n,
+            1.5,
+        );
+        report(
+            "memory hit, hot keys tracked (1 in 16) vs tracking off",
+            &o,
+            &s,
+            n,
+            1.1,
+        );
+        report(
+            "memory hit, hot keys tracked (every read) vs tracking off",
+            &o,
+            &e,
+            n,
+            1.5,
+        );
+    });
+
     let server = aside_test::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
 
     // Two-level: an L1 hit of a TieredBackend (over Redis, with the Redis

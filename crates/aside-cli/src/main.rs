@@ -5,6 +5,9 @@
 //! cache-aside and straight against the database, and prints what the cache
 //! bought and what aside's protection against stale fills changed.
 //!
+//! `aside warm` fills the demo's product cache from a list of keys (a file,
+//! a saved hot-keys list, or every product) and prints what it loaded.
+//!
 //! `aside listen` runs the PostgreSQL change bridge: committed row changes
 //! in the mapped tables invalidate a Redis-backed cache, until Ctrl-C.
 
@@ -15,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 mod demo;
 mod listen;
+mod warm;
 
 /// The aside command line.
 #[derive(Debug, Parser)]
@@ -33,6 +37,10 @@ enum Command {
     /// Listen to PostgreSQL (LISTEN/NOTIFY and a trigger per table) and
     /// invalidate a Redis-backed cache when mapped rows change, until Ctrl-C.
     Listen(listen::ListenArgs),
+    /// Warm the demo's product cache (in process, or in Redis) from a file of
+    /// keys, a saved hot-keys list or every product, loading the misses in
+    /// chunks, and print how many were loaded, already cached or failed.
+    Warm(warm::WarmArgs),
 }
 
 #[tokio::main]
@@ -41,6 +49,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args).await,
         Command::Listen(args) => listen::run(args).await,
+        Command::Warm(args) => warm::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

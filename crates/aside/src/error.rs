@@ -35,7 +35,8 @@ pub enum ErrorKind {
     /// A value is larger than the configured maximum and was not stored.
     TooLarge,
     /// The builder was given a nonsensical option (zero TTL, jitter outside
-    /// `0..1`, empty namespace, ...), or an invalid URL.
+    /// `0..1`, empty namespace, ...), an invalid URL, or a saved list that
+    /// is not one ([`HotKeys::from_json`](crate::HotKeys::from_json)).
     Config,
 }
 

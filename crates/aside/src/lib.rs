@@ -77,6 +77,11 @@
 //!   times out or meets the open loader breaker). Loader soft and hard
 //!   timeouts, XFetch early refresh, [`RetryPolicy`] and a loader circuit
 //!   breaker complete the stampede and outage defences.
+//! - **Pre-warming.** [`Cache::warm`] loads what the cache is missing of a
+//!   list of keys, in chunks through the batch path, a few at a time, with
+//!   progress; [`CacheBuilder::track_hot_keys`] keeps an approximate top-k
+//!   of the most read keys ([`Cache::hot_keys`], saved as JSON with
+//!   [`HotKeys`]) for a new instance to warm from.
 //! - **Keys** are built from parts with separators escaped, so different
 //!   parts never make the same key, and long keys are hashed with 128 bits of
 //!   SHA-256 behind a readable prefix. See [`Key`].
@@ -145,6 +150,7 @@ mod codec;
 mod envelope;
 mod error;
 mod flight;
+mod hot;
 mod key;
 mod pending;
 pub mod policy;
@@ -161,9 +167,10 @@ pub use backend::{
 #[cfg(feature = "postgres")]
 pub use bridge::{BridgeHandle, ChangeBridge, TableMap};
 pub use builder::CacheBuilder;
-pub use cache::{Cache, EntryOptions, Invalidation, Value};
+pub use cache::{Cache, EntryOptions, Invalidation, Value, WarmOptions, WarmProgress};
 pub use codec::{Codec, Compression};
 pub use error::{BackendError, Error, ErrorKind, Result};
+pub use hot::HotKeys;
 pub use key::Key;
 pub use policy::LeaseTimeout;
 pub use retry::RetryPolicy;

@@ -121,6 +121,33 @@ impl Db {
         }))
     }
 
+    /// `SELECT`s the products of `ids` in one query (`WHERE id IN (...)`);
+    /// ids without a row are left out.
+    pub async fn products(&self, ids: &[i64]) -> Result<Vec<Product>, sqlx::Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT id, name, price_cents, version FROM products WHERE id IN (",
+        );
+        let mut list = query.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        query.push(")");
+        let rows: Vec<(i64, String, i64, i64)> =
+            query.build_query_as().fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, name, price_cents, version)| Product {
+                id,
+                name,
+                price_cents,
+                version,
+            })
+            .collect())
+    }
+
     /// Changes a product's price and bumps its version; returns the new
     /// version once the (autocommit) update has committed, or `None` when
     /// there is no such row.

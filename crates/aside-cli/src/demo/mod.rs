@@ -1,6 +1,6 @@
 //! `aside demo`: what cache-aside with aside buys, measured on this machine.
 
-mod db;
+pub(crate) mod db;
 mod naive;
 mod report;
 mod workload;
@@ -235,10 +235,23 @@ async fn build_caches(args: &DemoArgs, namespace: &str) -> anyhow::Result<(Cache
             .context("invalid cache options (check --namespace)")?;
         return Ok((cache, Naive::in_memory(entries, ttl)));
     };
+    let backend = checked_redis(url, namespace).await?;
+    // The naive run comes after aside's, on the same (checked) connection;
+    // its keys are outside aside's `{namespace:...}` shape.
+    let naive = Naive::on_redis(backend.connection(), format!("{namespace}:naive"), ttl);
+    let cache = builder
+        .backend(backend)
+        .build()
+        .context("invalid cache options (check --namespace)")?;
+    Ok((cache, naive))
+}
+
+/// A Redis backend at `url`, checked to answer.
+pub(crate) async fn checked_redis(url: &str, namespace: &str) -> anyhow::Result<RedisBackend> {
     let backend =
         RedisBackend::new(url).with_context(|| format!("invalid --redis URL {}", redact(url)))?;
     // `get_or_load` quietly falls back to the database when Redis is down;
-    // a demo against an unreachable Redis would measure nothing, so ask first
+    // a run against an unreachable Redis would measure nothing, so ask first
     // (through a separate cache, to keep the measured one's counters clean).
     let probe = Cache::builder()
         .namespace(namespace)
@@ -250,14 +263,7 @@ async fn build_caches(args: &DemoArgs, namespace: &str) -> anyhow::Result<(Cache
         .get::<Product>("probe")
         .await
         .with_context(|| format!("could not reach Redis at {}", redact(url)))?;
-    // The naive run comes after aside's, on the same (checked) connection;
-    // its keys are outside aside's `{namespace:...}` shape.
-    let naive = Naive::on_redis(backend.connection(), format!("{namespace}:naive"), ttl);
-    let cache = builder
-        .backend(backend)
-        .build()
-        .context("invalid cache options (check --namespace)")?;
-    Ok((cache, naive))
+    Ok(backend)
 }
 
 /// The in-process cache's capacity, and whether the table fits in it.
@@ -270,7 +276,7 @@ fn capacity(entries: u64, rows: u64) -> String {
 }
 
 /// `aside-demo-<pid>-<unix ms>`: runs never read each other's entries.
-fn unique_namespace() -> String {
+pub(crate) fn unique_namespace() -> String {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());

@@ -11,6 +11,7 @@ use crate::error::Error;
 use crate::key::{MIN_MAX_KEY_LEN, SEPARATOR};
 use crate::policy::Policy;
 
+mod hot;
 mod resilience;
 
 /// Builds a [`Cache`]. Start with [`Cache::builder`].
@@ -48,11 +49,16 @@ mod resilience;
 /// | [`lease_ttl`](Self::lease_ttl) | 5 s |
 /// | [`lease_wait`](Self::lease_wait) | 10 s |
 /// | [`on_lease_timeout`](Self::on_lease_timeout) | [`LeaseTimeout::Load`](crate::LeaseTimeout::Load) |
+/// | [`track_hot_keys`](Self::track_hot_keys) | off |
+/// | [`hot_key_sampling`](Self::hot_key_sampling) | 1 read in 16 |
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct CacheBuilder {
     schema_version: Option<u32>,
     backend: Option<Arc<dyn Backend>>,
+    /// `track_hot_keys` was called (so that `track_hot_keys(0)` is refused
+    /// rather than read as "off").
+    hot_keys_asked: bool,
     settings: Settings,
 }
 
@@ -61,6 +67,7 @@ impl Default for CacheBuilder {
         Self {
             schema_version: None,
             backend: None,
+            hot_keys_asked: false,
             settings: Settings {
                 namespace: "aside".to_owned(),
                 ttl: Duration::from_secs(300),
@@ -79,6 +86,8 @@ impl Default for CacheBuilder {
                 double_delete_after: None,
                 namespace_invalidation: false,
                 batch_chunk_size: 1000,
+                hot_keys: 0,
+                hot_key_sampling: 16,
                 clock: Arc::new(SystemClock),
                 policy: Policy::default(),
             },
@@ -334,6 +343,7 @@ impl CacheBuilder {
             ));
         }
         resilience::validate(&s.policy)?;
+        hot::validate(self.hot_keys_asked, s.hot_keys, s.hot_key_sampling)?;
         if s.max_value_bytes == 0 {
             return Err(Error::config("max_value_bytes must be greater than zero"));
         }
@@ -396,6 +406,11 @@ mod tests {
         );
         rejects(Cache::builder().max_value_bytes(0), "zero max value");
         rejects(Cache::builder().batch_chunk_size(0), "zero batch chunk");
+        rejects(Cache::builder().track_hot_keys(0), "zero hot keys");
+        rejects(
+            Cache::builder().hot_key_sampling(0),
+            "zero hot-key sampling",
+        );
         rejects(Cache::builder().max_key_len(10), "tiny key limit");
         rejects(
             Cache::builder().backend_failure_threshold(0),

@@ -38,6 +38,9 @@ mod acquire;
 mod api;
 mod fill;
 mod read;
+mod warm;
+
+pub use warm::{WarmOptions, WarmProgress};
 
 /// One distinct key of a batch, and what the batch found for it so far.
 struct Slot<V> {
@@ -91,6 +94,20 @@ enum Got<V> {
 }
 
 impl Cache {
+    /// A slot for the caller's key `name`, not read yet.
+    fn slot<V>(&self, name: String, deps: &Deps) -> Slot<V> {
+        let pk = self.backend_key(&name);
+        let bypass = self.must_bypass(&pk, deps);
+        Slot {
+            name,
+            pk,
+            bypass,
+            answer: None,
+            stale: None,
+            refresh: None,
+        }
+    }
+
     /// Loads the slots not answered by the read: waits for this process's
     /// loads of them, then loads the rest (and refreshes the served ones
     /// that asked for it) in one task, with one loader call.

@@ -17,6 +17,7 @@ use crate::codec::{Codec, Compression};
 use crate::envelope::{self, Meta};
 use crate::error::{BackendError, Error, ErrorKind};
 use crate::flight::Flights;
+use crate::hot::Tracker;
 use crate::key::{KeyBuf, backend_key};
 use crate::pending::Pending;
 use crate::policy::{Age, Policy, fresh_until_ms};
@@ -25,11 +26,13 @@ use throttle::Throttle;
 
 mod batch;
 mod deps;
+mod hot;
 mod lease;
 mod load;
 mod throttle;
 mod write;
 
+pub use batch::{WarmOptions, WarmProgress};
 pub use deps::EntryOptions;
 use deps::{Check, Deps, version_key};
 use load::Mode;
@@ -61,6 +64,9 @@ pub(crate) struct Settings {
     pub double_delete_after: Option<Duration>,
     pub namespace_invalidation: bool,
     pub batch_chunk_size: usize,
+    /// How many hot keys to track (0: off).
+    pub hot_keys: usize,
+    pub hot_key_sampling: u32,
     pub clock: Arc<dyn Clock>,
     pub policy: Policy,
 }
@@ -94,6 +100,8 @@ struct Inner {
     /// The loader's circuit breaker, when configured.
     loader_breaker: Option<Breaker>,
     throttle: Throttle,
+    /// The hot-key tracker, when on.
+    hot: Option<Tracker>,
 }
 
 impl fmt::Debug for Cache {
@@ -129,6 +137,7 @@ impl Cache {
     pub(crate) fn from_parts(backend: Arc<dyn Backend>, s: Settings) -> Self {
         let caps = backend.capabilities();
         let breaker = Breaker::new(s.backend_failure_threshold, s.backend_retry_after);
+        let hot = (s.hot_keys > 0).then(|| Tracker::new(s.hot_keys, s.hot_key_sampling));
         let loader_breaker = s
             .policy
             .loader_breaker
@@ -144,6 +153,7 @@ impl Cache {
                 pending: Arc::default(),
                 loader_breaker,
                 throttle: Throttle::default(),
+                hot,
             }),
         }
     }
@@ -245,6 +255,7 @@ impl Cache {
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
     {
+        self.record_read(key.as_ref());
         let key = KeyBuf::new(
             &self.inner.s.namespace,
             key.as_ref(),
@@ -361,6 +372,7 @@ impl Cache {
     /// `get_or_load`, there is nothing to degrade to). An undecodable entry is
     /// counted and reads as `None`.
     pub async fn get<V: Value>(&self, key: impl AsRef<str>) -> Result<Option<V>, Error> {
+        self.record_read(key.as_ref());
         let pk = self.backend_key(key.as_ref());
         let deps = self.deps(&[]);
         if self.must_bypass(&pk, &deps) {

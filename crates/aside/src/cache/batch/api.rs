@@ -161,19 +161,11 @@ impl Cache {
         let mut order = Vec::new();
         for key in keys {
             let name = key.as_ref();
+            self.record_read(name);
             let at = match index.get(name) {
                 Some(&at) => at,
                 None => {
-                    let pk = self.backend_key(name);
-                    let bypass = self.must_bypass(&pk, &deps);
-                    slots.push(Slot {
-                        name: name.to_owned(),
-                        pk,
-                        bypass,
-                        answer: None,
-                        stale: None,
-                        refresh: None,
-                    });
+                    slots.push(self.slot(name.to_owned(), &deps));
                     index.insert(name.to_owned(), slots.len() - 1);
                     slots.len() - 1
                 }
