@@ -165,6 +165,15 @@ impl std::error::Error for Error {
     }
 }
 
+/// An [`Error`] as an I/O error of kind `Other` (the aside error is its
+/// source): functions returning `io::Result` can use `?` on aside calls, and
+/// `#[cached]` functions can return `io::Result`.
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        std::io::Error::other(e)
+    }
+}
+
 /// A convenient alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
