@@ -133,6 +133,11 @@
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+/// What `#[cached]` expands to calls; not a public API.
+#[cfg(feature = "macros")]
+#[doc(hidden)]
+#[path = "macros.rs"]
+pub mod __private;
 pub mod backend;
 mod breaker;
 #[cfg(feature = "postgres")]
@@ -151,6 +156,8 @@ mod retry;
 mod stats;
 mod xfetch;
 
+#[cfg(feature = "macros")]
+pub use aside_macros::cached;
 #[cfg(feature = "redis")]
 pub use backend::RedisBackend;
 pub use backend::{
