@@ -2,7 +2,6 @@
 
 use proc_macro2::{Group, Ident, Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};
-use syn::spanned::Spanned;
 use syn::visit::Visit;
 use syn::{
     FnArg, GenericArgument, ItemFn, Lifetime, Pat, PathArguments, ReturnType, Type, TypeImplTrait,
@@ -266,16 +265,16 @@ fn argument(pat: &Pat, ty: &Type) -> syn::Result<Arg> {
             None
         }
     };
-    if let Some(span) = check.impl_trait {
-        return Err(syn::Error::new(
-            span,
+    if let Some(tokens) = check.impl_trait {
+        return Err(syn::Error::new_spanned(
+            tokens,
             "#[cached] does not support `impl Trait` arguments: the body runs in a task of \
              its own and the arguments make the key; use a concrete type",
         ));
     }
-    if let Some(span) = check.borrow {
-        return Err(syn::Error::new(
-            span,
+    if let Some(tokens) = check.borrow {
+        return Err(syn::Error::new_spanned(
+            tokens,
             "#[cached] arguments must be moved into the load, which runs in a task of its \
              own: use an owned type, or a plain reference `&T` (copied with `ToOwned`), \
              with no borrow inside",
@@ -295,25 +294,25 @@ fn is_static(lifetime: Option<&Lifetime>) -> bool {
 /// Finds `impl Trait` and non-`'static` borrows in a type.
 #[derive(Default)]
 struct TypeCheck {
-    impl_trait: Option<Span>,
-    borrow: Option<Span>,
+    impl_trait: Option<TokenStream>,
+    borrow: Option<TokenStream>,
 }
 
 impl<'ast> Visit<'ast> for TypeCheck {
     fn visit_type_impl_trait(&mut self, t: &'ast TypeImplTrait) {
-        self.impl_trait.get_or_insert(t.span());
+        self.impl_trait.get_or_insert_with(|| t.to_token_stream());
     }
 
     fn visit_type_reference(&mut self, r: &'ast TypeReference) {
         if !is_static(r.lifetime.as_ref()) {
-            self.borrow.get_or_insert(r.span());
+            self.borrow.get_or_insert_with(|| r.to_token_stream());
         }
         syn::visit::visit_type_reference(self, r);
     }
 
     fn visit_lifetime(&mut self, l: &'ast Lifetime) {
         if l.ident != "static" {
-            self.borrow.get_or_insert(l.span());
+            self.borrow.get_or_insert_with(|| l.to_token_stream());
         }
     }
 }

@@ -399,3 +399,42 @@ async fn a_negative_entry_under_a_value_key_runs_the_body() {
     assert_eq!(may_be_none(1).await, None);
     assert_eq!(always(1).await, Ok(1));
 }
+
+#[tokio::test]
+async fn the_cache_is_any_expression_that_derefs_to_a_cache() {
+    static CACHE: LazyLock<Cache> = LazyLock::new(new_cache);
+    static SHARED: LazyLock<std::sync::Arc<Cache>> =
+        LazyLock::new(|| std::sync::Arc::new(new_cache()));
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+
+    fn by_value() -> Cache {
+        CACHE.clone()
+    }
+    fn by_ref() -> &'static Cache {
+        &CACHE
+    }
+
+    #[aside::cached(cache = by_value(), key = "n:{n}")]
+    async fn owned(n: u64) -> Option<u64> {
+        RUNS.fetch_add(1, SeqCst);
+        Some(n)
+    }
+
+    #[aside::cached(cache = by_ref(), key = "n:{n}")]
+    async fn borrowed(n: u64) -> Option<u64> {
+        RUNS.fetch_add(1, SeqCst);
+        Some(n)
+    }
+
+    #[aside::cached(cache = SHARED, key = "n:{n}")]
+    async fn arc(n: u64) -> Option<u64> {
+        RUNS.fetch_add(1, SeqCst);
+        Some(n)
+    }
+
+    assert_eq!(owned(1).await, Some(1));
+    assert_eq!(borrowed(1).await, Some(1)); // the same cache and key: a hit
+    assert_eq!(RUNS.load(SeqCst), 1);
+    assert_eq!(arc(1).await, Some(1)); // another cache
+    assert_eq!(RUNS.load(SeqCst), 2);
+}
