@@ -46,6 +46,9 @@ mod template;
 /// # Ok(()) }
 /// ```
 ///
+/// The expanded code names the crate `::aside`: depend on it under that
+/// name.
+///
 /// Every call goes through
 /// [`Cache::get_or_load_with`](https://docs.rs/aside/latest/aside/struct.Cache.html#method.get_or_load_with),
 /// with the function's body as the loader: concurrent misses of a key run
@@ -121,7 +124,10 @@ mod template;
 /// Arguments must then be `Serialize`. A map argument should have a stable
 /// order (`BTreeMap`): a `HashMap`'s order varies, making equal maps miss
 /// each other's entries (never collide). An argument that fails to
-/// serialise makes that call run the body uncached. Keys longer than the
+/// serialise makes that call run the body uncached. The path is
+/// `module_path!()`: two `#[cached]` functions of one name declared inside
+/// different function bodies of one module would share keys, so give such
+/// functions distinct names (or a `key`). Keys longer than the
 /// cache's `max_key_len` are hashed by the cache behind a readable prefix
 /// (128 bits of SHA-256).
 ///
@@ -165,7 +171,7 @@ mod template;
 /// #[aside::cached(cache = CACHE, key = "user:{id}", ttl = "5m", tags = ["users"])]
 /// async fn user(id: u64, name: &str) -> Result<Option<User>, DbError> { BODY }
 /// ```
-/// becomes (modulo paths)
+/// becomes (paths shortened)
 /// ```text
 /// async fn user(id: u64, name: &str) -> Result<Option<User>, DbError> {
 ///     let __aside_cache: &aside::Cache = &(CACHE);
@@ -174,21 +180,22 @@ mod template;
 ///         .ttl(Duration::from_millis(300000))
 ///         .tag("users");
 ///     let owned_name = ToOwned::to_owned(name);      // only if BODY uses `name`
-///     aside::__private::result_option(__aside_cache, __aside_key, &__aside_options,
-///         move || async move {
+///     aside::__private::result_option(__aside_cache, __aside_key, &__aside_options, move || {
+///         // `body` only fixes the future's output type, for `?` in BODY.
+///         aside::__private::body::<Result<Option<User>, DbError>, _>(async move {
 ///             let name: &str = Borrow::borrow(&owned_name);
-///             let __aside_out: Result<Option<User>, DbError> = BODY;
-///             __aside_out
+///             BODY
 ///         })
-///         .await
+///     })
+///     .await
 /// }
 /// ```
 /// `result_option` (or `result`, `option`) calls `get_or_load_with` with a
 /// loader that runs the closure, keeping the body's error for this caller
 /// (see *Errors*). Without `key`, the key line is
-/// `FnKey::new(module_path!(), "user", 1).arg(&id).arg(&name).finish()`.
-/// In a method, `self` in the body is rewritten to a borrow of the clone
-/// of the receiver.
+/// `FnKey::new(module_path!(), "user", 1).arg(&id).arg(&name).finish()`
+/// (`None` if an argument fails to serialise). In a method, `self` in the
+/// body is rewritten to a borrow of the clone of the receiver.
 ///
 /// # Compared with the `cached` crate
 /// - **No key collisions.** Key parts are escaped (a `:` in an argument

@@ -130,6 +130,11 @@
 //! - `lz4` (default): LZ4 compression of large payloads.
 //! - `postgres`: [`bridge::ChangeBridge`], committed PostgreSQL row changes
 //!   invalidate the cache (LISTEN/NOTIFY and a trigger).
+//! - `macros`: the `#[aside::cached]` attribute, which caches an async
+//!   function's results through [`Cache::get_or_load_with`]:
+//!   `#[aside::cached(cache = CACHE, key = "user:{id}", ttl = "5m", tags = ["users"])]`.
+//!   Key parts are escaped like [`Key::part`]; without `key`, every argument
+//!   is part of the key, in full.
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
