@@ -138,7 +138,7 @@
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
-/// What `#[cached]` expands to calls; not a public API.
+// What `#[cached]` expands to calls; not a public API.
 #[cfg(feature = "macros")]
 #[doc(hidden)]
 #[path = "macros.rs"]
