@@ -29,8 +29,8 @@ struct Arg {
     mutable: bool,
 }
 
-pub fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream> {
-    let sig = &func.sig;
+pub fn expand(options: Options, mut func: ItemFn) -> syn::Result<TokenStream> {
+    let sig = &func.sig.clone();
     if sig.asyncness.is_none() {
         return Err(syn::Error::new_spanned(
             sig.fn_token,
@@ -147,6 +147,10 @@ pub fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream> {
         let name = &arg.name;
         let owned = Ident::new(&format!("__aside_owned_{i}"), Span::mixed_site());
         let mutable = arg.mutable.then(|| quote!(mut));
+        if arg.mutable {
+            // The body mutates its own borrow (below), not the parameter.
+            unmut_parameter(&mut func.sig, name);
+        }
         before.extend(quote!(let #owned = ::std::borrow::ToOwned::to_owned(#name);));
         inside.extend(quote!(let #mutable #name: &#ty = ::std::borrow::Borrow::borrow(&#owned);));
     }
@@ -285,6 +289,18 @@ fn argument(pat: &Pat, ty: &Type) -> syn::Result<Arg> {
         borrowed,
         mutable: id.mutability.is_some(),
     })
+}
+
+/// Drops `mut` from parameter `name` of `sig`.
+fn unmut_parameter(sig: &mut syn::Signature, name: &Ident) {
+    for input in &mut sig.inputs {
+        if let FnArg::Typed(pt) = input
+            && let Pat::Ident(id) = &mut *pt.pat
+            && id.ident == *name
+        {
+            id.mutability = None;
+        }
+    }
 }
 
 fn is_static(lifetime: Option<&Lifetime>) -> bool {

@@ -1,4 +1,4 @@
-//! The `#[cached]` attribute of [aside](https://docs.rs/aside): use it as
+//! The `#[cached]` attribute of aside: use it as
 //! `aside::cached`, with aside's `macros` feature. The documentation is on
 //! [`cached`].
 
@@ -46,15 +46,11 @@ mod template;
 /// # Ok(()) }
 /// ```
 ///
-/// The expanded code names the crate `::aside`: depend on it under that
-/// name.
-///
-/// Every call goes through
-/// [`Cache::get_or_load_with`](https://docs.rs/aside/latest/aside/struct.Cache.html#method.get_or_load_with),
-/// with the function's body as the loader: concurrent misses of a key run
-/// the body once (single-flight, and leases across processes on Redis),
-/// and stale-while-revalidate, fail-safe, timeouts and breakers configured
-/// on the cache apply. A cache or backend failure never makes the function
+/// Every call goes through `Cache::get_or_load_with`, with the function's
+/// body as the loader: concurrent misses of a key run the body once
+/// (single-flight, and leases across processes on Redis), and
+/// stale-while-revalidate, fail-safe, timeouts and breakers configured on
+/// the cache apply. A cache or backend failure never makes the function
 /// fail: it degrades to running the body.
 ///
 /// # Options
@@ -106,13 +102,13 @@ mod template;
 ///
 /// # Keys
 /// **With `key = "..."`** the template is split on `:` and each part
-/// becomes one [`Key`](https://docs.rs/aside/latest/aside/struct.Key.html)
-/// part, escaped: `key = "user:{org}:{id}"` is
+/// becomes one `aside::Key` part, escaped: `key = "user:{org}:{id}"` is
 /// `Key::new("user").part(&org).part(&id)`, so `("a:b", "c")` and
 /// `("a", "b:c")` make different keys, and
 /// `cache.invalidate(Key::new("user").part(org).part(id))` names the same
 /// entry. A placeholder names an argument, a field of one (`{user.id}`), or
-/// of the receiver (`{self.tenant}`), and is formatted with `Display`. A
+/// of the receiver (`{self.tenant}`), and is formatted with `Display` (so
+/// make sure two values never display alike, as for any key part). A
 /// part holds at most one placeholder (`"{a}{b}"` is a compile error: it
 /// could not tell `("ab", "c")` from `("a", "bc")`); literal text around it
 /// is fine (`"v{n}"`). A placeholder naming no argument is a compile error.
@@ -135,14 +131,16 @@ mod template;
 /// The body runs as aside's loader, in a task of its own, so it owns what it
 /// uses: arguments by value are moved into it (after the key is built), an
 /// argument `&T` is copied with `ToOwned` (a `&str` becomes a `String`
-/// inside, seen by the body as `&str` again), and only when the body uses
-/// it. Other borrowed types (`&mut T`, `Option<&T>`, lifetimes),
+/// inside, seen by the body as `&str` again) on every call, hits included,
+/// when the body uses it. The body's future must be `Send`. Other borrowed
+/// types (`&mut T`, `Option<&T>`, lifetimes),
 /// `impl Trait` arguments, patterns in argument position, generic
 /// functions and `unsafe fn` are compile errors.
 ///
 /// Methods take `&self`: the receiver is cloned into the load (`Self:
 /// Clone + Send + Sync + 'static`, so keep services cheap to clone, with an
-/// `Arc` inside) when the body uses `self`. The receiver is **never part of
+/// `Arc` inside) on every call when the body uses `self`; `self::` paths
+/// are left alone. The receiver is **never part of
 /// a derived key**, so a method must have a `key` template, naming what
 /// identifies the receiver when it matters (`key = "user:{self.tenant}:{id}"`);
 /// without one it does not compile.
@@ -196,6 +194,9 @@ mod template;
 /// `FnKey::new(module_path!(), "user", 1).arg(&id).arg(&name).finish()`
 /// (`None` if an argument fails to serialise). In a method, `self` in the
 /// body is rewritten to a borrow of the clone of the receiver.
+///
+/// The expanded code names the crate `::aside`: depend on it under that
+/// name (not renamed in `Cargo.toml`).
 ///
 /// # Compared with the `cached` crate
 /// - **No key collisions.** Key parts are escaped (a `:` in an argument

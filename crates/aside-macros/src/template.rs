@@ -1,7 +1,7 @@
 //! Key and tag templates: `"user:{id}"`, `"org:{self.org}:v{version}"`.
 //!
 //! A template is split on `:` into parts; each part becomes one
-//! [`Key::part`](https://docs.rs/aside) (escaped), so a `:` inside an
+//! `aside::Key::part` (escaped), so a `:` inside an
 //! argument's value cannot move a part boundary. A part holds at most one
 //! placeholder: with two, `"{a}{b}"` would give `("ab", "c")` and
 //! `("a", "bc")` the same key.

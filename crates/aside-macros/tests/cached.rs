@@ -438,3 +438,46 @@ async fn the_cache_is_any_expression_that_derefs_to_a_cache() {
     assert_eq!(arc(1).await, Some(1)); // another cache
     assert_eq!(RUNS.load(SeqCst), 2);
 }
+
+mod paths {
+    pub fn twice(n: u64) -> u64 {
+        n * 2
+    }
+}
+
+#[derive(Clone)]
+struct Counter {
+    cache: Cache,
+    step: u64,
+}
+
+impl Counter {
+    fn step(&self) -> u64 {
+        self.step
+    }
+
+    #[aside::cached(cache = self.cache, key = "count:{self.step}:{n}:{label}")]
+    async fn count(&self, mut n: u64, mut label: &str) -> Option<String> {
+        // A mutable argument, a mutable `&str`, `self` passed on as a
+        // reference, and a `self::` path that must stay a path.
+        n += self.step();
+        label = label.trim();
+        let doubled = self::paths::twice(n);
+        let me: &Counter = self;
+        Some(format!("{label}={doubled}/{}", me.step))
+    }
+}
+
+#[tokio::test]
+async fn bodies_keep_their_meaning() {
+    let counter = Counter {
+        cache: new_cache(),
+        step: 1,
+    };
+    assert_eq!(counter.count(2, " x ").await.as_deref(), Some("x=6/1"));
+    let key = Key::new("count").part(1).part(2).part(" x ");
+    assert_eq!(
+        counter.cache.get::<String>(&key).await.unwrap().as_deref(),
+        Some("x=6/1")
+    );
+}
