@@ -232,6 +232,14 @@ mod tests {
     }
 
     #[test]
+    fn converts_into_an_io_error_that_keeps_it() {
+        let io: std::io::Error = Error::with_source(ErrorKind::Loader, "loader failed", Db).into();
+        assert_eq!(io.kind(), std::io::ErrorKind::Other);
+        let inner = io.get_ref().and_then(|e| e.downcast_ref::<Error>());
+        assert!(inner.is_some_and(|e| e.loader_error::<Db>().is_some()));
+    }
+
+    #[test]
     fn timeout_backend_error_maps_to_timeout_kind() {
         let e: Error = BackendError::Timeout.into();
         assert!(e.is_timeout());
