@@ -207,9 +207,10 @@ mod template;
 /// - **Stampede protection**: concurrent misses of a key run the body once
 ///   (and once across processes, with Redis leases); waiters are woken, not
 ///   polling.
-/// - **No whole-cache lock**: calls for different keys never wait on each
-///   other; the cache is a concurrent map (or Redis), and the single-flight
-///   table is per key.
+/// - **No whole-cache lock**: a hit reads a concurrent map (or Redis) and
+///   takes no lock; a miss takes the single-flight table's mutex only for
+///   the moment it registers or joins its load, never while a body runs, so
+///   calls for different keys never wait for each other's loads.
 /// - Entries are typed and versioned, negative results are cached on
 ///   purpose, invalidation by key or tag is consistent (a load racing an
 ///   invalidation is not stored), and a failing backend degrades to the
