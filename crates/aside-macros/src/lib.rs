@@ -208,7 +208,7 @@ mod template;
 ///   (and once across processes, with Redis leases); waiters are woken, not
 ///   polling.
 /// - **No whole-cache lock**: a hit reads a concurrent map (or Redis) and
-///   takes no lock; a miss takes the single-flight table's mutex only for
+///   takes no cache-wide lock; a miss takes the single-flight table's mutex only for
 ///   the moment it registers or joins its load, never while a body runs, so
 ///   calls for different keys never wait for each other's loads.
 /// - Entries are typed and versioned, negative results are cached on
