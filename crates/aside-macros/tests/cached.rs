@@ -481,3 +481,82 @@ async fn bodies_keep_their_meaning() {
         Some("x=6/1")
     );
 }
+
+/// Every operation fails, as with Redis unreachable.
+#[derive(Debug)]
+struct Down;
+
+fn down() -> aside::BackendError {
+    aside::BackendError::failed(std::io::Error::other("connection refused"))
+}
+
+#[async_trait::async_trait]
+impl aside::Backend for Down {
+    fn capabilities(&self) -> aside::Capabilities {
+        aside::Capabilities::remote()
+    }
+    async fn get(&self, _: &str) -> Result<Option<aside::Stored>, aside::BackendError> {
+        Err(down())
+    }
+    async fn get_for_fill(
+        &self,
+        _: &str,
+        _: &[String],
+        _: Duration,
+    ) -> Result<(Option<aside::Stored>, aside::FillToken), aside::BackendError> {
+        Err(down())
+    }
+    async fn fill(
+        &self,
+        _: &str,
+        _: aside::Stored,
+        _: Duration,
+        _: &aside::FillToken,
+        _: &[String],
+    ) -> Result<bool, aside::BackendError> {
+        Err(down())
+    }
+    async fn set(
+        &self,
+        _: &str,
+        _: aside::Stored,
+        _: Duration,
+        _: &[String],
+    ) -> Result<(), aside::BackendError> {
+        Err(down())
+    }
+    async fn invalidate(&self, _: &[String]) -> Result<(), aside::BackendError> {
+        Err(down())
+    }
+    async fn get_with_versions(
+        &self,
+        _: &str,
+        _: &[String],
+    ) -> Result<(Option<aside::Stored>, Vec<u64>), aside::BackendError> {
+        Err(down())
+    }
+    async fn bump_versions(&self, _: &[String]) -> Result<(), aside::BackendError> {
+        Err(down())
+    }
+}
+
+#[tokio::test]
+async fn a_backend_that_is_down_degrades_to_the_body() {
+    static CACHE: LazyLock<Cache> = LazyLock::new(|| {
+        Cache::builder()
+            .backend(Down)
+            .build()
+            .expect("valid config")
+    });
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+
+    #[aside::cached(cache = CACHE, key = "user:{id}", tags = ["users"])]
+    async fn user(id: u64) -> Result<Option<u64>, AppError> {
+        RUNS.fetch_add(1, SeqCst);
+        Ok(Some(id))
+    }
+
+    assert_eq!(user(1).await, Ok(Some(1)));
+    assert_eq!(user(1).await, Ok(Some(1)));
+    assert_eq!(RUNS.load(SeqCst), 2, "nothing could be cached");
+}
