@@ -168,6 +168,15 @@ impl std::error::Error for Error {
     }
 }
 
+/// An [`Error`] as an I/O error of kind `Other` (the aside error is its
+/// source): functions returning `io::Result` can use `?` on aside calls, and
+/// `#[cached]` functions can return `io::Result`.
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        std::io::Error::other(e)
+    }
+}
+
 /// A convenient alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -223,6 +232,14 @@ mod tests {
         let cloned = e.clone();
         assert!(cloned.loader_error::<Db>().is_some());
         assert!(std::error::Error::source(&cloned).is_some());
+    }
+
+    #[test]
+    fn converts_into_an_io_error_that_keeps_it() {
+        let io: std::io::Error = Error::with_source(ErrorKind::Loader, "loader failed", Db).into();
+        assert_eq!(io.kind(), std::io::ErrorKind::Other);
+        let inner = io.get_ref().and_then(|e| e.downcast_ref::<Error>());
+        assert!(inner.is_some_and(|e| e.loader_error::<Db>().is_some()));
     }
 
     #[test]

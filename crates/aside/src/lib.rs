@@ -135,10 +135,20 @@
 //! - `lz4` (default): LZ4 compression of large payloads.
 //! - `postgres`: [`bridge::ChangeBridge`], committed PostgreSQL row changes
 //!   invalidate the cache (LISTEN/NOTIFY and a trigger).
+//! - `macros`: the `#[aside::cached]` attribute, which caches an async
+//!   function's results through [`Cache::get_or_load_with`]:
+//!   `#[aside::cached(cache = CACHE, key = "user:{id}", ttl = "5m", tags = ["users"])]`.
+//!   Key parts are escaped like [`Key::part`]; without `key`, every argument
+//!   is part of the key, in full.
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+// What `#[cached]` expands to calls; not a public API.
+#[cfg(feature = "macros")]
+#[doc(hidden)]
+#[path = "macros.rs"]
+pub mod __private;
 pub mod backend;
 mod breaker;
 #[cfg(feature = "postgres")]
@@ -158,6 +168,8 @@ mod retry;
 mod stats;
 mod xfetch;
 
+#[cfg(feature = "macros")]
+pub use aside_macros::cached;
 #[cfg(feature = "redis")]
 pub use backend::RedisBackend;
 pub use backend::{
