@@ -27,7 +27,7 @@ use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
 
-use super::{Opts, histogram, human_ns, record, table, verdict};
+use super::{Opts, Spread, histogram, human_ns, record, table, verdict};
 
 const CALLERS: [usize; 2] = [100, 1_000];
 const LOADER: Duration = Duration::from_millis(50);
@@ -156,7 +156,26 @@ struct Tally {
     callers: usize,
     latency: Histogram<u64>,
     loads: Vec<u64>,
+    /// Commands Redis processed per round (all connections): where a
+    /// strategy's time goes on a 2-CPU machine shared with redis-server.
+    commands: Vec<u64>,
     wrong: u64,
+}
+
+/// Redis's `total_commands_processed` (the `INFO` call itself counts once).
+async fn commands(conn: &ConnectionManager) -> u64 {
+    let mut conn = conn.clone();
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 async fn round(
@@ -231,6 +250,7 @@ pub async fn run(opts: &Opts) -> Value {
                 callers: n,
                 latency: histogram(),
                 loads: Vec::new(),
+                commands: Vec::new(),
                 wrong: 0,
             })
             .collect();
@@ -238,16 +258,21 @@ pub async fn run(opts: &Opts) -> Value {
         for r in 0..=rounds {
             for i in super::rotation(STRATEGIES.len(), r) {
                 let key = format!("{i}:{n}:{r}");
+                // Let stragglers (background fills, lock deletes) settle
+                // before the count starts.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let before = commands(&conn).await;
                 let (lat, loads, wrong) = round(&conn, &cache, STRATEGIES[i], n, &key).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let cmds = commands(&conn).await - before - 1;
                 if r > 0 {
                     for d in lat {
                         record(&mut by[i].latency, d);
                     }
                     by[i].loads.push(loads);
+                    by[i].commands.push(cmds);
                     by[i].wrong += wrong;
                 }
-                // Let stragglers (background fills, lock deletes) settle.
-                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
         tallies.extend(by);
@@ -263,6 +288,7 @@ pub async fn run(opts: &Opts) -> Value {
         "p50",
         "p99",
         "max latency",
+        "Redis cmds/round",
         "wrong",
         "aside targets",
     ]);
@@ -285,6 +311,10 @@ pub async fn run(opts: &Opts) -> Value {
             human_ns(p50 as f64),
             human_ns(p99 as f64),
             human_ns(tl.latency.max() as f64),
+            format!(
+                "{:.0}",
+                Spread::of(&tl.commands.iter().map(|c| *c as f64).collect::<Vec<_>>()).median
+            ),
             tl.wrong.to_string(),
             targets.map_or_else(
                 || "-".to_owned(),
@@ -295,6 +325,7 @@ pub async fn run(opts: &Opts) -> Value {
             "strategy": tl.strategy.name(), "callers": tl.callers,
             "loads_per_round": tl.loads, "p50_ns": p50, "p99_ns": p99,
             "max_ns": tl.latency.max(), "wrong": tl.wrong,
+            "redis_commands_per_round": tl.commands,
             "targets_met": targets.map(|(a, b)| a && b),
         }));
     }
