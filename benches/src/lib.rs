@@ -36,3 +36,5 @@ pub async fn hit(cache: &Cache) -> Option<Product> {
         .await
         .expect("a loader that cannot fail")
 }
+
+pub mod compare;

@@ -1,0 +1,93 @@
+//! The peer comparison, one command, every ratio from one run:
+//!
+//! ```sh
+//! cargo run --release -p aside-benches --bin compare [-- --json] [--rounds N] [--only hit,batch,miss,stampede,python,memory]
+//! ```
+//!
+//! Starts its own `redis-server`, then runs each scenario (see
+//! `aside_benches::compare`) with aside and its peers interleaved in rounds,
+//! prints a table per scenario, and with `--json` a JSON summary at the end.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::time::Instant;
+
+use aside_benches::compare::{self, Opts};
+use serde_json::{Map, Value, json};
+
+const SCENARIOS: [&str; 6] = ["hit", "batch", "miss", "stampede", "python", "memory"];
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--mem-child") {
+        compare::memory::child(&args[1], args[2].parse().unwrap());
+        return;
+    }
+    let json_out = args.iter().any(|a| a == "--json");
+    let value_of = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let rounds: usize = value_of("--rounds").map_or(20, |r| r.parse().unwrap());
+    let only: Vec<String> = value_of("--only").map_or_else(
+        || SCENARIOS.iter().map(|s| (*s).to_owned()).collect(),
+        |o| o.split(',').map(str::to_owned).collect(),
+    );
+    let server = aside_test::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let opts = Opts {
+        rounds,
+        url: server.url(),
+    };
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let load_before = load_average();
+    println!(
+        "aside peer comparison: {rounds} interleaved rounds, {cpus} CPUs, tokio multi-thread \
+         runtime with 2 workers, redis-server on loopback; load average at start {load_before}"
+    );
+    // Two workers: the machine kind these figures are for has two CPUs.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let began = Instant::now();
+    let mut summary = Map::new();
+    summary.insert("rounds".into(), json!(rounds));
+    summary.insert("cpus".into(), json!(cpus));
+    summary.insert("load_average_start".into(), json!(load_before));
+    for s in SCENARIOS.iter().filter(|s| only.iter().any(|o| o == *s)) {
+        let t = Instant::now();
+        let v: Value = rt.block_on(async {
+            match *s {
+                "hit" => compare::hit::run(&opts).await,
+                "batch" => compare::batch::run(&opts).await,
+                "miss" => compare::miss::run(&opts).await,
+                "stampede" => compare::stampede::run(&opts).await,
+                "python" => compare::python::run(&opts).await,
+                _ => compare::memory::run(&opts).await,
+            }
+        });
+        println!(
+            "({s}: {:.1} s, load average now {})",
+            t.elapsed().as_secs_f64(),
+            load_average()
+        );
+        summary.insert((*s).to_owned(), v);
+    }
+    summary.insert("load_average_end".into(), json!(load_average()));
+    summary.insert("seconds".into(), json!(began.elapsed().as_secs_f64()));
+    drop(server);
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&Value::Object(summary)).unwrap()
+        );
+    }
+}

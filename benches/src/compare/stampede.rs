@@ -1,0 +1,334 @@
+//! Scenario 4: a stampede in one process. N callers (100, 1,000) ask for
+//! one cold key at once; the loader takes 50 ms and counts its calls.
+//!
+//! - naive cache-aside on Redis: `GET`; on a miss load and `SET EX`.
+//! - the seeds' lock (`CacheAsideWithLock`), reproduced as written: `GET`;
+//!   on a miss `SET lock:<key> <uuid> NX EX 5`; the winner loads, `SETEX`s
+//!   and releases the lock with a compare-and-delete script (it does not
+//!   read the cache again after taking the lock); a loser sleeps 100 ms and
+//!   `GET`s, up to 10 times, then loads by itself.
+//! - aside: one `Cache` over `RedisBackend` (the deployment of one process).
+//! - the `cached` crate's `#[cached]` on an async fn, in memory, with
+//!   `sync_writes = "by_key"` (its stampede option) and without (its
+//!   default).
+//!
+//! A fresh key per round; callers are spawned, wait on one barrier and take
+//! their start time right before their call. Strategies rotate per round.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use aside::{Cache, RedisBackend};
+use cached::macros::cached;
+use hdrhistogram::Histogram;
+use redis::aio::ConnectionManager;
+use serde_json::{Value, json};
+use tokio::sync::Barrier;
+
+use super::{Opts, Spread, histogram, human_ns, record, table, verdict};
+
+const CALLERS: [usize; 2] = [100, 1_000];
+const LOADER: Duration = Duration::from_millis(50);
+const POLL: Duration = Duration::from_millis(100);
+const POLLS: u32 = 10;
+const LOCK_TTL_S: u64 = 5;
+const VALUE_TTL_S: u64 = 300;
+const P50_SLACK: Duration = Duration::from_millis(5);
+
+/// Loader calls of the current round (reset before each round).
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+fn expected(key: &str) -> String {
+    format!("value of {key}")
+}
+
+async fn load(key: &str) -> String {
+    CALLS.fetch_add(1, Relaxed);
+    tokio::time::sleep(LOADER).await;
+    expected(key)
+}
+
+#[cached(sync_writes = "by_key", ttl_secs = 300)]
+async fn cached_by_key(key: String) -> String {
+    load(&key).await
+}
+
+#[cached(ttl_secs = 300)]
+async fn cached_default(key: String) -> String {
+    load(&key).await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strategy {
+    Naive,
+    SeedLock,
+    Aside,
+    CachedByKey,
+    CachedDefault,
+}
+
+const STRATEGIES: [Strategy; 5] = [
+    Strategy::Naive,
+    Strategy::SeedLock,
+    Strategy::Aside,
+    Strategy::CachedByKey,
+    Strategy::CachedDefault,
+];
+
+impl Strategy {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Naive => "naive cache-aside (Redis)",
+            Self::SeedLock => "seeds' SET NX lock + 100 ms poll (Redis)",
+            Self::Aside => "aside (Redis)",
+            Self::CachedByKey => "cached #[cached(sync_writes = \"by_key\")] (memory)",
+            Self::CachedDefault => "cached #[cached] default (memory)",
+        }
+    }
+}
+
+async fn get(conn: &mut ConnectionManager, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query_async(conn).await.unwrap()
+}
+
+async fn setex(conn: &mut ConnectionManager, key: &str, v: &str) {
+    let () = redis::cmd("SETEX")
+        .arg(key)
+        .arg(VALUE_TTL_S)
+        .arg(v)
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+async fn naive(mut conn: ConnectionManager, key: &str) -> String {
+    if let Some(v) = get(&mut conn, key).await {
+        return v;
+    }
+    let v = load(key).await;
+    setex(&mut conn, key, &v).await;
+    v
+}
+
+/// The seeds' `CacheAsideWithLock.get_or_load`, line by line.
+async fn seed_lock(mut conn: ConnectionManager, key: &str, lock_id: &str) -> String {
+    if let Some(v) = get(&mut conn, key).await {
+        return v;
+    }
+    let lock_key = format!("lock:{key}");
+    let acquired: Option<String> = redis::cmd("SET")
+        .arg(&lock_key)
+        .arg(lock_id)
+        .arg("NX")
+        .arg("EX")
+        .arg(LOCK_TTL_S)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if acquired.is_some() {
+        let v = load(key).await;
+        setex(&mut conn, key, &v).await;
+        let _: i64 = redis::Script::new(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then \
+               return redis.call('del', KEYS[1]) end return 0",
+        )
+        .key(&lock_key)
+        .arg(lock_id)
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+        return v;
+    }
+    for _ in 0..POLLS {
+        tokio::time::sleep(POLL).await;
+        if let Some(v) = get(&mut conn, key).await {
+            return v;
+        }
+    }
+    // "Fallback: load directly if the lock holder was too slow".
+    load(key).await
+}
+
+struct Tally {
+    strategy: Strategy,
+    callers: usize,
+    latency: Histogram<u64>,
+    loads: Vec<u64>,
+    /// Commands Redis processed per round (all connections): where a
+    /// strategy's time goes on a 2-CPU machine shared with redis-server.
+    commands: Vec<u64>,
+    wrong: u64,
+}
+
+/// Redis's `total_commands_processed` (the `INFO` call itself counts once).
+async fn commands(conn: &ConnectionManager) -> u64 {
+    let mut conn = conn.clone();
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+async fn round(
+    conn: &ConnectionManager,
+    cache: &Cache,
+    s: Strategy,
+    n: usize,
+    key: &str,
+) -> (Vec<Duration>, u64, u64) {
+    CALLS.store(0, Relaxed);
+    let barrier = Arc::new(Barrier::new(n + 1));
+    let mut callers = Vec::with_capacity(n);
+    for i in 0..n {
+        let (barrier, conn, cache, key) = (
+            Arc::clone(&barrier),
+            conn.clone(),
+            cache.clone(),
+            key.to_owned(),
+        );
+        callers.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let start = Instant::now();
+            let got = match s {
+                Strategy::Naive => naive(conn, &key).await,
+                Strategy::SeedLock => seed_lock(conn, &key, &format!("caller-{i}")).await,
+                Strategy::Aside => {
+                    let k = key.clone();
+                    cache
+                        .get_or_load(&key, move || async move {
+                            Ok::<_, Infallible>(Some(load(&k).await))
+                        })
+                        .await
+                        .unwrap()
+                        .unwrap_or_default()
+                }
+                Strategy::CachedByKey => cached_by_key(key.clone()).await,
+                Strategy::CachedDefault => cached_default(key.clone()).await,
+            };
+            (start.elapsed(), got == expected(&key))
+        }));
+    }
+    barrier.wait().await;
+    let mut lat = Vec::with_capacity(n);
+    let mut wrong = 0;
+    for c in callers {
+        let (took, ok) = c.await.unwrap();
+        lat.push(took);
+        wrong += u64::from(!ok);
+    }
+    (lat, CALLS.load(Relaxed), wrong)
+}
+
+pub async fn run(opts: &Opts) -> Value {
+    let conn = redis::Client::open(opts.url.as_str())
+        .unwrap()
+        .get_connection_manager()
+        .await
+        .unwrap();
+    let cache = Cache::builder()
+        .backend(RedisBackend::new(&opts.url).unwrap())
+        .namespace("stampede")
+        .build()
+        .unwrap();
+    let _: Option<String> = cache.get("warm-up").await.unwrap();
+    let rounds = opts.rounds.min(10);
+    let mut tallies = Vec::new();
+    for n in CALLERS {
+        let mut by: Vec<Tally> = STRATEGIES
+            .iter()
+            .map(|s| Tally {
+                strategy: *s,
+                callers: n,
+                latency: histogram(),
+                loads: Vec::new(),
+                commands: Vec::new(),
+                wrong: 0,
+            })
+            .collect();
+        // Round 0 warms up and is not counted.
+        for r in 0..=rounds {
+            for i in super::rotation(STRATEGIES.len(), r) {
+                let key = format!("{i}:{n}:{r}");
+                // Let stragglers (background fills, lock deletes) settle
+                // before the count starts.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let before = commands(&conn).await;
+                let (lat, loads, wrong) = round(&conn, &cache, STRATEGIES[i], n, &key).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let cmds = commands(&conn).await - before - 1;
+                if r > 0 {
+                    for d in lat {
+                        record(&mut by[i].latency, d);
+                    }
+                    by[i].loads.push(loads);
+                    by[i].commands.push(cmds);
+                    by[i].wrong += wrong;
+                }
+            }
+        }
+        tallies.extend(by);
+    }
+    println!(
+        "\nStampede in one process: N callers, one cold key, 50 ms loader ({rounds} rounds each)"
+    );
+    let mut t = table(&[
+        "strategy",
+        "N",
+        "loads/round mean",
+        "max",
+        "p50",
+        "p99",
+        "max latency",
+        "Redis cmds/round",
+        "wrong",
+        "aside targets",
+    ]);
+    let p50_target = (LOADER + P50_SLACK).as_nanos() as f64;
+    let mut out = Vec::new();
+    for tl in &tallies {
+        let mean = tl.loads.iter().sum::<u64>() as f64 / tl.loads.len() as f64;
+        let max = tl.loads.iter().copied().max().unwrap_or(0);
+        let (p50, p99) = (
+            tl.latency.value_at_quantile(0.5),
+            tl.latency.value_at_quantile(0.99),
+        );
+        let targets =
+            (tl.strategy == Strategy::Aside).then_some((max == 1, p50 as f64 <= p50_target));
+        t.add_row(vec![
+            tl.strategy.name().to_owned(),
+            tl.callers.to_string(),
+            format!("{mean:.1}"),
+            max.to_string(),
+            human_ns(p50 as f64),
+            human_ns(p99 as f64),
+            human_ns(tl.latency.max() as f64),
+            format!(
+                "{:.0}",
+                Spread::of(&tl.commands.iter().map(|c| *c as f64).collect::<Vec<_>>()).median
+            ),
+            tl.wrong.to_string(),
+            targets.map_or_else(
+                || "-".to_owned(),
+                |(one, p)| format!("1 load: {}; p50 <= 55 ms: {}", verdict(one), verdict(p)),
+            ),
+        ]);
+        out.push(json!({
+            "strategy": tl.strategy.name(), "callers": tl.callers,
+            "loads_per_round": tl.loads, "p50_ns": p50, "p99_ns": p99,
+            "max_ns": tl.latency.max(), "wrong": tl.wrong,
+            "redis_commands_per_round": tl.commands,
+            "targets_met": targets.map(|(a, b)| a && b),
+        }));
+    }
+    println!("{t}");
+    Value::Array(out)
+}
