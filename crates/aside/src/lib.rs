@@ -128,6 +128,9 @@
 //! ## Features
 //! - `redis` (default): [`RedisBackend`].
 //! - `lz4` (default): LZ4 compression of large payloads.
+//! - `cluster`: [`RedisBackend::cluster`], a Redis Cluster (the README's
+//!   "Redis Cluster" section says what is atomic where, and why the promise
+//!   holds).
 //! - `postgres`: [`bridge::ChangeBridge`], committed PostgreSQL row changes
 //!   invalidate the cache (LISTEN/NOTIFY and a trigger).
 

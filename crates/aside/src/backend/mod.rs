@@ -42,7 +42,7 @@ pub use notify::FillWatch;
 #[cfg(feature = "redis")]
 pub(crate) use notify::Notifier;
 #[cfg(feature = "redis")]
-pub use redis::{RedisBackend, RedisBackendBuilder, RedisBackplane};
+pub use redis::{RedisBackend, RedisBackendBuilder, RedisBackplane, RedisConnection};
 pub use stored::{BatchEntry, Stored};
 pub use tier::{TieredBackend, TieredBackendBuilder, TieredStats};
 
