@@ -36,6 +36,23 @@ impl RedisCluster {
     /// [`LaunchError::CliNotInstalled`] without `redis-cli`, and
     /// [`LaunchError::Failed`] when the cluster does not form within 30 s.
     pub fn start(masters: usize, replicas: usize) -> Result<Self, LaunchError> {
+        // A port probed free can be taken before a node binds it (by another
+        // test's server, or a client's ephemeral port): a node then joins
+        // the wrong party. Start again with fresh nodes, a few times.
+        let mut last = LaunchError::Failed("no attempt".into());
+        for _ in 0..3 {
+            match Self::try_start(masters, replicas) {
+                Ok(cluster) => return Ok(cluster),
+                Err(e @ (LaunchError::NotInstalled | LaunchError::CliNotInstalled)) => {
+                    return Err(e);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn try_start(masters: usize, replicas: usize) -> Result<Self, LaunchError> {
         let dir = tempfile::tempdir().map_err(|e| LaunchError::Failed(e.to_string()))?;
         let mut nodes = Vec::new();
         for i in 0..masters * (1 + replicas) {
@@ -46,6 +63,18 @@ impl RedisCluster {
                     .arg("yes")
                     .arg("--cluster-config-file")
                     .arg(conf.to_string_lossy())
+                    // Replication writes an RDB file even without `save`:
+                    // keep it in the cluster's directory (a `dump.rdb` left in
+                    // the working directory would be loaded by the next
+                    // server started there).
+                    .arg("--dir")
+                    .arg(dir.path().to_string_lossy())
+                    .arg("--dbfilename")
+                    .arg(format!("dump-{i}.rdb"))
+                    // The bus port on a free port of its own: the default
+                    // (port + 10000) may be taken, or past 65535.
+                    .arg("--cluster-port")
+                    .arg(crate::free_port()?.to_string())
                     // Quick failure detection, for the failover tests.
                     .arg("--cluster-node-timeout")
                     .arg("2000")
@@ -73,6 +102,17 @@ impl RedisCluster {
                     .command_on(node.port(), &["CLUSTER", "INFO"])?
                     .contains("cluster_state:ok"))
             })?;
+            // A replica serves (and can take over) once it has synced.
+            if cluster
+                .command_on(node.port(), &["ROLE"])?
+                .starts_with("slave")
+            {
+                wait(deadline, || {
+                    Ok(cluster
+                        .command_on(node.port(), &["INFO", "replication"])?
+                        .contains("master_link_status:up"))
+                })?;
+            }
         }
         Ok(cluster)
     }
@@ -234,12 +274,13 @@ mod tests {
 
     #[test]
     fn three_primaries_cover_every_slot() -> Result<(), LaunchError> {
-        let cluster = RedisCluster::start(3, 0)?;
-        assert_eq!(cluster.urls().len(), 3);
+        let cluster = RedisCluster::start(3, 1)?;
+        assert_eq!(cluster.urls().len(), 6);
         let port = cluster.first_port()?;
         let info = cluster.command_on(port, &["CLUSTER", "INFO"])?;
         assert!(info.contains("cluster_slots_assigned:16384"), "{info}");
-        assert!(info.contains("cluster_known_nodes:3"), "{info}");
+        assert!(info.contains("cluster_known_nodes:6"), "{info}");
+        assert!(info.contains("cluster_size:3"), "{info}");
         let owner = cluster.primary_of_slot(cluster.keyslot("foo")?)?;
         assert!(cluster.nodes().iter().any(|n| n.port() == owner));
         Ok(())

@@ -197,3 +197,32 @@ async fn promise_holds_on_a_cluster() {
     let report = stress::run(&caches, Duration::from_millis(3000), None).await;
     report.assert_sound();
 }
+
+/// The same workload while the primary holding the namespace's tokens
+/// hands over to its replica (`CLUSTER FAILOVER`, which loses no
+/// acknowledged write): callers see no error (reads that cannot reach the
+/// cluster for a moment load from the source; invalidations that cannot
+/// are queued and retried, and count only once applied), and no read
+/// returns data loaded before an `Applied` invalidation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promise_holds_through_a_failover() {
+    let cluster = Arc::new(cluster(1));
+    let caches = [cache(&cluster, "fo"), cache(&cluster, "fo")];
+    let tokens_slot = cluster.keyslot("{fo}:n").unwrap();
+    let primary = cluster.primary_of_slot(tokens_slot).unwrap();
+    let c = Arc::clone(&cluster);
+    let promoted = Arc::new(std::sync::Mutex::new(None));
+    let p = Arc::clone(&promoted);
+    let failover = Box::new(move || {
+        *p.lock().unwrap() = Some(c.failover(primary));
+    });
+    let report = stress::run(&caches, Duration::from_millis(6000), Some(failover)).await;
+    let promoted = promoted.lock().unwrap().take().expect("the failover ran");
+    let promoted = promoted.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cluster.primary_of_slot(tokens_slot).unwrap(), promoted);
+    assert!(
+        report.during_finished_in_run,
+        "the failover ended after the workload: {report:?}"
+    );
+    report.assert_sound();
+}

@@ -57,6 +57,8 @@ pub struct Report {
     pub not_applied: u64,
     pub stale_fills_rejected: u64,
     pub hits: u64,
+    /// Whether the `during` event finished before the workload did.
+    pub during_finished_in_run: bool,
 }
 
 impl Report {
@@ -239,6 +241,7 @@ pub async fn run(
         tokio::spawn(async move {
             tokio::time::sleep(run / 3).await;
             tokio::task::spawn_blocking(f).await.unwrap();
+            tokio::time::Instant::now() < until
         })
     });
     let mut report = Report::default();
@@ -249,7 +252,7 @@ pub async fn run(
         w.await.unwrap();
     }
     if let Some(e) = event {
-        e.await.unwrap();
+        report.during_finished_in_run = e.await.unwrap();
     }
     for c in caches {
         let s = c.stats();
