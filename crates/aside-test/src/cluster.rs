@@ -222,6 +222,15 @@ impl RedisCluster {
         Ok(replica)
     }
 
+    /// Kills the node at `index` (in [`nodes`](Self::nodes) order), as a
+    /// crash would; its replica, if any, takes over after the node timeout
+    /// (2 s).
+    pub fn stop_node(&mut self, index: usize) {
+        if let Some(node) = self.nodes.get_mut(index) {
+            node.stop();
+        }
+    }
+
     fn first_port(&self) -> Result<u16, LaunchError> {
         self.nodes
             .first()

@@ -12,9 +12,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use aside::{Backend, Cache, EntryOptions, RedisBackend};
+use aside::backend::{FillWatch, Lease, TieredBackend};
+use aside::{Backend, Cache, EntryOptions, RedisBackend, Stored};
 use aside_test::{RedisCluster, conformance};
 use rand::Rng as _;
 
@@ -225,4 +226,119 @@ async fn promise_holds_through_a_failover() {
         "the failover ended after the workload: {report:?}"
     );
     report.assert_sound();
+}
+
+/// The two-level backend over the cluster, with its backplane (classic
+/// pub/sub, which a cluster forwards to every node): it keeps the contract.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_over_the_cluster_conforms() {
+    let cluster = cluster(0);
+    let l2 = backend(&cluster);
+    let backplane = l2.backplane("aside:events").expect("a client");
+    let tiered = TieredBackend::builder(l2)
+        .backplane(backplane)
+        .build()
+        .expect("a tiered backend");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tiered.stats().gaps == 0 {
+        assert!(Instant::now() < deadline, "the backplane never connected");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    conformance::run(|| tiered.clone()).await;
+    conformance::run_leases(|| tiered.clone()).await;
+    assert!(tiered.stats().l1_hits > 0, "the suite never read a copy");
+}
+
+/// Waits (up to 15 s) for a reliable watch of `key`: the fill
+/// subscription is up.
+async fn reliable_watch(backend: &RedisBackend, key: &str) -> FillWatch {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let watch = backend.leases().unwrap().watch_fills(key).unwrap();
+        if watch.is_reliable() {
+            return watch;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fill subscription never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One load holds `key`'s lease and fills; a waiter elsewhere is woken.
+/// Errors are the backend's (a node lost, a stale slot map).
+async fn wake_up(holder: &RedisBackend, waiter: &RedisBackend, key: &str) -> Result<(), String> {
+    let ttl = Duration::from_secs(5);
+    let leases = holder.leases().unwrap();
+    let (_, token) = leases
+        .get_for_fill_leased(key, &[], ttl, "holder", ttl)
+        .await
+        .map_err(|e| e.to_string())?;
+    assert!(matches!(token.lease(), Lease::Held(_)), "{token:?}");
+    let mut watch = reliable_watch(waiter, key).await;
+    let (_, busy) = waiter
+        .leases()
+        .unwrap()
+        .get_for_fill_leased(key, &[], ttl, "waiter", ttl)
+        .await
+        .map_err(|e| e.to_string())?;
+    assert!(matches!(busy.lease(), Lease::Busy(_)), "{busy:?}");
+    let stored = holder
+        .fill(key, Stored::new(b"v".to_vec()), ttl, &token, &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    assert!(stored);
+    tokio::time::timeout(Duration::from_secs(2), watch.notified())
+        .await
+        .map_err(|_| format!("{key}: the waiter was not woken by the fill"))
+}
+
+/// Fill wake-ups cross the cluster (a script's PUBLISH on the key's
+/// primary reaches the subscription on another node), and when the node
+/// the subscriptions listen on dies, they move to another one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wake_ups_cross_nodes_and_survive_a_lost_node() {
+    let mut cluster = cluster(1);
+    let (holder, waiter) = (backend(&cluster), backend(&cluster));
+    // Keys on every primary: the subscriptions listen on the first URL's
+    // node only.
+    let keys: Vec<String> = (0..12).map(|i| format!("wake:k{i}")).collect();
+    let on: HashSet<u16> = keys
+        .iter()
+        .map(|k| {
+            let slot = cluster.keyslot(&holder.storage_key(k)).unwrap();
+            cluster.primary_of_slot(slot).unwrap()
+        })
+        .collect();
+    assert_eq!(on.len(), 3);
+    for k in &keys {
+        wake_up(&holder, &waiter, k).await.unwrap();
+    }
+    // The first node (a primary, which the subscriptions listen on) dies;
+    // its replica takes over its slots.
+    cluster.stop_node(0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let survivor = cluster.nodes()[1].port();
+    while !cluster
+        .command_on(survivor, &["CLUSTER", "INFO"])
+        .is_ok_and(|i| i.contains("cluster_state:ok"))
+    {
+        assert!(Instant::now() < deadline, "no failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for k in &keys {
+        let k = format!("{k}:after");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // The cluster connection may need a moment to learn the new map
+        // (until then, operations on the lost node's slots fail: the cache
+        // degrades to its loader).
+        loop {
+            match wake_up(&holder, &waiter, &k).await {
+                Ok(()) => break,
+                Err(e) => assert!(Instant::now() < deadline, "{k}: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
