@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-/// One entry of a batch write ([`Backend::fill_many`], [`Backend::set_many`]).
+/// One entry of a batch write ([`Backend::fill_many`](super::Backend::fill_many), [`Backend::set_many`](super::Backend::set_many)).
 #[derive(Debug, Clone)]
 pub struct BatchEntry {
     /// The data key.

@@ -29,7 +29,7 @@ use scripts::{ACQUIRE, FILL, FILLS_CHANNEL, SET, data, lease, marker, token_key,
 use subscriber::Subscription;
 
 /// A Redis backend on one multiplexed, auto-reconnecting connection, to one
-/// Redis or (with the `cluster` feature, [`RedisBackend::cluster`]) to a
+/// Redis or (with the `cluster` feature, `RedisBackend::cluster`) to a
 /// Redis Cluster.
 ///
 /// Operations carry no timeout of their own: the [`Cache`](crate::Cache)
