@@ -9,12 +9,14 @@
 //! - `get_for_fill`: the tokens are read (or created fresh when absent) on
 //!   the namespace's slot first, then ACQUIRE runs on the key's slot
 //!   (entry, marker, lease). Both steps finish before the loader runs.
-//! - `fill`: the tokens are compared with the load's (a read on the
-//!   namespace's slot), then FILL runs on the key's slot (marker and lease
-//!   checked atomically with the write), then the tokens are extended to
-//!   the entry's TTL, never re-created (`PEXPIRE` on an absent key does
-//!   nothing).
-//! - `set`: SET on the key's slot, then the same extension.
+//! - `fill`: the tokens are compared with the load's and, if they hold,
+//!   extended to the entry's TTL (one script on the namespace's slot; an
+//!   extension never re-creates a token), then FILL runs on the key's slot
+//!   (marker and lease checked atomically with the write). Two round trips.
+//! - `set`: SET on the key's slot and the extension of the tokens, at once.
+//!
+//! An entry without tags nor namespace invalidation has no tokens: its
+//! operations are the single-Redis ones, one script on its slot.
 //! - Reads (`MGET` of entries and tokens) and deletions (`DEL`) are split
 //!   per slot by redis-rs's cluster connection; batches are grouped by slot
 //!   here, one script per slot, sent concurrently on the multiplexed
@@ -39,7 +41,9 @@
 //! - Markers and leases live in the key's slot, so the key-level checks
 //!   (an invalidation of the key, the lease) stay atomic with the write.
 //! - A failed extension only lets a token lapse before its entry: the entry
-//!   then misses early (safe; it costs a reload).
+//!   then misses early (safe; it costs a reload). Extending before the
+//!   write (the fill) or beside it (`set`) is safe for the same reason, and
+//!   because an extension never creates a token.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -49,7 +53,7 @@ use futures_util::future::try_join_all;
 use redis::Script;
 
 use super::scripts::{ACQUIRE, data, lease, marker, token_key, waiters};
-use super::{RedisBackend, failed, malformed, parse_key, parse_token, px, token};
+use super::{RedisBackend, failed, malformed, parse_key, px, token};
 use crate::backend::{BatchEntry, FillToken, Lease, Leases, Stored, fresh_token};
 use crate::error::BackendError;
 
@@ -76,6 +80,27 @@ static TOKENS: LazyLock<Script> = LazyLock::new(|| {
             end
         end
         return out
+        ",
+    )
+});
+
+/// KEYS: version tokens of one slot. ARGV: ms, then the expected token per
+/// key. Returns 1 if every token holds its expected value, and then keeps
+/// them at least `ms` (the entry about to be written will need them that
+/// long); 0 otherwise, touching nothing.
+static CHECK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        for i = 1, #KEYS do
+            if redis.call('TYPE', KEYS[i])['ok'] ~= 'string' then return 0 end
+            if redis.call('GET', KEYS[i]) ~= ARGV[i + 1] then return 0 end
+        end
+        for i = 1, #KEYS do
+            if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[1]) then
+                redis.call('PEXPIRE', KEYS[i], ARGV[1])
+            end
+        end
+        return 1
         ",
     )
 });
@@ -181,27 +206,36 @@ impl RedisBackend {
         Ok(tokens)
     }
 
-    /// Whether the tokens `versions` still hold `expected` (one `MGET`,
-    /// split per slot by the cluster connection).
+    /// Whether the tokens `versions` still hold `expected` (an absent one,
+    /// 0, holds nothing); those that do are kept at least `ttl`, for the
+    /// entry about to be written. One CHECK script per slot (all of one
+    /// namespace share one). Extending before the write is harmless: an
+    /// extension never creates a token, and a refused write only leaves
+    /// the tokens living a little longer.
     async fn cluster_tokens_hold(
         &self,
         versions: &[String],
         expected: &[u64],
+        ttl: Duration,
     ) -> Result<bool, BackendError> {
-        if versions.is_empty() {
-            return Ok(true);
+        if versions.len() != expected.len() || expected.contains(&0) {
+            return Ok(false);
         }
-        let keys: Vec<String> = versions.iter().map(|v| token_key(v)).collect();
-        let current: Vec<Option<bytes::Bytes>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(failed)?;
-        Ok(current.len() == expected.len()
-            && current
-                .iter()
-                .zip(expected)
-                .all(|(c, &e)| e != 0 && c.as_deref().map_or(0, parse_token) == e))
+        let groups = by_slot(versions, |v| token_key(v));
+        let held = try_join_all(groups.iter().map(|group| {
+            let mut invocation = CHECK.prepare_invoke();
+            invocation.arg(px(ttl));
+            for &i in group {
+                invocation
+                    .key(token_key(&versions[i]))
+                    .arg(expected[i].to_string());
+            }
+            let mut conn = self.conn.clone();
+            async move { invocation.invoke_async::<u8>(&mut conn).await }
+        }))
+        .await
+        .map_err(failed)?;
+        Ok(held.iter().all(|&h| h == 1))
     }
 
     /// Keeps the tokens `versions` at least `ttl`, never re-creating one. A
@@ -264,17 +298,16 @@ impl RedisBackend {
         token: &FillToken,
         versions: &[String],
     ) -> Result<bool, BackendError> {
-        if !self.cluster_tokens_hold(versions, token.versions()).await? {
+        if !self
+            .cluster_tokens_hold(versions, token.versions(), ttl)
+            .await?
+        {
             if let Lease::Held(t) = token.lease() {
                 self.release_lease(key, t).await?;
             }
             return Ok(false);
         }
-        let stored = self.fill_script(key, value, ttl, token, &[]).await?;
-        if stored && !versions.is_empty() {
-            self.cluster_extend(versions, ttl).await;
-        }
-        Ok(stored)
+        self.fill_script(key, value, ttl, token, &[]).await
     }
 
     /// `set`: the key's SET, then the tokens extended.
@@ -285,11 +318,13 @@ impl RedisBackend {
         ttl: Duration,
         versions: &[String],
     ) -> Result<(), BackendError> {
-        self.set_script(key, value, ttl, &[]).await?;
-        if !versions.is_empty() {
-            self.cluster_extend(versions, ttl).await;
-        }
-        Ok(())
+        // Both at once: an extension never creates a token, so its order
+        // with the write does not matter.
+        let (written, ()) = tokio::join!(
+            self.set_script(key, value, ttl, &[]),
+            self.cluster_extend(versions, ttl)
+        );
+        written
     }
 
     /// `get_for_fill_many`: the tokens once, then ACQUIRE_MANY per slot.
@@ -339,7 +374,11 @@ impl RedisBackend {
         };
         // Every fill of a batch read the tokens in one step: the first one's
         // are every one's (a fill that disagrees is refused by FILL_MANY).
-        if !self.cluster_tokens_hold(versions, first.versions()).await? {
+        let longest = fills.iter().map(|(e, _)| e.ttl).max().unwrap_or_default();
+        if !self
+            .cluster_tokens_hold(versions, first.versions(), longest)
+            .await?
+        {
             let held: Vec<(String, String)> = fills
                 .iter()
                 .filter_map(|(e, t)| match t.lease() {
@@ -360,19 +399,12 @@ impl RedisBackend {
         }))
         .await?;
         let mut stored = vec![false; fills.len()];
-        let mut longest = Duration::ZERO;
         for (group, reply) in groups.iter().zip(replies) {
             for (&i, ok) in group.iter().zip(reply) {
-                let Some((e, t)) = fills.get(i) else { continue };
-                if ok {
-                    longest = longest.max(e.ttl);
-                }
+                let Some((_, t)) = fills.get(i) else { continue };
                 // Only the first fill's tokens were compared.
                 stored[i] = ok && t.versions() == first.versions();
             }
-        }
-        if !longest.is_zero() && !versions.is_empty() {
-            self.cluster_extend(versions, longest).await;
         }
         Ok(stored)
     }
@@ -384,16 +416,14 @@ impl RedisBackend {
         versions: &[String],
     ) -> Result<(), BackendError> {
         let groups = by_slot(entries, |e| data(&e.key));
-        try_join_all(groups.iter().map(|group| {
+        let longest = entries.iter().map(|e| e.ttl).max().unwrap_or_default();
+        let writes = try_join_all(groups.iter().map(|group| {
             let part = pick(entries, group);
             async move { self.set_many_script(&part, &[]).await }
-        }))
-        .await?;
-        let longest = entries.iter().map(|e| e.ttl).max().unwrap_or_default();
-        if !longest.is_zero() && !versions.is_empty() {
-            self.cluster_extend(versions, longest).await;
-        }
-        Ok(())
+        }));
+        // As in `set`: the extension's order with the writes does not matter.
+        let (written, ()) = tokio::join!(writes, self.cluster_extend(versions, longest));
+        written.map(|_| ())
     }
 
     /// `release_leases`: RELEASE_MANY per slot.
