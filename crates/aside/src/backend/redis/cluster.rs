@@ -466,7 +466,7 @@ impl RedisBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::slot;
+    use super::{crc16, slot};
 
     #[test]
     fn slots_match_redis() {
@@ -475,8 +475,12 @@ mod tests {
         assert_eq!(slot("123456789"), 12739);
         assert_eq!(slot("foo"), 12182);
         assert_eq!(slot("{user1000}.following"), slot("user1000"));
-        assert_eq!(slot("foo{}{bar}"), slot("foo{}{bar}"));
-        assert_eq!(slot("{}x"), slot("{}x"));
+        // The specification's hash tag rules: the first `{`, the next `}`,
+        // and an empty tag means the whole key.
+        assert_eq!(slot("foo{bar}{zap}"), slot("bar"));
+        assert_eq!(slot("foo{{bar}}zap"), slot("{bar"));
+        assert_ne!(slot("foo{}{bar}"), slot("bar"));
+        assert_eq!(slot("foo{}{bar}"), crc16(b"foo{}{bar}") % 16384);
         assert_eq!(slot("{ns:k}:g"), slot("ns:k"));
     }
 }
