@@ -25,6 +25,10 @@
 //! # let _ = url;
 //! ```
 //!
+//! A [`RedisCluster`] is a Redis Cluster of such servers (three primaries,
+//! with or without replicas), formed with `redis-cli --cluster create`; it
+//! can switch a primary over to its replica (`CLUSTER FAILOVER`).
+//!
 //! A [`Proxy`] between a client and a server injects faults into that
 //! client's connections only: a silent (half-open) connection, latency, or
 //! connections closed under it.
@@ -46,10 +50,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod cluster;
 pub mod conformance;
 pub mod faulty;
 mod pg;
 mod proxy;
+pub use cluster::RedisCluster;
 pub use faulty::{Failure, FaultControl, FaultyBackend, InjectedFault, Op};
 pub use pg::{PG_URL_ENV, PgServer, Rows, TEST_DATABASE, pg_url};
 pub use proxy::Proxy;
@@ -67,6 +73,12 @@ pub enum LaunchError {
          `apt-get update && apt-get install -y redis-server`)"
     )]
     NotInstalled,
+    /// `redis-cli` (needed to form a [`RedisCluster`]) is not installed.
+    #[error(
+        "`redis-cli` was not found on PATH (set REDIS_CLI to its path, or install it: \
+         `apt-get update && apt-get install -y redis-tools`, part of redis-server's package)"
+    )]
+    CliNotInstalled,
     /// PostgreSQL's server programs (or `psql`) are not installed.
     #[error(
         "PostgreSQL's programs (`initdb`, `pg_ctl`, `postgres`, `psql`) were found neither on \

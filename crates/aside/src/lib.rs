@@ -106,7 +106,10 @@
 //!   equals a recorded one. See [`Backend`].
 //! - Fills are conditional on the tokens, atomically (a Lua script; a per-key
 //!   compute lock on the memory backend); reads check an entry's tag and
-//!   namespace tokens in the same round trip as the entry.
+//!   namespace tokens in the same round trip as the entry. On a Redis
+//!   Cluster the tokens live in another slot than the entry: a fill compares
+//!   them in a step of its own just before its atomic write of the key, and
+//!   the read-time check catches an invalidation that lands in between.
 //! - A caller that joins a load in flight takes its value only if it joined
 //!   before the value was proven current (an accepted fill, a cache read);
 //!   otherwise only if it joined before the load began; else it loads again.
@@ -133,6 +136,9 @@
 //! ## Features
 //! - `redis` (default): [`RedisBackend`].
 //! - `lz4` (default): LZ4 compression of large payloads.
+//! - `cluster`: `RedisBackend::cluster`, a Redis Cluster (the README's
+//!   "Redis Cluster" section says what is atomic where, and why the promise
+//!   holds).
 //! - `postgres`: [`bridge::ChangeBridge`], committed PostgreSQL row changes
 //!   invalidate the cache (LISTEN/NOTIFY and a trigger).
 //! - `macros`: the `#[aside::cached]` attribute, which caches an async

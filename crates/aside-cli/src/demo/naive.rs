@@ -13,7 +13,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use redis::aio::ConnectionManager;
+use aside::backend::RedisConnection;
 
 use super::db::Product;
 
@@ -29,7 +29,7 @@ enum Store {
     Memory(moka::future::Cache<u64, Product>),
     /// Plain `GET`, `SET ... PX`, `DEL`; values as JSON under `<prefix>:<id>`.
     Redis {
-        conn: ConnectionManager,
+        conn: RedisConnection,
         prefix: String,
     },
 }
@@ -68,7 +68,7 @@ impl Naive {
     }
 
     /// On Redis, through `conn`; keys are `<prefix>:<id>`.
-    pub fn on_redis(conn: ConnectionManager, prefix: String, ttl: Duration) -> Self {
+    pub fn on_redis(conn: RedisConnection, prefix: String, ttl: Duration) -> Self {
         Naive {
             store: Store::Redis { conn, prefix },
             ttl,
@@ -147,7 +147,7 @@ impl Naive {
 
 /// Runs one command on a clone of `conn` (clones share the connection).
 async fn redis_query<T: redis::FromRedisValue>(
-    conn: &ConnectionManager,
+    conn: &RedisConnection,
     cmd: redis::Cmd,
     name: &str,
 ) -> anyhow::Result<T> {

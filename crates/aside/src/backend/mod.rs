@@ -9,9 +9,11 @@
 //! - [`Backend`], the core every backend implements: read, conditional
 //!   fill, set, invalidate, and the tag and namespace tokens. The tokens are
 //!   in the core, not a capability of their own, because a fill checks the
-//!   key's marker and the entry's version tokens in **one** atomic step: a
-//!   backend that offered one without the other could not keep the
-//!   consistency promise.
+//!   key's marker and the entry's version tokens: a backend that offered
+//!   one without the other could not keep the consistency promise. (The
+//!   marker check must be atomic with the write; the version tokens may be
+//!   compared in a step just before it, as on a Redis Cluster where they
+//!   live in another slot, because every read checks them again.)
 //! - [`Capabilities`]: what the cache must do around the backend (time and
 //!   guard remote calls) and may rely on (values handed back as stored).
 //! - [`Leases`] (optional, [`Backend::leases`]): one load of a key across
@@ -42,7 +44,7 @@ pub use notify::FillWatch;
 #[cfg(feature = "redis")]
 pub(crate) use notify::Notifier;
 #[cfg(feature = "redis")]
-pub use redis::{RedisBackend, RedisBackendBuilder, RedisBackplane};
+pub use redis::{RedisBackend, RedisBackendBuilder, RedisBackplane, RedisConnection};
 pub use stored::{BatchEntry, Stored};
 pub use tier::{TieredBackend, TieredBackendBuilder, TieredStats};
 

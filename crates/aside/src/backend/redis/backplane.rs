@@ -1,11 +1,13 @@
 //! The backplane on Redis pub/sub: `PUBLISH` through the backend's
 //! connection, `SUBSCRIBE` on a connection of its own (see `subscriber`).
+//! On a Redis Cluster the same holds: a classic `PUBLISH` sent to any node
+//! is forwarded to every node, and the subscription listens on one node
+//! (the next URL when that one is lost).
 
 use std::sync::Weak;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-
+use super::conn::RedisConnection;
 use super::subscriber::Subscription;
 use crate::backend::{Backplane, BackplaneListener, BackplaneSubscription};
 use crate::error::BackendError;
@@ -19,8 +21,8 @@ use crate::error::BackendError;
 /// its in-process copies until it is subscribed again.
 #[derive(Clone)]
 pub struct RedisBackplane {
-    conn: ConnectionManager,
-    client: redis::Client,
+    conn: RedisConnection,
+    clients: Vec<redis::Client>,
     connect_timeout: Duration,
     channel: String,
 }
@@ -35,14 +37,14 @@ impl std::fmt::Debug for RedisBackplane {
 
 impl RedisBackplane {
     pub(super) fn new(
-        conn: ConnectionManager,
-        client: redis::Client,
+        conn: RedisConnection,
+        clients: Vec<redis::Client>,
         connect_timeout: Duration,
         channel: String,
     ) -> Self {
         RedisBackplane {
             conn,
-            client,
+            clients,
             connect_timeout,
             channel,
         }
@@ -68,7 +70,7 @@ impl Backplane for RedisBackplane {
 
     fn subscribe(&self, listener: Weak<dyn BackplaneListener>) -> BackplaneSubscription {
         BackplaneSubscription::new(Subscription::start(
-            self.client.clone(),
+            self.clients.clone(),
             self.connect_timeout,
             self.channel.clone(),
             listener,

@@ -2,9 +2,9 @@
 //! script) per batch, whatever its size, so that a batch of n keys costs one
 //! round trip instead of n.
 //!
-//! The scripts take every key of the batch in `KEYS`, so like the existing
-//! read of an entry with its counters they assume one Redis (not a cluster
-//! whose slots split the batch).
+//! The scripts take every key of the batch in `KEYS`: on one Redis, the
+//! whole batch with its tokens. On a Redis Cluster, `cluster` calls them
+//! once per slot (with no tokens; those have steps of their own there).
 
 use std::time::Duration;
 

@@ -20,6 +20,12 @@ impl Leases for RedisBackend {
         token: &str,
         ttl: Duration,
     ) -> Result<(Option<Stored>, FillToken), BackendError> {
+        #[cfg(feature = "cluster")]
+        if self.conn.is_cluster() {
+            return self
+                .cluster_acquire(key, versions, marker_ttl, token, ttl)
+                .await;
+        }
         self.acquire(key, versions, marker_ttl, token, ttl).await
     }
 
@@ -62,6 +68,12 @@ impl Leases for RedisBackend {
         token: &str,
         ttl: Duration,
     ) -> Result<Vec<(Option<Stored>, FillToken)>, BackendError> {
+        #[cfg(feature = "cluster")]
+        if self.conn.is_cluster() {
+            return self
+                .cluster_acquire_many(keys, versions, marker_ttl, token, ttl)
+                .await;
+        }
         self.acquire_many(keys, versions, marker_ttl, token, ttl)
             .await
     }
@@ -72,10 +84,18 @@ impl Leases for RedisBackend {
         token: &str,
         ttl: Duration,
     ) -> Result<Vec<bool>, BackendError> {
+        #[cfg(feature = "cluster")]
+        if self.conn.is_cluster() {
+            return self.cluster_renew_many(keys, token, ttl).await;
+        }
         self.renew_many(keys, token, ttl).await
     }
 
     async fn release_leases(&self, keys: &[String], token: &str) -> Result<(), BackendError> {
+        #[cfg(feature = "cluster")]
+        if self.conn.is_cluster() {
+            return self.cluster_release_many(keys, token).await;
+        }
         self.release_many(keys, token).await
     }
 

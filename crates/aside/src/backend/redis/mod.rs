@@ -1,26 +1,36 @@
-//! The shared backend: Redis through redis-rs's `ConnectionManager`.
+//! The shared backend: Redis through redis-rs's `ConnectionManager`, or a
+//! Redis Cluster through redis-rs's async cluster connection (the `cluster`
+//! feature; see `cluster` for what changes there and why it stays safe).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 use super::{Backend, BatchEntry, Capabilities, FillToken, Lease, Leases, Stored, fresh_token};
-use crate::error::{BackendError, Error, ErrorKind};
+use crate::error::{BackendError, Error};
 
 mod backplane;
 mod batch;
+mod builder;
+#[cfg(feature = "cluster")]
+mod cluster;
+mod conn;
 mod leases;
 mod scripts;
 mod subscriber;
 
 pub use backplane::RedisBackplane;
+pub use builder::RedisBackendBuilder;
+pub use conn::RedisConnection;
 
 use crate::backend::Notifier;
 use scripts::{ACQUIRE, FILL, FILLS_CHANNEL, SET, data, lease, marker, token_key, waiters};
 use subscriber::Subscription;
 
-/// A Redis backend on one multiplexed, auto-reconnecting connection.
+/// A Redis backend on one multiplexed, auto-reconnecting connection, to one
+/// Redis or (with the `cluster` feature, `RedisBackend::cluster`) to a
+/// Redis Cluster.
 ///
 /// Operations carry no timeout of their own: the [`Cache`](crate::Cache)
 /// applies its `backend_timeout` around each one. If you use the backend
@@ -45,12 +55,12 @@ use subscriber::Subscription;
 /// ```
 #[derive(Clone)]
 pub struct RedisBackend {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     /// Fill notifications for lease waiters; `None` when built from a bare
     /// connection manager (waiters then re-check on a backoff).
     fills: Option<Arc<Fills>>,
-    /// For subscriptions of our own (the backplane).
-    client: Option<(redis::Client, Duration)>,
+    /// For subscriptions of our own (the backplane): one client per URL.
+    clients: Option<(Vec<redis::Client>, Duration)>,
 }
 
 /// The fill-notification subscription and the watches it wakes.
@@ -66,169 +76,23 @@ impl std::fmt::Debug for RedisBackend {
     }
 }
 
-/// Builds a [`RedisBackend`].
-#[derive(Clone)]
-#[must_use]
-pub struct RedisBackendBuilder {
-    url: String,
-    connect_timeout: Duration,
-    reconnect_max_delay: Duration,
-    #[cfg(feature = "tls")]
-    tls: Option<redis::TlsCertificates>,
-}
-
-// By hand: the URL may carry a password, which must not reach logs.
-impl std::fmt::Debug for RedisBackendBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisBackendBuilder")
-            .field("url", &without_password(&self.url))
-            .field("connect_timeout", &self.connect_timeout)
-            .field("reconnect_max_delay", &self.reconnect_max_delay)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The URL with its user information (user and password) replaced by `***`.
-fn without_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***{}", &url[..scheme_end], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
-impl RedisBackendBuilder {
-    /// How long one connection attempt may take (default 250 ms).
-    pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.connect_timeout = d;
-        self
-    }
-
-    /// The longest pause between reconnection attempts (default 200 ms). A short
-    /// pause means the cache is used again soon after Redis comes back.
-    pub fn reconnect_max_delay(mut self, d: Duration) -> Self {
-        self.reconnect_max_delay = d;
-        self
-    }
-
-    /// Trusts this CA (PEM) for `rediss://` instead of the system's roots, e.g.
-    /// for a private CA.
-    #[cfg(feature = "tls")]
-    pub fn tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.tls
-            .get_or_insert(redis::TlsCertificates {
-                client_tls: None,
-                root_cert: None,
-            })
-            .root_cert = Some(pem.into());
-        self
-    }
-
-    /// Presents this client certificate and key (PEM) for mutual TLS.
-    #[cfg(feature = "tls")]
-    pub fn tls_client_cert(
-        mut self,
-        cert_pem: impl Into<Vec<u8>>,
-        key_pem: impl Into<Vec<u8>>,
-    ) -> Self {
-        self.tls
-            .get_or_insert(redis::TlsCertificates {
-                client_tls: None,
-                root_cert: None,
-            })
-            .client_tls = Some(redis::ClientTlsConfig {
-            client_cert: cert_pem.into(),
-            client_key: key_pem.into(),
-        });
-        self
-    }
-
-    /// Validates the URL and creates the (lazy) connection.
-    ///
-    /// # Errors
-    /// A `Config` error for a malformed URL or an unsupported scheme, or when
-    /// called outside a tokio runtime (the connection needs one for its
-    /// background task).
-    pub fn build(self) -> Result<RedisBackend, Error> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(Error::config(
-                "RedisBackend must be built inside a tokio runtime",
-            ));
-        }
-        let client = self.client()?;
-        // One attempt per reconnect: while Redis is down every request fails
-        // fast (and the cache's breaker stops asking), instead of every request
-        // waiting out a long retry schedule inside the connection manager.
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(self.reconnect_max_delay)
-            .set_connection_timeout(Some(self.connect_timeout))
-            // The cache times every operation itself (`backend_timeout`); a
-            // second per-request timer here would double the timer cost of
-            // every hit (measured: ~5 µs per GET on a current-thread runtime).
-            .set_response_timeout(None);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| Error::with_source(ErrorKind::Config, "invalid Redis connection", e))?;
-        let notifier = Arc::new(Notifier::default());
-        let listener: Arc<dyn crate::backend::BackplaneListener> = notifier.clone();
-        let subscription = Subscription::start(
-            client.clone(),
-            self.connect_timeout,
-            FILLS_CHANNEL.to_owned(),
-            Arc::downgrade(&listener),
-        );
-        Ok(RedisBackend {
-            conn,
-            fills: Some(Arc::new(Fills {
-                notifier,
-                _subscription: subscription,
-            })),
-            client: Some((client, self.connect_timeout)),
-        })
-    }
-}
-
-impl RedisBackendBuilder {
-    #[cfg(not(feature = "tls"))]
-    fn client(&self) -> Result<redis::Client, Error> {
-        if self.url.starts_with("rediss://") {
-            return Err(Error::config("rediss:// (TLS) needs aside's `tls` feature"));
-        }
-        redis::Client::open(self.url.as_str())
-            .map_err(|e| Error::with_source(ErrorKind::Config, "invalid Redis URL", e))
-    }
-
-    #[cfg(feature = "tls")]
-    fn client(&self) -> Result<redis::Client, Error> {
-        if self.url.starts_with("rediss://") {
-            // rustls needs one process-wide crypto provider; install ring's
-            // unless the application installed one already.
-            if rustls::crypto::CryptoProvider::get_default().is_none() {
-                let _ = rustls::crypto::ring::default_provider().install_default();
-            }
-        }
-        let result = match &self.tls {
-            Some(certs) => redis::Client::build_with_tls(self.url.as_str(), certs.clone()),
-            None => redis::Client::open(self.url.as_str()),
-        };
-        result.map_err(|e| {
-            Error::with_source(ErrorKind::Config, "invalid Redis URL or TLS settings", e)
-        })
-    }
-}
-
 impl RedisBackend {
     /// A builder for the Redis at `url`.
     pub fn builder(url: impl Into<String>) -> RedisBackendBuilder {
-        RedisBackendBuilder {
-            url: url.into(),
-            connect_timeout: Duration::from_millis(250),
-            reconnect_max_delay: Duration::from_millis(200),
-            #[cfg(feature = "tls")]
-            tls: None,
-        }
+        RedisBackendBuilder::new(vec![url.into()], false)
+    }
+
+    /// A builder for the Redis Cluster reached through the seed nodes
+    /// `urls` (any of its nodes; the rest are discovered).
+    ///
+    /// On a cluster, an entry and the tokens of its namespace live in
+    /// different slots, so operations that touch both run as one script per
+    /// slot rather than one atomic script; reads still check every entry's
+    /// tokens, which keeps the consistency promise (see the README's
+    /// "Redis Cluster" section).
+    #[cfg(feature = "cluster")]
+    pub fn cluster<S: Into<String>>(urls: impl IntoIterator<Item = S>) -> RedisBackendBuilder {
+        RedisBackendBuilder::new(urls.into_iter().map(Into::into).collect(), true)
     }
 
     /// A backend for the Redis at `url` with default settings.
@@ -246,9 +110,9 @@ impl RedisBackend {
     /// 200 ms) instead of being woken.
     pub fn from_connection_manager(conn: ConnectionManager) -> Self {
         RedisBackend {
-            conn,
+            conn: RedisConnection::Single(conn),
             fills: None,
-            client: None,
+            clients: None,
         }
     }
 
@@ -280,6 +144,66 @@ impl RedisBackend {
         parse_acquire(reply, lease_token)
     }
 
+    /// FILL: the conditional write, in one script.
+    async fn fill_script(
+        &self,
+        key: &str,
+        value: Stored,
+        ttl: Duration,
+        token: &FillToken,
+        versions: &[String],
+    ) -> Result<bool, BackendError> {
+        if token.generation() == 0 || token.versions().contains(&0) {
+            // An absent token validates nothing.
+            return Ok(false);
+        }
+        let mut conn = self.conn.clone();
+        let lease_token = match token.lease() {
+            Lease::Held(t) => t.as_str(),
+            _ => "",
+        };
+        let mut invocation = FILL.prepare_invoke();
+        invocation
+            .key(data(key))
+            .key(marker(key))
+            .key(lease(key))
+            .key(waiters(key))
+            .arg(value.bytes().as_ref())
+            .arg(px(ttl))
+            .arg(token.generation().to_string())
+            .arg(lease_token)
+            .arg(FILLS_CHANNEL);
+        for (name, version) in versions.iter().zip(token.versions()) {
+            invocation.key(token_key(name)).arg(version.to_string());
+        }
+        let stored: u8 = invocation.invoke_async(&mut conn).await.map_err(failed)?;
+        Ok(stored == 1)
+    }
+
+    /// SET: the unconditional write, in one script.
+    async fn set_script(
+        &self,
+        key: &str,
+        value: Stored,
+        ttl: Duration,
+        versions: &[String],
+    ) -> Result<(), BackendError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = SET.prepare_invoke();
+        invocation
+            .key(data(key))
+            .key(marker(key))
+            .arg(value.bytes().as_ref())
+            .arg(px(ttl));
+        for name in versions {
+            invocation.key(token_key(name));
+        }
+        invocation
+            .invoke_async::<()>(&mut conn)
+            .await
+            .map_err(failed)
+    }
+
     /// A [`Backplane`](crate::backend::Backplane) on this Redis: pub/sub on
     /// `channel`, published through this backend's connection, heard on a
     /// connection of its own.
@@ -288,14 +212,14 @@ impl RedisBackend {
     /// `Config` for a backend built from a bare connection manager: it has no
     /// client to subscribe with.
     pub fn backplane(&self, channel: impl Into<String>) -> Result<RedisBackplane, Error> {
-        let Some((client, connect_timeout)) = self.client.clone() else {
+        let Some((clients, connect_timeout)) = self.clients.clone() else {
             return Err(Error::config(
                 "a backplane needs a RedisBackend built from a URL (it subscribes with its client)",
             ));
         };
         Ok(RedisBackplane::new(
             self.conn.clone(),
-            client,
+            clients,
             connect_timeout,
             channel.into(),
         ))
@@ -308,10 +232,11 @@ impl RedisBackend {
         self.fills.as_ref().map_or(0, |f| f.notifier.len())
     }
 
-    /// An escape hatch: the underlying connection, for commands of your own
-    /// (keys outside aside's, or reading aside's for tooling). Writing
-    /// aside's keys through it bypasses the consistency promise.
-    pub fn connection(&self) -> ConnectionManager {
+    /// An escape hatch: the underlying connection (one Redis or a cluster),
+    /// for commands of your own (keys outside aside's, or reading aside's for
+    /// tooling). Writing aside's keys through it bypasses the consistency
+    /// promise.
+    pub fn connection(&self) -> RedisConnection {
         self.conn.clone()
     }
 }
@@ -395,7 +320,7 @@ fn px(d: Duration) -> u64 {
 /// Reads `keys` with one MGET: the first as entry bytes, the rest as
 /// tokens (absent or not a token: 0).
 async fn mget(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &[String],
 ) -> Result<(Option<Stored>, Vec<u64>), BackendError> {
     let mut values: Vec<Option<bytes::Bytes>> = redis::cmd("MGET")
@@ -459,6 +384,12 @@ impl Backend for RedisBackend {
         versions: &[String],
         marker_ttl: Duration,
     ) -> Result<(Option<Stored>, FillToken), BackendError> {
+        #[cfg(feature = "cluster")]
+        if self.conn.is_cluster() {
+            return self
+                .cluster_acquire(key, versions, marker_ttl, "", Duration::ZERO)
+                .await;
+        }
         self.acquire(key, versions, marker_ttl, "", Duration::ZERO)
             .await
     }
@@ -477,6 +408,12 @@ impl Backend for RedisBackend {
         versions: &[String],
         marker_ttl: Duration,
     ) -> Result<Vec<(Option<Stored>, FillToken)>, BackendError> {
+        #[cfg(feature = "cluster")]
+        if self.conn.is_cluster() {
+            return self
+                .cluster_acquire_many(keys, versions, marker_ttl, "", Duration::ZERO)
+                .await;
+        }
         self.acquire_many(keys, versions, marker_ttl, "", Duration::ZERO)
             .await
     }
@@ -486,6 +423,10 @@ impl Backend for RedisBackend {
         fills: &[(BatchEntry, FillToken)],
         versions: &[String],
     ) -> Result<Vec<bool>, BackendError> {
+        #[cfg(feature = "cluster")]
+        if self.conn.is_cluster() {
+            return self.cluster_fill_many(fills, versions).await;
+        }
         self.fill_many_script(fills, versions).await
     }
 
@@ -494,6 +435,10 @@ impl Backend for RedisBackend {
         entries: &[BatchEntry],
         versions: &[String],
     ) -> Result<(), BackendError> {
+        #[cfg(feature = "cluster")]
+        if self.conn.is_cluster() {
+            return self.cluster_set_many(entries, versions).await;
+        }
         self.set_many_script(entries, versions).await
     }
 
@@ -505,31 +450,11 @@ impl Backend for RedisBackend {
         token: &FillToken,
         versions: &[String],
     ) -> Result<bool, BackendError> {
-        if token.generation() == 0 || token.versions().contains(&0) {
-            // An absent token validates nothing.
-            return Ok(false);
+        #[cfg(feature = "cluster")]
+        if self.conn.is_cluster() {
+            return self.cluster_fill(key, value, ttl, token, versions).await;
         }
-        let mut conn = self.conn.clone();
-        let lease_token = match token.lease() {
-            Lease::Held(t) => t.as_str(),
-            _ => "",
-        };
-        let mut invocation = FILL.prepare_invoke();
-        invocation
-            .key(data(key))
-            .key(marker(key))
-            .key(lease(key))
-            .key(waiters(key))
-            .arg(value.bytes().as_ref())
-            .arg(px(ttl))
-            .arg(token.generation().to_string())
-            .arg(lease_token)
-            .arg(FILLS_CHANNEL);
-        for (name, version) in versions.iter().zip(token.versions()) {
-            invocation.key(token_key(name)).arg(version.to_string());
-        }
-        let stored: u8 = invocation.invoke_async(&mut conn).await.map_err(failed)?;
-        Ok(stored == 1)
+        self.fill_script(key, value, ttl, token, versions).await
     }
 
     async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError> {
@@ -551,20 +476,11 @@ impl Backend for RedisBackend {
         ttl: Duration,
         versions: &[String],
     ) -> Result<(), BackendError> {
-        let mut conn = self.conn.clone();
-        let mut invocation = SET.prepare_invoke();
-        invocation
-            .key(data(key))
-            .key(marker(key))
-            .arg(value.bytes().as_ref())
-            .arg(px(ttl));
-        for name in versions {
-            invocation.key(token_key(name));
+        #[cfg(feature = "cluster")]
+        if self.conn.is_cluster() {
+            return self.cluster_set(key, value, ttl, versions).await;
         }
-        invocation
-            .invoke_async::<()>(&mut conn)
-            .await
-            .map_err(failed)
+        self.set_script(key, value, ttl, versions).await
     }
 
     async fn invalidate(&self, keys: &[String]) -> Result<(), BackendError> {

@@ -10,6 +10,10 @@
 //! and the others never do, and a token's tag (`{ns}`, no `:` inside) is
 //! never a data key's (`{ns:...}`), so the kinds cannot collide.
 //!
+//! On one Redis every script gets the entry's keys and its tokens together.
+//! On a Redis Cluster they are called with the keys of one slot only (no
+//! tokens: see `cluster` for the steps that read, compare and extend them).
+//!
 //! Markers and counters hold random tokens (decimal, at most 19 digits,
 //! never 0) created by ACQUIRE when absent. Invalidations *delete* them
 //! (`DEL`, no script needed), nothing increments them: a token that vanished

@@ -11,6 +11,11 @@
 //! the subscriber PINGs every [`PING_EVERY`] and treats a PING unanswered
 //! within [`PING_TIMEOUT`] as a lost connection: the listener hears
 //! `disconnected`, and the subscriber reconnects.
+//!
+//! It is given one client per URL and tries them in turn: on a Redis
+//! Cluster a classic `PUBLISH` (from a client or from a script on any node)
+//! is forwarded to every node, so one subscription on any node hears all,
+//! and when that node goes away the next attempt goes to another.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -40,25 +45,28 @@ impl Subscription {
     /// Subscribes to `channel` and feeds `listener` until dropped (or until
     /// the listener is gone). Must be called inside a tokio runtime.
     pub fn start(
-        client: redis::Client,
+        clients: Vec<redis::Client>,
         connect_timeout: Duration,
         channel: String,
         listener: Weak<dyn Listener>,
     ) -> Self {
-        let task = tokio::spawn(run(client, connect_timeout, channel, listener)).abort_handle();
+        let task = tokio::spawn(run(clients, connect_timeout, channel, listener)).abort_handle();
         Subscription { task }
     }
 }
 
 async fn run(
-    client: redis::Client,
+    clients: Vec<redis::Client>,
     connect_timeout: Duration,
     channel: String,
     listener: Weak<dyn Listener>,
 ) {
     let mut pause = Duration::from_millis(50);
-    loop {
-        match subscribe(&client, connect_timeout, &channel).await {
+    for attempt in 0usize.. {
+        let Some(client) = clients.get(attempt % clients.len().max(1)) else {
+            return;
+        };
+        match subscribe(client, connect_timeout, &channel).await {
             Ok(pubsub) => {
                 pause = Duration::from_millis(50);
                 let Some(l) = listener.upgrade() else { return };
