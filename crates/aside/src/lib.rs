@@ -150,6 +150,7 @@ mod pending;
 pub mod policy;
 mod retry;
 mod stats;
+mod task;
 mod xfetch;
 
 #[cfg(feature = "redis")]
