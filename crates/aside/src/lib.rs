@@ -130,6 +130,8 @@
 //! - `lz4` (default): LZ4 compression of large payloads.
 //! - `postgres`: [`bridge::ChangeBridge`], committed PostgreSQL row changes
 //!   invalidate the cache (LISTEN/NOTIFY and a trigger).
+//! - `metrics`: `CacheBuilder::metrics`, the counters exported through the
+//!   `metrics` crate (see the README's "Metrics and tracing").
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]

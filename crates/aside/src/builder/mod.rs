@@ -11,6 +11,8 @@ use crate::error::Error;
 use crate::key::{MIN_MAX_KEY_LEN, SEPARATOR};
 use crate::policy::Policy;
 
+#[cfg(feature = "metrics")]
+mod metrics;
 mod resilience;
 
 /// Builds a [`Cache`]. Start with [`Cache::builder`].
@@ -48,12 +50,15 @@ mod resilience;
 /// | [`lease_ttl`](Self::lease_ttl) | 5 s |
 /// | [`lease_wait`](Self::lease_wait) | 10 s |
 /// | [`on_lease_timeout`](Self::on_lease_timeout) | [`LeaseTimeout::Load`](crate::LeaseTimeout::Load) |
+/// | `metrics` / `metrics_interval` (feature `metrics`) | off; 1 s when on |
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct CacheBuilder {
     schema_version: Option<u32>,
     backend: Option<Arc<dyn Backend>>,
     settings: Settings,
+    #[cfg(feature = "metrics")]
+    metrics_source: crate::cache::metrics::Source,
 }
 
 impl Default for CacheBuilder {
@@ -61,6 +66,8 @@ impl Default for CacheBuilder {
         Self {
             schema_version: None,
             backend: None,
+            #[cfg(feature = "metrics")]
+            metrics_source: Default::default(),
             settings: Settings {
                 namespace: "aside".to_owned(),
                 ttl: Duration::from_secs(300),
@@ -81,6 +88,8 @@ impl Default for CacheBuilder {
                 batch_chunk_size: 1000,
                 clock: Arc::new(SystemClock),
                 policy: Policy::default(),
+                #[cfg(feature = "metrics")]
+                metrics_interval: None,
             },
         }
     }
@@ -89,12 +98,20 @@ impl Default for CacheBuilder {
 impl CacheBuilder {
     /// Where entries are stored.
     pub fn backend<B: Backend>(mut self, backend: B) -> Self {
+        #[cfg(feature = "metrics")]
+        {
+            self.metrics_source = crate::cache::metrics::Source::of(&backend);
+        }
         self.backend = Some(Arc::new(backend));
         self
     }
 
     /// A backend already behind an `Arc` (to share it between caches).
     pub fn shared_backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        #[cfg(feature = "metrics")]
+        {
+            self.metrics_source = Default::default();
+        }
         self.backend = Some(backend);
         self
     }
@@ -353,7 +370,10 @@ impl CacheBuilder {
             Some(backend) => backend,
             None => Arc::new(MemoryBackend::new()),
         };
-        Ok(Cache::from_parts(backend, settings))
+        let cache = Cache::from_parts(backend, settings);
+        #[cfg(feature = "metrics")]
+        cache.start_metrics(self.metrics_source)?;
+        Ok(cache)
     }
 }
 

@@ -459,6 +459,8 @@ impl Cache {
         let outcome = CatchUnwind::new(load).await;
         let took = started.elapsed();
         self.inner.stats.record_load(took);
+        #[cfg(feature = "metrics")]
+        super::metrics::record_load(self, took);
         let outcome = match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {

@@ -28,6 +28,8 @@ mod batch;
 mod deps;
 mod lease;
 mod load;
+#[cfg(feature = "metrics")]
+pub(crate) mod metrics;
 mod throttle;
 mod write;
 
@@ -64,6 +66,9 @@ pub(crate) struct Settings {
     pub batch_chunk_size: usize,
     pub clock: Arc<dyn Clock>,
     pub policy: Policy,
+    /// The interval of the metrics export; `None`: no export.
+    #[cfg(feature = "metrics")]
+    pub metrics_interval: Option<Duration>,
 }
 
 /// A cache-aside cache over one [`Backend`].

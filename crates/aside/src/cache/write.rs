@@ -150,6 +150,7 @@ impl Cache {
                 "tag {bad:?} must be 1 to 255 bytes long"
             )));
         }
+        bump_by(&self.inner.stats.tag_invalidations, names.len());
         self.bump_versions(self.deps(&names).keys.split_off(self.namespace_dep_len()))
             .await
     }
@@ -170,6 +171,7 @@ impl Cache {
                 "invalidate_namespace needs the cache built with namespace_invalidation(true)",
             ));
         }
+        bump(&self.inner.stats.namespace_invalidations);
         self.bump_versions(self.deps(&[]).keys).await
     }
 
