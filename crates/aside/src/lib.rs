@@ -146,6 +146,8 @@
 //!   `#[aside::cached(cache = CACHE, key = "user:{id}", ttl = "5m", tags = ["users"])]`.
 //!   Key parts are escaped like [`Key::part`]; without `key`, every argument
 //!   is part of the key, in full.
+//! - `metrics`: `CacheBuilder::metrics`, the counters exported through the
+//!   `metrics` crate (see the README's "Metrics and tracing").
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
@@ -172,6 +174,7 @@ mod pending;
 pub mod policy;
 mod retry;
 mod stats;
+mod task;
 mod xfetch;
 
 #[cfg(feature = "macros")]

@@ -71,6 +71,10 @@ counters! {
     oversized,
     /// Keys invalidated (applied or queued).
     invalidations,
+    /// Of `invalidations`, tags invalidated.
+    tag_invalidations,
+    /// Of `invalidations`, namespace invalidations.
+    namespace_invalidations,
     /// Keys whose invalidation could not reach the backend and was queued.
     invalidations_queued,
     /// Keys whose invalidation failed and could not be queued either (the

@@ -246,7 +246,7 @@ impl ChangeBridge {
             ctx.gap("bridge started").await?;
         }
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(run::listen(ctx, listener, stopped));
+        let task = crate::task::spawn(run::listen(ctx, listener, stopped));
         Ok(BridgeHandle {
             stop,
             task: Some(task),

@@ -12,6 +12,8 @@ use crate::key::{MIN_MAX_KEY_LEN, SEPARATOR};
 use crate::policy::Policy;
 
 mod hot;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod resilience;
 
 /// Builds a [`Cache`]. Start with [`Cache::builder`].
@@ -51,6 +53,7 @@ mod resilience;
 /// | [`on_lease_timeout`](Self::on_lease_timeout) | [`LeaseTimeout::Load`](crate::LeaseTimeout::Load) |
 /// | [`track_hot_keys`](Self::track_hot_keys) | off |
 /// | [`hot_key_sampling`](Self::hot_key_sampling) | 1 read in 16 |
+/// | `metrics` / `metrics_interval` (feature `metrics`) | off; 1 s when on |
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct CacheBuilder {
@@ -60,6 +63,8 @@ pub struct CacheBuilder {
     /// rather than read as "off").
     hot_keys_asked: bool,
     settings: Settings,
+    #[cfg(feature = "metrics")]
+    metrics_source: crate::cache::metrics::Source,
 }
 
 impl Default for CacheBuilder {
@@ -68,6 +73,8 @@ impl Default for CacheBuilder {
             schema_version: None,
             backend: None,
             hot_keys_asked: false,
+            #[cfg(feature = "metrics")]
+            metrics_source: Default::default(),
             settings: Settings {
                 namespace: "aside".to_owned(),
                 ttl: Duration::from_secs(300),
@@ -90,6 +97,8 @@ impl Default for CacheBuilder {
                 hot_key_sampling: 16,
                 clock: Arc::new(SystemClock),
                 policy: Policy::default(),
+                #[cfg(feature = "metrics")]
+                metrics_interval: None,
             },
         }
     }
@@ -98,12 +107,20 @@ impl Default for CacheBuilder {
 impl CacheBuilder {
     /// Where entries are stored.
     pub fn backend<B: Backend>(mut self, backend: B) -> Self {
+        #[cfg(feature = "metrics")]
+        {
+            self.metrics_source = crate::cache::metrics::Source::of(&backend);
+        }
         self.backend = Some(Arc::new(backend));
         self
     }
 
     /// A backend already behind an `Arc` (to share it between caches).
     pub fn shared_backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        #[cfg(feature = "metrics")]
+        {
+            self.metrics_source = Default::default();
+        }
         self.backend = Some(backend);
         self
     }
@@ -363,7 +380,10 @@ impl CacheBuilder {
             Some(backend) => backend,
             None => Arc::new(MemoryBackend::new()),
         };
-        Ok(Cache::from_parts(backend, settings))
+        let cache = Cache::from_parts(backend, settings);
+        #[cfg(feature = "metrics")]
+        cache.start_metrics(self.metrics_source)?;
+        Ok(cache)
     }
 }
 

@@ -178,7 +178,7 @@ impl Cache {
             return;
         }
         let (cache, deps2) = (self.clone(), deps.clone());
-        tokio::spawn(async move { cache.run_batch(items, deps2, ttl, loader).await });
+        crate::task::spawn(async move { cache.run_batch(items, deps2, ttl, loader).await });
         self.wait_all(slots, waiters, me).await;
     }
 
@@ -356,7 +356,7 @@ impl Cache {
         let token = token?;
         let cache = self.clone();
         let ttl = self.inner.s.policy.lease_ttl;
-        let task = tokio::spawn(async move {
+        let task = crate::task::spawn(async move {
             let Some(leases) = cache.inner.backend.leases() else {
                 return;
             };

@@ -25,7 +25,7 @@ impl Cache {
     /// token.
     pub(super) fn release_later(&self, keys: Vec<String>, token: String) {
         let cache = self.clone();
-        tokio::spawn(async move {
+        crate::task::spawn(async move {
             let Some(leases) = cache.inner.backend.leases() else {
                 return;
             };
@@ -50,7 +50,7 @@ impl Cache {
         };
         let (cache, pk, t) = (self.clone(), pk.to_owned(), t.clone());
         let ttl = self.inner.s.policy.lease_ttl;
-        let task = tokio::spawn(async move {
+        let task = crate::task::spawn(async move {
             let Some(leases) = cache.inner.backend.leases() else {
                 return;
             };

@@ -114,7 +114,7 @@ impl Cache {
                     let waiter = leader.waiter();
                     let cache = self.clone();
                     let (key, deps, fallback) = (pk.clone(), deps.clone(), stale.clone());
-                    tokio::spawn(async move {
+                    crate::task::spawn(async move {
                         cache
                             .run_load(key, deps, ttl, leader, fallback, me, mode, loader)
                             .await;
@@ -155,9 +155,12 @@ impl Cache {
             return;
         };
         bump(&self.inner.stats.refreshes);
+        // The refresh's task runs in this span, a child of the caller's.
+        let span = tracing::debug_span!("aside.refresh", namespace = %self.inner.s.namespace);
+        let _entered = span.enter();
         let cache = self.clone();
         let pk = pk.to_owned();
-        tokio::spawn(async move {
+        crate::task::spawn(async move {
             cache
                 .run_load(
                     pk,
@@ -456,6 +459,8 @@ impl Cache {
         let outcome = CatchUnwind::new(load).await;
         let took = started.elapsed();
         self.inner.stats.record_load(took);
+        #[cfg(feature = "metrics")]
+        super::metrics::record_load(self, took);
         let outcome = match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {

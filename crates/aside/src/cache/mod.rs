@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::backend::{Backend, Capabilities, FillToken, Stored};
 use crate::breaker::{Breaker, Transition};
@@ -29,6 +30,8 @@ mod deps;
 mod hot;
 mod lease;
 mod load;
+#[cfg(feature = "metrics")]
+pub(crate) mod metrics;
 mod throttle;
 mod write;
 
@@ -69,6 +72,9 @@ pub(crate) struct Settings {
     pub hot_key_sampling: u32,
     pub clock: Arc<dyn Clock>,
     pub policy: Policy,
+    /// The interval of the metrics export; `None`: no export.
+    #[cfg(feature = "metrics")]
+    pub metrics_interval: Option<Duration>,
 }
 
 /// A cache-aside cache over one [`Backend`].
@@ -272,7 +278,8 @@ impl Cache {
             bump(&self.inner.stats.misses);
             bump(&self.inner.stats.bypassed);
             let (pk, ttl) = (pk.to_owned(), options.ttl);
-            return Box::pin(self.load(pk, deps, ttl, None, Mode::Bypass, loader)).await;
+            let load = Box::pin(self.load(pk, deps, ttl, None, Mode::Bypass, loader));
+            return load.instrument(self.load_span()).await;
         }
         let stale = match self.lookup::<V>(pk, &deps).await {
             Ok(Lookup::Fresh(v, refresh)) => {
@@ -307,7 +314,15 @@ impl Cache {
         // Boxed: the miss path's state is large, and keeping it out of this
         // future keeps the hit path's future small.
         let (pk, ttl) = (pk.to_owned(), options.ttl);
-        Box::pin(self.load(pk, deps, ttl, stale, Mode::Foreground, loader)).await
+        let load = Box::pin(self.load(pk, deps, ttl, stale, Mode::Foreground, loader));
+        load.instrument(self.load_span()).await
+    }
+
+    /// The span of `get_or_load`, opened on a miss only: a hit creates no
+    /// span, so tracing costs it nothing. Its load, in a task of its own,
+    /// runs in it. Never a key: keys may be personal data.
+    fn load_span(&self) -> tracing::Span {
+        tracing::debug_span!("aside.get_or_load", namespace = %self.inner.s.namespace)
     }
 
     fn count_hit<V>(&self, v: &Option<V>) {

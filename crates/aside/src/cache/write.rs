@@ -70,6 +70,7 @@ impl Cache {
     ///
     /// # Errors
     /// As `set`, and `Config` for a zero TTL.
+    #[tracing::instrument(level = "debug", name = "aside.set", skip_all, fields(namespace = %self.inner.s.namespace))]
     pub async fn set_with<V: Value>(
         &self,
         key: impl AsRef<str>,
@@ -138,6 +139,7 @@ impl Cache {
     ///
     /// # Errors
     /// As [`invalidate_tag`](Self::invalidate_tag).
+    #[tracing::instrument(level = "debug", name = "aside.invalidate_tags", skip_all, fields(namespace = %self.inner.s.namespace))]
     pub async fn invalidate_tags<T: AsRef<str>>(
         &self,
         tags: impl IntoIterator<Item = T>,
@@ -148,6 +150,7 @@ impl Cache {
                 "tag {bad:?} must be 1 to 255 bytes long"
             )));
         }
+        bump_by(&self.inner.stats.tag_invalidations, names.len());
         self.bump_versions(self.deps(&names).keys.split_off(self.namespace_dep_len()))
             .await
     }
@@ -161,12 +164,14 @@ impl Cache {
     /// [`namespace_invalidation(true)`](crate::CacheBuilder::namespace_invalidation):
     /// without it, entries do not record the namespace version and could not
     /// be invalidated this way.
+    #[tracing::instrument(level = "debug", name = "aside.invalidate_namespace", skip_all, fields(namespace = %self.inner.s.namespace))]
     pub async fn invalidate_namespace(&self) -> Result<Invalidation, Error> {
         if !self.inner.s.namespace_invalidation {
             return Err(Error::config(
                 "invalidate_namespace needs the cache built with namespace_invalidation(true)",
             ));
         }
+        bump(&self.inner.stats.namespace_invalidations);
         self.bump_versions(self.deps(&[]).keys).await
     }
 
@@ -207,6 +212,7 @@ impl Cache {
     ///
     /// # Errors
     /// As [`invalidate`](Self::invalidate).
+    #[tracing::instrument(level = "debug", name = "aside.invalidate", skip_all, fields(namespace = %self.inner.s.namespace))]
     pub async fn invalidate_many<K: AsRef<str>>(
         &self,
         keys: impl IntoIterator<Item = K>,
@@ -225,7 +231,7 @@ impl Cache {
         if let Some(delay) = self.inner.s.double_delete_after {
             let cache = self.clone();
             let again = pks.clone();
-            tokio::spawn(async move {
+            crate::task::spawn(async move {
                 tokio::time::sleep(delay).await;
                 bump_by(&cache.inner.stats.double_deletes, again.len());
                 let _ = cache.run_invalidation(Kind::Key, again).await;
@@ -253,7 +259,7 @@ impl Cache {
         }
         let running = self.inner.pending.start();
         let cache = self.clone();
-        let task = tokio::spawn(async move {
+        let task = crate::task::spawn(async move {
             let _running = running;
             cache.apply_invalidation(kind, keys).await
         });
@@ -395,7 +401,7 @@ impl Cache {
         let pending = &self.inner.pending;
         if !pending.is_empty() && !pending.worker.swap(true, Ordering::AcqRel) {
             let cache = self.clone();
-            tokio::spawn(async move { cache.retry_invalidations().await });
+            crate::task::spawn(async move { cache.retry_invalidations().await });
         }
     }
 

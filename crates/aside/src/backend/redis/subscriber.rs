@@ -50,7 +50,8 @@ impl Subscription {
         channel: String,
         listener: Weak<dyn Listener>,
     ) -> Self {
-        let task = tokio::spawn(run(clients, connect_timeout, channel, listener)).abort_handle();
+        let task =
+            crate::task::spawn(run(clients, connect_timeout, channel, listener)).abort_handle();
         Subscription { task }
     }
 }

@@ -193,7 +193,7 @@ impl TieredBackendBuilder {
         let stats = Arc::new(Counters::default());
         let outbox = self.backplane.as_ref().map(|backplane| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(publisher(
+            crate::task::spawn(publisher(
                 Arc::clone(backplane),
                 rx,
                 Arc::clone(&stats),
@@ -439,7 +439,7 @@ impl BackplaneListener for Link {
             // From another service: nobody else applies it to L2.
             tier.count(&tier.stats.foreign);
             let tier = Arc::clone(&tier);
-            tokio::spawn(async move {
+            crate::task::spawn(async move {
                 // Retried like our own messages: for as long as a copy lives.
                 let started = tokio::time::Instant::now();
                 let mut pause = Duration::from_millis(10);
@@ -474,7 +474,7 @@ impl BackplaneListener for Link {
 async fn to_the_end(
     write: impl std::future::Future<Output = Result<(), BackendError>> + Send + 'static,
 ) -> Result<(), BackendError> {
-    tokio::spawn(write).await.unwrap_or_else(|_| {
+    crate::task::spawn(write).await.unwrap_or_else(|_| {
         Err(BackendError::failed(std::io::Error::other(
             "the write was cut off by the runtime shutting down",
         )))

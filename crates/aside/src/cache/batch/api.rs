@@ -139,6 +139,7 @@ impl Cache {
     ///
     /// # Errors
     /// Per key, as `get_many_or_load`.
+    #[tracing::instrument(level = "debug", name = "aside.get_many_or_load", skip_all, fields(namespace = %self.inner.s.namespace))]
     pub async fn get_many_or_load_each<K, V, F, Fut, E>(
         &self,
         keys: impl IntoIterator<Item = K>,
@@ -212,6 +213,7 @@ impl Cache {
     ///
     /// # Errors
     /// As `set_many`, and `Config` for a zero TTL.
+    #[tracing::instrument(level = "debug", name = "aside.set_many", skip_all, fields(namespace = %self.inner.s.namespace))]
     pub async fn set_many_with<K: AsRef<str>, V: Value>(
         &self,
         items: impl IntoIterator<Item = (K, V)>,
