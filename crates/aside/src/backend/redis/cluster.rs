@@ -362,48 +362,65 @@ impl RedisBackend {
             .collect()
     }
 
-    /// `fill_many`: the tokens compared once, FILL_MANY per slot, the tokens
-    /// extended to the longest TTL stored.
+    /// `fill_many`: each distinct set of tokens compared (and extended to the
+    /// longest TTL stored under it) once on the namespace's slot, then
+    /// FILL_MANY per slot for the fills whose tokens held, checking markers
+    /// and leases there.
     pub(super) async fn cluster_fill_many(
         &self,
         fills: &[(BatchEntry, FillToken)],
         versions: &[String],
     ) -> Result<Vec<bool>, BackendError> {
-        let Some((_, first)) = fills.first() else {
-            return Ok(Vec::new());
-        };
-        // Every fill of a batch read the tokens in one step: the first one's
-        // are every one's (a fill that disagrees is refused by FILL_MANY).
-        let longest = fills.iter().map(|(e, _)| e.ttl).max().unwrap_or_default();
-        if !self
-            .cluster_tokens_hold(versions, first.versions(), longest)
-            .await?
-        {
-            let held: Vec<(String, String)> = fills
-                .iter()
-                .filter_map(|(e, t)| match t.lease() {
-                    Lease::Held(l) => Some((e.key.clone(), l.clone())),
-                    _ => None,
-                })
-                .collect();
-            // One lease token per batch; release per token all the same.
-            for (key, l) in &held {
-                self.release_lease(key, l).await?;
+        // Fills of one batch usually share their tokens: one check each.
+        let mut checked: Vec<(&[u64], bool)> = Vec::new();
+        for (_, t) in fills {
+            if checked.iter().any(|(v, _)| *v == t.versions()) {
+                continue;
             }
-            return Ok(vec![false; fills.len()]);
+            let longest = fills
+                .iter()
+                .filter(|(_, u)| u.versions() == t.versions())
+                .map(|(e, _)| e.ttl)
+                .max()
+                .unwrap_or_default();
+            let held = t.versions().len() == versions.len()
+                && self
+                    .cluster_tokens_hold(versions, t.versions(), longest)
+                    .await?;
+            checked.push((t.versions(), held));
         }
-        let groups = by_slot(fills, |(e, _)| data(&e.key));
+        let holds = |t: &FillToken| checked.iter().any(|(v, ok)| *ok && *v == t.versions());
+        // Refused here: release their leases (FILL_MANY would have).
+        for (e, t) in fills.iter().filter(|(_, t)| !holds(t)) {
+            if let Lease::Held(l) = t.lease() {
+                self.release_lease(&e.key, l).await?;
+            }
+        }
+        // The rest go to their slots with the token part already checked.
+        let sent: Vec<usize> = (0..fills.len())
+            .filter(|&i| fills.get(i).is_some_and(|(_, t)| holds(t)))
+            .collect();
+        let stripped: Vec<(BatchEntry, FillToken)> = sent
+            .iter()
+            .filter_map(|&i| fills.get(i))
+            .map(|(e, t)| {
+                let token =
+                    FillToken::new(t.generation(), Vec::new()).with_lease(t.lease().clone());
+                (e.clone(), token)
+            })
+            .collect();
+        let groups = by_slot(&stripped, |(e, _)| data(&e.key));
         let replies = try_join_all(groups.iter().map(|group| {
-            let part = pick(fills, group);
+            let part = pick(&stripped, group);
             async move { self.fill_many_script(&part, &[]).await }
         }))
         .await?;
         let mut stored = vec![false; fills.len()];
         for (group, reply) in groups.iter().zip(replies) {
-            for (&i, ok) in group.iter().zip(reply) {
-                let Some((_, t)) = fills.get(i) else { continue };
-                // Only the first fill's tokens were compared.
-                stored[i] = ok && t.versions() == first.versions();
+            for (&j, ok) in group.iter().zip(reply) {
+                if let Some(&i) = sent.get(j) {
+                    stored[i] = ok;
+                }
             }
         }
         Ok(stored)
