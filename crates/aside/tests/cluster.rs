@@ -275,7 +275,11 @@ async fn wake_up(holder: &RedisBackend, waiter: &RedisBackend, key: &str) -> Res
         .get_for_fill_leased(key, &[], ttl, "holder", ttl)
         .await
         .map_err(|e| e.to_string())?;
-    assert!(matches!(token.lease(), Lease::Held(_)), "{token:?}");
+    // A lease left by an attempt whose reply was lost with a node: an
+    // error, and the caller retries with another key.
+    if !matches!(token.lease(), Lease::Held(_)) {
+        return Err(format!("{key}: lease not taken: {token:?}"));
+    }
     let mut watch = reliable_watch(waiter, key).await;
     let (_, busy) = waiter
         .leases()
@@ -283,12 +287,18 @@ async fn wake_up(holder: &RedisBackend, waiter: &RedisBackend, key: &str) -> Res
         .get_for_fill_leased(key, &[], ttl, "waiter", ttl)
         .await
         .map_err(|e| e.to_string())?;
-    assert!(matches!(busy.lease(), Lease::Busy(_)), "{busy:?}");
+    if !matches!(busy.lease(), Lease::Busy(_)) {
+        return Err(format!(
+            "{key}: the waiter did not find the lease busy: {busy:?}"
+        ));
+    }
     let stored = holder
         .fill(key, Stored::new(b"v".to_vec()), ttl, &token, &[])
         .await
         .map_err(|e| e.to_string())?;
-    assert!(stored);
+    if !stored {
+        return Err(format!("{key}: the holder's fill was refused"));
+    }
     tokio::time::timeout(Duration::from_secs(2), watch.notified())
         .await
         .map_err(|_| format!("{key}: the waiter was not woken by the fill"))
@@ -328,12 +338,12 @@ async fn wake_ups_cross_nodes_and_survive_a_lost_node() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for k in &keys {
-        let k = format!("{k}:after");
         let deadline = Instant::now() + Duration::from_secs(10);
         // The cluster connection may need a moment to learn the new map
         // (until then, operations on the lost node's slots fail: the cache
-        // degrades to its loader).
-        loop {
+        // degrades to its loader). Each attempt takes a key of its own.
+        for attempt in 0.. {
+            let k = format!("{k}:after{attempt}");
             match wake_up(&holder, &waiter, &k).await {
                 Ok(()) => break,
                 Err(e) => assert!(Instant::now() < deadline, "{k}: {e}"),
