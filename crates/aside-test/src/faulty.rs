@@ -271,6 +271,14 @@ impl<B: Backend> Backend for FaultyBackend<B> {
         self.inner.storage_key(key)
     }
 
+    async fn describe(
+        &self,
+        key: &str,
+        versions: &[String],
+    ) -> Result<aside::backend::StorageInfo, BackendError> {
+        self.run(Op::Read, self.inner.describe(key, versions)).await
+    }
+
     fn leases(&self) -> Option<&dyn Leases> {
         self.inner.leases().map(|_| self as &dyn Leases)
     }

@@ -38,6 +38,12 @@ pub enum ErrorKind {
     /// `0..1`, empty namespace, ...), an invalid URL, or a saved list that
     /// is not one ([`HotKeys::from_json`](crate::HotKeys::from_json)).
     Config,
+    /// Stored bytes are not an entry this build can read (foreign bytes, a
+    /// truncated entry, an unknown format or codec), or a payload does not
+    /// decode into the type asked for. Only [`Cache::inspect`](crate::Cache::inspect)
+    /// and [`EntryInfo::decode`](crate::EntryInfo::decode) return it: reads
+    /// count such an entry and treat it as a miss.
+    Decode,
 }
 
 /// The error type of every fallible aside operation.
@@ -130,6 +136,12 @@ impl Error {
     /// A value was too large to store.
     pub fn is_too_large(&self) -> bool {
         self.kind == ErrorKind::TooLarge
+    }
+
+    /// Stored bytes could not be read as an entry, or a payload as the type
+    /// asked for.
+    pub fn is_decode(&self) -> bool {
+        self.kind == ErrorKind::Decode
     }
 
     /// The loader's own error, if this is a loader error of type `E`.

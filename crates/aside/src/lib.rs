@@ -188,7 +188,9 @@ pub use backend::{
 #[cfg(feature = "postgres")]
 pub use bridge::{BridgeHandle, ChangeBridge, TableMap};
 pub use builder::CacheBuilder;
-pub use cache::{Cache, EntryOptions, Invalidation, Value, WarmOptions, WarmProgress};
+pub use cache::{
+    Cache, Dependency, EntryInfo, EntryOptions, Invalidation, Value, WarmOptions, WarmProgress,
+};
 pub use codec::{Codec, Compression};
 pub use error::{BackendError, Error, ErrorKind, Result};
 pub use hot::HotKeys;

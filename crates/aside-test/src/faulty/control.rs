@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Op {
-    /// Reads: `get`, `get_now`, `get_with_versions`, `get_many`.
+    /// Reads: `get`, `get_now`, `get_with_versions`, `get_many`, `describe`.
     Read,
     /// A load's first step: `get_for_fill`, `get_for_fill_many`, and their
     /// leased forms `get_for_fill_leased`, `get_for_fill_leased_many`.

@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use crate::error::BackendError;
 
+mod describe;
 mod memory;
 mod notify;
 #[cfg(feature = "redis")]
@@ -39,6 +40,7 @@ mod redis;
 mod stored;
 mod tier;
 
+pub use describe::{StorageInfo, without_password};
 pub use memory::{MemoryBackend, MemoryBackendBuilder};
 pub use notify::FillWatch;
 #[cfg(feature = "redis")]
@@ -245,6 +247,16 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// looking at the store (`redis-cli`). The default: the key as given.
     fn storage_key(&self, key: &str) -> String {
         key.to_owned()
+    }
+
+    /// What the store knows of the entry `key` beyond its bytes, for people
+    /// and tools ([`Cache::inspect`](crate::Cache::inspect)): where it keeps
+    /// the entry, its lease and the version tokens `versions`, how much
+    /// longer it keeps the entry, whether a load holds the lease. Creates
+    /// and changes nothing. The default knows the keys only
+    /// ([`storage_key`](Self::storage_key), the token names as given).
+    async fn describe(&self, key: &str, versions: &[String]) -> Result<StorageInfo, BackendError> {
+        Ok(StorageInfo::new(self.storage_key(key)).token_keys(versions.to_vec()))
     }
 
     /// The backend's leases, if it has them (backends shared by several

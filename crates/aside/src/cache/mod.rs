@@ -28,6 +28,7 @@ use throttle::Throttle;
 mod batch;
 mod deps;
 mod hot;
+mod inspect;
 mod lease;
 mod load;
 #[cfg(feature = "metrics")]
@@ -38,6 +39,7 @@ mod write;
 pub use batch::{WarmOptions, WarmProgress};
 pub use deps::EntryOptions;
 use deps::{Check, Deps, version_key};
+pub use inspect::{Dependency, EntryInfo};
 use load::Mode;
 pub use write::Invalidation;
 

@@ -10,7 +10,7 @@ use super::conn::RedisConnection;
 use super::scripts::FILLS_CHANNEL;
 use super::subscriber::Subscription;
 use super::{Fills, RedisBackend};
-use crate::backend::Notifier;
+use crate::backend::{Notifier, without_password};
 use crate::error::{Error, ErrorKind};
 
 /// Builds a [`RedisBackend`].
@@ -36,16 +36,6 @@ impl std::fmt::Debug for RedisBackendBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
             .finish_non_exhaustive()
-    }
-}
-
-/// The URL with its user information (user and password) replaced by `***`.
-fn without_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***{}", &url[..scheme_end], &url[at..])
-        }
-        _ => url.to_owned(),
     }
 }
 

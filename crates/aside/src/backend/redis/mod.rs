@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-use super::{Backend, BatchEntry, Capabilities, FillToken, Lease, Leases, Stored, fresh_token};
+use super::{
+    Backend, BatchEntry, Capabilities, FillToken, Lease, Leases, StorageInfo, Stored, fresh_token,
+};
 use crate::error::{BackendError, Error};
 
 mod backplane;
@@ -497,6 +499,26 @@ impl Backend for RedisBackend {
 
     fn storage_key(&self, key: &str) -> String {
         data(key)
+    }
+
+    async fn describe(&self, key: &str, versions: &[String]) -> Result<StorageInfo, BackendError> {
+        // The entry and its lease share a hash tag: one slot, so one
+        // pipeline on a cluster too.
+        let mut conn = self.conn.clone();
+        let (pttl, leased): (i64, bool) = redis::pipe()
+            .cmd("PTTL")
+            .arg(data(key))
+            .cmd("EXISTS")
+            .arg(lease(key))
+            .query_async(&mut conn)
+            .await
+            .map_err(failed)?;
+        // PTTL: -2 for no key, -1 for a key without expiry.
+        let expires_in = u64::try_from(pttl).ok().map(Duration::from_millis);
+        Ok(StorageInfo::new(data(key))
+            .token_keys(versions.iter().map(|v| token_key(v)).collect())
+            .lease(lease(key), leased)
+            .expires_in(expires_in))
     }
 
     async fn ping(&self) -> Result<(), BackendError> {

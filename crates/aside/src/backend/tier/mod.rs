@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 
 use super::{
     Backend, Backplane, BackplaneListener, BackplaneSubscription, BatchEntry, Capabilities,
-    FillToken, Leases, Stored,
+    FillToken, Leases, StorageInfo, Stored,
 };
 use crate::error::{BackendError, Error};
 
@@ -621,6 +621,11 @@ impl Backend for TieredBackend {
 
     fn storage_key(&self, key: &str) -> String {
         self.inner.l2.storage_key(key)
+    }
+
+    async fn describe(&self, key: &str, versions: &[String]) -> Result<StorageInfo, BackendError> {
+        // The shared tier is the one other processes see.
+        self.inner.l2.describe(key, versions).await
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
