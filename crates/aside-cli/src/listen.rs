@@ -10,7 +10,7 @@ use aside::bridge::{BridgeEvent, ChangeBridge, DEFAULT_CHANNEL, TableMap};
 use aside::{Cache, Invalidation, RedisBackend};
 use sqlx::postgres::PgPoolOptions;
 
-use crate::demo::redact;
+use aside::backend::without_password as redact;
 
 /// How long queued invalidations may take to land when stopping.
 const FLUSH_WITHIN: Duration = Duration::from_secs(5);

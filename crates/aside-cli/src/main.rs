@@ -10,14 +10,27 @@
 //!
 //! `aside listen` runs the PostgreSQL change bridge: committed row changes
 //! in the mapped tables invalidate a Redis-backed cache, until Ctrl-C.
+//!
+//! `aside stats`, `aside inspect` and `aside invalidate` are the admin
+//! commands: hit ratio and counters (from a service's Prometheus page or
+//! from Redis), one entry decoded, and invalidations by key, tag or
+//! namespace.
+//!
+//! Every command but `listen` writes one JSON document on stdout with
+//! `--json`; progress bars go to stderr, only when it is a terminal.
 
 use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod connect;
 mod demo;
+mod inspect;
+mod invalidate;
 mod listen;
+mod output;
+mod stats;
 mod warm;
 
 /// The aside command line.
@@ -41,6 +54,15 @@ enum Command {
     /// keys, a saved hot-keys list or every product, loading the misses in
     /// chunks, and print how many were loaded, already cached or failed.
     Warm(warm::WarmArgs),
+    /// Hit ratio and counters: aside's, from a service's Prometheus page
+    /// (--metrics-url), or the server's, from Redis (--redis).
+    Stats(stats::StatsArgs),
+    /// One cache entry as stored in Redis, decoded: its Redis keys, TTL,
+    /// expiry, codec and size, the tag and namespace tokens it was stamped
+    /// with beside the current ones, its lease, and its value.
+    Inspect(inspect::InspectArgs),
+    /// Invalidate keys, tags or a whole namespace of a Redis-backed cache.
+    Invalidate(invalidate::InvalidateArgs),
 }
 
 #[tokio::main]
@@ -50,6 +72,9 @@ async fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args).await,
         Command::Listen(args) => listen::run(args).await,
         Command::Warm(args) => warm::run(args).await,
+        Command::Stats(args) => stats::run(args).await,
+        Command::Inspect(args) => inspect::run(args).await,
+        Command::Invalidate(args) => invalidate::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

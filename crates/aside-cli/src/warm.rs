@@ -2,16 +2,18 @@
 //! way a new instance fills its cache before it takes traffic.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal as _, Write as _};
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use aside::{Cache, HotKeys, Key, MemoryBackend, WarmOptions};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::connect::{checked_redis, redact};
 use crate::demo::db::{Db, Product};
-use crate::demo::{checked_redis, redact, unique_namespace};
+use crate::demo::unique_namespace;
+use crate::output::{print_json, show_progress};
 
 /// Options of `aside warm`.
 #[derive(Debug, Clone, clap::Args)]
@@ -51,6 +53,9 @@ pub struct WarmArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+    /// One JSON document on stdout instead of the summary; no progress bar.
+    #[arg(long)]
+    json: bool,
 }
 
 impl WarmArgs {
@@ -114,7 +119,7 @@ fn product_id(key: &str) -> Option<i64> {
 /// Seeds the table, warms the cache and prints the summary on stdout.
 pub async fn run(args: WarmArgs) -> anyhow::Result<()> {
     args.validate()?;
-    let show_progress = !args.quiet && std::io::stdout().is_terminal();
+    let show = show_progress(args.quiet, args.json);
     let namespace = args.namespace.clone().unwrap_or_else(unique_namespace);
     let (keys, source) = args.keys()?;
     // Keys that name no product would be cached as "not found": say so
@@ -123,19 +128,22 @@ pub async fn run(args: WarmArgs) -> anyhow::Result<()> {
         keys.into_iter().partition(|k| product_id(k).is_some());
     let cache = build_cache(&args, &namespace).await?;
 
+    let store = match &args.redis {
+        Some(url) => format!("Redis at {}", redact(url)),
+        None => "in process (memory backend)".to_owned(),
+    };
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "aside warm: {} keys from {source}; {} products in SQLite; cache: {}, namespace {namespace:?}, ttl {}s",
-        keys.len(),
-        args.rows,
-        match &args.redis {
-            Some(url) => format!("Redis at {}", redact(url)),
-            None => "in process (memory backend)".to_owned(),
-        },
-        args.ttl
-    )?;
-    if !foreign.is_empty() {
+    if !args.json {
+        writeln!(
+            out,
+            "aside warm: {} keys from {source}; {} products in SQLite; cache: {}, namespace {namespace:?}, ttl {}s",
+            keys.len(),
+            args.rows,
+            store,
+            args.ttl
+        )?;
+    }
+    if !foreign.is_empty() && !args.json {
         writeln!(
             out,
             "skipped {} keys that are not product:<id> (first: {:?})",
@@ -152,7 +160,7 @@ pub async fn run(args: WarmArgs) -> anyhow::Result<()> {
     let db = Db::open(&dir.path().join("warm.db")).await?;
     db.seed(args.rows, args.seed).await?;
 
-    let bar = progress_bar(show_progress, keys.len());
+    let bar = progress_bar(show, keys.len());
     let progress = bar.clone();
     let options = WarmOptions::new()
         .chunk_size(args.chunk_size)
@@ -187,16 +195,31 @@ pub async fn run(args: WarmArgs) -> anyhow::Result<()> {
         .await
         .context("could not warm the cache")?;
     let took = started.elapsed();
-    bar.finish_and_clear();
+    bar.finish();
     db.close().await;
 
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "keys: {}", report.total)?;
-    writeln!(out, "loaded: {}", report.loaded)?;
-    writeln!(out, "already cached: {}", report.cached_already)?;
-    writeln!(out, "failed: {}", report.failed)?;
-    writeln!(out, "time: {:.3}s", took.as_secs_f64())?;
-    out.flush()?;
+    if args.json {
+        print_json(&serde_json::json!({
+            "source": source,
+            "cache": store,
+            "namespace": namespace,
+            "keys": report.total,
+            "loaded": report.loaded,
+            "cached_already": report.cached_already,
+            "failed": report.failed,
+            "skipped": foreign.len(),
+            "first_skipped": foreign.first(),
+            "seconds": took.as_secs_f64(),
+        }))?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "keys: {}", report.total)?;
+        writeln!(out, "loaded: {}", report.loaded)?;
+        writeln!(out, "already cached: {}", report.cached_already)?;
+        writeln!(out, "failed: {}", report.failed)?;
+        writeln!(out, "time: {:.3}s", took.as_secs_f64())?;
+        out.flush()?;
+    }
     if let Some(e) = report.first_error {
         return Err(anyhow::Error::new(e).context(format!("{} keys failed", report.failed)));
     }
@@ -232,7 +255,9 @@ fn progress_bar(show: bool, total: usize) -> ProgressBar {
             |_| ProgressStyle::default_bar(),
             |s| s.progress_chars("=> "),
         );
-    ProgressBar::new(total as u64).with_style(style)
+    // On stderr: stdout is the summary's.
+    ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr())
+        .with_style(style)
 }
 
 #[cfg(test)]

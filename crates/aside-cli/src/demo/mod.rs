@@ -5,17 +5,20 @@ mod naive;
 mod report;
 mod workload;
 
-use std::io::{IsTerminal as _, Write as _};
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, ensure};
-use aside::{Cache, MemoryBackend, RedisBackend};
-use indicatif::{ProgressBar, ProgressStyle};
+use aside::{Cache, MemoryBackend};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use db::{Db, Product};
+use db::Db;
 use naive::Naive;
 use workload::{Plan, Reads, Versions};
+
+use crate::connect::{checked_redis, redact};
+use crate::output::{print_json, show_progress};
 
 /// The largest table the demo seeds (and keeps versions for in memory).
 const MAX_ROWS: u64 = 10_000_000;
@@ -76,6 +79,10 @@ pub struct DemoArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+    /// One JSON document on stdout (setup, the three runs, aside's
+    /// counters) instead of the report; no progress bars.
+    #[arg(long)]
+    json: bool,
 }
 
 impl DemoArgs {
@@ -144,37 +151,37 @@ impl DemoArgs {
 /// Runs the demo and prints its report on stdout.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     args.validate()?;
-    let show_progress = !args.quiet && std::io::stdout().is_terminal();
+    let show = show_progress(args.quiet, args.json);
     let namespace = args.namespace.clone().unwrap_or_else(unique_namespace);
     let (cache, naive) = build_caches(&args, &namespace).await?;
     let plan = args.plan();
+    let store = match &args.redis {
+        Some(url) => format!("Redis at {}", redact(url)),
+        None => format!(
+            "in process (memory backend, {})",
+            capacity(args.cache_entries(), args.rows)
+        ),
+    };
 
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "aside demo: {} products in SQLite; cache: {}, namespace {namespace:?}, ttl {}s",
-        args.rows,
-        match &args.redis {
-            Some(url) => format!("Redis at {}", redact(url)),
-            None => format!(
-                "in process (memory backend, {})",
-                capacity(args.cache_entries(), args.rows)
-            ),
-        },
-        args.ttl
-    )?;
-    writeln!(
-        out,
-        "workload: {} tasks for {}s per run, Zipf exponent {}, {}% writes, seed {}; \
-         every database read waits {} ms after its SELECT",
-        args.concurrency,
-        args.duration,
-        args.zipf,
-        args.write_share * 100.0,
-        args.seed,
-        args.load_delay_ms
-    )?;
-    drop(out);
+    if !args.json {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "aside demo: {} products in SQLite; cache: {store}, namespace {namespace:?}, ttl {}s",
+            args.rows, args.ttl
+        )?;
+        writeln!(
+            out,
+            "workload: {} tasks for {}s per run, Zipf exponent {}, {}% writes, seed {}; \
+             every database read waits {} ms after its SELECT",
+            args.concurrency,
+            args.duration,
+            args.zipf,
+            args.write_share * 100.0,
+            args.seed,
+            args.load_delay_ms
+        )?;
+    }
 
     let dir = tempfile::Builder::new()
         .prefix("aside-demo-")
@@ -182,37 +189,56 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .context("could not create a temporary directory for the database")?;
     let db = Db::open(&dir.path().join("demo.db")).await?;
     let started = Instant::now();
-    let bar = spinner(show_progress, format!("seeding {} products", args.rows));
+    let bar = spinner(show, format!("seeding {} products", args.rows));
     db.seed(args.rows, args.seed).await?;
     bar.finish_and_clear();
-    writeln!(
-        std::io::stdout().lock(),
-        "seeded {} products in {:.2}s",
-        args.rows,
-        started.elapsed().as_secs_f64()
-    )?;
+    let seeded_in = started.elapsed();
+    if !args.json {
+        writeln!(
+            std::io::stdout().lock(),
+            "seeded {} products in {:.2}s",
+            args.rows,
+            seeded_in.as_secs_f64()
+        )?;
+    }
 
     let versions = Arc::new(Versions::new(args.rows));
-    let bar = timed_bar(show_progress, "aside   ", plan.duration);
+    let bar = timed_bar(show, "aside   ", plan.duration);
     let cached = workload::run(plan, &db, Reads::Cached(cache.clone()), &versions, &bar).await?;
     let stats = cache.stats();
-    let bar = timed_bar(show_progress, "naive   ", plan.duration);
+    let bar = timed_bar(show, "naive   ", plan.duration);
     let naive = workload::run(plan, &db, Reads::Naive(naive), &versions, &bar).await?;
-    let bar = timed_bar(show_progress, "no cache", plan.duration);
+    let bar = timed_bar(show, "no cache", plan.duration);
     let direct = workload::run(plan, &db, Reads::Direct, &versions, &bar).await?;
     db.close().await;
 
+    let runs = report::Runs {
+        aside: &cached,
+        stats: &stats,
+        naive: &naive,
+        direct: &direct,
+    };
+    if args.json {
+        return print_json(&report::json(
+            &runs,
+            serde_json::json!({
+                "rows": args.rows,
+                "cache": store,
+                "namespace": namespace,
+                "ttl_seconds": args.ttl,
+                "duration_seconds": args.duration,
+                "concurrency": args.concurrency,
+                "zipf": args.zipf,
+                "write_share": args.write_share,
+                "seed": args.seed,
+                "load_delay_ms": args.load_delay_ms,
+                "seeded_seconds": seeded_in.as_secs_f64(),
+            }),
+        ));
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out)?;
-    report::write(
-        &mut out,
-        &report::Runs {
-            aside: &cached,
-            stats: &stats,
-            naive: &naive,
-            direct: &direct,
-        },
-    )?;
+    report::write(&mut out, &runs)?;
     out.flush()?;
     Ok(())
 }
@@ -246,26 +272,6 @@ async fn build_caches(args: &DemoArgs, namespace: &str) -> anyhow::Result<(Cache
     Ok((cache, naive))
 }
 
-/// A Redis backend at `url`, checked to answer.
-pub(crate) async fn checked_redis(url: &str, namespace: &str) -> anyhow::Result<RedisBackend> {
-    let backend =
-        RedisBackend::new(url).with_context(|| format!("invalid --redis URL {}", redact(url)))?;
-    // `get_or_load` quietly falls back to the database when Redis is down;
-    // a run against an unreachable Redis would measure nothing, so ask first
-    // (through a separate cache, to keep the measured one's counters clean).
-    let probe = Cache::builder()
-        .namespace(namespace)
-        .backend(backend.clone())
-        .backend_timeout(Duration::from_secs(2))
-        .build()
-        .context("invalid cache options (check --namespace)")?;
-    probe
-        .get::<Product>("probe")
-        .await
-        .with_context(|| format!("could not reach Redis at {}", redact(url)))?;
-    Ok(backend)
-}
-
 /// The in-process cache's capacity, and whether the table fits in it.
 fn capacity(entries: u64, rows: u64) -> String {
     if entries >= rows {
@@ -283,16 +289,6 @@ pub(crate) fn unique_namespace() -> String {
     format!("aside-demo-{}-{ms}", std::process::id())
 }
 
-/// The URL without its password.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***{}", &url[..scheme_end], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 fn spinner(show: bool, message: String) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
@@ -307,11 +303,20 @@ fn timed_bar(show: bool, label: &'static str, duration: Duration) -> ProgressBar
         return ProgressBar::hidden();
     }
     let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-    let style = ProgressStyle::with_template("{prefix} [{bar:40}] {elapsed:>3} {msg}").map_or_else(
+    // The message is the run's operation count so far ("12345 ops").
+    let template = format!(
+        "{{prefix}} [{{bar:40}}] {{elapsed:>3}} of {:.0}s {{msg}}",
+        duration.as_secs_f64()
+    );
+    let style = ProgressStyle::with_template(&template).map_or_else(
         |_| ProgressStyle::default_bar(),
         |s| s.progress_chars("=> "),
     );
-    ProgressBar::new(ms).with_style(style).with_prefix(label)
+    // On stderr (stdout is the report's), and left on screen when the run
+    // ends, so the three runs' counts stay visible.
+    ProgressBar::with_draw_target(Some(ms), ProgressDrawTarget::stderr())
+        .with_style(style)
+        .with_prefix(label)
 }
 
 #[cfg(test)]
@@ -382,14 +387,5 @@ mod tests {
             let argv = std::iter::once("demo").chain(argv.iter().copied());
             assert!(Wrapper::try_parse_from(argv).is_err());
         }
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("redis://:secret@host:6379/0"),
-            "redis://***@host:6379/0"
-        );
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

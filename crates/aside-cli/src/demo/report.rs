@@ -202,3 +202,47 @@ fn summary(cached: &Outcome, stats: &Stats, direct: &Outcome) -> String {
 fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }
 }
+
+/// The runs as one JSON document: `setup` as given, each run's figures,
+/// and aside's counters.
+pub fn json(runs: &Runs<'_>, setup: serde_json::Value) -> serde_json::Value {
+    let s = runs.stats;
+    serde_json::json!({
+        "setup": setup,
+        "runs": {
+            "aside": run_json(runs.aside),
+            "naive": run_json(runs.naive),
+            "no_cache": run_json(runs.direct),
+        },
+        "aside_stats": {
+            "hit_ratio": s.hit_ratio(),
+            "hits": s.hits,
+            "negative_hits": s.negative_hits,
+            "misses": s.misses,
+            "loads": s.loads,
+            "stale_fills_rejected": s.stale_fills_rejected,
+            "backend_errors": s.backend_errors,
+            "backend_timeouts": s.backend_timeouts,
+            "backend_skipped": s.backend_skipped,
+        },
+    })
+}
+
+fn run_json(o: &Outcome) -> serde_json::Value {
+    let q = |quantile: f64| (!o.latency.is_empty()).then(|| o.latency.value_at_quantile(quantile));
+    serde_json::json!({
+        "operations": o.ops(),
+        "reads": o.reads,
+        "writes": o.writes,
+        "hit_ratio": o.hit_ratio,
+        "database_queries": o.db_queries,
+        "loader_calls": o.loader_calls,
+        "read_us": { "p50": q(0.50), "p95": q(0.95), "p99": q(0.99) },
+        "ops_per_second": per_second(o.ops(), o),
+        "stale_reads": o.stale,
+        // With no cache there is no invalidation to be stale after.
+        "stale_after_invalidation": o.loader_calls.map(|_| o.stale_after_invalidation),
+        "invalidate_errors": o.invalidate_errors,
+        "seconds": o.elapsed.as_secs_f64(),
+    })
+}

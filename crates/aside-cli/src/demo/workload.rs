@@ -192,7 +192,8 @@ pub async fn run(
         }
     }
     let elapsed = started.elapsed();
-    bar.finish_and_clear();
+    bar.set_message(format!("{} ops", shared.ops.load(Ordering::Relaxed)));
+    bar.finish();
     if let Some(e) = first_error {
         return Err(e);
     }

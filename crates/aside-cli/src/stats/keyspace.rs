@@ -1,0 +1,185 @@
+//! Server-side figures of a Redis: `INFO stats` and `INFO memory`,
+//! `DBSIZE`, and optionally a count of one namespace's keys by `SCAN`
+//! (with the namespace escaped in the pattern: a namespace is data, never
+//! a glob).
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+use aside::backend::RedisConnection;
+
+use crate::connect::REDIS_TIMEOUT;
+
+/// What `INFO` and `DBSIZE` said.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct ServerFigures {
+    pub keyspace_hits: u64,
+    pub keyspace_misses: u64,
+    pub evicted_keys: u64,
+    pub expired_keys: u64,
+    pub used_memory: u64,
+    pub keys: u64,
+}
+
+impl ServerFigures {
+    pub fn hit_ratio(&self) -> Option<f64> {
+        let total = self.keyspace_hits + self.keyspace_misses;
+        (total > 0).then(|| self.keyspace_hits as f64 / total as f64)
+    }
+}
+
+/// One namespace's keys, by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct NamespaceKeys {
+    /// Entries (`{ns:key}`).
+    pub entries: u64,
+    /// Tag tokens (`{ns}:t:<tag>`).
+    pub tag_tokens: u64,
+    /// The namespace's version token (`{ns}:n`) is there.
+    pub namespace_token: bool,
+    /// Markers, leases and waiter flags of entries.
+    pub other: u64,
+}
+
+async fn query<T: redis::FromRedisValue>(
+    conn: &mut RedisConnection,
+    cmd: &redis::Cmd,
+    what: &str,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(REDIS_TIMEOUT, cmd.query_async::<T>(conn))
+        .await
+        .map_err(|_| anyhow::anyhow!("{what}: no answer within {REDIS_TIMEOUT:?}"))?
+        .with_context(|| what.to_owned())
+}
+
+/// `INFO stats`, `INFO memory`, `DBSIZE`.
+pub(crate) async fn server(conn: &mut RedisConnection) -> anyhow::Result<ServerFigures> {
+    let stats: String = query(conn, redis::cmd("INFO").arg("stats"), "INFO stats").await?;
+    let memory: String = query(conn, redis::cmd("INFO").arg("memory"), "INFO memory").await?;
+    let keys: u64 = query(conn, &redis::cmd("DBSIZE"), "DBSIZE").await?;
+    let text = format!("{stats}\n{memory}");
+    let info = info_fields(&text);
+    let field = |name: &str| -> anyhow::Result<u64> {
+        info.get(name)
+            .with_context(|| format!("INFO has no {name}"))?
+            .parse()
+            .with_context(|| format!("INFO {name} is not a number"))
+    };
+    Ok(ServerFigures {
+        keyspace_hits: field("keyspace_hits")?,
+        keyspace_misses: field("keyspace_misses")?,
+        evicted_keys: field("evicted_keys")?,
+        expired_keys: field("expired_keys")?,
+        used_memory: field("used_memory")?,
+        keys,
+    })
+}
+
+/// The `field:value` lines of an `INFO` reply.
+fn info_fields(info: &str) -> HashMap<&str, &str> {
+    info.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.trim_end().split_once(':'))
+        .collect()
+}
+
+/// `s` with Redis glob characters escaped: it matches itself only.
+pub(crate) fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Counts the keys of `namespace` with `SCAN` (never `KEYS`, which blocks
+/// the server): every key starting `{namespace`, then classified exactly.
+pub(crate) async fn namespace_keys(
+    conn: &mut RedisConnection,
+    namespace: &str,
+) -> anyhow::Result<NamespaceKeys> {
+    let pattern = format!("{{{}*", glob_escape(namespace));
+    let entry = format!("{{{namespace}:");
+    let tokens = format!("{{{namespace}}}:");
+    let mut found = NamespaceKeys::default();
+    let mut cursor: u64 = 0;
+    loop {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000);
+        let (next, keys): (u64, Vec<String>) = query(conn, &scan, "SCAN").await?;
+        for key in &keys {
+            classify(key, &entry, &tokens, &mut found);
+        }
+        if next == 0 {
+            return Ok(found);
+        }
+        cursor = next;
+    }
+}
+
+fn classify(key: &str, entry: &str, tokens: &str, found: &mut NamespaceKeys) {
+    if let Some(token) = key.strip_prefix(tokens) {
+        if token == "n" {
+            found.namespace_token = true;
+        } else if token.starts_with("t:") {
+            found.tag_tokens += 1;
+        }
+    } else if key.starts_with(entry) {
+        if key.ends_with('}') {
+            found.entries += 1;
+        } else {
+            found.other += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(glob_escape("shop"), "shop");
+        assert_eq!(glob_escape("a*b?c[d]e\\f"), "a\\*b\\?c\\[d\\]e\\\\f");
+    }
+
+    #[test]
+    fn keys_are_classified_exactly() {
+        let mut found = NamespaceKeys::default();
+        for key in [
+            "{shop:product:1}",
+            "{shop:product:1}:g",
+            "{shop:product:2}:l",
+            "{shop:a}b}",
+            "{shop}:n",
+            "{shop}:t:category:7",
+            "{shopping:product:1}",
+            "{shopping}:n",
+        ] {
+            classify(key, "{shop:", "{shop}:", &mut found);
+        }
+        assert_eq!(
+            found,
+            NamespaceKeys {
+                entries: 2,
+                tag_tokens: 1,
+                namespace_token: true,
+                other: 2
+            }
+        );
+    }
+
+    #[test]
+    fn info_lines_are_read() {
+        let info = info_fields("# Stats\r\nkeyspace_hits:12\r\nkeyspace_misses:3\r\n");
+        assert_eq!(info.get("keyspace_hits"), Some(&"12"));
+        assert_eq!(info.get("keyspace_misses"), Some(&"3"));
+    }
+}
