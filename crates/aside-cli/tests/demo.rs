@@ -164,3 +164,49 @@ fn bad_options_fail_with_a_readable_message() {
         "{stderr}"
     );
 }
+
+/// `--json`: one JSON document on stdout (no report lines, no bars), with
+/// the setup, the three runs and aside's counters.
+#[test]
+fn demo_json_is_one_document() {
+    let output = run_demo(&[
+        "--rows",
+        "500",
+        "--duration",
+        "0.5",
+        "--concurrency",
+        "4",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.is_empty(), "stderr: {stderr}");
+    let doc: serde_json::Value = match serde_json::from_str(&stdout) {
+        Ok(v) => v,
+        Err(e) => panic!("not one JSON document ({e}):\n{stdout}"),
+    };
+    assert_eq!(doc["setup"]["rows"], 500);
+    assert_eq!(doc["setup"]["concurrency"], 4);
+    let runs = &doc["runs"];
+    for run in ["aside", "naive", "no_cache"] {
+        let reads = runs[run]["reads"].as_u64().unwrap_or(0);
+        let ops = runs[run]["operations"].as_u64().unwrap_or(0);
+        assert!(reads > 0 && ops >= reads, "{run}: {doc}");
+        assert!(
+            runs[run]["read_us"]["p50"].as_u64().is_some(),
+            "{run}: {doc}"
+        );
+    }
+    assert_eq!(runs["aside"]["stale_after_invalidation"], 0, "{doc}");
+    assert_eq!(runs["no_cache"]["stale_reads"], 0, "{doc}");
+    assert!(runs["no_cache"]["stale_after_invalidation"].is_null());
+    assert!(runs["no_cache"]["hit_ratio"].is_null());
+    assert_eq!(
+        runs["no_cache"]["database_queries"],
+        runs["no_cache"]["reads"]
+    );
+    let hit_ratio = doc["aside_stats"]["hit_ratio"].as_f64().unwrap_or(-1.0);
+    assert!((0.0..=1.0).contains(&hit_ratio), "{doc}");
+    assert_eq!(runs["aside"]["hit_ratio"].as_f64(), Some(hit_ratio));
+}

@@ -112,3 +112,23 @@ fn a_second_run_on_redis_finds_the_keys_cached() {
     assert_eq!(summary(&warm(&args)), (1500, 1500, 0, 0));
     assert_eq!(summary(&warm(&args)), (1500, 0, 1500, 0));
 }
+
+/// `--json`: one JSON document with the summary's figures.
+#[test]
+fn warm_json_is_one_document() {
+    let (_dir, path) = temp_file("keys.txt", "product:1\nproduct:2\nuser:7\n");
+    let out = warm(&["--keys", &path, "--rows", "100", "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let doc: serde_json::Value = match serde_json::from_str(&stdout) {
+        Ok(v) => v,
+        Err(e) => panic!("not one JSON document ({e}):\n{stdout}"),
+    };
+    assert_eq!(doc["keys"], 2);
+    assert_eq!(doc["loaded"], 2);
+    assert_eq!(doc["cached_already"], 0);
+    assert_eq!(doc["failed"], 0);
+    assert_eq!(doc["skipped"], 1);
+    assert_eq!(doc["first_skipped"], "user:7");
+    assert!(doc["seconds"].as_f64().is_some());
+}

@@ -77,7 +77,7 @@ async fn from_metrics(url: &str, args: &StatsArgs) -> anyhow::Result<()> {
     table
         .load_preset(UTF8_FULL_CONDENSED)
         .set_header(std::iter::once("cache").chain(caches.keys().map(String::as_str)));
-    let measures: [(&str, fn(&CacheFigures) -> String); 17] = [
+    let measures: [(&str, Measure); 17] = [
         ("hit ratio", |f| percent(f.hit_ratio())),
         ("hits", |f| count(f.hits)),
         ("negative hits", |f| count(f.negative)),
@@ -123,6 +123,9 @@ async fn from_metrics(url: &str, args: &StatsArgs) -> anyhow::Result<()> {
     out.flush()?;
     Ok(())
 }
+
+/// One row of the table: a figure of a cache, written out.
+type Measure = fn(&CacheFigures) -> String;
 
 /// Counters are integers; the text format writes them as floats.
 fn count(v: f64) -> String {
