@@ -334,3 +334,134 @@ fn bad_input_fails_with_one_line() {
         assert!(out.stderr.contains("Usage"), "{out:?}");
     }
 }
+
+/// Under the least-privilege user of the README ("Running against a
+/// locked-down Redis"), `inspect` and `invalidate` work; `stats --redis`
+/// needs `+info +dbsize +scan` besides, and says so when refused.
+#[test]
+fn admin_commands_under_the_readmes_acl_user() {
+    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let rt = runtime();
+    let acl = "on >pw resetkeys ~{shop:* ~{shop}:* resetchannels &aside:fills &aside:events -@all \
+               +get +mget +set +del +pexpire +pttl +exists +type +publish +subscribe +unsubscribe \
+               +ping +evalsha +eval +script|load";
+    rt.block_on(async {
+        let mut admin = redis::Client::open(redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let mut set_user = redis::cmd("ACL");
+        set_user.arg("SETUSER").arg("shop");
+        for rule in acl.split_whitespace() {
+            set_user.arg(rule);
+        }
+        set_user.query_async::<()>(&mut admin).await.unwrap();
+    });
+    let url = redis.url().replacen("redis://", "redis://shop:pw@", 1);
+    let cache = rt.block_on(async {
+        Cache::builder()
+            .namespace("shop")
+            .backend(RedisBackend::new(&url).unwrap())
+            .build()
+            .unwrap()
+    });
+    rt.block_on(async {
+        load(&cache, 1, 7).await;
+    });
+    let doc = aside(&[
+        "inspect",
+        "product:1",
+        "--redis",
+        &url,
+        "--namespace",
+        "shop",
+        "--json",
+    ])
+    .json();
+    assert_eq!(doc["current"], true);
+    let done = aside(&[
+        "invalidate",
+        "--redis",
+        &url,
+        "--namespace",
+        "shop",
+        "--tag",
+        "category:7",
+    ]);
+    assert!(done.ok(), "{done:?}");
+    let doc = aside(&[
+        "inspect",
+        "product:1",
+        "--redis",
+        &url,
+        "--namespace",
+        "shop",
+        "--json",
+    ])
+    .json();
+    assert_eq!(doc["current"], false);
+
+    let refused = aside(&["stats", "--redis", &url]).error().to_owned();
+    assert!(
+        refused.contains("no permissions to run the 'info' command") && !refused.contains(":pw@"),
+        "{refused}"
+    );
+    rt.block_on(async {
+        let mut admin = redis::Client::open(redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("shop")
+            .arg("+info")
+            .arg("+dbsize")
+            .arg("+scan")
+            .query_async::<()>(&mut admin)
+            .await
+            .unwrap();
+    });
+    let doc = aside(&["stats", "--redis", &url, "--namespace", "shop", "--json"]).json();
+    assert_eq!(doc["namespace"]["entries"], 1);
+}
+
+/// Redis answers the connection check, then takes no write (`CLIENT PAUSE
+/// WRITE`): the invalidation is queued, retried for a while, and reported
+/// as not applied, with a non-zero exit (the queue ends with the process).
+#[test]
+fn an_invalidation_redis_does_not_take_is_reported_not_applied() {
+    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let url = redis.url();
+    let rt = runtime();
+    rt.block_on(async {
+        let mut admin = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(20_000)
+            .arg("WRITE")
+            .query_async::<()>(&mut admin)
+            .await
+            .unwrap();
+    });
+    let out = aside(&[
+        "invalidate",
+        "--redis",
+        &url,
+        "--namespace",
+        "shop",
+        "--key",
+        "k",
+    ]);
+    let message = out.error();
+    assert!(
+        message.contains("did not take the invalidation, which may not have been applied"),
+        "{message}"
+    );
+    assert_eq!(out.code, Some(1));
+}
