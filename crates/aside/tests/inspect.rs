@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use aside::{Cache, Codec, Compression, EntryOptions, MemoryBackend, RedisBackend};
+use aside::{Cache, Codec, Compression, EntryOptions, MemoryBackend, RedisBackend, TieredBackend};
 use aside_test::RedisServer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -133,6 +133,28 @@ async fn redis_entries_show_their_keys_ttl_and_lease() {
     assert_eq!(info.dependencies[0].storage_key, "{shop}:t:category:7");
     assert_eq!(info.dependencies[1].storage_key, "{shop}:t:brand:3");
     assert!(cache.inspect("product:43").await.unwrap().is_none());
+}
+
+/// A two-level cache shows the shared tier: what other processes see.
+#[tokio::test]
+async fn tiered_entries_show_the_shared_tier() {
+    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let events = RedisBackend::new(&redis.url()).unwrap();
+    let backend = TieredBackend::builder(RedisBackend::new(&redis.url()).unwrap())
+        .backplane(events.backplane("aside:events").unwrap())
+        .build()
+        .unwrap();
+    let cache = Cache::builder()
+        .namespace("tier")
+        .ttl(Duration::from_secs(60))
+        .backend(backend)
+        .build()
+        .unwrap();
+    let info = entry_and_its_tags(&cache).await;
+    assert_eq!(info.storage.entry_key, "{tier:product:42}");
+    assert_eq!(info.storage.lease_held, Some(false));
+    assert!(info.storage.expires_in.is_some());
+    assert_eq!(info.dependencies[0].storage_key, "{tier}:t:category:7");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
