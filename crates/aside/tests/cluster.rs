@@ -69,6 +69,34 @@ async fn cluster_backend_conforms() {
     conformance::run_leases(make).await;
 }
 
+/// `inspect` on a cluster: the entry, its lease (one pipeline on the
+/// entry's slot) and its tokens (on the namespace's slot), for keys on
+/// every primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_are_inspected_on_every_primary() {
+    let cluster = cluster(0);
+    let cache = cache(&cluster, "seen");
+    let keys: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
+    assert_eq!(primaries(&cluster, &cache, &keys).len(), 3);
+    let opts = aside::EntryOptions::new().tag("t");
+    for (i, key) in keys.iter().enumerate() {
+        cache.set_with(key, i, &opts).await.unwrap();
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let info = cache.inspect(key).await.unwrap().expect("stored");
+        assert_eq!(info.decode::<usize>().unwrap(), Some(i));
+        assert_eq!(info.storage.entry_key, format!("{{seen:{key}}}"));
+        assert_eq!(info.storage.lease_held, Some(false));
+        assert!(info.storage.expires_in.is_some());
+        let tags: Vec<Option<&str>> = info.dependencies.iter().map(|d| d.tag.as_deref()).collect();
+        assert_eq!(tags, [None, Some("t")]);
+        assert!(info.is_current());
+    }
+    cache.invalidate_tag("t").await.unwrap();
+    let info = cache.inspect(&keys[0]).await.unwrap().expect("stored");
+    assert!(!info.is_current() && info.dependencies[0].holds());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_operations_on_every_primary() {
     let cluster = cluster(0);
