@@ -11,8 +11,9 @@ use serde::Deserialize;
 
 use crate::AppState;
 
-/// The header a write's response carries when its invalidation was queued
-/// (see [`invalidated`]).
+/// The header a `PUT` or `DELETE` response carries, with the value
+/// `queued`, when the write's invalidation could not reach the cache
+/// backend and was queued for retry.
 pub const INVALIDATION_HEADER: &str = "x-cache-invalidation";
 
 /// The service's routes over `state`.

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use aside_example_service::INVALIDATION_HEADER;
 use aside_example_service::{AppState, Config, Product, router};
 use aside_test::RedisServer;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{HeaderMap, Method, Request, StatusCode};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
@@ -24,8 +25,8 @@ struct Service {
     state: AppState,
     client: Client<HttpConnector, Full<Bytes>>,
     server: tokio::task::JoinHandle<()>,
-    /// Keeps the test's Redis running (PostgreSQL is shared by the binary).
-    _redis: Option<RedisServer>,
+    /// The test's Redis, if any (PostgreSQL is shared by the binary).
+    redis: Option<RedisServer>,
 }
 
 impl Drop for Service {
@@ -37,6 +38,7 @@ impl Drop for Service {
 /// What a request got back.
 struct Reply {
     status: StatusCode,
+    headers: HeaderMap,
     body: Bytes,
 }
 
@@ -62,7 +64,7 @@ impl Service {
             state,
             client,
             server,
-            _redis: redis,
+            redis,
         }
     }
 
@@ -77,9 +79,13 @@ impl Service {
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .unwrap();
         let response = self.client.request(request).await.unwrap();
-        let status = response.status();
+        let (status, headers) = (response.status(), response.headers().clone());
         let body = response.into_body().collect().await.unwrap().to_bytes();
-        Reply { status, body }
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     async fn get(&self, id: i64) -> Reply {
@@ -88,11 +94,13 @@ impl Service {
     }
 
     async fn put(&self, id: i64, name: &str, price_cents: i64) -> Product {
+        self.put_reply(id, name, price_cents).await.product()
+    }
+
+    async fn put_reply(&self, id: i64, name: &str, price_cents: i64) -> Reply {
         let body = serde_json::json!({ "name": name, "price_cents": price_cents }).to_string();
-        let reply = self
-            .request(Method::PUT, &format!("/products/{id}"), Some(body))
-            .await;
-        reply.product()
+        self.request(Method::PUT, &format!("/products/{id}"), Some(body))
+            .await
     }
 
     async fn delete(&self, id: i64) -> StatusCode {
@@ -299,4 +307,55 @@ async fn postgres_redis_one_select_per_cold_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_redis_metrics_match_the_requests() {
     metrics_match_the_requests(on_postgres_redis("metrics-pg").await, "metrics-pg").await;
+}
+
+/// Redis goes away after a read: the `PUT`'s invalidation is queued, the
+/// response says so, and this instance's reads stay fresh (from the
+/// database) until Redis is back and the queue has drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_invalidation_is_reported_and_reads_stay_fresh() {
+    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let config = Config {
+        redis_url: Some(redis.url()),
+        ..config("queued")
+    };
+    let mut service = Service::start(config, Some(redis)).await;
+    assert_eq!(service.get(3).await.product().price_cents, 300);
+    let applied = service.put_reply(3, "applied", 301).await;
+    assert!(applied.headers.get(INVALIDATION_HEADER).is_none());
+
+    service.redis.as_mut().unwrap().stop();
+    let reply = service.put_reply(3, "during the outage", 302).await;
+    assert_eq!(reply.product().price_cents, 302);
+    assert_eq!(reply.headers.get(INVALIDATION_HEADER).unwrap(), "queued");
+    for _ in 0..3 {
+        assert_eq!(service.get(3).await.product().price_cents, 302);
+    }
+    assert_eq!(service.state.cache().pending_invalidations(), 1);
+
+    service.redis.as_mut().unwrap().restart().unwrap();
+    let cache = service.state.cache().clone();
+    cache
+        .flush_invalidations(Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(service.get(3).await.product().price_cents, 302);
+}
+
+/// A Redis that does not answer at start-up is not fatal: the service
+/// starts and answers from the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_is_not_fatal() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let config = Config {
+        redis_url: Some(format!("redis://127.0.0.1:{port}")),
+        ..config("unreachable")
+    };
+    let service = Service::start(config, None).await;
+    assert_eq!(service.get(4).await.product().price_cents, 400);
+    let reply = service.put_reply(4, "written", 401).await;
+    assert_eq!(reply.headers.get(INVALIDATION_HEADER).unwrap(), "queued");
+    assert_eq!(service.get(4).await.product().price_cents, 401);
 }

@@ -70,7 +70,8 @@ pub async fn run(redis_url: &str) -> Result<(), Box<dyn Error>> {
     // The backend connects lazily; ping once so that a wrong URL is said
     // plainly instead of every read quietly falling back to the database.
     cache.ping().await.map_err(|e| {
-        format!("cannot reach Redis ({e}): start redis-server, or set ASIDE_REDIS_URL (default {DEFAULT_URL})")
+        let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
+        format!("cannot reach Redis ({e}{cause}); start redis-server, or set ASIDE_REDIS_URL (default {DEFAULT_URL})")
     })?;
     // Another run of this example may have left entries: start clean.
     for id in [1, 2] {

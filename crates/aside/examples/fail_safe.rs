@@ -48,7 +48,8 @@ pub async fn run(redis_url: &str) -> Result<(), Box<dyn Error>> {
         .backend_timeout(Duration::from_secs(2))
         .build()?;
     cache.ping().await.map_err(|e| {
-        format!("cannot reach Redis ({e}): start redis-server, or set ASIDE_REDIS_URL (default {DEFAULT_URL})")
+        let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
+        format!("cannot reach Redis ({e}{cause}); start redis-server, or set ASIDE_REDIS_URL (default {DEFAULT_URL})")
     })?;
     cache.invalidate("price:1").await?; // start cold, whatever a past run left
     let runs = Arc::new(AtomicU32::new(0));

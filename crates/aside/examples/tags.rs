@@ -24,7 +24,8 @@ async fn cache(redis_url: &str, namespace: &str) -> Result<Cache, Box<dyn Error>
         .backend_timeout(Duration::from_secs(2))
         .build()?;
     cache.ping().await.map_err(|e| {
-        format!("cannot reach Redis ({e}): start redis-server, or set ASIDE_REDIS_URL (default {DEFAULT_URL})")
+        let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
+        format!("cannot reach Redis ({e}{cause}); start redis-server, or set ASIDE_REDIS_URL (default {DEFAULT_URL})")
     })?;
     // Another run of this example may have left entries: start clean.
     cache.invalidate_namespace().await?;
