@@ -9,6 +9,11 @@ pub(super) fn message_end(buf: &[u8], at: usize) -> Result<Option<usize>, ()> {
     let Some(&kind) = buf.get(at) else {
         return Ok(None);
     };
+    // Known at the first byte: a stream that is not RESP must not wait for
+    // a line end that may never come.
+    if !b"+-:_,#($!=*~>%|".contains(&kind) {
+        return Err(());
+    }
     let Some((header, body)) = line(buf, at + 1)? else {
         return Ok(None);
     };
@@ -94,6 +99,7 @@ mod tests {
         assert_eq!(at, replies.len());
         assert!(is_push(b">2\r\n", 0));
         assert_eq!(message_end(b"PING\r\n", 0), Err(()));
+        assert_eq!(message_end(b"hello", 0), Err(()));
         assert_eq!(message_end(b"$x\r\n", 0), Err(()));
     }
 }
