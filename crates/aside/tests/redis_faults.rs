@@ -352,7 +352,16 @@ async fn tag_invalidation_that_cannot_reach_redis_is_queued_and_applied_later() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidations_wait_for_a_replica_when_asked() {
     let primary = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
-    let replica = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    // The replica loads the primary's data from the socket, not through a
+    // `dump.rdb` written in the working directory (which the next server
+    // started there would load).
+    let replica = RedisServer::builder()
+        .arg("--repl-diskless-load")
+        .arg("on-empty-db")
+        .arg("--dbfilename")
+        .arg("aside-test-never-written.rdb")
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut conn = redis::Client::open(replica.url())
         .unwrap()
         .get_multiplexed_async_connection()
