@@ -151,7 +151,8 @@ impl RedisCluster {
             .map_err(|_| LaunchError::Failed(format!("CLUSTER KEYSLOT answered {out:?}")))
     }
 
-    /// The port of the primary serving `slot` now.
+    /// The port of the primary serving `slot` now, as the first running
+    /// node sees it.
     ///
     /// # Errors
     /// [`LaunchError::Failed`] when no node claims it.
@@ -231,11 +232,14 @@ impl RedisCluster {
         }
     }
 
+    /// The first node still running (asked about the cluster's state: a
+    /// node stopped by [`stop_node`](Self::stop_node) cannot answer).
     fn first_port(&self) -> Result<u16, LaunchError> {
         self.nodes
-            .first()
+            .iter()
+            .find(|n| n.is_running())
             .map(RedisServer::port)
-            .ok_or_else(|| LaunchError::Failed("a cluster without nodes".into()))
+            .ok_or_else(|| LaunchError::Failed("a cluster without running nodes".into()))
     }
 }
 

@@ -58,7 +58,7 @@ mod proxy;
 pub use cluster::RedisCluster;
 pub use faulty::{Failure, FaultControl, FaultyBackend, InjectedFault, Op};
 pub use pg::{PG_URL_ENV, PgServer, Rows, TEST_DATABASE, pg_url};
-pub use proxy::Proxy;
+pub use proxy::{Proxy, RequestCut};
 
 /// Why a server could not be started.
 ///

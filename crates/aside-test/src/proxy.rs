@@ -9,6 +9,15 @@
 //! reproducible: [`blackhole`](Proxy::blackhole), [`set_latency`](Proxy::set_latency)
 //! and [`cut`](Proxy::cut).
 //!
+//! A connection can also be cut at one chosen request
+//! ([`cut_request`](Proxy::cut_request)): after the server received all of
+//! it (so it ran the command) but before its reply reaches the client, or
+//! part way through it (so the server never ran it). These are the two
+//! outcomes a client cannot tell apart when its connection drops while a
+//! command is in flight. To find request and reply boundaries the proxy
+//! reads RESP framing (and forwards bytes untouched); a stream that is not
+//! RESP is forwarded as it comes, and never matches a cut.
+//!
 //! Plain `std` threads (two per connection, one per direction) rather than
 //! tokio: aside-test stays free of any async runtime, and tests connect a
 //! handful of times, so a thread per direction costs nothing that matters.
@@ -20,6 +29,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::LaunchError;
+
+mod cut;
+mod resp;
+
+use cut::CutAt;
+pub use cut::RequestCut;
 
 /// Forwards every connection accepted on `127.0.0.1:<port>` to an upstream
 /// address, both ways, with faults switched on and off while it runs.
@@ -50,6 +65,32 @@ struct State {
     /// `drop` can shut them down and unblock the threads reading them.
     conns: Vec<(u64, TcpStream, TcpStream)>,
     pumps: Vec<JoinHandle<()>>,
+    /// The cut waiting for its request, if any (one shot).
+    armed: Option<RequestCut>,
+    /// Requests a [`RequestCut`] fired on.
+    requests_cut: u64,
+}
+
+/// One connection's two pumps agree here on which replies to drop.
+#[derive(Debug, Default)]
+struct Link {
+    state: Mutex<LinkState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct LinkState {
+    /// Replies from this index on (counted from 0, pushes excepted) are
+    /// dropped: the first is the reply to the request being cut.
+    drop_from: Option<u64>,
+    /// The reply to the request being cut has arrived (and was dropped).
+    dropped: bool,
+}
+
+impl Link {
+    fn lock(&self) -> MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Shared {
@@ -60,6 +101,20 @@ impl Shared {
     fn update(&self, f: impl FnOnce(&mut State)) {
         f(&mut self.lock());
         self.changed.notify_all();
+    }
+
+    /// Takes the armed cut if `request` is the one it waits for.
+    fn take_cut(&self, request: &[u8]) -> Option<CutAt> {
+        let mut s = self.lock();
+        let cut = s.armed.as_mut().filter(|c| c.matches(request))?;
+        if cut.skip > 0 {
+            cut.skip -= 1;
+            return None;
+        }
+        let at = cut.at;
+        s.armed = None;
+        s.requests_cut += 1;
+        Some(at)
     }
 
     /// Holds a chunk read by a connection of `epoch` while the blackhole is
@@ -156,6 +211,39 @@ impl Proxy {
         });
     }
 
+    /// Arms `cut`: the next request it matches, on any connection, is cut
+    /// there (that connection only; the others and new ones go on). One
+    /// shot; arming again replaces a cut that has not fired yet.
+    ///
+    /// ```no_run
+    /// # use aside_test::{Proxy, RequestCut};
+    /// # fn f(proxy: &Proxy) {
+    /// // The server runs the script, the client never hears back.
+    /// proxy.cut_request(RequestCut::containing(b"EVALSHA").and(b"{ns:k}"));
+    /// // The script never arrives: 10 bytes of it do.
+    /// proxy.cut_request(RequestCut::containing(b"EVALSHA").within(10));
+    /// # }
+    /// ```
+    pub fn cut_request(&self, cut: RequestCut) {
+        self.shared.update(|s| s.armed = Some(cut));
+    }
+
+    /// [`cut_request`](Self::cut_request) of the next request containing
+    /// `needle`, after the server received it, before its reply comes back.
+    pub fn cut_after_request_containing(&self, needle: impl AsRef<[u8]>) {
+        self.cut_request(RequestCut::containing(needle));
+    }
+
+    /// How many armed cuts have fired (a test checks its fault happened).
+    pub fn requests_cut(&self) -> u64 {
+        self.shared.lock().requests_cut
+    }
+
+    /// Whether a cut is armed and has not fired yet.
+    pub fn cut_pending(&self) -> bool {
+        self.shared.lock().armed.is_some()
+    }
+
     /// Connections open now (accepted and not yet closed).
     pub fn connections(&self) -> usize {
         self.shared.lock().conns.len()
@@ -208,29 +296,174 @@ fn accept_loop(listener: &TcpListener, upstream: SocketAddr, shared: &Arc<Shared
         s.next_id += 1;
         s.conns.push((id, c3, s3));
         s.pumps.retain(|p| !p.is_finished());
-        for (from, to) in [(client, s2), (server, c2)] {
-            let shared = Arc::clone(shared);
+        let link = Arc::new(Link::default());
+        for (from, to, requests) in [(client, s2, true), (server, c2, false)] {
+            let (shared, link) = (Arc::clone(shared), Arc::clone(&link));
             s.pumps.push(std::thread::spawn(move || {
-                pump(from, to, epoch, &shared);
+                let pump = Pump {
+                    from,
+                    to,
+                    epoch,
+                    shared: &shared,
+                    link: &link,
+                };
+                if requests {
+                    pump.requests();
+                } else {
+                    pump.replies();
+                }
                 shared.lock().conns.retain(|(c, _, _)| *c != id);
             }));
         }
     }
 }
 
-/// Copies `from` to `to` chunk by chunk until either side closes or the
-/// connection is cut, then closes both (so the other direction ends too).
-fn pump(mut from: TcpStream, mut to: TcpStream, epoch: u64, shared: &Shared) {
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if !shared.hold(epoch) || to.write_all(&buf[..n]).is_err() {
-            break;
-        }
+/// One direction of a connection: client to server (requests) or back
+/// (replies). Bytes go through as read, except that a message is only
+/// forwarded once complete, so that a cut falls between two messages or
+/// where the cut says.
+struct Pump<'a> {
+    from: TcpStream,
+    to: TcpStream,
+    epoch: u64,
+    shared: &'a Shared,
+    link: &'a Link,
+}
+
+/// How long a cut after a request waits for its reply (the server may be
+/// paused, or the command slow) before cutting anyway.
+const REPLY_WAIT: Duration = Duration::from_secs(10);
+
+impl Pump<'_> {
+    /// Requests, checked against the armed cut one by one.
+    fn requests(self) {
+        let mut sent: u64 = 0;
+        self.run(|pump, pending, at, end| {
+            let Some(cut) = pump.shared.take_cut(&pending[at..end]) else {
+                sent += 1;
+                return Step::Forward;
+            };
+            // What came before this request goes through first.
+            if pump.to.write_all(&pending[..at]).is_err() {
+                return Step::Close;
+            }
+            match cut {
+                CutAt::Within(bytes) => {
+                    let part = bytes.min(end - at - 1);
+                    let _ = pump.to.write_all(&pending[at..at + part]);
+                    let _ = pump.to.flush();
+                }
+                CutAt::AfterRequest => {
+                    pump.link.lock().drop_from = Some(sent);
+                    if pump.to.write_all(&pending[at..end]).is_ok() {
+                        let mut l = pump.link.lock();
+                        let until = Instant::now() + REPLY_WAIT;
+                        while !l.dropped && Instant::now() < until {
+                            let left = until.saturating_duration_since(Instant::now());
+                            l = (pump.link.changed.wait_timeout(l, left))
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .0;
+                        }
+                    }
+                }
+            }
+            Step::Close
+        });
     }
-    let _ = from.shutdown(Shutdown::Both);
-    let _ = to.shutdown(Shutdown::Both);
+
+    /// Replies, dropped from the one to a request being cut.
+    fn replies(self) {
+        let mut received: u64 = 0;
+        self.run(|pump, pending, at, _| {
+            if resp::is_push(pending, at) {
+                return Step::Forward;
+            }
+            let i = received;
+            received += 1;
+            let mut l = pump.link.lock();
+            match l.drop_from {
+                Some(from) if i >= from => {
+                    if i == from {
+                        l.dropped = true;
+                        pump.link.changed.notify_all();
+                    }
+                    Step::Drop
+                }
+                _ => Step::Forward,
+            }
+        });
+    }
+
+    /// Reads chunks (held while blackholed or delayed), splits them into
+    /// messages and lets `each` decide each message's fate, until either
+    /// side closes, the connection is cut, or `each` closes it. Then closes
+    /// both sockets, so the other direction ends too.
+    fn run(mut self, mut each: impl FnMut(&mut Self, &[u8], usize, usize) -> Step) {
+        let mut buf = [0u8; 16 * 1024];
+        // Read and not yet forwarded: the start of an incomplete message.
+        let mut pending: Vec<u8> = Vec::new();
+        // Not RESP: forward as it comes.
+        let mut raw = false;
+        'read: loop {
+            let n = match self.from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if !self.shared.hold(self.epoch) {
+                break;
+            }
+            if raw {
+                if self.to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                continue;
+            }
+            pending.extend_from_slice(&buf[..n]);
+            // `pending[..at]` is decided: gathered in `out` or dropped.
+            let (mut at, mut out) = (0, Vec::with_capacity(pending.len()));
+            loop {
+                match resp::message_end(&pending, at) {
+                    Err(()) => {
+                        raw = true;
+                        out.extend_from_slice(&pending[at..]);
+                        at = pending.len();
+                        break;
+                    }
+                    Ok(None) => break,
+                    Ok(Some(end)) => {
+                        // `each` gets what was decided before the message
+                        // (not written yet) and then the message, from
+                        // `start`: it may write the first part itself.
+                        let mut view = std::mem::take(&mut out);
+                        let start = view.len();
+                        view.extend_from_slice(&pending[at..end]);
+                        match each(&mut self, &view, start, view.len()) {
+                            Step::Forward => out = view,
+                            Step::Drop => {
+                                view.truncate(start);
+                                out = view;
+                            }
+                            Step::Close => break 'read,
+                        }
+                        at = end;
+                    }
+                }
+            }
+            pending.drain(..at);
+            if !out.is_empty() && self.to.write_all(&out).is_err() {
+                break;
+            }
+        }
+        let _ = self.from.shutdown(Shutdown::Both);
+        let _ = self.to.shutdown(Shutdown::Both);
+    }
+}
+
+/// What a pump does with one message.
+enum Step {
+    Forward,
+    Drop,
+    /// The message was handled (or partly forwarded) by the caller: close
+    /// the connection now.
+    Close,
 }

@@ -5,7 +5,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use aside_test::{Proxy, RedisServer};
+use aside_test::{Proxy, RedisServer, RequestCut};
 
 /// An echo server on a free port, for as long as the test binary runs.
 fn echo_server() -> SocketAddr {
@@ -204,4 +204,78 @@ fn through_a_redis_server() {
     // The GET sent during the blackhole is answered now.
     assert_eq!(read_n(&mut s, 7).unwrap(), b"$1\r\nv\r\n");
     assert_eq!(redis_command(&mut s, "PING").unwrap(), "+PONG");
+}
+
+/// A command as a RESP array (what clients send; the proxy frames these).
+fn resp(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    out
+}
+
+/// Sends `SET key v` through a cut armed for it, and returns what the
+/// client read (nothing: EOF) and whether Redis ran it.
+fn cut_set(cut: RequestCut) -> (usize, bool) {
+    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let proxy = Proxy::to_port(redis.port()).unwrap();
+    let mut s = connect(&proxy);
+    // A request before it goes through, answered.
+    s.write_all(&resp(&["PING"])).unwrap();
+    assert_eq!(read_n(&mut s, 7).unwrap(), b"+PONG\r\n");
+    proxy.cut_request(cut);
+    assert!(proxy.cut_pending());
+    s.write_all(&resp(&["SET", "cut:k", "v"])).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert_eq!(proxy.requests_cut(), 1);
+    assert!(!proxy.cut_pending());
+    // Other connections, and new ones, are not cut.
+    let mut t = connect(&proxy);
+    t.write_all(&resp(&["EXISTS", "cut:k"])).unwrap();
+    let ran = match read_n(&mut t, 4).unwrap().as_slice() {
+        b":1\r\n" => true,
+        b":0\r\n" => false,
+        other => panic!("{other:?}"),
+    };
+    (rest.len(), ran)
+}
+
+#[test]
+fn a_request_cut_after_it_arrived_runs_and_its_reply_is_dropped() {
+    assert_eq!(
+        cut_set(RequestCut::containing(b"SET").and(b"cut:k")),
+        (0, true)
+    );
+}
+
+#[test]
+fn a_request_cut_part_way_never_runs() {
+    for bytes in [0, 10, usize::MAX] {
+        assert_eq!(
+            cut_set(RequestCut::containing(b"cut:k").within(bytes)),
+            (0, false),
+            "{bytes} bytes"
+        );
+    }
+}
+
+#[test]
+fn skip_lets_matching_requests_through_first() {
+    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let proxy = Proxy::to_port(redis.port()).unwrap();
+    let mut s = connect(&proxy);
+    proxy.cut_request(RequestCut::containing(b"INCR").skip(2));
+    for n in 1..=2 {
+        s.write_all(&resp(&["INCR", "n"])).unwrap();
+        assert_eq!(read_n(&mut s, 4).unwrap(), format!(":{n}\r\n").as_bytes());
+    }
+    s.write_all(&resp(&["INCR", "n"])).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{rest:?}");
+    let mut t = connect(&proxy);
+    t.write_all(&resp(&["GET", "n"])).unwrap();
+    assert_eq!(read_n(&mut t, 7).unwrap(), b"$1\r\n3\r\n", "the third ran");
 }

@@ -159,6 +159,11 @@
 pub mod __private;
 pub mod backend;
 mod breaker;
+// The entry decoder's fuzz target (`fuzz/`, run with cargo-fuzz, which
+// builds with `--cfg fuzzing`); absent from every other build.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod __fuzz;
 #[cfg(feature = "postgres")]
 pub mod bridge;
 mod builder;

@@ -344,3 +344,97 @@ async fn tag_invalidation_that_cannot_reach_redis_is_queued_and_applied_later() 
     );
     assert_eq!(cache.get::<u64>("k").await.unwrap(), Some(2));
 }
+
+/// `wait_for_replicas` on one Redis with one replica: an invalidation is
+/// `Applied` once the replica has it; while the replica is frozen none is
+/// acknowledged, so the invalidation is queued (reads bypass, never the old
+/// value) and lands once the replica answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_wait_for_a_replica_when_asked() {
+    let primary = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    // The replica loads the primary's data from the socket, not through a
+    // `dump.rdb` written in the working directory (which the next server
+    // started there would load).
+    let replica = RedisServer::builder()
+        .arg("--repl-diskless-load")
+        .arg("on-empty-db")
+        .arg("--dbfilename")
+        .arg("aside-test-never-written.rdb")
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut conn = redis::Client::open(replica.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(primary.port())
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let backend = RedisBackend::builder(primary.url())
+        .wait_for_replicas(1, Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let cache = Cache::builder()
+        .namespace("w")
+        .backend_timeout(Duration::from_secs(1))
+        .invalidation_retry(Duration::from_millis(50))
+        .backend(backend)
+        .build()
+        .unwrap();
+    let version = Arc::new(AtomicU64::new(1));
+    let load =
+        |v: Arc<AtomicU64>| move || async move { Ok::<_, Never>(Some(v.load(Ordering::SeqCst))) };
+    // Until the replica has synchronised, WAIT counts none: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let inv = cache.invalidate("k").await.unwrap();
+        if inv.is_applied() {
+            break;
+        }
+        let _ = cache.flush_invalidations(Duration::from_secs(1)).await;
+        assert!(Instant::now() < deadline, "the replica never acknowledged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        cache.get_or_load("k", load(version.clone())).await.unwrap(),
+        Some(1)
+    );
+    replica.pause().unwrap();
+    version.store(2, Ordering::SeqCst);
+    assert_eq!(
+        cache.invalidate("k").await.unwrap(),
+        aside::Invalidation::Queued,
+        "no replica acknowledged it"
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            cache.get_or_load("k", load(version.clone())).await.unwrap(),
+            Some(2)
+        );
+    }
+    replica.resume().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache.pending_invalidations() > 0 {
+        assert_eq!(
+            cache.get_or_load("k", load(version.clone())).await.unwrap(),
+            Some(2)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the queued invalidation never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        cache.get_or_load("k", load(version.clone())).await.unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        cache.get::<u64>("k").await.unwrap(),
+        Some(2),
+        "cached again"
+    );
+}

@@ -4,6 +4,7 @@
 
 use super::Cache;
 use crate::backend::{FillToken, Lease};
+use crate::error::{Error, ErrorKind};
 
 impl Cache {
     /// Releases the lease `token` holds, if any (the load will not fill).
@@ -64,6 +65,20 @@ impl Cache {
             }
         });
         Some(AbortOnDrop(task.abort_handle()))
+    }
+}
+
+/// Whether a backend request that failed with `e` may still have run on
+/// the server: it timed out here, or it failed after it was sent (the
+/// connection dropped with it in flight, or the server answered with an
+/// error part way through a script), which the client cannot tell from one
+/// that never arrived. Only a request the backend breaker skipped (no
+/// source: nothing was sent) surely did nothing.
+pub(super) fn may_have_run(e: &Error) -> bool {
+    match e.kind() {
+        ErrorKind::Timeout => true,
+        ErrorKind::Backend => std::error::Error::source(e).is_some(),
+        _ => false,
     }
 }
 

@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::deps::Deps;
+use super::lease::may_have_run;
 use super::{Cache, Lookup, Value};
 use crate::backend::{FillToken, Lease};
 use crate::breaker::Transition;
@@ -326,11 +327,11 @@ impl Cache {
             let (stored, token) = match read {
                 Ok(read) => read,
                 Err(e) => {
-                    if leases.is_some() && e.kind() == ErrorKind::Timeout {
-                        // Timed out here, the request may still run on the
-                        // server and take the lease: others would wait for
-                        // it until `lease_ttl`. (A request that failed
-                        // otherwise, or was never sent, took nothing.)
+                    if leases.is_some() && may_have_run(&e) {
+                        // Timed out here, or the connection dropped with the
+                        // request in flight: it may have run on the server
+                        // and taken the lease, and others would wait for it
+                        // until `lease_ttl`.
                         self.release_later(vec![pk.to_owned()], lease_token);
                     }
                     return Acquired::Load(None);

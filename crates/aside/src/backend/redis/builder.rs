@@ -9,6 +9,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use super::conn::RedisConnection;
 use super::scripts::FILLS_CHANNEL;
 use super::subscriber::Subscription;
+use super::wait::ReplicaWait;
 use super::{Fills, RedisBackend};
 use crate::backend::{Notifier, without_password};
 use crate::error::{Error, ErrorKind};
@@ -22,6 +23,7 @@ pub struct RedisBackendBuilder {
     cluster: bool,
     connect_timeout: Duration,
     reconnect_max_delay: Duration,
+    wait: Option<ReplicaWait>,
     #[cfg(feature = "tls")]
     tls: Option<redis::TlsCertificates>,
 }
@@ -35,6 +37,7 @@ impl std::fmt::Debug for RedisBackendBuilder {
             .field("cluster", &self.cluster)
             .field("connect_timeout", &self.connect_timeout)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("wait", &self.wait)
             .finish_non_exhaustive()
     }
 }
@@ -46,6 +49,7 @@ impl RedisBackendBuilder {
             cluster,
             connect_timeout: Duration::from_millis(250),
             reconnect_max_delay: Duration::from_millis(200),
+            wait: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -61,6 +65,43 @@ impl RedisBackendBuilder {
     /// pause means the cache is used again soon after Redis comes back.
     pub fn reconnect_max_delay(mut self, d: Duration) -> Self {
         self.reconnect_max_delay = d;
+        self
+    }
+
+    /// Makes every invalidation (of keys, tags or the namespace) wait until
+    /// at least `replicas` replicas have it, for at most `timeout`, before
+    /// it counts as applied. Off by default.
+    ///
+    /// Redis replicates asynchronously: without this, a primary that
+    /// crashes right after acknowledging an invalidation may take it with
+    /// it, and the replica promoted in its place still holds the entry (or
+    /// the tag or namespace token) that was deleted, so reads can return
+    /// data older than an invalidation that returned
+    /// [`Invalidation::Applied`](crate::Invalidation::Applied). With it,
+    /// the `DEL` is followed by `WAIT replicas timeout` on the same
+    /// connection (on a cluster, the same node: one pipeline per slot to the
+    /// slot's primary); when fewer replicas acknowledge in time the
+    /// invalidation is reported failed, so the cache queues and retries it
+    /// and bypasses those keys meanwhile
+    /// ([`Invalidation::Queued`](crate::Invalidation::Queued)).
+    ///
+    /// The cost: each invalidation takes one more round trip from the
+    /// primary to its replicas (well under a millisecond on a local
+    /// network), and `WAIT` blocks the connection it runs on meanwhile, so
+    /// the requests queued behind it on aside's one multiplexed connection
+    /// (per node) wait as long. While no replica answers, every
+    /// invalidation waits the whole `timeout` and is queued; keep
+    /// `timeout` under the cache's
+    /// [`backend_timeout`](crate::CacheBuilder::backend_timeout). Reads and
+    /// fills are not affected (a fill lost with a primary is a miss, never
+    /// a stale read: see RELIABILITY.md).
+    ///
+    /// `WAIT` does not make Redis strongly consistent: a failover can still
+    /// promote a replica that did not acknowledge (the documentation of
+    /// `WAIT` says so); with one replica per primary, the one that
+    /// acknowledged is the one promoted.
+    pub fn wait_for_replicas(mut self, replicas: usize, timeout: Duration) -> Self {
+        self.wait = (replicas > 0).then_some(ReplicaWait { replicas, timeout });
         self
     }
 
@@ -156,6 +197,7 @@ impl RedisBackendBuilder {
                 _subscription: subscription,
             })),
             clients: Some((clients, self.connect_timeout)),
+            wait: self.wait,
         })
     }
 

@@ -21,6 +21,7 @@ mod conn;
 mod leases;
 mod scripts;
 mod subscriber;
+mod wait;
 
 pub use backplane::RedisBackplane;
 pub use builder::RedisBackendBuilder;
@@ -63,6 +64,8 @@ pub struct RedisBackend {
     fills: Option<Arc<Fills>>,
     /// For subscriptions of our own (the backplane): one client per URL.
     clients: Option<(Vec<redis::Client>, Duration)>,
+    /// Invalidations wait for this many replicas (`wait_for_replicas`).
+    wait: Option<wait::ReplicaWait>,
 }
 
 /// The fill-notification subscription and the watches it wakes.
@@ -115,6 +118,7 @@ impl RedisBackend {
             conn: RedisConnection::Single(conn),
             fills: None,
             clients: None,
+            wait: None,
         }
     }
 
@@ -463,12 +467,8 @@ impl Backend for RedisBackend {
         if versions.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn.clone();
-        let mut del = redis::cmd("DEL");
-        for name in versions {
-            del.arg(token_key(name));
-        }
-        del.query_async::<()>(&mut conn).await.map_err(failed)
+        self.delete(versions.iter().map(|name| token_key(name)).collect())
+            .await
     }
 
     async fn set(
@@ -489,12 +489,8 @@ impl Backend for RedisBackend {
         if keys.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn.clone();
-        let mut del = redis::cmd("DEL");
-        for key in keys {
-            del.arg(data(key)).arg(marker(key));
-        }
-        del.query_async::<()>(&mut conn).await.map_err(failed)
+        self.delete(keys.iter().flat_map(|k| [data(k), marker(k)]).collect())
+            .await
     }
 
     fn storage_key(&self, key: &str) -> String {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::super::deps::Deps;
+use super::super::lease::may_have_run;
 use super::{
     Cache, FIRST_RECHECK, Got, Lease, LeaseTimeout, Lookup, MAX_RECHECK, Value, lease_token,
     written_at,
@@ -201,8 +202,9 @@ impl Cache {
             match read {
                 Ok(read) if read.len() == chunk.len() => out.extend(read),
                 failed => {
-                    // Ran, or may have: a timeout, or a malformed answer.
-                    let ran = !matches!(&failed, Err(e) if e.kind() != ErrorKind::Timeout);
+                    // Ran, or may have: a timeout, a connection dropped
+                    // with the request in flight, or a malformed answer.
+                    let ran = !matches!(&failed, Err(e) if !may_have_run(e));
                     let upto = if ran { sent } else { sent - chunk.len() };
                     if leases.is_some() && upto > 0 {
                         self.release_later(keys[..upto].to_vec(), token.to_owned());
