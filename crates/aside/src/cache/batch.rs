@@ -19,7 +19,6 @@
 //!   batch never waits while holding leases (see `acquire`).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -31,6 +30,7 @@ use super::{Cache, Lookup, Value};
 use crate::backend::{FillToken, Lease};
 use crate::error::{Error, ErrorKind};
 use crate::flight::{Done, Leader, Outcome, Role, Waiter};
+use crate::loader::BatchLoader;
 use crate::policy::LeaseTimeout;
 use crate::stats::bump;
 
@@ -112,18 +112,16 @@ impl Cache {
     /// Loads the slots not answered by the read: waits for this process's
     /// loads of them, then loads the rest (and refreshes the served ones
     /// that asked for it) in one task, with one loader call (see `join`).
-    async fn load_many<V, F, Fut, E>(
+    async fn load_many<V, L>(
         &self,
         slots: &mut [Slot<V>],
         deps: &Deps,
         ttl: Option<Duration>,
         me: u64,
-        loader: F,
+        loader: L,
     ) where
         V: Value,
-        F: FnOnce(Vec<String>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<HashMap<String, V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+        L: BatchLoader<V>,
     {
         let flights = &self.inner.flights;
         for slot in slots.iter().filter(|s| s.answer.is_none()) {
@@ -190,17 +188,15 @@ impl Cache {
 
     /// The batch's task: tokens and leases, the loader, the fills, and each
     /// key's outcome to its waiters.
-    async fn run_batch<V, F, Fut, E>(
+    async fn run_batch<V, L>(
         self,
         items: Vec<Item<V>>,
         deps: Deps,
         ttl: Option<Duration>,
-        loader: F,
+        loader: L,
     ) where
         V: Value,
-        F: FnOnce(Vec<String>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<HashMap<String, V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+        L: BatchLoader<V>,
     {
         let flights = &self.inner.flights;
         // Taken before any token is read: whoever joined earlier began
@@ -258,7 +254,7 @@ impl Cache {
         let names: Vec<String> = loads.iter().map(|(it, _)| it.name.clone()).collect();
         let what = format!("batch of {}", names.len());
         let (outcome, took) = self
-            .run_timed(&what, async move { loader(names).await })
+            .run_timed(&what, async move { loader.load(names).await })
             .await;
         self.record_breaker(&outcome);
         let mut found = match outcome {

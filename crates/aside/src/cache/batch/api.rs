@@ -32,7 +32,10 @@ impl Cache {
     /// cache key by key: N round trips.)
     ///
     /// `batch_loader` gets the keys to load (each once, in the order first
-    /// asked) and returns the values it found by key. A key it leaves out
+    /// asked) and returns the values it found by key. It is a closure, so
+    /// that its parameter's type is inferred; a named
+    /// [`BatchLoader`](crate::BatchLoader) is passed as one with
+    /// [`into_fn`](crate::BatchLoader::into_fn). A key it leaves out
     /// does not exist: it is answered `None` and, unless
     /// [`negative_ttl`](crate::CacheBuilder::negative_ttl) is `None`,
     /// cached as a negative entry, so the next call does not ask for it
