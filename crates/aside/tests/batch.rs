@@ -257,7 +257,8 @@ async fn fail_safe_serves_stale_values(cache: &Cache) {
     assert_eq!(got, [Some("v:s2".to_owned()), Some("v:s1".to_owned())]);
 }
 
-/// Two batches overlapping on 30 keys, run at once: every key loaded once.
+/// Two batches overlapping on 30 keys, started together: every key loaded
+/// once, whichever registers its loads first.
 async fn overlapping_batches_load_each_key_once(cache: &Cache) {
     let calls = Calls::default();
     let (a, b) = (cache.clone(), cache.clone());
@@ -265,16 +266,15 @@ async fn overlapping_batches_load_each_key_once(cache: &Cache) {
         loader(&calls, Duration::from_millis(200)),
         loader(&calls, Duration::from_millis(200)),
     );
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let (ba, bb) = (Arc::clone(&barrier), barrier);
     let ta = tokio::spawn(async move {
+        ba.wait().await;
         a.get_many_or_load::<_, String, _, _, _>(keys(0..60), la)
             .await
     });
-    // B begins once A's loads are registered. (Two batches that register
-    // at the very same moment may each load a shared key once: a batch
-    // never waits while it leads loads, which is what rules out a
-    // deadlock between two batches.)
-    tokio::time::sleep(Duration::from_millis(50)).await;
     let tb = tokio::spawn(async move {
+        bb.wait().await;
         b.get_many_or_load::<_, String, _, _, _>(keys(30..90), lb)
             .await
     });
@@ -432,5 +432,7 @@ fail_safe_on!(
 
 #[path = "batch/promise.rs"]
 mod promise;
+#[path = "batch/race.rs"]
+mod race;
 #[path = "batch/round_trips.rs"]
 mod round_trips;

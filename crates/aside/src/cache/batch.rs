@@ -10,33 +10,34 @@
 //!   single callers (and other batches) join it, and it hands each key's
 //!   value to its joiners under the same proof rules (`flight`).
 //! - A key already loading elsewhere in this process is awaited, not loaded
-//!   again. The batch waits for those loads *before* it registers flights of
-//!   its own: a batch that held flights while waiting for another batch's
-//!   could wait for ever on a batch waiting for it.
+//!   again, even when two batches (or a batch and a single call) register
+//!   their loads at the same moment: keys are joined in one global order,
+//!   and a batch waits for another's load only while holding loads of keys
+//!   ordered before it, so batches never wait for each other in a cycle
+//!   (see `join`).
 //! - A key whose lease another process holds is awaited the same way: the
 //!   batch never waits while holding leases (see `acquire`).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::deps::Deps;
 use super::lease::AbortOnDrop;
-use super::load::{
-    FIRST_RECHECK, MAX_JOINS, MAX_RECHECK, bypass_flight_key, lease_token, written_at,
-};
+use super::load::{FIRST_RECHECK, MAX_RECHECK, bypass_flight_key, lease_token, written_at};
 use super::{Cache, Lookup, Value};
 use crate::backend::{FillToken, Lease};
 use crate::error::{Error, ErrorKind};
 use crate::flight::{Done, Leader, Outcome, Role, Waiter};
+use crate::loader::BatchLoader;
 use crate::policy::LeaseTimeout;
 use crate::stats::bump;
 
 mod acquire;
 mod api;
 mod fill;
+mod join;
 mod read;
 mod warm;
 
@@ -110,70 +111,37 @@ impl Cache {
 
     /// Loads the slots not answered by the read: waits for this process's
     /// loads of them, then loads the rest (and refreshes the served ones
-    /// that asked for it) in one task, with one loader call.
-    async fn load_many<V, F, Fut, E>(
+    /// that asked for it) in one task, with one loader call (see `join`).
+    async fn load_many<V, L>(
         &self,
         slots: &mut [Slot<V>],
         deps: &Deps,
         ttl: Option<Duration>,
         me: u64,
-        loader: F,
+        loader: L,
     ) where
         V: Value,
-        F: FnOnce(Vec<String>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<HashMap<String, V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+        L: BatchLoader<V>,
     {
         let flights = &self.inner.flights;
-        let mut waiting: Vec<usize> = (0..slots.len())
-            .filter(|&i| slots[i].answer.is_none())
-            .collect();
-        for &i in &waiting {
+        for slot in slots.iter().filter(|s| s.answer.is_none()) {
             bump(&self.inner.stats.misses);
-            if slots[i].bypass {
+            if slot.bypass {
                 bump(&self.inner.stats.bypassed);
             }
         }
-        for round in 0..MAX_JOINS {
-            let followed: Vec<(usize, Waiter<V>)> = waiting
-                .iter()
-                .filter_map(|&i| {
-                    flights
-                        .follow::<V>(&slots[i].flight_key(), &deps.keys)
-                        .map(|w| (i, w))
-                })
-                .collect();
-            if followed.is_empty() {
-                break;
+        let (mut led, waiters) = self.join_many(slots, deps, me).await;
+        // Refreshes rank after the loads (the loader sees them last).
+        for (i, slot) in slots.iter().enumerate() {
+            if slot.refresh.is_none() || slot.bypass {
+                continue;
             }
-            if round == 0 {
-                for _ in &followed {
-                    bump(&self.inner.stats.coalesced);
-                }
-            }
-            self.wait_all(slots, followed, me).await;
-            waiting.retain(|&i| slots[i].answer.is_none());
-        }
-        let mut items = Vec::new();
-        let mut waiters = Vec::new();
-        for &i in &waiting {
-            let slot = &slots[i];
-            let key = slot.flight_key();
-            let leader = match flights.join::<V>(&key, &deps.keys) {
-                Role::Leader(leader) => leader,
-                // A load began since the last look: loading it again (once)
-                // is the price of never waiting while leading.
-                Role::Follower(_) => flights.private(&key),
-            };
-            waiters.push((i, leader.waiter()));
-            items.push(item(slot, leader, None, me));
-        }
-        for slot in slots.iter().filter(|s| s.refresh.is_some() && !s.bypass) {
             if let Role::Leader(leader) = flights.join::<V>(&slot.pk, &deps.keys) {
                 bump(&self.inner.stats.refreshes);
-                items.push(item(slot, leader, slot.refresh, me));
+                led.push(slots.len() + i, item(slot, leader, slot.refresh, me));
             }
         }
+        let items = led.start();
         if items.is_empty() {
             return;
         }
@@ -220,17 +188,15 @@ impl Cache {
 
     /// The batch's task: tokens and leases, the loader, the fills, and each
     /// key's outcome to its waiters.
-    async fn run_batch<V, F, Fut, E>(
+    async fn run_batch<V, L>(
         self,
         items: Vec<Item<V>>,
         deps: Deps,
         ttl: Option<Duration>,
-        loader: F,
+        loader: L,
     ) where
         V: Value,
-        F: FnOnce(Vec<String>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<HashMap<String, V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+        L: BatchLoader<V>,
     {
         let flights = &self.inner.flights;
         // Taken before any token is read: whoever joined earlier began
@@ -288,7 +254,7 @@ impl Cache {
         let names: Vec<String> = loads.iter().map(|(it, _)| it.name.clone()).collect();
         let what = format!("batch of {}", names.len());
         let (outcome, took) = self
-            .run_timed(&what, async move { loader(names).await })
+            .run_timed(&what, async move { loader.load(names).await })
             .await;
         self.record_breaker(&outcome);
         let mut found = match outcome {

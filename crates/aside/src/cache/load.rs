@@ -18,6 +18,8 @@
 //! in practice; a bound hands the rare further retry a private load.
 
 use std::future::Future;
+
+use crate::loader::Loader;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -65,20 +67,18 @@ impl Cache {
     /// Joins or leads the load of `pk` and waits for its outcome, falling
     /// back to `stale` (the caller's expired entry) where fail-safe allows.
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn load<V, F, Fut, E>(
+    pub(super) async fn load<V, L>(
         &self,
         pk: String,
         deps: Deps,
         ttl: Option<Duration>,
         stale: Option<Option<V>>,
         mode: Mode,
-        loader: F,
+        loader: L,
     ) -> Outcome<V>
     where
         V: Value,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+        L: Loader<V>,
     {
         let flights = &self.inner.flights;
         let flight_key = match mode {
@@ -139,18 +139,16 @@ impl Cache {
 
     /// Starts a background refresh of `pk` unless one is already running in
     /// this process.
-    pub(super) fn refresh<V, F, Fut, E>(
+    pub(super) fn refresh<V, L>(
         &self,
         pk: &str,
         deps: Deps,
         ttl: Option<Duration>,
         written_at_ms: u64,
-        loader: F,
+        loader: L,
     ) where
         V: Value,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+        L: Loader<V>,
     {
         let Role::Leader(leader) = self.inner.flights.join::<V>(pk, &deps.keys) else {
             return;
@@ -214,7 +212,7 @@ impl Cache {
     /// `owner` is the moment of the caller that started it (0 for a
     /// refresh); `stale` is that caller's expired value.
     #[allow(clippy::too_many_arguments)]
-    async fn run_load<V, F, Fut, E>(
+    async fn run_load<V, L>(
         self,
         pk: String,
         deps: Deps,
@@ -223,12 +221,10 @@ impl Cache {
         stale: Option<Option<V>>,
         owner: u64,
         mode: Mode,
-        loader: F,
+        loader: L,
     ) where
         V: Value,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+        L: Loader<V>,
     {
         let flights = &self.inner.flights;
         // Taken before the marker is read: whoever joined earlier began
@@ -411,14 +407,12 @@ impl Cache {
     }
 
     /// The loader under the hard timeout.
-    async fn run_loader_timed<V, F, Fut, E>(&self, pk: &str, loader: F) -> (Outcome<V>, Duration)
+    async fn run_loader_timed<V, L>(&self, pk: &str, loader: L) -> (Outcome<V>, Duration)
     where
         V: Value,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+        L: Loader<V>,
     {
-        self.run_timed(pk, async move { loader().await }).await
+        self.run_timed(pk, async move { loader.load().await }).await
     }
 
     /// A loader's future (for one key, or a batch named `what`) under the

@@ -20,6 +20,7 @@ use crate::error::{BackendError, Error, ErrorKind};
 use crate::flight::Flights;
 use crate::hot::Tracker;
 use crate::key::{KeyBuf, backend_key};
+use crate::loader::Loader;
 use crate::pending::Pending;
 use crate::policy::{Age, Policy, fresh_until_ms};
 use crate::stats::{Counters, Stats, bump};
@@ -213,16 +214,14 @@ impl Cache {
     /// assert_eq!(again, Some(1999));
     /// # Ok(()) }
     /// ```
-    pub async fn get_or_load<V, F, Fut, E>(
+    pub async fn get_or_load<V, L, Fut, E>(
         &self,
         key: impl AsRef<str>,
-        loader: F,
+        loader: L,
     ) -> Result<Option<V>, Error>
     where
         V: Value,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+        L: Loader<V, Future = Fut, Error = E>,
     {
         self.get_or_load_with(key, &EntryOptions::default(), loader)
             .await
@@ -251,17 +250,15 @@ impl Cache {
     ///
     /// # Errors
     /// As `get_or_load`.
-    pub async fn get_or_load_with<V, F, Fut, E>(
+    pub async fn get_or_load_with<V, L, Fut, E>(
         &self,
         key: impl AsRef<str>,
         options: &EntryOptions,
-        loader: F,
+        loader: L,
     ) -> Result<Option<V>, Error>
     where
         V: Value,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+        L: Loader<V, Future = Fut, Error = E>,
     {
         self.record_read(key.as_ref());
         let key = KeyBuf::new(

@@ -32,7 +32,10 @@ impl Cache {
     /// cache key by key: N round trips.)
     ///
     /// `batch_loader` gets the keys to load (each once, in the order first
-    /// asked) and returns the values it found by key. A key it leaves out
+    /// asked) and returns the values it found by key. It is a closure, so
+    /// that its parameter's type is inferred; a named
+    /// [`BatchLoader`](crate::BatchLoader) is passed as one with
+    /// [`into_fn`](crate::BatchLoader::into_fn). A key it leaves out
     /// does not exist: it is answered `None` and, unless
     /// [`negative_ttl`](crate::CacheBuilder::negative_ttl) is `None`,
     /// cached as a negative entry, so the next call does not ask for it
@@ -44,11 +47,13 @@ impl Cache {
     ///
     /// # Concurrent calls
     /// Keys that another call in this process is already loading (a
-    /// `get_or_load`, or another batch) are awaited, not loaded again; the
-    /// batch waits for those loads first, then loads the rest, so it may
+    /// `get_or_load`, or another batch) are awaited, not loaded again, even
+    /// when that call registered its load at the same moment as this one;
+    /// the batch waits for those loads first, then loads the rest, so it may
     /// take up to their time plus its own. Its own loads are shared in turn
     /// with `get_or_load` callers and batches that ask for the same keys
-    /// meanwhile. On a backend with leases (Redis), keys another process is
+    /// meanwhile. Batches never wait for each other in a cycle, whatever
+    /// order they list their keys in. On a backend with leases (Redis), keys another process is
     /// loading are awaited the same way, bounded by
     /// [`lease_wait`](crate::CacheBuilder::lease_wait). Every key keeps the
     /// guarantees of `get_or_load`: its tokens are read before the loader
