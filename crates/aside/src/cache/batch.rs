@@ -169,7 +169,7 @@ impl Cache {
             items.push(item(slot, leader, None, me));
         }
         for slot in slots.iter().filter(|s| s.refresh.is_some() && !s.bypass) {
-            if let Role::Leader(leader) = flights.join::<V>(&slot.pk, &deps.keys) {
+            if let Role::Leader(leader) = flights.join_background::<V>(&slot.pk, &deps.keys) {
                 bump(&self.inner.stats.refreshes);
                 items.push(item(slot, leader, slot.refresh, me));
             }

@@ -179,6 +179,13 @@ impl Cache {
     /// another. The load runs in its own task: a caller that gives up (drops
     /// its future) does not cancel it, and the value is still cached.
     ///
+    /// On a remote backend (and without [fail-safe](crate::CacheBuilder::fail_safe),
+    /// whose callers keep the expired entry they read as a fallback), a caller
+    /// that arrives while such a load runs joins it before reading the
+    /// backend at all: the callers of a cold key cost one read, not one each.
+    /// A background refresh is never joined this way (its key's stale entry
+    /// is served at once).
+    ///
     /// A waiter takes the load's value only if it is proven current for it:
     /// the waiter joined before the backend accepted the load's fill (or
     /// before the cache read that found the value), or before the load
@@ -280,6 +287,15 @@ impl Cache {
             let (pk, ttl) = (pk.to_owned(), options.ttl);
             let load = Box::pin(self.load(pk, deps, ttl, None, Mode::Bypass, loader));
             return load.instrument(self.load_span()).await;
+        }
+        if let Some((me, waiter)) = self.follow_load::<V>(pk, &deps) {
+            // A load of this key is in flight here: wait for it rather than
+            // read the backend (1,000 callers of a cold key would otherwise
+            // queue 1,000 reads behind the one that started the load).
+            let joined = Box::pin(self.wait_joined(me, waiter));
+            if let Some(outcome) = joined.instrument(self.load_span()).await {
+                return outcome;
+            }
         }
         let stale = match self.lookup::<V>(pk, &deps).await {
             Ok(Lookup::Fresh(v, refresh)) => {
