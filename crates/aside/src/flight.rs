@@ -464,9 +464,9 @@ mod tests {
             panic!("first caller must lead");
         };
         assert_eq!(flights.foreground_len(), 1);
-        let (me, waiter) = flights
-            .follow_load::<u32>("k", &["t".to_owned()])
-            .expect("a foreground load is joined before any read");
+        let Some((me, waiter)) = flights.follow_load::<u32>("k", &["t".to_owned()]) else {
+            panic!("a foreground load is joined before any read");
+        };
         // Other type, or a tag the load does not check: not joined.
         assert!(flights.follow_load::<String>("k", &[]).is_none());
         assert!(flights.follow_load::<u32>("k", &["u".to_owned()]).is_none());
@@ -485,7 +485,7 @@ mod tests {
     #[tokio::test]
     async fn the_foreground_count_follows_every_way_out_of_the_map() {
         let flights = Arc::new(Flights::default());
-        let _a = flights.join::<u32>("a", &[]);
+        let a = flights.join::<u32>("a", &[]);
         let _b = flights.join::<u32>("b", &["t".to_owned()]);
         let c = flights.join::<u32>("c", &[]);
         let _r = flights.join_background::<u32>("r", &["t".to_owned()]);
@@ -500,7 +500,7 @@ mod tests {
         assert_eq!(flights.foreground_len(), 0);
         assert!(flights.follow_load::<u32>("c", &[]).is_none());
         // A detached leader's drop leaves the new flight of its key alone.
-        drop(_a);
+        drop(a);
         let _a2 = flights.join::<u32>("a", &[]);
         assert_eq!(flights.foreground_len(), 1);
     }
