@@ -182,9 +182,10 @@ impl Cache {
     /// On a remote backend (and without [fail-safe](crate::CacheBuilder::fail_safe),
     /// whose callers keep the expired entry they read as a fallback), a caller
     /// that arrives while such a load runs joins it before reading the
-    /// backend at all: the callers of a cold key cost one read, not one each.
-    /// A background refresh is never joined this way (its key's stale entry
-    /// is served at once).
+    /// backend at all, so it costs no read. (Callers that arrive together
+    /// with the first one still read: the load starts once a read has
+    /// missed.) A background refresh is never joined this way (its key's
+    /// stale entry is served at once).
     ///
     /// A waiter takes the load's value only if it is proven current for it:
     /// the waiter joined before the backend accepted the load's fill (or
@@ -290,8 +291,8 @@ impl Cache {
         }
         if let Some((me, waiter)) = self.follow_load::<V>(pk, &deps) {
             // A load of this key is in flight here: wait for it rather than
-            // read the backend (1,000 callers of a cold key would otherwise
-            // queue 1,000 reads behind the one that started the load).
+            // read the backend (callers arriving during a load would
+            // otherwise queue one read each behind the one that started it).
             let joined = Box::pin(self.wait_joined(me, waiter));
             if let Some(outcome) = joined.instrument(self.load_span()).await {
                 return outcome;
