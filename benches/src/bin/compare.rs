@@ -1,7 +1,7 @@
 //! The peer comparison, one command, every ratio from one run:
 //!
 //! ```sh
-//! cargo run --release -p aside-benches --bin compare [-- --json] [--rounds N] [--only hit,batch,miss,stampede,python,memory]
+//! cargo run --release -p aside-benches --bin compare [-- --json] [--plots DIR] [--rounds N] [--only hit,batch,miss,stampede,python,memory,outage,zipf]
 //! ```
 //!
 //! Starts its own `redis-server`, then runs each scenario (see
@@ -14,7 +14,9 @@ use std::time::Instant;
 use aside_benches::compare::{self, Opts};
 use serde_json::{Map, Value, json};
 
-const SCENARIOS: [&str; 6] = ["hit", "batch", "miss", "stampede", "python", "memory"];
+const SCENARIOS: [&str; 8] = [
+    "hit", "batch", "miss", "stampede", "python", "memory", "outage", "zipf",
+];
 
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -71,6 +73,8 @@ fn main() {
                 "miss" => compare::miss::run(&opts).await,
                 "stampede" => compare::stampede::run(&opts).await,
                 "python" => compare::python::run(&opts).await,
+                "outage" => compare::outage::run(&opts).await,
+                "zipf" => compare::zipf::run(&opts).await,
                 _ => compare::memory::run(&opts).await,
             }
         });
@@ -84,6 +88,17 @@ fn main() {
     summary.insert("load_average_end".into(), json!(load_average()));
     summary.insert("seconds".into(), json!(began.elapsed().as_secs_f64()));
     drop(server);
+    if let Some(dir) = value_of("--plots") {
+        let summary = Value::Object(summary.clone());
+        match compare::plots::draw(&summary, std::path::Path::new(&dir)) {
+            Ok(files) => {
+                for f in files {
+                    println!("plot: {}", f.display());
+                }
+            }
+            Err(e) => println!("plots not drawn: {e}"),
+        }
+    }
     if json_out {
         println!(
             "{}",

@@ -21,7 +21,7 @@ use hdrhistogram::Histogram;
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 
-use super::{Opts, Spread, histogram, human_ns, ratios, record, rotation, table, verdict};
+use super::{Opts, Spread, cdf, histogram, human_ns, ratios, record, rotation, table, verdict};
 use crate::{Product, hit, product};
 
 pub const KEY: &str = "product:42";
@@ -192,12 +192,14 @@ fn report(title: &str, tasks: usize, tallies: &[Tally], compares: &[Compare]) ->
     }
     println!("{c}");
     json!({
+        "title": title,
         "tasks": tasks,
         "contenders": tallies.iter().map(|t| json!({
             "name": t.name,
             "ns_per_op": Spread::of(&t.ns_per_op).json(),
             "p50_ns": t.latency.value_at_quantile(0.5),
             "p99_ns": t.latency.value_at_quantile(0.99),
+            "cdf": cdf(&t.latency),
         })).collect::<Vec<_>>(),
         "comparisons": out,
     })

@@ -16,8 +16,11 @@ pub mod batch;
 pub mod hit;
 pub mod memory;
 pub mod miss;
+pub mod outage;
+pub mod plots;
 pub mod python;
 pub mod stampede;
+pub mod zipf;
 
 use std::time::Duration;
 
@@ -87,6 +90,18 @@ pub fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
 /// A latency histogram in nanoseconds (1 ns .. 100 s, 3 digits).
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000_000, 3).unwrap()
+}
+
+/// The latency distribution for the plots: `[latency ns, quantile]` pairs
+/// at every percentile, then the tail (99.5, 99.9, 99.99) and the maximum.
+pub fn cdf(h: &Histogram<u64>) -> Value {
+    let qs = (0..100)
+        .map(|i| f64::from(i) / 100.0)
+        .chain([0.995, 0.999, 0.9999, 1.0]);
+    Value::Array(
+        qs.map(|q| json!([h.value_at_quantile(q), q]))
+            .collect::<Vec<_>>(),
+    )
 }
 
 pub fn record(h: &mut Histogram<u64>, d: Duration) {

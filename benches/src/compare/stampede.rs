@@ -27,7 +27,7 @@ use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
 
-use super::{Opts, Spread, histogram, human_ns, record, table, verdict};
+use super::{Opts, Spread, cdf, histogram, human_ns, record, table, verdict};
 
 const CALLERS: [usize; 2] = [100, 1_000];
 const LOADER: Duration = Duration::from_millis(50);
@@ -327,6 +327,7 @@ pub async fn run(opts: &Opts) -> Value {
             "max_ns": tl.latency.max(), "wrong": tl.wrong,
             "redis_commands_per_round": tl.commands,
             "targets_met": targets.map(|(a, b)| a && b),
+            "cdf": cdf(&tl.latency),
         }));
     }
     println!("{t}");

@@ -19,6 +19,14 @@
 //!   heard of (it was made by another process), so it loads again. Moments
 //!   are numbers from one process-wide counter ([`Flights::now`]).
 //!
+//! - A caller may join a *foreground* load (one that callers who missed are
+//!   waiting for) before it reads the backend at all ([`Flights::follow_load`]):
+//!   the load's value is handed to it under the same rule, since the rule
+//!   only needs the moment its call began. A background refresh is never
+//!   joined this way: whoever reads a key being refreshed is served the
+//!   stale entry at once. A counter of foreground loads lets every other read
+//!   skip the map (one atomic load).
+//!
 //! The map is type-erased (`Any`) because one cache serves many value types; a
 //! caller that asks for a key already loading as another type simply runs its
 //! own load.
@@ -28,7 +36,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -92,6 +100,10 @@ impl<V> Done<V> {
 #[derive(Debug, Default)]
 pub(crate) struct Flights {
     map: Mutex<HashMap<String, Slot>>,
+    /// How many slots of the map are foreground loads; changed under the
+    /// map's lock, read without it (a stale reading only costs a read of the
+    /// backend, or a look at the map).
+    foreground: AtomicUsize,
     next_id: AtomicU64,
     clock: AtomicU64,
 }
@@ -99,6 +111,8 @@ pub(crate) struct Flights {
 #[derive(Debug)]
 struct Slot {
     id: u64,
+    /// Callers that missed wait for it (not a background refresh).
+    foreground: bool,
     /// The version counters the load depends on: a tag invalidation
     /// detaches only the flights that carry the tag.
     deps: Vec<String>,
@@ -146,6 +160,22 @@ impl Flights {
     where
         V: Clone + Send + Sync + 'static,
     {
+        self.join_as(key, deps, true)
+    }
+
+    /// [`join`](Self::join) for a background refresh: a new flight it
+    /// leads is not offered to [`follow_load`](Self::follow_load).
+    pub fn join_background<V>(self: &Arc<Self>, key: &str, deps: &[String]) -> Role<V>
+    where
+        V: Clone + Send + Sync + 'static,
+    {
+        self.join_as(key, deps, false)
+    }
+
+    fn join_as<V>(self: &Arc<Self>, key: &str, deps: &[String], foreground: bool) -> Role<V>
+    where
+        V: Clone + Send + Sync + 'static,
+    {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(slot) = map.get(key) {
             if let Some(rx) = slot.channel.downcast_ref::<Channel<V>>()
@@ -159,10 +189,14 @@ impl Flights {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
+        if foreground {
+            self.foreground.fetch_add(1, Ordering::Relaxed);
+        }
         map.insert(
             key.to_owned(),
             Slot {
                 id,
+                foreground,
                 deps: deps.to_vec(),
                 channel: Box::new(rx),
             },
@@ -189,15 +223,50 @@ impl Flights {
             .then(|| Waiter(rx.clone()))
     }
 
+    /// Joins the foreground load of `key` running in this process, if there
+    /// is one that `join` would let this caller join, before the caller has
+    /// read anything; with the caller's moment, taken before it looked.
+    /// Cheap when no foreground load runs at all: one atomic load (no
+    /// moment is taken then, so hits do not contend on the clock).
+    pub fn follow_load<V>(&self, key: &str, deps: &[String]) -> Option<(u64, Waiter<V>)>
+    where
+        V: Clone + Send + Sync + 'static,
+    {
+        if self.foreground.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let me = self.now();
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = map.get(key).filter(|s| s.foreground)?;
+        let rx = slot.channel.downcast_ref::<Channel<V>>()?;
+        deps.iter()
+            .all(|d| slot.deps.contains(d))
+            .then(|| (me, Waiter(rx.clone())))
+    }
+
+    /// Foreground loads registered now.
+    #[cfg(test)]
+    fn foreground_len(&self) -> usize {
+        self.foreground.load(Ordering::Relaxed)
+    }
+
     /// Detaches the flight for `key`, if any: callers arriving from now on
     /// start a new load instead of joining one that began before (an
     /// invalidation or a write happened in between). Callers already waiting
     /// still get the old flight's outcome: their reads began before the change.
     pub fn forget(&self, key: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key);
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = map.remove(key) {
+            self.removed(&slot);
+        }
+    }
+
+    /// Keeps the foreground count in step with a slot taken out of the map
+    /// (called under the map's lock).
+    fn removed(&self, slot: &Slot) {
+        if slot.foreground {
+            self.foreground.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// A load nobody can join.
@@ -217,16 +286,22 @@ impl Flights {
     /// Detaches the flights that depend on any of these version counters (a
     /// tag or the namespace was invalidated).
     pub fn forget_dependents(&self, counters: &[String]) {
-        self.map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, slot| !slot.deps.iter().any(|d| counters.contains(d)));
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|_, slot| {
+            let keep = !slot.deps.iter().any(|d| counters.contains(d));
+            if !keep {
+                self.removed(slot);
+            }
+            keep
+        });
     }
 
     fn remove_if(&self, key: &str, id: u64) {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.get(key).is_some_and(|s| s.id == id) {
-            map.remove(key);
+        if map.get(key).is_some_and(|s| s.id == id)
+            && let Some(slot) = map.remove(key)
+        {
+            self.removed(&slot);
         }
     }
 }
@@ -371,6 +446,63 @@ mod tests {
         ));
         let _b = flights.join::<u32>("j", &[]);
         assert!(matches!(flights.join::<u32>("j", &[t]), Role::Leader(_)));
+    }
+
+    #[tokio::test]
+    async fn follow_load_joins_foreground_loads_only() {
+        let flights = Arc::new(Flights::default());
+        assert!(flights.follow_load::<u32>("k", &[]).is_none());
+        let Role::Leader(refresh) = flights.join_background::<u32>("r", &[]) else {
+            panic!("first caller must lead");
+        };
+        // A refresh is not offered, and does not count as a foreground load.
+        assert_eq!(flights.foreground_len(), 0);
+        assert!(flights.follow_load::<u32>("r", &[]).is_none());
+        // A caller that read first may still join it (as before).
+        assert!(matches!(flights.join::<u32>("r", &[]), Role::Follower(_)));
+        let Role::Leader(load) = flights.join::<u32>("k", &["t".to_owned()]) else {
+            panic!("first caller must lead");
+        };
+        assert_eq!(flights.foreground_len(), 1);
+        let Some((me, waiter)) = flights.follow_load::<u32>("k", &["t".to_owned()]) else {
+            panic!("a foreground load is joined before any read");
+        };
+        // Other type, or a tag the load does not check: not joined.
+        assert!(flights.follow_load::<String>("k", &[]).is_none());
+        assert!(flights.follow_load::<u32>("k", &["u".to_owned()]).is_none());
+        // Its moment was taken before it joined: a load beginning now is
+        // current for it, a fill proven before it is not.
+        let began = flights.now();
+        load.publish(Done::before(Ok(Some(3)), began));
+        let done = waiter.wait().await;
+        assert!(done.is_for(me));
+        assert!(!Done::<u32>::before(Ok(Some(3)), me).is_for(me));
+        assert_eq!(flights.foreground_len(), 0);
+        drop(refresh);
+        assert_eq!(flights.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_foreground_count_follows_every_way_out_of_the_map() {
+        let flights = Arc::new(Flights::default());
+        let a = flights.join::<u32>("a", &[]);
+        let _b = flights.join::<u32>("b", &["t".to_owned()]);
+        let c = flights.join::<u32>("c", &[]);
+        let _r = flights.join_background::<u32>("r", &["t".to_owned()]);
+        assert_eq!(flights.foreground_len(), 3);
+        flights.forget("a");
+        flights.forget("a");
+        assert_eq!(flights.foreground_len(), 2);
+        flights.forget_dependents(&["t".to_owned()]);
+        assert_eq!(flights.foreground_len(), 1);
+        assert_eq!(flights.len(), 1);
+        drop(c);
+        assert_eq!(flights.foreground_len(), 0);
+        assert!(flights.follow_load::<u32>("c", &[]).is_none());
+        // A detached leader's drop leaves the new flight of its key alone.
+        drop(a);
+        let _a2 = flights.join::<u32>("a", &[]);
+        assert_eq!(flights.foreground_len(), 1);
     }
 
     #[test]

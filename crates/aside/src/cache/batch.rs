@@ -136,7 +136,7 @@ impl Cache {
             if slot.refresh.is_none() || slot.bypass {
                 continue;
             }
-            if let Role::Leader(leader) = flights.join::<V>(&slot.pk, &deps.keys) {
+            if let Role::Leader(leader) = flights.join_background::<V>(&slot.pk, &deps.keys) {
                 bump(&self.inner.stats.refreshes);
                 led.push(slots.len() + i, item(slot, leader, slot.refresh, me));
             }

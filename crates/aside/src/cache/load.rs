@@ -150,7 +150,7 @@ impl Cache {
         V: Value,
         L: Loader<V>,
     {
-        let Role::Leader(leader) = self.inner.flights.join::<V>(pk, &deps.keys) else {
+        let Role::Leader(leader) = self.inner.flights.join_background::<V>(pk, &deps.keys) else {
             return;
         };
         bump(&self.inner.stats.refreshes);
@@ -173,6 +173,40 @@ impl Cache {
                 )
                 .await;
         });
+    }
+
+    /// Joins the foreground load of `pk` running in this process, if any,
+    /// before this caller reads the backend: `None` when there is none, or
+    /// when its value is not proven current for this caller (which then
+    /// reads and loads as usual).
+    ///
+    /// Only where reading costs a round trip, and only without fail-safe:
+    /// a caller that reads first keeps its expired entry as a fallback (and
+    /// waits at most the soft timeout then); one that joins blind has none.
+    pub(super) fn follow_load<V: Value>(&self, pk: &str, deps: &Deps) -> Option<(u64, Waiter<V>)> {
+        if !self.inner.caps.remote || self.inner.s.policy.fail_safe.is_some() {
+            return None;
+        }
+        self.inner.flights.follow_load::<V>(pk, &deps.keys)
+    }
+
+    /// Waits for a load joined by [`follow_load`](Self::follow_load) and
+    /// takes its outcome if it is for this caller (moment `me`).
+    pub(super) async fn wait_joined<V: Value>(
+        &self,
+        me: u64,
+        waiter: Waiter<V>,
+    ) -> Option<Outcome<V>> {
+        bump(&self.inner.stats.coalesced);
+        let done = waiter.wait().await;
+        if done.is_for(me) {
+            bump(&self.inner.stats.misses);
+            return Some(done.outcome);
+        }
+        // The load may predate an invalidation made before this call
+        // began: read (and load) as if it had not been there.
+        bump(&self.inner.stats.joins_retried);
+        None
     }
 
     /// Waits for a load: at most the soft timeout when there is a stale

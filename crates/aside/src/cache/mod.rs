@@ -182,6 +182,14 @@ impl Cache {
     /// another. The load runs in its own task: a caller that gives up (drops
     /// its future) does not cancel it, and the value is still cached.
     ///
+    /// On a remote backend (and without [fail-safe](crate::CacheBuilder::fail_safe),
+    /// whose callers keep the expired entry they read as a fallback), a caller
+    /// that arrives while such a load runs joins it before reading the
+    /// backend at all, so it costs no read. (Callers that arrive together
+    /// with the first one still read: the load starts once a read has
+    /// missed.) A background refresh is never joined this way (its key's
+    /// stale entry is served at once).
+    ///
     /// A waiter takes the load's value only if it is proven current for it:
     /// the waiter joined before the backend accepted the load's fill (or
     /// before the cache read that found the value), or before the load
@@ -279,6 +287,15 @@ impl Cache {
             let (pk, ttl) = (pk.to_owned(), options.ttl);
             let load = Box::pin(self.load(pk, deps, ttl, None, Mode::Bypass, loader));
             return load.instrument(self.load_span()).await;
+        }
+        if let Some((me, waiter)) = self.follow_load::<V>(pk, &deps) {
+            // A load of this key is in flight here: wait for it rather than
+            // read the backend (callers arriving during a load would
+            // otherwise queue one read each behind the one that started it).
+            let joined = Box::pin(self.wait_joined(me, waiter));
+            if let Some(outcome) = joined.instrument(self.load_span()).await {
+                return outcome;
+            }
         }
         let stale = match self.lookup::<V>(pk, &deps).await {
             Ok(Lookup::Fresh(v, refresh)) => {
