@@ -224,10 +224,14 @@ impl Flights {
     }
 
     /// Joins the foreground load of `key` running in this process, if there
-    /// is one that `join` would let this caller join, before the caller has
-    /// read anything; with the caller's moment, taken before it looked.
-    /// Cheap when no foreground load runs at all: one atomic load (no
-    /// moment is taken then, so hits do not contend on the clock).
+    /// is one that depends on exactly the caller's `deps`, before the caller
+    /// has read anything; with the caller's moment, taken before it looked.
+    /// Exactly, not "at least" as in `join`: a load that checks a tag the
+    /// caller does not ask for may be the miss of an entry that lacks the
+    /// tag, which is a hit for this caller (it must not wait for that load,
+    /// nor take its error). With the same deps, the leader's miss is this
+    /// caller's. Cheap when no foreground load runs at all: one atomic load
+    /// (no moment is taken then, so hits do not contend on the clock).
     pub fn follow_load<V>(&self, key: &str, deps: &[String]) -> Option<(u64, Waiter<V>)>
     where
         V: Clone + Send + Sync + 'static,
@@ -239,9 +243,9 @@ impl Flights {
         let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         let slot = map.get(key).filter(|s| s.foreground)?;
         let rx = slot.channel.downcast_ref::<Channel<V>>()?;
-        deps.iter()
-            .all(|d| slot.deps.contains(d))
-            .then(|| (me, Waiter(rx.clone())))
+        let same = deps.iter().all(|d| slot.deps.contains(d))
+            && slot.deps.iter().all(|d| deps.contains(d));
+        same.then(|| (me, Waiter(rx.clone())))
     }
 
     /// Foreground loads registered now.
@@ -467,9 +471,15 @@ mod tests {
         let Some((me, waiter)) = flights.follow_load::<u32>("k", &["t".to_owned()]) else {
             panic!("a foreground load is joined before any read");
         };
-        // Other type, or a tag the load does not check: not joined.
-        assert!(flights.follow_load::<String>("k", &[]).is_none());
+        // Other type, a tag the load does not check, or fewer tags than it
+        // checks (the leader's miss may be a hit for this caller): not joined.
+        assert!(
+            flights
+                .follow_load::<String>("k", &["t".to_owned()])
+                .is_none()
+        );
         assert!(flights.follow_load::<u32>("k", &["u".to_owned()]).is_none());
+        assert!(flights.follow_load::<u32>("k", &[]).is_none());
         // Its moment was taken before it joined: a load beginning now is
         // current for it, a fill proven before it is not.
         let began = flights.now();

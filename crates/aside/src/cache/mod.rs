@@ -184,11 +184,13 @@ impl Cache {
     ///
     /// On a remote backend (and without [fail-safe](crate::CacheBuilder::fail_safe),
     /// whose callers keep the expired entry they read as a fallback), a caller
-    /// that arrives while such a load runs joins it before reading the
-    /// backend at all, so it costs no read. (Callers that arrive together
-    /// with the first one still read: the load starts once a read has
-    /// missed.) A background refresh is never joined this way (its key's
-    /// stale entry is served at once).
+    /// that arrives while such a load runs, with the same tags, joins it
+    /// before reading the backend at all, so it costs no read. (Callers that
+    /// arrive together with the first one still read: the load starts once
+    /// a read has missed. A load that checks other tags may be the miss of
+    /// an entry that is a hit for this caller: it reads first.) A background
+    /// refresh is never joined this way (its key's stale entry is served at
+    /// once).
     ///
     /// A waiter takes the load's value only if it is proven current for it:
     /// the waiter joined before the backend accepted the load's fill (or
