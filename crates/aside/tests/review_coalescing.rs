@@ -97,3 +97,75 @@ async fn a_hit_is_not_held_by_a_load_of_the_key_with_other_tags() {
         "{failed} of {rounds} untagged reads of a cached key waited for a tagged load and failed"
     );
 }
+
+/// A batch that waits (step 2 of its joins) for a single load of `z` while
+/// holding its unstarted load of `a`, and that single load's loader reads
+/// `a` through the cache (a value built from another: an acyclic
+/// dependency `z -> a`). Before the ordered joins, the batch never waited
+/// while leading; now `z`'s loader waits for the batch, which waits for
+/// `z`, until the loader's hard timeout fails both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_waiting_on_a_load_whose_loader_reads_one_of_its_keys_does_not_stall() {
+    let redis = server();
+    let cache = Cache::builder()
+        .namespace("rvc2")
+        .backend(RedisBackend::new(&redis.url()).unwrap())
+        .backend_timeout(Duration::from_secs(5))
+        .loader_hard_timeout(Some(Duration::from_secs(2)))
+        .build()
+        .unwrap();
+    let rounds = 30;
+    let mut stalled = 0;
+    for round in 0..rounds {
+        let (a, z) = (format!("{round}:a"), format!("{round}:z"));
+        // `z` first, so the batch's first look at it comes first; fillers
+        // between `a` and `z` in the join order widen the window.
+        let mut keys = vec![z.clone(), a.clone()];
+        keys.extend((0..3_000).map(|i| format!("{round}:m{i:04}")));
+        let misses = cache.stats().misses;
+        let (c, ks) = (cache.clone(), keys.clone());
+        let batch = tokio::spawn(async move {
+            c.get_many_or_load(ks, |asked: Vec<String>| async move {
+                Ok::<_, DbError>(asked.into_iter().map(|k| (k.clone(), k)).collect())
+            })
+            .await
+        });
+        // The batch counts its misses right before it joins: start the
+        // single load then, so that it registers `z` during the joins.
+        let (c, s) = (cache.clone(), std::time::Instant::now());
+        let spin = tokio::task::spawn_blocking(move || {
+            while c.stats().misses < misses + 3_000 && s.elapsed() < Duration::from_secs(5) {
+                std::hint::spin_loop();
+            }
+        });
+        spin.await.unwrap();
+        let (c, za) = (cache.clone(), a.clone());
+        let single = tokio::spawn(async move {
+            let inner = c.clone();
+            c.get_or_load(&z, move || async move {
+                let a: Option<String> = inner
+                    .get_or_load(&za, || async {
+                        Ok::<_, DbError>(Some("single".to_owned()))
+                    })
+                    .await
+                    .map_err(|_| DbError)?;
+                Ok::<_, DbError>(a.map(|a| format!("from {a}")))
+            })
+            .await
+        });
+        let began = std::time::Instant::now();
+        let (b, s) = (batch.await.unwrap(), single.await.unwrap());
+        if b.is_err() || s.is_err() || began.elapsed() > Duration::from_millis(1_500) {
+            stalled += 1;
+            eprintln!(
+                "round {round}: after {:?}, batch ok: {}, single: {s:?}",
+                began.elapsed(),
+                b.is_ok()
+            );
+        }
+    }
+    assert_eq!(
+        stalled, 0,
+        "{stalled} of {rounds} rounds stalled until the loader's hard timeout"
+    );
+}

@@ -12,9 +12,8 @@
 //! - A key already loading elsewhere in this process is awaited, not loaded
 //!   again, even when two batches (or a batch and a single call) register
 //!   their loads at the same moment: keys are joined in one global order,
-//!   and a batch waits for another's load only while holding loads of keys
-//!   ordered before it, so batches never wait for each other in a cycle
-//!   (see `join`).
+//!   and a batch waits for another's load only while it holds no unstarted
+//!   load of its own, so nothing waits for it in a cycle (see `join`).
 //! - A key whose lease another process holds is awaited the same way: the
 //!   batch never waits while holding leases (see `acquire`).
 

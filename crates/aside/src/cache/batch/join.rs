@@ -5,29 +5,28 @@
 //!    the batch waits for all of them at once, before registering a load of
 //!    its own.
 //! 2. The rest are joined **one by one in the global order of their flight
-//!    keys** (the same order for every batch). A key another caller
-//!    registered meanwhile (between the first look and the join) is waited
-//!    for right there, while the loads this batch registered before it are
-//!    not started yet; a key it leads is registered and left for the
-//!    batch's task, which starts once every key is joined.
+//!    keys** (the same order for every batch). A key it leads is registered
+//!    and left for the batch's task, which starts once every key is joined.
+//!    A key another caller registered meanwhile (between the first look and
+//!    the join) is waited for, but never while this batch holds unstarted
+//!    loads: those are handed back first (their joiners load again), and
+//!    the keys not answered are joined again, in order, after the wait.
 //! 3. A followed load whose value is not proven current for this caller
 //!    (see `flight`) is joined again, at most `MAX_JOINS` times in all,
 //!    then loaded privately: the batch loader is called once, so every key
 //!    it will load must be known before it starts.
 //!
-//! Why no batches wait for each other for ever: a batch waits in step 2 for
-//! the load of key `k` while holding only unstarted loads of keys ordered
-//! before `k`. Whoever leads `k` is a single call or a refresh (their loads
-//! start at once), a batch past its joins (its task runs, waiting for no
-//! flight), or a batch waiting in turn for a key ordered after `k`. Along
-//! any chain of waits the keys strictly grow, so the chain ends at a load
-//! that runs, and no cycle can form. (Waits for another process's lease, in
-//! the batch's task, are bounded by `lease_wait` and taken holding no
-//! lease: see `acquire`.)
+//! Why nothing waits for a batch for ever: a batch waits for a load only
+//! while it holds no load that has not started. A load that waited for an
+//! unstarted one of a batch that waits in turn would be a cycle even when
+//! the keys' own dependencies are not: a single load of `z` whose loader
+//! reads `a` through the cache, and a batch holding `a` while it waits for
+//! `z`. Each wait counts as a join of its key, so the joins end.
+//! (Waits for another process's lease, in the batch's task, are bounded by
+//! `lease_wait` and taken holding no lease: see `acquire`.)
 //!
-//! If the batch's caller goes away while the batch waits in step 2, the
-//! loads it registered are told to be retried: their joiners load again
-//! rather than fail.
+//! Loads handed back, or left when the batch's caller goes away, are told
+//! to be retried: their joiners load again rather than fail.
 
 use super::super::deps::Deps;
 use super::super::load::MAX_JOINS;
@@ -109,31 +108,49 @@ impl Cache {
         order.sort_unstable();
         let mut led = Registered(Vec::new());
         let mut waiters = Vec::new();
-        for (key, i) in order {
-            loop {
-                joins[i] += 1;
-                let role = if joins[i] <= MAX_JOINS {
-                    flights.join::<V>(&key, &deps.keys)
-                } else {
-                    Role::Leader(flights.private(&key))
-                };
-                match role {
-                    Role::Leader(leader) => {
-                        waiters.push((i, leader.waiter()));
-                        led.push(i, item(&slots[i], leader, None, me));
-                        break;
-                    }
-                    Role::Follower(waiter) => {
-                        if !std::mem::replace(&mut coalesced[i], true) {
-                            bump(&self.inner.stats.coalesced);
-                        }
-                        self.wait_all(slots, vec![(i, waiter)], me).await;
-                        if slots[i].answer.is_some() {
+        'join: loop {
+            for (key, i) in &order {
+                let i = *i;
+                if slots[i].answer.is_some() {
+                    continue;
+                }
+                loop {
+                    joins[i] += 1;
+                    let role = if joins[i] <= MAX_JOINS {
+                        flights.join::<V>(key, &deps.keys)
+                    } else {
+                        Role::Leader(flights.private(key))
+                    };
+                    match role {
+                        Role::Leader(leader) => {
+                            waiters.push((i, leader.waiter()));
+                            led.push(i, item(&slots[i], leader, None, me));
                             break;
+                        }
+                        Role::Follower(waiter) => {
+                            if !std::mem::replace(&mut coalesced[i], true) {
+                                bump(&self.inner.stats.coalesced);
+                            }
+                            // Never wait holding unstarted loads: the load
+                            // awaited may itself wait for one of them (its
+                            // loader reads another key through the cache).
+                            // Their joiners load again; this batch joins
+                            // them again, in order, once this wait is over.
+                            let held = !led.0.is_empty();
+                            drop(std::mem::replace(&mut led, Registered(Vec::new())));
+                            waiters.clear();
+                            self.wait_all(slots, vec![(i, waiter)], me).await;
+                            if held {
+                                continue 'join;
+                            }
+                            if slots[i].answer.is_some() {
+                                break;
+                            }
                         }
                     }
                 }
             }
+            break;
         }
         (led, waiters)
     }
