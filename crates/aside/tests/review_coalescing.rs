@@ -169,3 +169,106 @@ async fn a_batch_waiting_on_a_load_whose_loader_reads_one_of_its_keys_does_not_s
         "{stalled} of {rounds} rounds stalled until the loader's hard timeout"
     );
 }
+
+/// Another process writes the key (`set`) while this process's load of it
+/// runs; a caller that begins after the write joins that load before
+/// reading. When the load fails, its error is not this caller's: the cache
+/// holds the written value, which a caller that read first would have got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_after_a_write_does_not_take_the_error_of_an_older_load() {
+    let redis = server();
+    let (a, b) = (cache(&redis, "rvc3"), cache(&redis, "rvc3"));
+    let rounds = 20;
+    let mut failed = 0;
+    for round in 0..rounds {
+        let key = format!("k{round}");
+        let gate = Arc::new(Notify::new());
+        let started = Arc::new(Notify::new());
+        let (c, k, g, s) = (a.clone(), key.clone(), gate.clone(), started.clone());
+        let loading = tokio::spawn(async move {
+            c.get_or_load(&k, move || async move {
+                s.notify_one();
+                g.notified().await;
+                Err::<Option<String>, _>(DbError)
+            })
+            .await
+        });
+        started.notified().await;
+        b.set(&key, "written".to_owned()).await.unwrap();
+
+        let coalesced = a.stats().coalesced;
+        let (c, k) = (a.clone(), key.clone());
+        let reader = tokio::spawn(async move {
+            c.get_or_load(&k, || async {
+                Ok::<_, DbError>(Some("reloaded".to_owned()))
+            })
+            .await
+        });
+        for _ in 0..2_500 {
+            if reader.is_finished() || a.stats().coalesced > coalesced {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        gate.notify_one();
+        assert!(loading.await.unwrap().is_err());
+        let seen: Result<Option<String>, aside::Error> = reader.await.unwrap();
+        if seen.as_ref().ok().and_then(|v| v.as_deref()) != Some("written") {
+            failed += 1;
+            eprintln!("round {round}: a caller after the write saw {seen:?}");
+        }
+    }
+    assert_eq!(
+        failed, 0,
+        "{failed} of {rounds} callers that began after a write took an older load's error"
+    );
+}
+
+/// The other side of the previous test: callers of a cold key that joined
+/// a failing load before reading find nothing cached and take its error,
+/// without calling the loader again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joiners_of_a_failing_load_of_a_cold_key_take_its_error_and_load_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let redis = server();
+    let cache = cache(&redis, "rvc4");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Notify::new());
+    let started = Arc::new(Notify::new());
+    let spawn = |held: bool| {
+        let (c, n, g, s) = (cache.clone(), calls.clone(), gate.clone(), started.clone());
+        tokio::spawn(async move {
+            c.get_or_load("k", move || async move {
+                n.fetch_add(1, Ordering::SeqCst);
+                if held {
+                    s.notify_one();
+                    g.notified().await;
+                }
+                Err::<Option<String>, _>(DbError)
+            })
+            .await
+        })
+    };
+    let leader = spawn(true);
+    started.notified().await;
+    let joiners: Vec<_> = (0..50).map(|_| spawn(false)).collect();
+    for _ in 0..2_500 {
+        if cache.stats().coalesced >= 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(cache.stats().coalesced, 50, "{:?}", cache.stats());
+    gate.notify_one();
+    assert!(leader.await.unwrap().is_err());
+    for j in joiners {
+        let e = j.await.unwrap().unwrap_err();
+        assert_eq!(e.kind(), aside::ErrorKind::Loader);
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the loader was called again"
+    );
+    assert_eq!(cache.stats().misses, 51, "{:?}", cache.stats());
+}

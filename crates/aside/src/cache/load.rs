@@ -191,7 +191,9 @@ impl Cache {
     }
 
     /// Waits for a load joined by [`follow_load`](Self::follow_load) and
-    /// takes its outcome if it is for this caller (moment `me`).
+    /// takes its outcome if it is for this caller (moment `me`). A value
+    /// answers the caller (counted as a miss); an error is left to the
+    /// caller, which reads the cache before taking it.
     pub(super) async fn wait_joined<V: Value>(
         &self,
         me: u64,
@@ -200,7 +202,9 @@ impl Cache {
         bump(&self.inner.stats.coalesced);
         let done = waiter.wait().await;
         if done.is_for(me) {
-            bump(&self.inner.stats.misses);
+            if done.outcome.is_ok() {
+                bump(&self.inner.stats.misses);
+            }
             return Some(done.outcome);
         }
         // The load may predate an invalidation made before this call

@@ -290,13 +290,20 @@ impl Cache {
             let load = Box::pin(self.load(pk, deps, ttl, None, Mode::Bypass, loader));
             return load.instrument(self.load_span()).await;
         }
+        // The error of a load joined before reading: this caller's answer
+        // only if the cache holds nothing for it either.
+        let mut joined_error = None;
         if let Some((me, waiter)) = self.follow_load::<V>(pk, &deps) {
             // A load of this key is in flight here: wait for it rather than
             // read the backend (callers arriving during a load would
             // otherwise queue one read each behind the one that started it).
             let joined = Box::pin(self.wait_joined(me, waiter));
-            if let Some(outcome) = joined.instrument(self.load_span()).await {
-                return outcome;
+            match joined.instrument(self.load_span()).await {
+                Some(Ok(v)) => return Ok(v),
+                // The load may have begun before a write (perhaps by another
+                // process) that this call followed: read before failing.
+                Some(Err(e)) => joined_error = Some(e),
+                None => {}
             }
         }
         let stale = match self.lookup::<V>(pk, &deps).await {
@@ -326,6 +333,10 @@ impl Cache {
             // A backend failure was counted in `lookup`; go on without it.
             Ok(Lookup::Miss) | Err(_) => {
                 bump(&self.inner.stats.misses);
+                if let Some(e) = joined_error {
+                    // Not loaded again: the load this caller joined failed.
+                    return Err(e);
+                }
                 None
             }
         };
