@@ -37,7 +37,7 @@ async fn a_hit_is_not_held_by_a_load_of_the_key_with_other_tags() {
     let cache = cache(&redis, "rvc1");
     let tagged = EntryOptions::new().tag("t");
     let rounds = 40;
-    let mut failed = 0;
+    let mut failed: Vec<String> = Vec::new();
     for round in 0..rounds {
         let key = format!("k{round}");
         let v: Option<String> = cache
@@ -88,13 +88,13 @@ async fn a_hit_is_not_held_by_a_load_of_the_key_with_other_tags() {
         assert!(loading.await.unwrap().is_err());
         let seen: Result<Option<String>, aside::Error> = reader.await.unwrap();
         if seen.as_ref().ok().and_then(|v| v.as_deref()) != Some("cached") {
-            failed += 1;
-            eprintln!("round {round}: the untagged reader saw {seen:?}");
+            failed.push(format!("round {round}: the untagged reader saw {seen:?}"));
         }
     }
-    assert_eq!(
-        failed, 0,
-        "{failed} of {rounds} untagged reads of a cached key waited for a tagged load and failed"
+    assert!(
+        failed.is_empty(),
+        "{} of {rounds} untagged reads of a cached key waited for a tagged load and failed: {failed:#?}",
+        failed.len()
     );
 }
 
@@ -115,7 +115,7 @@ async fn a_batch_waiting_on_a_load_whose_loader_reads_one_of_its_keys_does_not_s
         .build()
         .unwrap();
     let rounds = 30;
-    let mut stalled = 0;
+    let mut stalled: Vec<String> = Vec::new();
     for round in 0..rounds {
         let (a, z) = (format!("{round}:a"), format!("{round}:z"));
         // `z` first, so the batch's first look at it comes first; fillers
@@ -156,17 +156,17 @@ async fn a_batch_waiting_on_a_load_whose_loader_reads_one_of_its_keys_does_not_s
         let began = std::time::Instant::now();
         let (b, s) = (batch.await.unwrap(), single.await.unwrap());
         if b.is_err() || s.is_err() || began.elapsed() > Duration::from_millis(1_500) {
-            stalled += 1;
-            eprintln!(
+            stalled.push(format!(
                 "round {round}: after {:?}, batch ok: {}, single: {s:?}",
                 began.elapsed(),
                 b.is_ok()
-            );
+            ));
         }
     }
-    assert_eq!(
-        stalled, 0,
-        "{stalled} of {rounds} rounds stalled until the loader's hard timeout"
+    assert!(
+        stalled.is_empty(),
+        "{} of {rounds} rounds stalled until the loader's hard timeout: {stalled:#?}",
+        stalled.len()
     );
 }
 
@@ -179,7 +179,7 @@ async fn a_caller_after_a_write_does_not_take_the_error_of_an_older_load() {
     let redis = server();
     let (a, b) = (cache(&redis, "rvc3"), cache(&redis, "rvc3"));
     let rounds = 20;
-    let mut failed = 0;
+    let mut failed: Vec<String> = Vec::new();
     for round in 0..rounds {
         let key = format!("k{round}");
         let gate = Arc::new(Notify::new());
@@ -214,13 +214,15 @@ async fn a_caller_after_a_write_does_not_take_the_error_of_an_older_load() {
         assert!(loading.await.unwrap().is_err());
         let seen: Result<Option<String>, aside::Error> = reader.await.unwrap();
         if seen.as_ref().ok().and_then(|v| v.as_deref()) != Some("written") {
-            failed += 1;
-            eprintln!("round {round}: a caller after the write saw {seen:?}");
+            failed.push(format!(
+                "round {round}: a caller after the write saw {seen:?}"
+            ));
         }
     }
-    assert_eq!(
-        failed, 0,
-        "{failed} of {rounds} callers that began after a write took an older load's error"
+    assert!(
+        failed.is_empty(),
+        "{} of {rounds} callers that began after a write took an older load's error: {failed:#?}",
+        failed.len()
     );
 }
 
