@@ -274,3 +274,117 @@ async fn joiners_of_a_failing_load_of_a_cold_key_take_its_error_and_load_once() 
     );
     assert_eq!(cache.stats().misses, 51, "{:?}", cache.stats());
 }
+
+/// Readers on one instance (single calls that join loads before reading,
+/// and batches) while another instance (another process) writes the source
+/// of truth and invalidates: no read that began after an `Applied`
+/// invalidation returns a value loaded before it. (With joiners that take
+/// any outcome, the proof rule skipped, it counts dozens of stale reads.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_joiner_reads_a_value_older_than_an_invalidation_it_followed() {
+    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+    const KEYS: usize = 4;
+    let redis = server();
+    let (a, b) = (cache(&redis, "rvc5"), cache(&redis, "rvc5"));
+    let version: Arc<Vec<AtomicI64>> = Arc::new((0..KEYS).map(|_| AtomicI64::new(1)).collect());
+    // The newest version whose invalidation returned Applied, per key.
+    let floor: Arc<Vec<AtomicI64>> = Arc::new((0..KEYS).map(|_| AtomicI64::new(0)).collect());
+    let stale = Arc::new(AtomicU64::new(0));
+    let reads = Arc::new(AtomicU64::new(0));
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let load = |version: Arc<Vec<AtomicI64>>, k: usize| async move {
+        let v = version[k].load(Ordering::SeqCst);
+        // Long enough for invalidations, and callers after them, to land
+        // while it runs.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        Ok::<_, DbError>(Some(v))
+    };
+    let mut tasks = Vec::new();
+    for r in 0..8usize {
+        let (a, version, floor, stale, reads) = (
+            a.clone(),
+            version.clone(),
+            floor.clone(),
+            stale.clone(),
+            reads.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut n = r;
+            while tokio::time::Instant::now() < until {
+                n += 1;
+                if r % 4 == 3 {
+                    let floors: Vec<i64> =
+                        (0..KEYS).map(|k| floor[k].load(Ordering::SeqCst)).collect();
+                    let keys: Vec<String> = (0..KEYS).map(|k| format!("k{k}")).collect();
+                    let v2 = version.clone();
+                    let got: Vec<Option<i64>> = a
+                        .get_many_or_load(keys, move |asked: Vec<String>| async move {
+                            tokio::time::sleep(Duration::from_millis(3)).await;
+                            Ok::<_, DbError>(
+                                asked
+                                    .into_iter()
+                                    .map(|k| {
+                                        let i: usize = k[1..].parse().unwrap();
+                                        (k, v2[i].load(Ordering::SeqCst))
+                                    })
+                                    .collect(),
+                            )
+                        })
+                        .await
+                        .unwrap();
+                    for (k, v) in got.into_iter().enumerate() {
+                        reads.fetch_add(1, Ordering::Relaxed);
+                        if v.unwrap() < floors[k] {
+                            stale.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                } else {
+                    let k = n % KEYS;
+                    let at_start = floor[k].load(Ordering::SeqCst);
+                    let v: Option<i64> = a
+                        .get_or_load(format!("k{k}"), {
+                            let version = version.clone();
+                            move || load(version, k)
+                        })
+                        .await
+                        .unwrap();
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    if v.unwrap() < at_start {
+                        stale.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let writer = {
+        let (version, floor) = (version.clone(), floor.clone());
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while tokio::time::Instant::now() < until {
+                n += 1;
+                let k = n % KEYS;
+                let v = version[k].fetch_add(1, Ordering::SeqCst) + 1;
+                if b.invalidate(format!("k{k}")).await.unwrap().is_applied() {
+                    floor[k].fetch_max(v, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_micros(rand_micros() / 3)).await;
+            }
+        })
+    };
+    for t in tasks {
+        t.await.unwrap();
+    }
+    writer.await.unwrap();
+    let s = a.stats();
+    assert!(reads.load(Ordering::Relaxed) > 500, "too few reads");
+    assert!(s.coalesced > 0 && s.stale_fills_rejected > 0, "{s:?}");
+    assert_eq!(stale.load(Ordering::Relaxed), 0, "stale reads; {s:?}");
+}
+
+fn rand_micros() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    u64::from(nanos % 3_000)
+}
