@@ -305,6 +305,19 @@ impl Cache {
                 Some(Err(e)) => joined_error = Some(e),
                 None => {}
             }
+            if self.must_bypass(pk, &deps) {
+                // An invalidation was queued while this caller waited: the
+                // backend may hold what it removes, so do not read it (as
+                // above; the load's error, if any, is this call's answer).
+                bump(&self.inner.stats.misses);
+                bump(&self.inner.stats.bypassed);
+                if let Some(e) = joined_error {
+                    return Err(e);
+                }
+                let (pk, ttl) = (pk.to_owned(), options.ttl);
+                let load = Box::pin(self.load(pk, deps, ttl, None, Mode::Bypass, loader));
+                return load.instrument(self.load_span()).await;
+            }
         }
         let stale = match self.lookup::<V>(pk, &deps).await {
             Ok(Lookup::Fresh(v, refresh)) => {
