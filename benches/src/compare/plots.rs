@@ -14,6 +14,8 @@ use std::error::Error;
 use std::path::{Path, PathBuf};
 
 use plotters::coord::CoordTranslate;
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 use serde_json::Value;
@@ -137,50 +139,48 @@ where
         .x_label_area_size(40)
         .y_label_area_size(55);
     if log_x {
-        let mut chart = builder.build_cartesian_2d((lo * 0.9..hi * 1.1).log_scale(), 0.0..1.0)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_desc)
-            .y_desc("fraction of calls ≤ x")
-            .label_style(("sans-serif", 14))
-            .draw()?;
-        for (i, l) in lines.iter().enumerate() {
-            let style = Palette99::pick(i).stroke_width(2);
-            chart
-                .draw_series(LineSeries::new(l.points.iter().copied(), style))?
-                .label(l.name.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(
-                        vec![(x, y), (x + 20, y)],
-                        Palette99::pick(i).stroke_width(2),
-                    )
-                });
-        }
-        legend(&mut chart)?;
+        let chart = builder.build_cartesian_2d((lo * 0.9..hi * 1.1).log_scale(), 0.0..1.0)?;
+        draw_cdf(chart, lines, x_desc, "fraction of calls ≤ x")?;
     } else {
         let lo = (lo * 0.95).floor();
-        let mut chart = builder.build_cartesian_2d(lo..hi * 1.02, 0.0..1.0)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_desc)
-            .y_desc("fraction of callers ≤ x")
-            .label_style(("sans-serif", 14))
-            .draw()?;
-        for (i, l) in lines.iter().enumerate() {
-            let style = Palette99::pick(i).stroke_width(2);
-            chart
-                .draw_series(LineSeries::new(l.points.iter().copied(), style))?
-                .label(l.name.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(
-                        vec![(x, y), (x + 20, y)],
-                        Palette99::pick(i).stroke_width(2),
-                    )
-                });
-        }
-        legend(&mut chart)?;
+        let chart = builder.build_cartesian_2d(lo..hi * 1.02, 0.0..1.0)?;
+        draw_cdf(chart, lines, x_desc, "fraction of callers ≤ x")?;
     }
     Ok(())
+}
+
+/// The mesh, one line per distribution and the legend, on either x axis
+/// (linear or logarithmic).
+fn draw_cdf<'a, DB, X>(
+    mut chart: ChartContext<'a, DB, Cartesian2d<X, RangedCoordf64>>,
+    lines: &[Line],
+    x_desc: &str,
+    y_desc: &str,
+) -> Res<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    for (i, l) in lines.iter().enumerate() {
+        let style = Palette99::pick(i).stroke_width(2);
+        chart
+            .draw_series(LineSeries::new(l.points.iter().copied(), style))?
+            .label(l.name.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(
+                    vec![(x, y), (x + 20, y)],
+                    Palette99::pick(i).stroke_width(2),
+                )
+            });
+    }
+    legend(&mut chart)
 }
 
 fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(

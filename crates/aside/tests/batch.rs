@@ -10,6 +10,7 @@ use std::time::Duration;
 use aside::backend::{MemoryBackend, TieredBackend};
 use aside::{Cache, EntryOptions, ErrorKind, RedisBackend};
 use aside_test::RedisServer;
+use redis_stats::{commandstats, raw, reset_stats};
 use tokio::sync::oneshot;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,43 +41,6 @@ fn tiered(redis: &RedisServer) -> Cache {
     let l2 = RedisBackend::new(&redis.url()).unwrap();
     let backend = TieredBackend::builder(l2).build().unwrap();
     builder().backend(backend).build().unwrap()
-}
-
-async fn raw(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
-/// Calls of each command since the last `CONFIG RESETSTAT`, from Redis.
-async fn commandstats(conn: &mut redis::aio::MultiplexedConnection) -> HashMap<String, u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    info.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .collect()
-}
-
-async fn reset_stats(conn: &mut redis::aio::MultiplexedConnection) {
-    redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async::<()>(conn)
-        .await
-        .unwrap();
 }
 
 /// A batch loader's record: the keys of each call.
@@ -436,3 +400,6 @@ mod promise;
 mod race;
 #[path = "batch/round_trips.rs"]
 mod round_trips;
+
+#[path = "support/redis_stats.rs"]
+mod redis_stats;

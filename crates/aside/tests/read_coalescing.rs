@@ -7,7 +7,6 @@
 //! `Stats::coalesced`, which counts a joiner whether it read first or not.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -15,6 +14,7 @@ use std::time::Duration;
 use aside::clock::ManualClock;
 use aside::{Cache, EntryOptions, RedisBackend};
 use aside_test::RedisServer;
+use redis_stats::{commandstats, raw, reset_stats};
 use tokio::sync::Notify;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,40 +62,8 @@ async fn until(what: &str, n: u64, count: impl Fn() -> u64) {
     panic!("{what}: {} of {n}", count());
 }
 
-async fn raw(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
-/// Calls of each command since the last `CONFIG RESETSTAT`, from Redis.
-async fn commandstats(conn: &mut redis::aio::MultiplexedConnection) -> HashMap<String, u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    info.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.strip_prefix("calls=")?.split(',').next()?;
-            Some((name.to_owned(), calls.parse().ok()?))
-        })
-        .collect()
-}
-
 async fn gets_since_reset(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
     commandstats(conn).await.get("get").copied().unwrap_or(0)
-}
-
-async fn reset_stats(conn: &mut redis::aio::MultiplexedConnection) {
-    let () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(conn)
-        .await
-        .unwrap();
 }
 
 fn spawn_get(
@@ -294,3 +262,6 @@ async fn a_refresh_in_flight_does_not_hold_readers_of_the_stale_entry() {
     until("refreshed", 1, || cache.stats().sets.saturating_sub(1)).await;
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+#[path = "support/redis_stats.rs"]
+mod redis_stats;
