@@ -12,6 +12,8 @@ use sqlx::postgres::PgPoolOptions;
 
 use aside::backend::without_password as redact;
 
+use crate::exporter::{MetricsArgs, export};
+
 /// How long queued invalidations may take to land when stopping.
 const FLUSH_WITHIN: Duration = Duration::from_secs(5);
 
@@ -50,6 +52,8 @@ pub struct ListenArgs {
     /// No line per invalidation (errors are still reported on stderr).
     #[arg(long, short)]
     quiet: bool,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 fn parse_map(spec: &str) -> Result<TableMap, String> {
@@ -58,9 +62,18 @@ fn parse_map(spec: &str) -> Result<TableMap, String> {
 
 /// Runs the bridge until Ctrl-C.
 pub async fn run(args: ListenArgs) -> anyhow::Result<()> {
-    let mut builder = Cache::builder()
-        .namespace(args.namespace.clone())
-        .namespace_invalidation(true);
+    // Not before `--print-sql`, which serves nothing.
+    let exporter = if args.print_sql {
+        None
+    } else {
+        args.metrics.start().await?
+    };
+    let mut builder = export(
+        Cache::builder()
+            .namespace(args.namespace.clone())
+            .namespace_invalidation(true),
+        exporter.as_ref(),
+    );
     if let Some(version) = args.schema_version {
         builder = builder.schema_version(version);
     }

@@ -18,6 +18,9 @@
 //!
 //! Every command but `listen` writes one JSON document on stdout with
 //! `--json`; progress bars go to stderr, only when it is a terminal.
+//!
+//! `demo`, `warm` and `listen` serve their cache's metrics for Prometheus
+//! at `http://ADDR/metrics` with `--metrics-addr ADDR` while they run.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -26,6 +29,7 @@ use clap::{Parser, Subcommand};
 
 mod connect;
 mod demo;
+mod exporter;
 mod inspect;
 mod invalidate;
 mod listen;

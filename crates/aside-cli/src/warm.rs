@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::connect::{checked_redis, redact};
 use crate::demo::db::{Db, Product};
 use crate::demo::unique_namespace;
+use crate::exporter::{Exporter, MetricsArgs, export};
 use crate::output::{print_json, show_progress};
 
 /// Options of `aside warm`.
@@ -56,6 +57,8 @@ pub struct WarmArgs {
     /// One JSON document on stdout instead of the summary; no progress bar.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 impl WarmArgs {
@@ -126,7 +129,8 @@ pub async fn run(args: WarmArgs) -> anyhow::Result<()> {
     // and leave them out instead.
     let (keys, foreign): (Vec<String>, Vec<String>) =
         keys.into_iter().partition(|k| product_id(k).is_some());
-    let cache = build_cache(&args, &namespace).await?;
+    let exporter = args.metrics.start().await?;
+    let cache = build_cache(&args, &namespace, exporter.as_ref()).await?;
 
     let store = match &args.redis {
         Some(url) => format!("Redis at {}", redact(url)),
@@ -228,7 +232,11 @@ pub async fn run(args: WarmArgs) -> anyhow::Result<()> {
 }
 
 /// The demo's product cache: in process, or in Redis (checked to answer).
-async fn build_cache(args: &WarmArgs, namespace: &str) -> anyhow::Result<Cache> {
+async fn build_cache(
+    args: &WarmArgs,
+    namespace: &str,
+    exporter: Option<&Exporter>,
+) -> anyhow::Result<Cache> {
     // A chunk's requests carry hundreds of keys (one script to take their
     // tokens, one to fill them): on a busy machine they can take longer than
     // the 250 ms a single read is given, and a timed-out fill leaves its
@@ -237,6 +245,7 @@ async fn build_cache(args: &WarmArgs, namespace: &str) -> anyhow::Result<Cache> 
         .namespace(namespace)
         .ttl(Duration::from_secs(args.ttl))
         .backend_timeout(Duration::from_secs(2));
+    let builder = export(builder, exporter);
     let builder = match &args.redis {
         Some(url) => builder.backend(checked_redis(url, namespace).await?),
         None => builder.backend(MemoryBackend::builder().max_entries(args.rows).build()),

@@ -1,6 +1,10 @@
 //! Runs the built `aside listen`: bad input fails with a message, and end to
-//! end, an UPDATE made with plain SQL removes the cached key from Redis.
+//! end, an UPDATE made with plain SQL removes the cached key from Redis, and
+//! the invalidations show on the command's own Prometheus page
+//! (`--metrics-addr`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Output, Stdio};
@@ -113,16 +117,27 @@ async fn an_update_removes_the_cached_key_from_redis() {
         .arg(redis.url())
         .args(["--namespace", &namespace, "--map", &map, "--channel"])
         .arg(format!("aside_cli_{suffix}"))
+        .args(["--metrics-addr", "127.0.0.1:0"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn aside listen");
     let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
     let child = Running(child);
     let (tx, lines) = mpsc::channel::<String>();
+    let errors = tx.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Stderr goes into the same stream, so waiting for a line sees both.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if errors.send(line).is_err() {
                 return;
             }
         }
@@ -149,6 +164,12 @@ async fn an_update_removes_the_cached_key_from_redis() {
         started.iter().any(|l| l.contains("installed triggers")),
         "{started:?}"
     );
+    // Said on stderr before the cache was built.
+    let metrics_url = started
+        .iter()
+        .find_map(|l| l.strip_prefix("serving metrics on "))
+        .unwrap_or_else(|| panic!("no metrics address said: {started:?}"))
+        .to_owned();
 
     // The application's cache: same Redis, same namespace.
     let cache = Cache::builder()
@@ -206,6 +227,48 @@ async fn an_update_removes_the_cached_key_from_redis() {
         line.contains("UPDATE") && line.contains("category:3"),
         "{line}"
     );
+
+    // The bridge's cache exports what it did on the command's own page
+    // (at most one export interval, 1 s, late).
+    let key_line = format!(
+        "aside_invalidations_total{{cache=\"{namespace}\",level=\"redis\",kind=\"key\"}} 1"
+    );
+    let tag_line = format!(
+        "aside_invalidations_total{{cache=\"{namespace}\",level=\"redis\",kind=\"tag\"}} 1"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let page = common::scrape(&metrics_url);
+        if page.contains(&key_line) && page.contains(&tag_line) {
+            break page;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {key_line:?} and {tag_line:?} on the page 10 s after the UPDATE:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        page.contains("# TYPE aside_invalidations_total counter"),
+        "{page}"
+    );
+    // And `aside stats` reads that page.
+    let stats = Command::new(env!("CARGO_BIN_EXE_aside"))
+        .args([
+            "stats",
+            "--json",
+            "--namespace",
+            &namespace,
+            "--metrics-url",
+            &metrics_url,
+        ])
+        .output()
+        .expect("run aside stats");
+    assert!(stats.status.success(), "{stats:?}");
+    let figures: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("JSON");
+    let invalidations = &figures["caches"][namespace.as_str()]["invalidations"];
+    assert_eq!(invalidations["key"], 1.0, "{figures}");
+    assert_eq!(invalidations["tag"], 1.0, "{figures}");
 
     drop(child);
     let _ = sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))

@@ -18,6 +18,7 @@ use naive::Naive;
 use workload::{Plan, Reads, Versions};
 
 use crate::connect::{checked_redis, redact};
+use crate::exporter::{Exporter, MetricsArgs, export};
 use crate::output::{print_json, show_progress};
 
 /// The largest table the demo seeds (and keeps versions for in memory).
@@ -83,6 +84,8 @@ pub struct DemoArgs {
     /// counters) instead of the report; no progress bars.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 impl DemoArgs {
@@ -153,7 +156,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     args.validate()?;
     let show = show_progress(args.quiet, args.json);
     let namespace = args.namespace.clone().unwrap_or_else(unique_namespace);
-    let (cache, naive) = build_caches(&args, &namespace).await?;
+    let exporter = args.metrics.start().await?;
+    let (cache, naive) = build_caches(&args, &namespace, exporter.as_ref()).await?;
     let plan = args.plan();
     let store = match &args.redis {
         Some(url) => format!("Redis at {}", redact(url)),
@@ -245,9 +249,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 /// The cache under test, and naive cache-aside on the same kind of store:
 /// both in process, or both in Redis (checked to answer).
-async fn build_caches(args: &DemoArgs, namespace: &str) -> anyhow::Result<(Cache, Naive)> {
+async fn build_caches(
+    args: &DemoArgs,
+    namespace: &str,
+    exporter: Option<&Exporter>,
+) -> anyhow::Result<(Cache, Naive)> {
     let ttl = Duration::from_secs(args.ttl);
-    let builder = Cache::builder().namespace(namespace).ttl(ttl);
+    let builder = export(Cache::builder().namespace(namespace).ttl(ttl), exporter);
     let Some(url) = &args.redis else {
         // By default room for the whole table: the demo measures the pattern,
         // not evictions. A smaller capacity shows that evicting entries does

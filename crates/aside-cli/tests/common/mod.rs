@@ -2,6 +2,7 @@
 //! binary with a bound on how long it may take, and reading its output.
 #![allow(dead_code)]
 
+use std::io::{Read as _, Write as _};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -95,4 +96,37 @@ pub fn closed_port() -> u16 {
         Ok(a) => a.port(),
         Err(e) => panic!("{e}"),
     }
+}
+
+/// The body of `GET url` (http://host:port/path), read to the end of the
+/// connection; a panic unless the answer is a 200.
+pub fn scrape(url: &str) -> String {
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! { panic!("GET {url}: {what}: {e}") };
+    let rest = url
+        .strip_prefix("http://")
+        .unwrap_or_else(|| fail("not an http URL", &""));
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut stream =
+        std::net::TcpStream::connect(host).unwrap_or_else(|e| fail("could not connect", &e));
+    if let Err(e) = stream.set_read_timeout(Some(Duration::from_secs(5))) {
+        fail("read timeout", &e);
+    }
+    if let Err(e) = write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    ) {
+        fail("could not send", &e);
+    }
+    let mut response = String::new();
+    if let Err(e) = stream.read_to_string(&mut response) {
+        fail("could not read", &e);
+    }
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "GET {url}: {response}"
+    );
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
 }
