@@ -16,9 +16,19 @@ pub(crate) fn redact(url: &str) -> String {
     without_password(url)
 }
 
-/// A Redis backend at `url`, checked to answer.
-pub(crate) async fn checked_redis(url: &str, namespace: &str) -> anyhow::Result<RedisBackend> {
-    let backend = RedisBackend::builder(url)
+/// A Redis backend at `url` (a node of a Redis Cluster with `cluster`),
+/// checked to answer.
+pub(crate) async fn checked_redis(
+    url: &str,
+    cluster: bool,
+    namespace: &str,
+) -> anyhow::Result<RedisBackend> {
+    let builder = if cluster {
+        RedisBackend::cluster([url])
+    } else {
+        RedisBackend::builder(url)
+    };
+    let backend = builder
         .connect_timeout(REDIS_TIMEOUT)
         .build()
         .with_context(|| format!("invalid --redis URL {}", redact(url)))?;
@@ -42,11 +52,12 @@ pub(crate) async fn checked_redis(url: &str, namespace: &str) -> anyhow::Result<
 /// checked to answer, as the service that owns the namespace sees it.
 pub(crate) async fn redis_cache(
     url: &str,
+    cluster: bool,
     namespace: &str,
     schema_version: Option<u32>,
     configure: impl FnOnce(CacheBuilder) -> CacheBuilder,
 ) -> anyhow::Result<Cache> {
-    let backend = checked_redis(url, namespace).await?;
+    let backend = checked_redis(url, cluster, namespace).await?;
     let mut builder = Cache::builder()
         .namespace(namespace)
         .backend_timeout(REDIS_TIMEOUT)

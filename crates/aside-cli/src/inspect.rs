@@ -21,6 +21,10 @@ pub struct InspectArgs {
     /// The Redis the cache uses (e.g. redis://127.0.0.1:6379).
     #[arg(long, value_name = "URL")]
     redis: String,
+    /// The Redis URL names a node of a Redis Cluster (any node: the others
+    /// are found from it).
+    #[arg(long)]
+    cluster: bool,
     /// The cache's namespace.
     #[arg(long, default_value = "aside")]
     namespace: String,
@@ -34,7 +38,14 @@ pub struct InspectArgs {
 
 /// Reads the entry and prints it.
 pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
-    let cache = redis_cache(&args.redis, &args.namespace, args.schema_version, |b| b).await?;
+    let cache = redis_cache(
+        &args.redis,
+        args.cluster,
+        &args.namespace,
+        args.schema_version,
+        |b| b,
+    )
+    .await?;
     let info = cache
         .inspect(&args.key)
         .await

@@ -24,6 +24,10 @@ pub struct InvalidateArgs {
     /// The Redis the cache uses (e.g. redis://127.0.0.1:6379).
     #[arg(long, value_name = "URL")]
     redis: String,
+    /// The Redis URL names a node of a Redis Cluster (any node: the others
+    /// are found from it).
+    #[arg(long)]
+    cluster: bool,
     /// The cache's namespace.
     #[arg(long)]
     namespace: String,
@@ -63,9 +67,13 @@ pub async fn run(args: InvalidateArgs) -> anyhow::Result<()> {
         What::Keys(&args.key)
     };
     let all = args.all_namespace;
-    let cache = redis_cache(&args.redis, &args.namespace, args.schema_version, |b| {
-        b.namespace_invalidation(all)
-    })
+    let cache = redis_cache(
+        &args.redis,
+        args.cluster,
+        &args.namespace,
+        args.schema_version,
+        |b| b.namespace_invalidation(all),
+    )
     .await?;
     let outcome = match what {
         What::Keys(keys) => cache.invalidate_many(keys).await,

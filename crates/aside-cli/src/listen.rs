@@ -26,6 +26,10 @@ pub struct ListenArgs {
     /// The Redis holding the cache, e.g. redis://127.0.0.1:6379.
     #[arg(long, value_name = "URL")]
     redis_url: String,
+    /// The --redis-url names a node of a Redis Cluster (any node: the others
+    /// are found from it).
+    #[arg(long)]
+    cluster: bool,
     /// The cache's namespace: the one the application's cache is built with.
     /// The application's cache must use namespace_invalidation(true).
     #[arg(long, value_name = "NS")]
@@ -77,8 +81,12 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<()> {
     if let Some(version) = args.schema_version {
         builder = builder.schema_version(version);
     }
-    let backend = RedisBackend::new(&args.redis_url)
-        .with_context(|| format!("--redis-url {}", redact(&args.redis_url)))?;
+    let backend = if args.cluster {
+        RedisBackend::cluster([args.redis_url.as_str()]).build()
+    } else {
+        RedisBackend::new(&args.redis_url)
+    }
+    .with_context(|| format!("--redis-url {}", redact(&args.redis_url)))?;
     let cache = builder.backend(backend).build().context("the cache")?;
 
     let quiet = args.quiet;

@@ -48,6 +48,10 @@ pub struct WarmArgs {
     /// Cache in this Redis (e.g. redis://127.0.0.1:6379) instead of in process.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// The Redis URL names a node of a Redis Cluster (any node: the others
+    /// are found from it).
+    #[arg(long, requires = "redis")]
+    cluster: bool,
     /// Key namespace (default: unique per run).
     #[arg(long)]
     namespace: Option<String>,
@@ -247,7 +251,7 @@ async fn build_cache(
         .backend_timeout(Duration::from_secs(2));
     let builder = export(builder, exporter);
     let builder = match &args.redis {
-        Some(url) => builder.backend(checked_redis(url, namespace).await?),
+        Some(url) => builder.backend(checked_redis(url, args.cluster, namespace).await?),
         None => builder.backend(MemoryBackend::builder().max_entries(args.rows).build()),
     };
     builder

@@ -74,6 +74,10 @@ pub struct DemoArgs {
     /// Its capacity is the server's (maxmemory), not the demo's.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// The Redis URL names a node of a Redis Cluster (any node: the others
+    /// are found from it).
+    #[arg(long, requires = "redis")]
+    cluster: bool,
     /// Key namespace (default: unique per run, so runs never share entries).
     #[arg(long)]
     namespace: Option<String>,
@@ -269,7 +273,7 @@ async fn build_caches(
             .context("invalid cache options (check --namespace)")?;
         return Ok((cache, Naive::in_memory(entries, ttl)));
     };
-    let backend = checked_redis(url, namespace).await?;
+    let backend = checked_redis(url, args.cluster, namespace).await?;
     // The naive run comes after aside's, on the same (checked) connection;
     // its keys are outside aside's `{namespace:...}` shape.
     let naive = Naive::on_redis(backend.connection(), format!("{namespace}:naive"), ttl);

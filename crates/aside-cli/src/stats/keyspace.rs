@@ -1,12 +1,17 @@
 //! Server-side figures of a Redis: `INFO stats` and `INFO memory`,
 //! `DBSIZE`, and optionally a count of one namespace's keys by `SCAN`
 //! (with the namespace escaped in the pattern: a namespace is data, never
-//! a glob).
+//! a glob). On a Redis Cluster, the same per primary: `SCAN` sees only
+//! the keys of the node it runs on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Context as _;
 use aside::backend::RedisConnection;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo, SingleNodeRoutingInfo,
+};
 
 use crate::connect::REDIS_TIMEOUT;
 
@@ -22,6 +27,16 @@ pub(crate) struct ServerFigures {
 }
 
 impl ServerFigures {
+    /// The figures of two servers together (a cluster's primaries).
+    pub fn add(&mut self, other: &ServerFigures) {
+        self.keyspace_hits += other.keyspace_hits;
+        self.keyspace_misses += other.keyspace_misses;
+        self.evicted_keys += other.evicted_keys;
+        self.expired_keys += other.expired_keys;
+        self.used_memory += other.used_memory;
+        self.keys += other.keys;
+    }
+
     pub fn hit_ratio(&self) -> Option<f64> {
         let total = self.keyspace_hits + self.keyspace_misses;
         (total > 0).then(|| self.keyspace_hits as f64 / total as f64)
@@ -41,15 +56,52 @@ pub(crate) struct NamespaceKeys {
     pub other: u64,
 }
 
+impl NamespaceKeys {
+    /// The keys found on two nodes together.
+    pub fn add(&mut self, other: &NamespaceKeys) {
+        self.entries += other.entries;
+        self.tag_tokens += other.tag_tokens;
+        self.namespace_token |= other.namespace_token;
+        self.other += other.other;
+    }
+}
+
+/// Where a command goes: the one server, or one primary of a cluster.
+pub(crate) enum Node<'a> {
+    /// The connection's server (on a cluster, wherever redis-rs routes).
+    Connection(&'a mut RedisConnection),
+    /// A primary of a cluster, by its `host:port`.
+    Primary(&'a mut ClusterConnection, RoutingInfo),
+}
+
+impl Node<'_> {
+    async fn query<T: redis::FromRedisValue>(
+        &mut self,
+        cmd: &redis::Cmd,
+        what: &str,
+    ) -> anyhow::Result<T> {
+        let answer = async {
+            match self {
+                Node::Connection(conn) => cmd.query_async::<T>(&mut **conn).await,
+                Node::Primary(conn, route) => {
+                    let value = conn.route_command(cmd.clone(), route.clone()).await?;
+                    Ok(redis::from_redis_value(value)?)
+                }
+            }
+        };
+        tokio::time::timeout(REDIS_TIMEOUT, answer)
+            .await
+            .map_err(|_| anyhow::anyhow!("{what}: no answer within {REDIS_TIMEOUT:?}"))?
+            .with_context(|| what.to_owned())
+    }
+}
+
 async fn query<T: redis::FromRedisValue>(
     conn: &mut RedisConnection,
     cmd: &redis::Cmd,
     what: &str,
 ) -> anyhow::Result<T> {
-    tokio::time::timeout(REDIS_TIMEOUT, cmd.query_async::<T>(conn))
-        .await
-        .map_err(|_| anyhow::anyhow!("{what}: no answer within {REDIS_TIMEOUT:?}"))?
-        .with_context(|| what.to_owned())
+    Node::Connection(conn).query(cmd, what).await
 }
 
 /// `INFO stats`, `INFO memory`, `DBSIZE`.
@@ -57,6 +109,55 @@ pub(crate) async fn server(conn: &mut RedisConnection) -> anyhow::Result<ServerF
     let stats: String = query(conn, redis::cmd("INFO").arg("stats"), "INFO stats").await?;
     let memory: String = query(conn, redis::cmd("INFO").arg("memory"), "INFO memory").await?;
     let keys: u64 = query(conn, &redis::cmd("DBSIZE"), "DBSIZE").await?;
+    figures(&stats, &memory, keys)
+}
+
+/// The figures of each primary of a cluster, by `host:port` (sorted).
+///
+/// Each command goes to every primary at once and comes back as one
+/// answer per node (redis-rs's routing to all primaries, answers kept per
+/// node): a node that fails fails the whole command.
+pub(crate) async fn cluster_servers(
+    conn: &mut ClusterConnection,
+) -> anyhow::Result<BTreeMap<String, ServerFigures>> {
+    let every = RoutingInfo::MultiNode((
+        MultipleNodeRoutingInfo::AllMasters,
+        Some(ResponsePolicy::Special),
+    ));
+    let mut all = Node::Primary(conn, every);
+    let stats: BTreeMap<String, String> = all
+        .query(redis::cmd("INFO").arg("stats"), "INFO stats")
+        .await?;
+    let memory: BTreeMap<String, String> = all
+        .query(redis::cmd("INFO").arg("memory"), "INFO memory")
+        .await?;
+    let keys: BTreeMap<String, u64> = all.query(&redis::cmd("DBSIZE"), "DBSIZE").await?;
+    let mut out = BTreeMap::new();
+    for (node, stats) in &stats {
+        let (Some(memory), Some(keys)) = (memory.get(node), keys.get(node)) else {
+            anyhow::bail!("primary {node} answered INFO stats but not INFO memory or DBSIZE");
+        };
+        let figures = figures(stats, memory, *keys).with_context(|| format!("primary {node}"))?;
+        out.insert(node.clone(), figures);
+    }
+    Ok(out)
+}
+
+/// Routes a command to the primary at `host:port`.
+pub(crate) fn primary(node: &str) -> anyhow::Result<RoutingInfo> {
+    let (host, port) = node
+        .rsplit_once(':')
+        .with_context(|| format!("{node:?} is not host:port"))?;
+    let port = port
+        .parse()
+        .with_context(|| format!("{node:?} is not host:port"))?;
+    Ok(RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+        host: host.to_owned(),
+        port,
+    }))
+}
+
+fn figures(stats: &str, memory: &str, keys: u64) -> anyhow::Result<ServerFigures> {
     let text = format!("{stats}\n{memory}");
     let info = info_fields(&text);
     let field = |name: &str| -> anyhow::Result<u64> {
@@ -98,7 +199,7 @@ pub(crate) fn glob_escape(s: &str) -> String {
 /// Counts the keys of `namespace` with `SCAN` (never `KEYS`, which blocks
 /// the server): every key starting `{namespace`, then classified exactly.
 pub(crate) async fn namespace_keys(
-    conn: &mut RedisConnection,
+    node: &mut Node<'_>,
     namespace: &str,
 ) -> anyhow::Result<NamespaceKeys> {
     let pattern = format!("{{{}*", glob_escape(namespace));
@@ -113,7 +214,7 @@ pub(crate) async fn namespace_keys(
             .arg(&pattern)
             .arg("COUNT")
             .arg(1000);
-        let (next, keys): (u64, Vec<String>) = query(conn, &scan, "SCAN").await?;
+        let (next, keys): (u64, Vec<String>) = node.query(&scan, "SCAN").await?;
         for key in &keys {
             classify(key, &entry, &tokens, &mut found);
         }

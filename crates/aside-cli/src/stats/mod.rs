@@ -16,7 +16,11 @@ use serde_json::{Value, json};
 
 use crate::connect::{checked_redis, redact};
 use crate::output::{self, percent, print_json};
+use aside::backend::RedisConnection;
+use keyspace::{NamespaceKeys, Node, ServerFigures};
 use prometheus::CacheFigures;
+use redis::cluster_async::ClusterConnection;
+use std::collections::BTreeMap;
 
 /// How long connecting to the metrics endpoint, and reading its page, may
 /// take each.
@@ -34,6 +38,10 @@ pub struct StatsArgs {
     /// evictions, expirations, memory and keys.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// The --redis URL names a node of a Redis Cluster (any node): the
+    /// figures are summed over its primaries, and listed per primary.
+    #[arg(long, requires = "redis")]
+    cluster: bool,
     /// With --metrics-url, only this cache; with --redis, also count this
     /// namespace's keys (by SCAN).
     #[arg(long)]
@@ -164,21 +172,39 @@ fn figures_json(f: &CacheFigures) -> Value {
 
 async fn from_redis(url: &str, args: &StatsArgs) -> anyhow::Result<()> {
     let probe_namespace = args.namespace.as_deref().unwrap_or("aside");
-    let backend = checked_redis(url, probe_namespace).await?;
-    let mut conn = backend.connection();
+    let backend = checked_redis(url, args.cluster, probe_namespace).await?;
     let unreachable = || format!("could not read the figures of Redis at {}", redact(url));
-    let server = keyspace::server(&mut conn)
-        .await
-        .with_context(unreachable)?;
-    let namespace = match &args.namespace {
-        Some(ns) => Some((
-            ns,
-            keyspace::namespace_keys(&mut conn, ns)
+    let (server, namespace, nodes) = match backend.connection() {
+        RedisConnection::Cluster(mut conn) => {
+            let nodes = cluster_figures(&mut conn, args.namespace.as_deref())
                 .await
-                .with_context(unreachable)?,
-        )),
-        None => None,
+                .with_context(unreachable)?;
+            let mut server = ServerFigures::default();
+            let mut keys = args.namespace.as_ref().map(|_| NamespaceKeys::default());
+            for (figures, found) in nodes.values() {
+                server.add(figures);
+                if let (Some(keys), Some(found)) = (keys.as_mut(), found) {
+                    keys.add(found);
+                }
+            }
+            (server, keys, Some(nodes))
+        }
+        mut conn => {
+            let server = keyspace::server(&mut conn)
+                .await
+                .with_context(unreachable)?;
+            let keys = match &args.namespace {
+                Some(ns) => Some(
+                    keyspace::namespace_keys(&mut Node::Connection(&mut conn), ns)
+                        .await
+                        .with_context(unreachable)?,
+                ),
+                None => None,
+            };
+            (server, keys, None)
+        }
     };
+    let namespace = args.namespace.as_ref().zip(namespace);
     if args.json {
         return print_json(&json!({
             "source": "redis",
@@ -197,6 +223,16 @@ async fn from_redis(url: &str, args: &StatsArgs) -> anyhow::Result<()> {
                 "namespace_token": n.namespace_token,
                 "other_keys": n.other,
             })),
+            "cluster_primaries": nodes.as_ref().map(|nodes| nodes.iter().map(|(node, (f, keys))| json!({
+                "node": node,
+                "keyspace_hits": f.keyspace_hits,
+                "keyspace_misses": f.keyspace_misses,
+                "evicted_keys": f.evicted_keys,
+                "expired_keys": f.expired_keys,
+                "used_memory": f.used_memory,
+                "keys": f.keys,
+                "namespace_entries": keys.as_ref().map(|k| k.entries),
+            })).collect::<Vec<_>>()),
         }));
     }
     let mut rows = vec![
@@ -224,15 +260,63 @@ async fn from_redis(url: &str, args: &StatsArgs) -> anyhow::Result<()> {
     }
     let table = output::pairs(rows, true);
     let mut out = std::io::stdout().lock();
+    let what = match &nodes {
+        Some(nodes) => format!(
+            "Redis Cluster at {} ({} primaries, figures summed)",
+            redact(url),
+            nodes.len()
+        ),
+        None => format!("Redis at {}", redact(url)),
+    };
     match &namespace {
-        Some((ns, _)) => writeln!(out, "Redis at {} (namespace {ns:?})", redact(url))?,
-        None => writeln!(out, "Redis at {}", redact(url))?,
+        Some((ns, _)) => writeln!(out, "{what} (namespace {ns:?})")?,
+        None => writeln!(out, "{what}")?,
     }
     writeln!(out, "{table}")?;
+    if let Some(nodes) = &nodes {
+        for (node, (f, keys)) in nodes {
+            let entries = keys
+                .as_ref()
+                .map(|k| format!(", {} namespace entries", k.entries))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "  {node}: {} keys, {} hits, {} misses, {} evicted, {}{entries}",
+                f.keys,
+                f.keyspace_hits,
+                f.keyspace_misses,
+                f.evicted_keys,
+                output::bytes(f.used_memory)
+            )?;
+        }
+    }
     writeln!(
         out,
         "(server-wide figures since its start or CONFIG RESETSTAT: every client's reads count, not only aside's)"
     )?;
     out.flush()?;
     Ok(())
+}
+
+/// Each primary's figures, and its keys of `namespace` when one is given.
+async fn cluster_figures(
+    conn: &mut ClusterConnection,
+    namespace: Option<&str>,
+) -> anyhow::Result<BTreeMap<String, (ServerFigures, Option<NamespaceKeys>)>> {
+    let mut out = BTreeMap::new();
+    for (node, figures) in keyspace::cluster_servers(conn).await? {
+        let keys = match namespace {
+            Some(ns) => {
+                let route = keyspace::primary(&node)?;
+                Some(
+                    keyspace::namespace_keys(&mut Node::Primary(conn, route), ns)
+                        .await
+                        .with_context(|| format!("primary {node}"))?,
+                )
+            }
+            None => None,
+        };
+        out.insert(node, (figures, keys));
+    }
+    Ok(out)
 }
