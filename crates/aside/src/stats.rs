@@ -52,6 +52,10 @@ counters! {
     /// Misses that joined a load already running in this process instead of
     /// starting their own.
     coalesced,
+    /// Reads answered by a backend read another caller of this process sent
+    /// for the same key after this one began (`coalesce_reads`): each is a
+    /// round trip saved.
+    shared_reads,
     /// Loader runs (successful or not).
     loads,
     /// Loader runs that returned an error.

@@ -27,6 +27,7 @@ use crate::stats::{Counters, Stats, bump};
 use throttle::Throttle;
 
 mod batch;
+mod coalesce;
 mod deps;
 mod hot;
 mod inspect;
@@ -69,6 +70,8 @@ pub(crate) struct Settings {
     pub max_queued_invalidations: usize,
     pub double_delete_after: Option<Duration>,
     pub namespace_invalidation: bool,
+    /// Whether concurrent reads of one key share a backend read.
+    pub coalesce_reads: bool,
     pub batch_chunk_size: usize,
     /// How many hot keys to track (0: off).
     pub hot_keys: usize,
@@ -111,6 +114,8 @@ struct Inner {
     throttle: Throttle,
     /// The hot-key tracker, when on.
     hot: Option<Tracker>,
+    /// Shared reads of hot keys (remote backends, `coalesce_reads` on).
+    reads: coalesce::Reads,
 }
 
 impl fmt::Debug for Cache {
@@ -163,6 +168,7 @@ impl Cache {
                 loader_breaker,
                 throttle: Throttle::default(),
                 hot,
+                reads: coalesce::Reads::default(),
             }),
         }
     }
@@ -508,7 +514,7 @@ impl Cache {
             // In-process backends answer without a boxed future.
             let stored = match self.inner.backend.get_now(pk) {
                 Some(read) => read.map_err(|e| self.backend_failed(e))?,
-                None => self.guarded(self.inner.backend.get(pk)).await?,
+                None => self.read_remote(pk).await?,
             };
             let Some(stored) = stored else {
                 return Ok(Lookup::Miss);
@@ -537,18 +543,14 @@ impl Cache {
 
     /// Reads the entry and the current counters of `deps` in one round trip.
     async fn lookup_with_deps<V: Value>(&self, pk: &str, deps: &Deps) -> Result<Lookup<V>, Error> {
-        let (stored, current) = self
-            .guarded(self.inner.backend.get_with_versions(pk, &deps.keys))
-            .await?;
+        let (stored, current) = self.read_remote_with_versions(pk, &deps.keys).await?;
         let Some(stored) = stored else {
             return Ok(Lookup::Miss);
         };
         Ok(match self.decode_checked(pk, &stored, deps, &current) {
             Lookup::Miss if self.has_unknown_deps_beyond(&stored, deps) => {
                 let all = self.entry_deps(&stored, deps);
-                let (stored, current) = self
-                    .guarded(self.inner.backend.get_with_versions(pk, &all.keys))
-                    .await?;
+                let (stored, current) = self.read_remote_with_versions(pk, &all.keys).await?;
                 stored.map_or(Lookup::Miss, |s| {
                     self.decode_checked(pk, &s, &all, &current)
                 })
