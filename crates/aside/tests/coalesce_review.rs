@@ -1,0 +1,215 @@
+//! Attacks on hot-key read coalescing (`coalesce_reads`): each test names
+//! the finding it demonstrates and runs the same scenario with coalescing
+//! off as the control, which must pass.
+//!
+//! The backend is the memory backend seen as remote (`FaultyBackend`), with
+//! a read latency, on a paused clock: every wait is virtual and the
+//! outcomes are deterministic. The `timeout`s below detect a hang (a call
+//! that never finishes); they do not measure speed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use aside::{Cache, ErrorKind, MemoryBackend};
+use aside_test::{FaultControl, FaultyBackend, Op};
+use tokio::time::{sleep, timeout};
+
+const READ_LATENCY: Duration = Duration::from_millis(10);
+/// Far longer than any read here: a call not done by then never will be.
+const HANG: Duration = Duration::from_secs(60);
+
+async fn cache(coalesce: bool) -> (Cache, FaultControl) {
+    let backend = FaultyBackend::new(MemoryBackend::new()).as_remote();
+    let faults = backend.control();
+    let cache = Cache::builder()
+        .namespace("review")
+        .backend(backend)
+        .coalesce_reads(coalesce)
+        .backend_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    cache.set("hot", 1u32).await.unwrap();
+    faults.latency(Op::Read, READ_LATENCY);
+    (cache, faults)
+}
+
+/// Polls `fut` once, as a `select!` branch or a buffered stream does, and
+/// leaves it pending (not dropped).
+async fn poll_once<F: Future>(fut: std::pin::Pin<&mut F>) {
+    let mut fut = Some(fut);
+    std::future::poll_fn(|cx| {
+        if let Some(f) = fut.take() {
+            assert!(f.poll(cx).is_pending(), "the read answered at once");
+        }
+        Poll::Ready(())
+    })
+    .await;
+}
+
+/// FINDING 1 (futurelock, driver variant): a `get` future polled once (it
+/// sent the key's read) and then parked without being dropped stalls every
+/// other reader of that key in the process, in every task, for as long as
+/// it stays parked. The shared read runs inside the parked caller's future
+/// (not in a task of its own, unlike the load single-flight in `flight.rs`),
+/// so nobody drives it, and `backend_timeout` lives inside it too.
+#[tokio::test(start_paused = true)]
+async fn finding1_a_parked_driver_stalls_other_tasks_reading_its_key() {
+    for coalesce in [false, true] {
+        let (cache, _faults) = cache(coalesce).await;
+        let mut parked = pin!(cache.get::<u32>("hot"));
+        poll_once(parked.as_mut()).await;
+        let other = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get::<u32>("hot").await })
+        };
+        let answered = timeout(HANG, other).await;
+        assert!(
+            answered.is_ok(),
+            "coalesce={coalesce}: another task's read of the key never finished \
+             while one parked `get` future held the key's read"
+        );
+        drop(parked);
+    }
+}
+
+/// FINDING 1 (futurelock, hand-over variant): worse, the parked future
+/// need not have sent anything. It only queued behind a read in flight;
+/// when that read answers, the turn to send the next one is handed to it
+/// (the first live queued caller), and every caller queued behind it waits
+/// for a read that nobody sends.
+#[tokio::test(start_paused = true)]
+async fn finding1_a_parked_queued_caller_handed_the_turn_stalls_the_key() {
+    for coalesce in [false, true] {
+        let (cache, _faults) = cache(coalesce).await;
+        let driver = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get::<u32>("hot").await })
+        };
+        tokio::task::yield_now().await;
+        // Queued behind the driver's read, then parked.
+        let mut parked = pin!(cache.get::<u32>("hot"));
+        poll_once(parked.as_mut()).await;
+        let others: Vec<_> = (0..3)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get::<u32>("hot").await })
+            })
+            .collect();
+        assert_eq!(driver.await.unwrap().unwrap(), Some(1));
+        for other in others {
+            let answered = timeout(HANG, other).await;
+            assert!(
+                answered.is_ok(),
+                "coalesce={coalesce}: a read queued behind a parked caller never finished"
+            );
+        }
+        drop(parked);
+    }
+}
+
+/// FINDING 1 (futurelock, one task): the hedging pattern. A task starts a
+/// read, and if it is slow, issues a second one from a `select!` arm while
+/// the first stays pinned (not dropped, not polled). The second queues
+/// behind the first's read, which only the first's own future can finish:
+/// the task deadlocks on itself, and with it every reader of the key.
+#[tokio::test(start_paused = true)]
+async fn finding1_a_hedged_read_in_the_same_task_deadlocks() {
+    for coalesce in [false, true] {
+        let (cache, _faults) = cache(coalesce).await;
+        let mut first = pin!(cache.get::<u32>("hot"));
+        let hedged = tokio::select! {
+            v = &mut first => Ok(v),
+            () = sleep(READ_LATENCY / 2) => timeout(HANG, cache.get::<u32>("hot")).await,
+        };
+        assert!(
+            hedged.is_ok(),
+            "coalesce={coalesce}: the hedged read never finished"
+        );
+        assert_eq!(hedged.unwrap().unwrap(), Some(1));
+    }
+}
+
+/// FINDING 2 (timeout bound doubled): `backend_timeout` is "the time limit of
+/// one backend operation; past it ... `get_or_load` goes on without the
+/// cache". A caller that arrives while a read of its key is in flight now
+/// waits for that read's timeout *and* then for the next read's: against a
+/// hung backend, every hot-key caller but the first waits up to twice the
+/// limit before it can go on. (Paused clock: the durations are virtual and
+/// exact.)
+#[tokio::test(start_paused = true)]
+async fn finding2_a_hung_backend_holds_a_queued_caller_twice_the_timeout() {
+    const TIMEOUT: Duration = Duration::from_millis(100);
+    for coalesce in [false, true] {
+        let backend = FaultyBackend::new(MemoryBackend::new()).as_remote();
+        let faults = backend.control();
+        let cache = Cache::builder()
+            .namespace("review")
+            .backend(backend)
+            .coalesce_reads(coalesce)
+            .backend_timeout(TIMEOUT)
+            // Keep the breaker out of it.
+            .backend_failure_threshold(1000)
+            .build()
+            .unwrap();
+        faults.hang(Op::Read);
+        let first = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get::<u32>("hot").await })
+        };
+        sleep(Duration::from_millis(1)).await;
+        let began = tokio::time::Instant::now();
+        let second = cache.get::<u32>("hot").await;
+        let waited = began.elapsed();
+        assert_eq!(second.unwrap_err().kind(), ErrorKind::Timeout);
+        assert!(first.await.unwrap().is_err());
+        assert!(
+            waited <= TIMEOUT,
+            "coalesce={coalesce}: a read waited {waited:?} on a backend_timeout of {TIMEOUT:?}"
+        );
+    }
+}
+
+/// FINDING 3 (breaker counts shared failures once): eight concurrent reads
+/// of one key against a hung backend all fail with a timeout, but the
+/// breaker (threshold 3 consecutive failures) sees two failed operations and
+/// stays closed, so the next wave pays the timeout again (twice, per
+/// finding 2). `backend_timeouts` likewise reads 2 for 8 failed calls.
+#[tokio::test(start_paused = true)]
+async fn finding3_failures_fanned_out_to_many_callers_do_not_open_the_breaker() {
+    const CALLERS: usize = 8;
+    for coalesce in [false, true] {
+        let backend = FaultyBackend::new(MemoryBackend::new()).as_remote();
+        let faults = backend.control();
+        let cache = Cache::builder()
+            .namespace("review")
+            .backend(backend)
+            .coalesce_reads(coalesce)
+            .backend_timeout(Duration::from_millis(100))
+            .backend_failure_threshold(3)
+            .backend_retry_after(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        faults.hang(Op::Read);
+        let calls: Vec<_> = (0..CALLERS)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get::<u32>("hot").await })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(
+                call.await.unwrap().unwrap_err().kind(),
+                ErrorKind::Timeout
+            );
+        }
+        assert!(
+            cache.backend_marked_down(),
+            "coalesce={coalesce}: {CALLERS} reads timed out, the breaker (threshold 3) \
+             is still closed; backend_timeouts = {}",
+            cache.stats().backend_timeouts
+        );
+    }
+}
