@@ -200,10 +200,7 @@ async fn finding3_failures_fanned_out_to_many_callers_do_not_open_the_breaker() 
             })
             .collect();
         for call in calls {
-            assert_eq!(
-                call.await.unwrap().unwrap_err().kind(),
-                ErrorKind::Timeout
-            );
+            assert_eq!(call.await.unwrap().unwrap_err().kind(), ErrorKind::Timeout);
         }
         assert!(
             cache.backend_marked_down(),
