@@ -71,7 +71,7 @@ async fn finding1_a_parked_driver_stalls_other_tasks_reading_its_key() {
             "coalesce={coalesce}: another task's read of the key never finished \
              while one parked `get` future held the key's read"
         );
-        drop(parked);
+        // `parked` (pinned on this stack) lives to here: parked, not dropped.
     }
 }
 
@@ -106,7 +106,7 @@ async fn finding1_a_parked_queued_caller_handed_the_turn_stalls_the_key() {
                 "coalesce={coalesce}: a read queued behind a parked caller never finished"
             );
         }
-        drop(parked);
+        // `parked` (pinned on this stack) lives to here: parked, not dropped.
     }
 }
 
@@ -207,6 +207,75 @@ async fn finding3_failures_fanned_out_to_many_callers_do_not_open_the_breaker() 
             "coalesce={coalesce}: {CALLERS} reads timed out, the breaker (threshold 3) \
              is still closed; backend_timeouts = {}",
             cache.stats().backend_timeouts
+        );
+    }
+}
+
+/// FINDING 4 (callers with a deadline): a caller cancelled while it holds
+/// the key's turn (its `get` was wrapped in a deadline, the client went
+/// away) throws away a read that was sent after every one of its riders
+/// began, and sends them all back to the start. A queued caller already
+/// waits up to one read for the read in flight, then one for its own, so a
+/// deadline of 1.5 read latencies, ample without coalescing, now cuts most
+/// turn holders short, and each cut resets the riders: a steady stream of
+/// such callers mostly times out.
+#[tokio::test(start_paused = true)]
+async fn finding4_callers_with_an_ample_deadline_time_out() {
+    const LATENCY: Duration = Duration::from_millis(20);
+    const DEADLINE: Duration = Duration::from_millis(30);
+    const CALLERS: usize = 200;
+    for coalesce in [false, true] {
+        let (cache, faults) = cache(coalesce).await;
+        faults.latency(Op::Read, LATENCY);
+        let mut calls = Vec::new();
+        for _ in 0..CALLERS {
+            let cache = cache.clone();
+            calls.push(tokio::spawn(async move {
+                timeout(DEADLINE, cache.get::<u32>("hot")).await.is_ok()
+            }));
+            sleep(Duration::from_millis(2)).await;
+        }
+        let mut answered = 0;
+        for call in calls {
+            answered += usize::from(call.await.unwrap());
+        }
+        assert_eq!(
+            answered, CALLERS,
+            "coalesce={coalesce}: {answered} of {CALLERS} reads answered within \
+             {DEADLINE:?} at a read latency of {LATENCY:?}"
+        );
+    }
+}
+
+/// FINDING 4 (starvation): among callers whose deadline is shorter than a
+/// read (they give up, as they would without coalescing), a caller without
+/// a deadline never gets an answer: each turn goes to a caller that is cut
+/// short before its read answers, and the reset sends the patient caller
+/// back to the queue. Without coalescing it has its answer after one read.
+#[tokio::test(start_paused = true)]
+async fn finding4_a_patient_reader_starves_among_callers_that_give_up() {
+    for coalesce in [false, true] {
+        let (cache, faults) = cache(coalesce).await;
+        faults.latency(Op::Read, Duration::from_millis(20));
+        let impatient = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                loop {
+                    let cache = cache.clone();
+                    tokio::spawn(async move {
+                        let _ = timeout(Duration::from_millis(10), cache.get::<u32>("hot")).await;
+                    });
+                    sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+        sleep(Duration::from_millis(5)).await;
+        let patient = timeout(HANG, cache.get::<u32>("hot")).await;
+        impatient.abort();
+        assert!(
+            patient.is_ok(),
+            "coalesce={coalesce}: the patient read never finished ({} reads sent, all abandoned)",
+            faults.calls(Op::Read)
         );
     }
 }
