@@ -3,8 +3,11 @@
 //! Two groups, each interleaved round by round: in memory (raw moka `get`,
 //! aside over `MemoryBackend`, aside's L1 hit over `TieredBackend`) and on
 //! Redis (raw redis-rs `GET` + MessagePack decode, aside over
-//! `RedisBackend`, the `cached` crate's `AsyncRedisCache`). Every contender
-//! returns the same `Product`.
+//! `RedisBackend` as built by default (one `GET` per read, the same work
+//! as the raw contender), the `cached` crate's `AsyncRedisCache`, and aside
+//! with `coalesce_reads(true)`). Every contender returns the same
+//! `Product`; all tasks read the same key (a hot key), which is where read
+//! coalescing shares `GET`s at 64 tasks.
 //!
 //! Each round times, per contender, an untimed-ops block (the throughput and
 //! the ratio) and a block with every op timed (p50/p99): timing every op
@@ -212,6 +215,12 @@ pub async fn redis_contenders(url: &str) -> Vec<(&'static str, Contender)> {
         .build()
         .unwrap();
     assert_eq!(hit(&cache).await, Some(product()));
+    // Same namespace, so the same entry: only the sharing differs.
+    let shared = Cache::builder()
+        .backend(RedisBackend::new(url).unwrap())
+        .coalesce_reads(true)
+        .build()
+        .unwrap();
     let key: Arc<str> = cache.physical_key(KEY).into();
     let conn = redis::Client::open(url)
         .unwrap()
@@ -242,6 +251,7 @@ pub async fn redis_contenders(url: &str) -> Vec<(&'static str, Contender)> {
                 key: KEY.to_owned(),
             },
         ),
+        ("aside (Redis, coalesce_reads)", Contender::Aside(shared)),
     ];
     for (name, c) in &contenders {
         assert_eq!(c.hit().await, product(), "{name}");
@@ -321,6 +331,11 @@ pub async fn run(opts: &Opts) -> Value {
                 Compare {
                     subject: 1,
                     baseline: 2,
+                    target: None,
+                },
+                Compare {
+                    subject: 3,
+                    baseline: 0,
                     target: None,
                 },
             ],

@@ -46,6 +46,8 @@ pub enum ErrorKind {
     Decode,
 }
 
+const BACKEND_DOWN: &str = "cache backend marked down after repeated failures; not attempted";
+
 /// The error type of every fallible aside operation.
 #[derive(Clone)]
 pub struct Error {
@@ -85,6 +87,18 @@ impl Error {
             message: message.into(),
             source: Some(source),
         }
+    }
+
+    /// The error of a backend operation not attempted because the backend
+    /// breaker is open.
+    pub(crate) fn backend_down() -> Self {
+        Self::new(ErrorKind::Backend, BACKEND_DOWN)
+    }
+
+    /// Whether this is [`backend_down`](Self::backend_down)'s error: nothing
+    /// was attempted, so nothing failed.
+    pub(crate) fn is_backend_down(&self) -> bool {
+        self.kind == ErrorKind::Backend && &*self.message == BACKEND_DOWN && self.source.is_none()
     }
 
     pub(crate) fn config(message: impl Into<Arc<str>>) -> Self {

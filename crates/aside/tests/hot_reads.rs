@@ -1,4 +1,4 @@
-//! Hot-key read coalescing (`CacheBuilder::coalesce_reads`, on by default)
+//! Hot-key read coalescing (`CacheBuilder::coalesce_reads(true)`)
 //! on a real Redis: many tasks reading one cached key share their `GET`s
 //! (counted by Redis itself, `INFO commandstats`), and a read that begins
 //! after an invalidation was applied never takes the answer of a `GET` sent

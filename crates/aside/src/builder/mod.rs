@@ -37,7 +37,7 @@ mod resilience;
 /// | [`max_queued_invalidations`](Self::max_queued_invalidations) | 100,000 keys |
 /// | [`delayed_double_delete`](Self::delayed_double_delete) | off |
 /// | [`namespace_invalidation`](Self::namespace_invalidation) | off |
-/// | [`coalesce_reads`](Self::coalesce_reads) | on |
+/// | [`coalesce_reads`](Self::coalesce_reads) | off |
 /// | [`batch_chunk_size`](Self::batch_chunk_size) | 1,000 keys |
 /// | [`schema_version`](Self::schema_version) | none |
 /// | [`clock`](Self::clock) | [`SystemClock`] |
@@ -93,7 +93,7 @@ impl Default for CacheBuilder {
                 max_queued_invalidations: 100_000,
                 double_delete_after: None,
                 namespace_invalidation: false,
-                coalesce_reads: true,
+                coalesce_reads: false,
                 batch_chunk_size: 1000,
                 hot_keys: 0,
                 hot_key_sampling: 16,
@@ -261,18 +261,29 @@ impl CacheBuilder {
         self
     }
 
-    /// Whether concurrent reads of one key in this process share one backend
-    /// read (on remote backends; an in-process backend answers at once).
+    /// Whether concurrent reads of one key in this process share backend
+    /// reads (on remote backends; an in-process backend answers at once).
+    /// Off by default.
     ///
-    /// A caller that finds a read of its key in flight waits for the *next*
-    /// read, sent once that one is answered, and shares it with every
-    /// caller that queued meanwhile: each answer comes from a read sent
-    /// after its caller began, so an invalidation applied before a caller
-    /// began is never undone by sharing. Many tasks reading one hot key then
-    /// cost one round trip per round trip's worth of callers instead of one
-    /// each, and the server's hot shard sees a fraction of the reads. A
-    /// caller alone on its key pays a map insert and remove (~100 ns).
-    /// Counted in [`Stats::shared_reads`](crate::Stats::shared_reads).
+    /// A caller alone on its key reads as usual. A caller that finds a read
+    /// of its key in flight does not take that read's answer (it may have
+    /// been sent before an invalidation the caller must see): it queues,
+    /// and a task of the key's own sends one read for everyone queued and
+    /// answers them all, again and again while callers keep coming. Every
+    /// answer comes from a read sent after its caller began, so sharing
+    /// never undoes an invalidation applied before a caller began.
+    ///
+    /// The trade: many tasks reading one hot key cost one request per
+    /// round trip instead of one each (the server's hot shard sees a
+    /// fraction of the reads, and the queueing on the connection goes), but
+    /// a caller that arrives while a read is in flight waits for it and
+    /// then for its own: up to two round trips where it would have waited
+    /// one on an idle connection. Turn it on for hot keys read by many
+    /// tasks at once; leave it off where single reads must be as fast as
+    /// possible. A queued caller waits at most
+    /// [`backend_timeout`](Self::backend_timeout); a shared read's failure
+    /// counts for each caller it answers, in the stats and the backend
+    /// breaker. Counted in [`Stats::shared_reads`](crate::Stats::shared_reads).
     pub fn coalesce_reads(mut self, on: bool) -> Self {
         self.settings.coalesce_reads = on;
         self

@@ -16,7 +16,7 @@ use crate::builder::CacheBuilder;
 use crate::clock::Clock;
 use crate::codec::{Codec, Compression};
 use crate::envelope::{self, Meta};
-use crate::error::{BackendError, Error, ErrorKind};
+use crate::error::{BackendError, Error};
 use crate::flight::Flights;
 use crate::hot::Tracker;
 use crate::key::{KeyBuf, backend_key};
@@ -747,10 +747,7 @@ impl Cache {
         }
         if !inner.breaker.allow() {
             bump(&inner.stats.backend_skipped);
-            return Err(Error::new(
-                ErrorKind::Backend,
-                "cache backend marked down after repeated failures; not attempted",
-            ));
+            return Err(Error::backend_down());
         }
         let result = match tokio::time::timeout(inner.s.backend_timeout, op).await {
             Ok(r) => r,
@@ -764,16 +761,23 @@ impl Cache {
                 Ok(v)
             }
             Err(e) => {
-                if inner.breaker.on_failure() == Transition::Opened {
-                    tracing::warn!(
-                        namespace = %inner.s.namespace,
-                        error = %e,
-                        retry_after = ?inner.s.backend_retry_after,
-                        "aside: cache backend marked down; serving from the loader"
-                    );
-                }
+                self.backend_failure_noted(&e);
                 Err(self.backend_failed(e))
             }
+        }
+    }
+
+    /// Tells the backend breaker an operation failed (or, for a shared
+    /// read, that it failed for one more caller).
+    fn backend_failure_noted(&self, e: &dyn std::fmt::Display) {
+        let inner = &*self.inner;
+        if inner.breaker.on_failure() == Transition::Opened {
+            tracing::warn!(
+                namespace = %inner.s.namespace,
+                error = %e,
+                retry_after = ?inner.s.backend_retry_after,
+                "aside: cache backend marked down; serving from the loader"
+            );
         }
     }
 
