@@ -282,3 +282,234 @@ async fn finding4_a_patient_reader_starves_among_callers_that_give_up() {
         );
     }
 }
+
+// Second review, of the design where a task of the key's own sends the
+// shared reads.
+
+/// FINDING 5 (spurious timeouts open the breaker on a healthy backend): a
+/// caller that queues while the key's reader has a read in flight waits
+/// for that read and then for the next one, but gives up after one
+/// `backend_timeout`. Every read here takes 60% of the limit and none
+/// times out, yet with coalescing the callers queued behind the reader's
+/// first read all get a Timeout, each counted as a backend failure: with
+/// the default threshold (3 in a row) they open the breaker, and the whole
+/// cache goes to the loader. Without coalescing every call is a hit.
+#[tokio::test(start_paused = true)]
+async fn finding5_reads_within_the_timeout_fail_and_open_the_breaker() {
+    const TIMEOUT: Duration = Duration::from_millis(100);
+    const LATENCY: Duration = Duration::from_millis(60);
+    for coalesce in [false, true] {
+        let backend = FaultyBackend::new(MemoryBackend::new()).as_remote();
+        let faults = backend.control();
+        let cache = Cache::builder()
+            .namespace("review")
+            .backend(backend)
+            .coalesce_reads(coalesce)
+            .backend_timeout(TIMEOUT)
+            .build()
+            .unwrap();
+        cache.set("hot", 1u32).await.unwrap();
+        faults.latency(Op::Read, LATENCY);
+        let read = || {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get::<u32>("hot").await })
+        };
+        // Inline, then the one that starts the reader, then callers that
+        // queue while the reader's first read is in flight.
+        let mut calls = vec![read()];
+        sleep(Duration::from_millis(1)).await;
+        calls.push(read());
+        sleep(Duration::from_millis(1)).await;
+        calls.extend((0..10).map(|_| read()));
+        let mut failed = 0;
+        for call in calls {
+            failed += usize::from(call.await.unwrap().is_err());
+        }
+        let stats = cache.stats();
+        assert_eq!(
+            (failed, stats.backend_timeouts, cache.backend_marked_down()),
+            (0, 0, false),
+            "coalesce={coalesce}: every read took {LATENCY:?} on a backend_timeout of \
+             {TIMEOUT:?}, yet {failed} calls failed, backend_timeouts = {}, breaker open = {}",
+            stats.backend_timeouts,
+            cache.backend_marked_down()
+        );
+    }
+}
+
+/// FINDING 6 (shared failures counted once too many): the reader's read
+/// runs under `guarded`, which counts its failure (stats and breaker), and
+/// then `shared_failure` counts it again for each caller it answers. Eight
+/// calls that each fail once read nine backend errors (one more per shared
+/// read): the breaker sees failures that no caller had, and
+/// `backend_errors` no longer equals the failed operations.
+#[tokio::test(start_paused = true)]
+async fn finding6_a_shared_failure_counts_once_more_than_its_callers() {
+    const CALLERS: usize = 8;
+    for coalesce in [false, true] {
+        let (cache, faults) = cache(coalesce).await;
+        faults.fail_always(Op::Read);
+        let calls: Vec<_> = (0..CALLERS)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get::<u32>("hot").await })
+            })
+            .collect();
+        for call in calls {
+            assert!(call.await.unwrap().is_err());
+        }
+        let stats = cache.stats();
+        assert_eq!(
+            stats.backend_errors + stats.backend_skipped,
+            CALLERS as u64,
+            "coalesce={coalesce}: {CALLERS} failed calls, {} backend errors and {} skipped \
+             ({} backend reads sent)",
+            stats.backend_errors,
+            stats.backend_skipped,
+            faults.calls(Op::Read)
+        );
+    }
+}
+
+/// A current-thread runtime with a clock (paused: waits are virtual).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// FINDING 7 (a key stuck for good): the reader's clean-up guard
+/// (`Serving`) is made inside the task, on its first poll. A reader task
+/// dropped before it ran (its runtime shut down: a worker runtime
+/// restarted, a runtime per job or per test around a shared `Cache`)
+/// leaves the key's entry with `reader = true` and no task, which nothing
+/// ever clears: every later read of the key, on any runtime, queues behind
+/// the missing reader, waits `backend_timeout` and fails (a backend
+/// timeout for the stats and the breaker; `get_or_load` loads every time).
+#[test]
+fn finding7_a_reader_task_dropped_before_it_ran_leaves_the_key_stuck_for_good() {
+    for coalesce in [false, true] {
+        let main = runtime();
+        let (cache, _faults) = main.block_on(cache(coalesce));
+        {
+            let doomed = runtime();
+            doomed.block_on(async {
+                // Inline, then queued (spawning the reader on `doomed`);
+                // this future ends without yielding, so the reader never
+                // runs before `doomed` shuts down.
+                let mut inline = pin!(cache.get::<u32>("hot"));
+                poll_once(inline.as_mut()).await;
+                let mut queued = pin!(cache.get::<u32>("hot"));
+                poll_once(queued.as_mut()).await;
+            });
+        }
+        main.block_on(async {
+            for _ in 0..3 {
+                let read = timeout(HANG, cache.get::<u32>("hot")).await;
+                assert_eq!(
+                    read.expect("a hang").ok(),
+                    Some(Some(1)),
+                    "coalesce={coalesce}: a read after the other runtime shut down failed \
+                     (backend_timeouts = {})",
+                    cache.stats().backend_timeouts
+                );
+            }
+        });
+    }
+}
+
+/// Records the `id` of the `request` span around each event.
+#[derive(Clone, Default)]
+struct RequestIds(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+struct IdField(String);
+
+impl tracing::field::Visit for IdField {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "id" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for RequestIds
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut field = IdField(String::new());
+        attrs.record(&mut field);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(field);
+        }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        let ids = ctx.event_scope(event).into_iter().flat_map(|scope| {
+            scope
+                .filter(|s| s.name() == "request")
+                .filter_map(|s| s.extensions().get::<IdField>().map(|f| f.0.clone()))
+                .collect::<Vec<_>>()
+        });
+        self.0.lock().unwrap().extend(ids);
+    }
+}
+
+/// FINDING 8 (tracing: one request's span on others' reads): the reader
+/// task runs in the span of the caller that spawned it, for as long as
+/// callers keep queueing. Request 1 is answered (its read failed) and gone;
+/// the reader's next read, sent for request 2 alone, fails, and its event
+/// is recorded in request 1's span (which stays open while the reader
+/// runs: under steady traffic on a hot key, for good).
+#[tokio::test(start_paused = true)]
+async fn finding8_a_read_for_one_request_is_traced_in_anothers_span() {
+    use tracing::Instrument;
+    use tracing_subscriber::layer::SubscriberExt;
+    let ids = RequestIds::default();
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(ids.clone()));
+    for coalesce in [false, true] {
+        let backend = FaultyBackend::new(MemoryBackend::new()).as_remote();
+        let faults = backend.control();
+        let cache = Cache::builder()
+            .namespace("review")
+            .backend(backend)
+            .coalesce_reads(coalesce)
+            .backend_failure_threshold(1000)
+            .build()
+            .unwrap();
+        faults.latency(Op::Read, READ_LATENCY);
+        faults.fail_always(Op::Read);
+        let request = |id: u32| {
+            let cache = cache.clone();
+            tokio::spawn(
+                async move { cache.get::<u32>("hot").await }
+                    .instrument(tracing::info_span!("request", id)),
+            )
+        };
+        let inline = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get::<u32>("hot").await })
+        };
+        tokio::task::yield_now().await;
+        let first = request(1);
+        sleep(READ_LATENCY / 2).await;
+        let second = request(2);
+        assert!(first.await.unwrap().is_err());
+        ids.0.lock().unwrap().clear();
+        assert!(second.await.unwrap().is_err());
+        assert!(inline.await.unwrap().is_err());
+        let seen = std::mem::take(&mut *ids.0.lock().unwrap());
+        assert!(
+            !seen.iter().any(|id| id == "1"),
+            "coalesce={coalesce}: after request 1 was answered, events were recorded in its \
+             span: {seen:?}"
+        );
+    }
+}
