@@ -35,10 +35,12 @@
 //! never across an await.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 
 use super::Cache;
 use crate::backend::Stored;
@@ -100,14 +102,17 @@ impl<R> Coalescer<R> {
 
 impl<R: Clone + Send + 'static> Coalescer<R> {
     /// Reads `key`: inline with `inline()` when nobody else reads it,
-    /// otherwise from a read the key's reader task (spawned with
-    /// `reader()`'s read function if none runs) sends after this caller
-    /// queued, waiting at most `limit` for it.
+    /// otherwise from a read the key's reader task (spawned, in its own
+    /// span, with `reader()`'s read function if none runs) sends after this
+    /// caller queued. The reader's reads are bounded by their own timeout,
+    /// so a queued caller waits at most for the read in flight and then
+    /// its own; `limit` (above that) only guards against a reader that is
+    /// never polled.
     pub async fn read<I, G, Fut>(
         self: &Arc<Self>,
         key: &str,
         inline: impl FnOnce() -> I,
-        reader: impl FnOnce() -> G,
+        reader: impl FnOnce() -> (G, tracing::Span),
         limit: Duration,
     ) -> Answer<R>
     where
@@ -146,50 +151,23 @@ impl<R: Clone + Send + 'static> Coalescer<R> {
             return Answer::Own(inline().await);
         };
         if spawn {
-            let serve = Arc::clone(self).serve(key.to_owned(), reader());
-            crate::task::spawn(serve);
+            // The guard exists before the task: a task dropped before it
+            // ever ran (its runtime shut down) still frees the key.
+            let serving = Serving {
+                coalescer: Arc::clone(self),
+                key: key.to_owned(),
+                done: false,
+            };
+            let (read, span) = reader();
+            // Not the caller's span: the reader outlives this caller and
+            // serves others.
+            tokio::spawn(serving.serve(read).instrument(span));
         }
         match tokio::time::timeout(limit, rx).await {
             Ok(Ok(answer)) => Answer::Shared(answer),
             // The reader died with this caller queued: read alone.
             Ok(Err(_)) => Answer::Own(inline().await),
             Err(_) => Answer::TimedOut,
-        }
-    }
-
-    /// The key's reader: one read per queue taken, until the queue is
-    /// empty.
-    async fn serve<G, Fut>(self: Arc<Self>, key: String, read: G)
-    where
-        G: Fn() -> Fut,
-        Fut: Future<Output = R>,
-    {
-        let mut serving = Serving {
-            coalescer: &self,
-            key: &key,
-            done: false,
-        };
-        loop {
-            let callers = {
-                let mut keys = self.lock();
-                let Some(entry) = keys.get_mut(&key) else {
-                    serving.done = true;
-                    return;
-                };
-                if entry.queued.is_empty() {
-                    entry.reader = false;
-                    Self::forget_if_idle(&mut keys, &key);
-                    serving.done = true;
-                    return;
-                }
-                // Sent after every caller taken here queued.
-                std::mem::take(&mut entry.queued)
-            };
-            let answer = read().await;
-            for caller in callers {
-                // A caller that went away needs nothing.
-                let _ = caller.send(answer.clone());
-            }
         }
     }
 }
@@ -211,26 +189,59 @@ impl<R> Drop for Inline<'_, R> {
     }
 }
 
-/// A reader task: if it ends without finishing (a panicking read, a
-/// runtime shutting down), its queue's channels are dropped (those callers
-/// read alone) and the key is free for a new reader.
-struct Serving<'a, R> {
-    coalescer: &'a Coalescer<R>,
-    key: &'a str,
+/// A key's reader task. If it ends without finishing (a panicking read,
+/// a runtime shutting down, even before its first poll), its queue's
+/// channels are dropped (those callers read alone) and the key is free for
+/// a new reader.
+struct Serving<R> {
+    coalescer: Arc<Coalescer<R>>,
+    key: String,
     done: bool,
 }
 
-impl<R> Drop for Serving<'_, R> {
+impl<R: Clone> Serving<R> {
+    /// One read per queue taken, until the queue is empty.
+    async fn serve<G, Fut>(mut self, read: G)
+    where
+        G: Fn() -> Fut,
+        Fut: Future<Output = R>,
+    {
+        loop {
+            let callers = {
+                let mut keys = self.coalescer.lock();
+                let Some(entry) = keys.get_mut(&self.key) else {
+                    self.done = true;
+                    return;
+                };
+                if entry.queued.is_empty() {
+                    entry.reader = false;
+                    Coalescer::forget_if_idle(&mut keys, &self.key);
+                    self.done = true;
+                    return;
+                }
+                // Sent after every caller taken here queued.
+                std::mem::take(&mut entry.queued)
+            };
+            let answer = read().await;
+            for caller in callers {
+                // A caller that went away needs nothing.
+                let _ = caller.send(answer.clone());
+            }
+        }
+    }
+}
+
+impl<R> Drop for Serving<R> {
     fn drop(&mut self) {
         if self.done {
             return;
         }
         let mut keys = self.coalescer.lock();
-        if let Some(entry) = keys.get_mut(self.key) {
+        if let Some(entry) = keys.get_mut(&self.key) {
             entry.reader = false;
             entry.queued.clear();
         }
-        Coalescer::forget_if_idle(&mut keys, self.key);
+        Coalescer::forget_if_idle(&mut keys, &self.key);
     }
 }
 
@@ -241,10 +252,33 @@ type Versioned = Result<(Option<Stored>, Vec<u64>), Error>;
 
 /// A cache's shared reads: of entries alone, and of entries with the
 /// version tokens they depend on (keyed by the entry and the token keys).
-#[derive(Default)]
 pub(super) struct Reads {
     plain: Arc<Coalescer<Plain>>,
     versioned: Arc<Coalescer<Versioned>>,
+    namespace: Arc<str>,
+}
+
+impl Reads {
+    pub(super) fn new(namespace: &str) -> Self {
+        Reads {
+            plain: Arc::default(),
+            versioned: Arc::default(),
+            namespace: namespace.into(),
+        }
+    }
+
+    /// The span of a key's reader task: its own (never a caller's), with
+    /// the namespace only (keys may be personal data).
+    fn span(&self) -> tracing::Span {
+        tracing::debug_span!(parent: None, "aside.shared_read", namespace = %self.namespace)
+    }
+
+    /// How long a queued caller waits at most: the reader's read in flight
+    /// and its own each time out after `timeout`; past twice that (and a
+    /// margin), the reader is not being run at all.
+    fn limit(timeout: Duration) -> Duration {
+        timeout.saturating_mul(3)
+    }
 }
 
 impl Cache {
@@ -260,12 +294,13 @@ impl Cache {
         let inline = || self.guarded(self.inner.backend.get(pk));
         let reader = || {
             let (cache, pk) = (self.clone(), pk.to_owned());
-            move || {
+            let read = move || {
                 let (cache, pk) = (cache.clone(), pk.clone());
-                async move { cache.guarded(cache.inner.backend.get(&pk)).await }
-            }
+                async move { cache.guarded_shared(cache.inner.backend.get(&pk)).await }
+            };
+            (read, self.inner.reads.span())
         };
-        let limit = self.inner.s.backend_timeout;
+        let limit = Reads::limit(self.inner.s.backend_timeout);
         let answer = self.inner.reads.plain.read(pk, inline, reader, limit);
         self.shared_answer(answer.await)
     }
@@ -286,20 +321,22 @@ impl Cache {
         // sharing a name, whatever bytes the keys hold.
         let mut name = format!("{}:{pk}", pk.len());
         for v in versions {
-            name.push_str(&format!("|{}:{v}", v.len()));
+            // Writing to a String cannot fail.
+            let _ = write!(name, "|{}:{v}", v.len());
         }
         let inline = || self.guarded(self.inner.backend.get_with_versions(pk, versions));
         let reader = || {
             let (cache, pk, versions) = (self.clone(), pk.to_owned(), versions.to_vec());
-            move || {
+            let read = move || {
                 let (cache, pk, versions) = (cache.clone(), pk.clone(), versions.clone());
                 async move {
                     let read = cache.inner.backend.get_with_versions(&pk, &versions);
-                    cache.guarded(read).await
+                    cache.guarded_shared(read).await
                 }
-            }
+            };
+            (read, self.inner.reads.span())
         };
-        let limit = self.inner.s.backend_timeout;
+        let limit = Reads::limit(self.inner.s.backend_timeout);
         let answer = self
             .inner
             .reads
@@ -310,8 +347,8 @@ impl Cache {
 
     /// A caller's answer, counted: a shared read's failure counts for every
     /// caller it answers (in the stats and the backend breaker, as each
-    /// caller's own read would have), and a caller the reader did not answer
-    /// within `backend_timeout` timed out.
+    /// caller's own read would have; the read itself counts nothing), and
+    /// a caller the reader did not answer within its limit timed out.
     fn shared_answer<T>(&self, answer: Answer<Result<T, Error>>) -> Result<T, Error> {
         match answer {
             Answer::Own(r) => r,
@@ -388,10 +425,11 @@ mod tests {
             let inline = || src.read();
             let reader = || {
                 let src = Arc::clone(&src);
-                move || {
+                let read = move || {
                     let src = Arc::clone(&src);
                     async move { src.read().await }
-                }
+                };
+                (read, tracing::Span::none())
             };
             value(c.read("k", inline, reader, Duration::from_secs(1)).await)
         })
@@ -477,10 +515,11 @@ mod tests {
             let inline = || src2.read();
             let reader = || {
                 let src = Arc::clone(&src2);
-                move || {
+                let read = move || {
                     let src = Arc::clone(&src);
                     async move { src.read().await }
-                }
+                };
+                (read, tracing::Span::none())
             };
             matches!(
                 c2.read("k", inline, reader, Duration::from_millis(1)).await,

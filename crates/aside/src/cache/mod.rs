@@ -156,6 +156,7 @@ impl Cache {
             .policy
             .loader_breaker
             .map(|(failures, cool_down)| Breaker::new(failures, cool_down));
+        let reads = coalesce::Reads::new(&s.namespace);
         Cache {
             inner: Arc::new(Inner {
                 backend,
@@ -166,9 +167,9 @@ impl Cache {
                 flights: Arc::new(Flights::default()),
                 pending: Arc::default(),
                 loader_breaker,
+                reads,
                 throttle: Throttle::default(),
                 hot,
-                reads: coalesce::Reads::default(),
             }),
         }
     }
@@ -741,13 +742,45 @@ impl Cache {
         &self,
         op: impl Future<Output = Result<T, BackendError>>,
     ) -> Result<T, Error> {
-        let inner = &*self.inner;
-        if !inner.caps.remote {
+        if !self.inner.caps.remote {
             return op.await.map_err(|e| self.backend_failed(e));
         }
+        match self.attempt(op).await {
+            Ok(v) => Ok(v),
+            Err(None) => {
+                bump(&self.inner.stats.backend_skipped);
+                Err(Error::backend_down())
+            }
+            Err(Some(e)) => {
+                self.backend_failure_noted(&e);
+                Err(self.backend_failed(e))
+            }
+        }
+    }
+
+    /// [`guarded`](Self::guarded) for a read shared by several callers: a
+    /// failure is returned uncounted, and each caller it answers counts it
+    /// (`shared_failure`), as its own read's would have been.
+    async fn guarded_shared<T>(
+        &self,
+        op: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, Error> {
+        match self.attempt(op).await {
+            Ok(v) => Ok(v),
+            Err(None) => Err(Error::backend_down()),
+            Err(Some(e)) => Err(e.into()),
+        }
+    }
+
+    /// A remote backend operation under the timeout, if the breaker allows
+    /// it (`Err(None)`: not attempted); a success closes the breaker.
+    async fn attempt<T>(
+        &self,
+        op: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, Option<BackendError>> {
+        let inner = &*self.inner;
         if !inner.breaker.allow() {
-            bump(&inner.stats.backend_skipped);
-            return Err(Error::backend_down());
+            return Err(None);
         }
         let result = match tokio::time::timeout(inner.s.backend_timeout, op).await {
             Ok(r) => r,
@@ -760,10 +793,7 @@ impl Cache {
                 }
                 Ok(v)
             }
-            Err(e) => {
-                self.backend_failure_noted(&e);
-                Err(self.backend_failed(e))
-            }
+            Err(e) => Err(Some(e)),
         }
     }
 
