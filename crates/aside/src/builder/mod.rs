@@ -280,10 +280,11 @@ impl CacheBuilder {
     /// then for its own: up to two round trips where it would have waited
     /// one on an idle connection. Turn it on for hot keys read by many
     /// tasks at once; leave it off where single reads must be as fast as
-    /// possible. A queued caller waits at most
-    /// [`backend_timeout`](Self::backend_timeout); a shared read's failure
-    /// counts for each caller it answers, in the stats and the backend
-    /// breaker. Counted in [`Stats::shared_reads`](crate::Stats::shared_reads).
+    /// possible. A queued caller waits for at most two reads, each bounded
+    /// by [`backend_timeout`](Self::backend_timeout); a shared read's
+    /// failure counts once for each caller it answers, in the stats and the
+    /// backend breaker. Counted in
+    /// [`Stats::shared_reads`](crate::Stats::shared_reads).
     pub fn coalesce_reads(mut self, on: bool) -> Self {
         self.settings.coalesce_reads = on;
         self
