@@ -21,8 +21,10 @@
 //! callers, which wait on a local barrier; it sleeps until the start time and
 //! releases them; each caller times from its own start to its answer. The
 //! child answers one JSON line: its latencies, loader calls, wrong values
-//! and how late it released. The parent sums the loader calls over the
-//! processes and counts Redis commands per round (`INFO` delta).
+//! and how late it released (the parent reports the spread of the four
+//! release times: a late process finds more of the work done). The parent
+//! sums the loader calls over the processes and counts Redis commands per
+//! round (`INFO` delta).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -86,6 +88,7 @@ pub fn child(url: &str, index: usize) {
             let key = msg["key"].as_str().unwrap().to_owned();
             let start_at = msg["start_unix_ns"].as_i64().unwrap();
             CALLS.store(0, Relaxed);
+            let stats_before = cache.stats();
             let barrier = Arc::new(Barrier::new(n + 1));
             let mut callers = Vec::with_capacity(n);
             for i in 0..n {
@@ -114,9 +117,14 @@ pub fn child(url: &str, index: usize) {
                 lat.push(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
                 wrong += u64::from(!ok);
             }
+            // What aside's callers did in this process (zero for the others).
+            let (a, b) = (cache.stats(), stats_before);
             let out = json!({
                 "latencies_ns": lat, "loads": CALLS.load(Relaxed),
                 "wrong": wrong, "late_ns": late_ns, "ahead_ns": wait,
+                "aside": [a.coalesced - b.coalesced, a.lease_waits - b.lease_waits,
+                    a.lease_timeouts - b.lease_timeouts, a.joins_retried - b.joins_retried,
+                    a.backend_errors - b.backend_errors, a.backend_timeouts - b.backend_timeouts],
             });
             println!("{out}");
         }
@@ -188,12 +196,15 @@ pub async fn run(opts: &Opts) -> Value {
     });
     let rounds = opts.rounds.min(10);
     let (mut tallies, mut late_all, mut ahead_min) = (Vec::new(), Vec::new(), i64::MAX);
-    // Per row, per round: how late the last process released its callers.
-    let mut late_rows: Vec<Vec<i64>> = Vec::new();
+    // Per row, per round: the spread of the processes' release times (last
+    // minus first): a process that releases late finds more of the work
+    // done by the others, and its callers time from their own start.
+    let mut spread_all = Vec::new();
+    let mut extra_rows: Vec<Vec<Value>> = Vec::new();
     let mut splits: Vec<[Histogram<u64>; 2]> = Vec::new();
     for n in CALLERS {
         let mut by: Vec<Tally> = STRATEGIES.iter().map(|s| Tally::new(*s, n)).collect();
-        let mut late_by = vec![Vec::new(); STRATEGIES.len()];
+        let mut extra_by = vec![Vec::new(); STRATEGIES.len()];
         // Callers in a process that ran the loader, and in one that did not.
         let mut split: Vec<[Histogram<u64>; 2]> = STRATEGIES
             .iter()
@@ -216,7 +227,9 @@ pub async fn run(opts: &Opts) -> Value {
                 if r == 0 {
                     continue;
                 }
-                let (mut lat, mut loads, mut wrong, mut late) = (Vec::new(), 0, 0, i64::MIN);
+                let (mut lat, mut loads, mut wrong) = (Vec::new(), 0, 0);
+                let (mut first, mut last) = (i64::MAX, i64::MIN);
+                let mut counters = [0_u64; 6];
                 for a in &answers {
                     let mine: Vec<Duration> = a["latencies_ns"]
                         .as_array()
@@ -231,15 +244,22 @@ pub async fn run(opts: &Opts) -> Value {
                     lat.extend(mine);
                     loads += a["loads"].as_u64().unwrap();
                     wrong += a["wrong"].as_u64().unwrap();
-                    late = late.max(a["late_ns"].as_i64().unwrap());
-                    late_all.push(a["late_ns"].as_i64().unwrap());
+                    let late = a["late_ns"].as_i64().unwrap();
+                    (first, last) = (first.min(late), last.max(late));
+                    late_all.push(late);
+                    for (sum, c) in counters.iter_mut().zip(a["aside"].as_array().unwrap()) {
+                        *sum += c.as_u64().unwrap();
+                    }
                     ahead_min = ahead_min.min(a["ahead_ns"].as_i64().unwrap());
                 }
                 by[i].add_round(&lat, loads, cmds, wrong);
-                late_by[i].push(late);
+                extra_by[i].push(json!({
+                    "release_spread_ns": last - first, "aside_counters": counters,
+                }));
+                spread_all.push(last - first);
             }
         }
-        late_rows.extend(late_by);
+        extra_rows.extend(extra_by);
         splits.extend(split);
         tallies.extend(by);
     }
@@ -257,37 +277,60 @@ pub async fn run(opts: &Opts) -> Value {
     );
     println!("p50 of the callers in the process(es) that ran the loader / in those that did not:");
     let rows = v.as_array_mut().unwrap().iter_mut();
-    for ((row, late), [loaded, waited]) in rows.zip(late_rows).zip(splits) {
-        row["release_late_max_ns_per_round"] = json!(late);
+    for ((row, extra), [loaded, waited]) in rows.zip(extra_rows).zip(splits) {
+        // aside's counters over the processes, per round: coalesced, lease
+        // waits, lease timeouts, joins retried, backend errors, timeouts.
         let p50 = |h: &Histogram<u64>| (!h.is_empty()).then(|| h.value_at_quantile(0.5));
         let (l, w) = (p50(&loaded), p50(&waited));
         row["p50_in_loading_processes_ns"] = json!(l);
         row["p50_in_other_processes_ns"] = json!(w);
         let show = |p: Option<u64>| p.map_or_else(|| "-".to_owned(), |p| human_ns(p as f64));
+        let mut sums = [0_u64; 6];
+        for e in &extra {
+            for (sum, c) in sums.iter_mut().zip(e["aside_counters"].as_array().unwrap()) {
+                *sum += c.as_u64().unwrap();
+            }
+        }
+        let counted = if sums.iter().any(|c| *c > 0) {
+            format!(
+                " (aside, all rounds: {} coalesced, {} lease waits, {} lease timeouts, {} joins \
+                 retried, {} backend errors, {} timeouts)",
+                sums[0], sums[1], sums[2], sums[3], sums[4], sums[5]
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "  {} N = {}: {} / {}",
+            "  {} N = {}: {} / {}{counted}",
             row["strategy"].as_str().unwrap_or(""),
             row["callers"],
             show(l),
             show(w)
         );
+        row["per_round"] = json!(extra);
     }
-    // How well the processes started together: a child that releases late
-    // finds more of the work done by the others (its callers' latencies are
-    // still timed from their own start).
-    late_all.sort_unstable();
-    let late_median = late_all.get(late_all.len() / 2).copied().unwrap_or(0);
-    let late_max = late_all.last().copied().unwrap_or(0);
+    // How well the processes started together.
+    let median_max = |v: &mut Vec<i64>| {
+        v.sort_unstable();
+        let median = v.get(v.len() / 2).copied().unwrap_or(0);
+        (median, v.last().copied().unwrap_or(0))
+    };
+    let (late_median, late_max) = median_max(&mut late_all);
+    let (spread_median, spread_max) = median_max(&mut spread_all);
     println!(
         "children released their callers {:.2} ms (median) / {:.2} ms (max) after the common \
-         start; the closest a round's line arrived before its start: {:.1} ms",
+         start, within {:.2} ms (median) / {:.2} ms (max) of each other; the closest a round's \
+         line arrived before its start: {:.1} ms",
         late_median as f64 / 1e6,
         late_max as f64 / 1e6,
+        spread_median as f64 / 1e6,
+        spread_max as f64 / 1e6,
         ahead_min as f64 / 1e6
     );
     json!({
         "processes": PROCESSES,
         "release_late_ns": {"median": late_median, "max": late_max},
+        "release_spread_ns": {"median": spread_median, "max": spread_max},
         "line_ahead_of_start_min_ns": ahead_min,
         "rows": v,
     })
