@@ -37,7 +37,9 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
 
-use super::stampede::{CALLERS, CALLS, Strategy, Tally, call, commands, expected, report};
+use super::stampede::{
+    CALLERS, CALLS, LOAD_NS_MAX, Strategy, Tally, call, commands, expected, report,
+};
 use super::{Opts, histogram, human_ns, record};
 
 const PROCESSES: usize = 4;
@@ -88,6 +90,7 @@ pub fn child(url: &str, index: usize) {
             let key = msg["key"].as_str().unwrap().to_owned();
             let start_at = msg["start_unix_ns"].as_i64().unwrap();
             CALLS.store(0, Relaxed);
+            LOAD_NS_MAX.store(0, Relaxed);
             let stats_before = cache.stats();
             let barrier = Arc::new(Barrier::new(n + 1));
             let mut callers = Vec::with_capacity(n);
@@ -122,6 +125,7 @@ pub fn child(url: &str, index: usize) {
             let out = json!({
                 "latencies_ns": lat, "loads": CALLS.load(Relaxed),
                 "wrong": wrong, "late_ns": late_ns, "ahead_ns": wait,
+                "loader_max_ns": LOAD_NS_MAX.load(Relaxed),
                 "aside": [a.coalesced - b.coalesced, a.lease_waits - b.lease_waits,
                     a.lease_timeouts - b.lease_timeouts, a.joins_retried - b.joins_retried,
                     a.backend_errors - b.backend_errors, a.backend_timeouts - b.backend_timeouts],
@@ -229,7 +233,7 @@ pub async fn run(opts: &Opts) -> Value {
                 }
                 let (mut lat, mut loads, mut wrong) = (Vec::new(), 0, 0);
                 let (mut first, mut last) = (i64::MAX, i64::MIN);
-                let mut counters = [0_u64; 6];
+                let (mut counters, mut loader_max) = ([0_u64; 6], 0);
                 for a in &answers {
                     let mine: Vec<Duration> = a["latencies_ns"]
                         .as_array()
@@ -247,6 +251,7 @@ pub async fn run(opts: &Opts) -> Value {
                     let late = a["late_ns"].as_i64().unwrap();
                     (first, last) = (first.min(late), last.max(late));
                     late_all.push(late);
+                    loader_max = a["loader_max_ns"].as_u64().unwrap().max(loader_max);
                     for (sum, c) in counters.iter_mut().zip(a["aside"].as_array().unwrap()) {
                         *sum += c.as_u64().unwrap();
                     }
@@ -255,6 +260,7 @@ pub async fn run(opts: &Opts) -> Value {
                 by[i].add_round(&lat, loads, cmds, wrong);
                 extra_by[i].push(json!({
                     "release_spread_ns": last - first, "aside_counters": counters,
+                    "loader_max_ns": loader_max,
                 }));
                 spread_all.push(last - first);
             }
@@ -275,7 +281,10 @@ pub async fn run(opts: &Opts) -> Value {
         ),
         &tallies,
     );
-    println!("p50 of the callers in the process(es) that ran the loader / in those that did not:");
+    println!(
+        "p50 of the callers in the process(es) that ran the loader / in those that did not; the \
+         longest run of the 50 ms loader (the sleep overruns when the machine is busy):"
+    );
     let rows = v.as_array_mut().unwrap().iter_mut();
     for ((row, extra), [loaded, waited]) in rows.zip(extra_rows).zip(splits) {
         // aside's counters over the processes, per round: coalesced, lease
@@ -285,8 +294,9 @@ pub async fn run(opts: &Opts) -> Value {
         row["p50_in_loading_processes_ns"] = json!(l);
         row["p50_in_other_processes_ns"] = json!(w);
         let show = |p: Option<u64>| p.map_or_else(|| "-".to_owned(), |p| human_ns(p as f64));
-        let mut sums = [0_u64; 6];
+        let (mut sums, mut loader_max) = ([0_u64; 6], 0);
         for e in &extra {
+            loader_max = e["loader_max_ns"].as_u64().unwrap().max(loader_max);
             for (sum, c) in sums.iter_mut().zip(e["aside_counters"].as_array().unwrap()) {
                 *sum += c.as_u64().unwrap();
             }
@@ -301,11 +311,12 @@ pub async fn run(opts: &Opts) -> Value {
             String::new()
         };
         println!(
-            "  {} N = {}: {} / {}{counted}",
+            "  {} N = {}: {} / {}; longest loader run {}{counted}",
             row["strategy"].as_str().unwrap_or(""),
             row["callers"],
             show(l),
-            show(w)
+            show(w),
+            human_ns(loader_max as f64)
         );
         row["per_round"] = json!(extra);
     }
