@@ -1,12 +1,14 @@
 //! The peer comparison, one command, every ratio from one run:
 //!
 //! ```sh
-//! cargo run --release -p aside-benches --bin compare [-- --json] [--plots DIR] [--rounds N] [--only hit,batch,miss,stampede,python,memory,outage,zipf]
+//! cargo run --release -p aside-benches --bin compare [-- --json] [--plots DIR] [--rounds N] [--only hit,batch,miss,stampede,stampede4,python,memory,outage,zipf]
 //! ```
 //!
 //! Starts its own `redis-server`, then runs each scenario (see
 //! `aside_benches::compare`) with aside and its peers interleaved in rounds,
 //! prints a table per scenario, and with `--json` a JSON summary at the end.
+//! `stampede` is the stampede in one process, `stampede4` the one over four
+//! child processes (this binary again, with `--stampede-child`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::time::Instant;
@@ -14,8 +16,16 @@ use std::time::Instant;
 use aside_benches::compare::{self, Opts};
 use serde_json::{Map, Value, json};
 
-const SCENARIOS: [&str; 8] = [
-    "hit", "batch", "miss", "stampede", "python", "memory", "outage", "zipf",
+const SCENARIOS: [&str; 9] = [
+    "hit",
+    "batch",
+    "miss",
+    "stampede",
+    "stampede4",
+    "python",
+    "memory",
+    "outage",
+    "zipf",
 ];
 
 fn load_average() -> String {
@@ -28,6 +38,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--mem-child") {
         compare::memory::child(&args[1], args[2].parse().unwrap());
+        return;
+    }
+    if args.first().map(String::as_str) == Some("--stampede-child") {
+        compare::stampede_procs::child(&args[1], args[2].parse().unwrap());
         return;
     }
     let json_out = args.iter().any(|a| a == "--json");
@@ -72,6 +86,7 @@ fn main() {
                 "batch" => compare::batch::run(&opts).await,
                 "miss" => compare::miss::run(&opts).await,
                 "stampede" => compare::stampede::run(&opts).await,
+                "stampede4" => compare::stampede_procs::run(&opts).await,
                 "python" => compare::python::run(&opts).await,
                 "outage" => compare::outage::run(&opts).await,
                 "zipf" => compare::zipf::run(&opts).await,

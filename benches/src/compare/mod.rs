@@ -20,6 +20,7 @@ pub mod outage;
 pub mod plots;
 pub mod python;
 pub mod stampede;
+pub mod stampede_procs;
 pub mod zipf;
 
 use std::time::Duration;

@@ -4,8 +4,9 @@
 //!
 //! - `hit_latency.png`: the hit path, one panel per group (memory, Redis)
 //!   and concurrency, every contender's distribution of per-hit latency.
-//! - `stampede_latency.png`: the stampede, one panel per N, the callers'
-//!   latency per strategy.
+//! - `stampede_latency.png`: the stampede in one process, one panel per N,
+//!   the callers' latency per strategy; `stampede4_latency.png`: the same
+//!   over four processes.
 //!
 //! Text is drawn with the DejaVu Sans font read at run time (plotters'
 //! `ab_glyph` feature: no fontconfig needed).
@@ -59,27 +60,35 @@ pub fn draw(summary: &Value, dir: &Path) -> Res<Vec<PathBuf>> {
         files.push(path);
     }
     if let Some(st) = summary.get("stampede").and_then(Value::as_array) {
-        let mut ns: Vec<u64> = st.iter().filter_map(|s| s["callers"].as_u64()).collect();
-        ns.dedup();
-        let panels: Vec<(String, Vec<Line>)> = ns
-            .iter()
-            .map(|n| {
-                let rows: Vec<Value> = st
-                    .iter()
-                    .filter(|s| s["callers"].as_u64() == Some(*n))
-                    .cloned()
-                    .collect();
-                (
-                    format!("Stampede: {n} callers, one cold key, 50 ms loader"),
-                    lines(&Value::Array(rows), "strategy", 1e6),
-                )
-            })
-            .collect();
-        let path = dir.join("stampede_latency.png");
-        panel_grid(&path, &panels, "caller latency (ms)", false)?;
-        files.push(path);
+        files.push(stampede(dir, "stampede_latency.png", st, "one process")?);
+    }
+    if let Some(st) = summary["stampede4"]["rows"].as_array() {
+        files.push(stampede(dir, "stampede4_latency.png", st, "4 processes")?);
     }
     Ok(files)
+}
+
+/// The stampede's plot: one panel per N, one line per strategy.
+fn stampede(dir: &Path, file: &str, st: &[Value], over: &str) -> Res<PathBuf> {
+    let mut ns: Vec<u64> = st.iter().filter_map(|s| s["callers"].as_u64()).collect();
+    ns.dedup();
+    let panels: Vec<(String, Vec<Line>)> = ns
+        .iter()
+        .map(|n| {
+            let rows: Vec<Value> = st
+                .iter()
+                .filter(|s| s["callers"].as_u64() == Some(*n))
+                .cloned()
+                .collect();
+            (
+                format!("Stampede, {over}: {n} callers, one cold key, 50 ms loader"),
+                lines(&Value::Array(rows), "strategy", 1e6),
+            )
+        })
+        .collect();
+    let path = dir.join(file);
+    panel_grid(&path, &panels, "caller latency (ms)", false)?;
+    Ok(path)
 }
 
 /// The `cdf` of each entry of `rows`, latencies divided by `unit`.

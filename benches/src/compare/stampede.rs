@@ -14,6 +14,10 @@
 //!
 //! A fresh key per round; callers are spawned, wait on one barrier and take
 //! their start time right before their call. Strategies rotate per round.
+//!
+//! The contenders, the loader and the table are shared with the stampede
+//! over four processes (`stampede_procs`), which adds the `cached` crate's
+//! Redis macro.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use aside::{Cache, RedisBackend};
-use cached::macros::cached;
+use cached::macros::{cached, concurrent_cached};
 use hdrhistogram::Histogram;
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
@@ -29,24 +33,32 @@ use tokio::sync::Barrier;
 
 use super::{Opts, Spread, cdf, histogram, human_ns, record, table, verdict};
 
-const CALLERS: [usize; 2] = [100, 1_000];
-const LOADER: Duration = Duration::from_millis(50);
+pub(super) const CALLERS: [usize; 2] = [100, 1_000];
+pub(super) const LOADER: Duration = Duration::from_millis(50);
 const POLL: Duration = Duration::from_millis(100);
 const POLLS: u32 = 10;
 const LOCK_TTL_S: u64 = 5;
 const VALUE_TTL_S: u64 = 300;
 const P50_SLACK: Duration = Duration::from_millis(5);
 
-/// Loader calls of the current round (reset before each round).
-static CALLS: AtomicU64 = AtomicU64::new(0);
+/// Loader calls of the current round in this process (reset before each
+/// round).
+pub(super) static CALLS: AtomicU64 = AtomicU64::new(0);
 
-fn expected(key: &str) -> String {
+pub(super) fn expected(key: &str) -> String {
     format!("value of {key}")
 }
 
-async fn load(key: &str) -> String {
+/// The longest loader run of the current round in this process, ns: on a
+/// busy machine the 50 ms sleep itself can overrun, and every waiter with it.
+pub(super) static LOAD_NS_MAX: AtomicU64 = AtomicU64::new(0);
+
+pub(super) async fn load(key: &str) -> String {
     CALLS.fetch_add(1, Relaxed);
+    let start = Instant::now();
     tokio::time::sleep(LOADER).await;
+    let took = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    LOAD_NS_MAX.fetch_max(took, Relaxed);
     expected(key)
 }
 
@@ -60,11 +72,21 @@ async fn cached_default(key: String) -> String {
     load(&key).await
 }
 
+/// The `cached` crate's Redis memoization as its docs show it: an
+/// `AsyncRedisCache` (URL from `CACHED_REDIS_CONNECTION_STRING`) built on
+/// the first call; a miss runs the body and `PSETEX`es the result. The macro
+/// has no `sync_writes` for stores like this one: concurrent misses all load.
+#[concurrent_cached(redis = true, ttl_secs = 300, map_error = r##"|e| format!("{e}")"##)]
+async fn cached_redis(key: String) -> Result<String, String> {
+    Ok(load(&key).await)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Strategy {
+pub(super) enum Strategy {
     Naive,
     SeedLock,
     Aside,
+    CachedRedis,
     CachedByKey,
     CachedDefault,
 }
@@ -78,14 +100,40 @@ const STRATEGIES: [Strategy; 5] = [
 ];
 
 impl Strategy {
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Self::Naive => "naive cache-aside (Redis)",
             Self::SeedLock => "seeds' SET NX lock + 100 ms poll (Redis)",
             Self::Aside => "aside (Redis)",
+            Self::CachedRedis => "cached #[concurrent_cached(redis = true)] (Redis)",
             Self::CachedByKey => "cached #[cached(sync_writes = \"by_key\")] (memory)",
             Self::CachedDefault => "cached #[cached] default (memory)",
         }
+    }
+
+    /// The name a parent sends its child processes.
+    pub(super) fn tag(self) -> &'static str {
+        match self {
+            Self::Naive => "naive",
+            Self::SeedLock => "seed_lock",
+            Self::Aside => "aside",
+            Self::CachedRedis => "cached_redis",
+            Self::CachedByKey => "cached_by_key",
+            Self::CachedDefault => "cached_default",
+        }
+    }
+
+    pub(super) fn from_tag(tag: &str) -> Option<Self> {
+        [
+            Self::Naive,
+            Self::SeedLock,
+            Self::Aside,
+            Self::CachedRedis,
+            Self::CachedByKey,
+            Self::CachedDefault,
+        ]
+        .into_iter()
+        .find(|s| s.tag() == tag)
     }
 }
 
@@ -151,19 +199,80 @@ async fn seed_lock(mut conn: ConnectionManager, key: &str, lock_id: &str) -> Str
     load(key).await
 }
 
-struct Tally {
-    strategy: Strategy,
-    callers: usize,
-    latency: Histogram<u64>,
-    loads: Vec<u64>,
+/// One caller's call with strategy `s`; `lock_id` is the caller's token for
+/// the seeds' lock (unique across processes).
+pub(super) async fn call(
+    s: Strategy,
+    conn: ConnectionManager,
+    cache: &Cache,
+    key: &str,
+    lock_id: &str,
+) -> String {
+    match s {
+        Strategy::Naive => naive(conn, key).await,
+        Strategy::SeedLock => seed_lock(conn, key, lock_id).await,
+        Strategy::Aside => {
+            let k = key.to_owned();
+            cache
+                .get_or_load(key, move || async move {
+                    Ok::<_, Infallible>(Some(load(&k).await))
+                })
+                .await
+                .unwrap()
+                .unwrap_or_default()
+        }
+        // An error (Redis refused, connection lost) counts as a wrong value.
+        Strategy::CachedRedis => cached_redis(key.to_owned()).await.unwrap_or_default(),
+        Strategy::CachedByKey => cached_by_key(key.to_owned()).await,
+        Strategy::CachedDefault => cached_default(key.to_owned()).await,
+    }
+}
+
+pub(super) struct Tally {
+    pub(super) strategy: Strategy,
+    pub(super) callers: usize,
+    pub(super) latency: Histogram<u64>,
+    /// Loader calls per round (over every process).
+    pub(super) loads: Vec<u64>,
     /// Commands Redis processed per round (all connections): where a
     /// strategy's time goes on a 2-CPU machine shared with redis-server.
-    commands: Vec<u64>,
-    wrong: u64,
+    pub(super) commands: Vec<u64>,
+    /// The callers' median latency per round: with `commands`, shows what a
+    /// round's Redis traffic costs its callers.
+    pub(super) round_p50: Vec<u64>,
+    pub(super) wrong: u64,
+}
+
+impl Tally {
+    pub(super) fn new(strategy: Strategy, callers: usize) -> Self {
+        Self {
+            strategy,
+            callers,
+            latency: histogram(),
+            loads: Vec::new(),
+            commands: Vec::new(),
+            round_p50: Vec::new(),
+            wrong: 0,
+        }
+    }
+
+    /// One measured round: every caller's latency, the loader calls (over
+    /// every process), Redis commands and wrong values.
+    pub(super) fn add_round(&mut self, lat: &[Duration], loads: u64, cmds: u64, wrong: u64) {
+        let mut h = histogram();
+        for d in lat {
+            record(&mut self.latency, *d);
+            record(&mut h, *d);
+        }
+        self.round_p50.push(h.value_at_quantile(0.5));
+        self.loads.push(loads);
+        self.commands.push(cmds);
+        self.wrong += wrong;
+    }
 }
 
 /// Redis's `total_commands_processed` (the `INFO` call itself counts once).
-async fn commands(conn: &ConnectionManager) -> u64 {
+pub(super) async fn commands(conn: &ConnectionManager) -> u64 {
     let mut conn = conn.clone();
     let info: String = redis::cmd("INFO")
         .arg("stats")
@@ -198,22 +307,7 @@ async fn round(
         callers.push(tokio::spawn(async move {
             barrier.wait().await;
             let start = Instant::now();
-            let got = match s {
-                Strategy::Naive => naive(conn, &key).await,
-                Strategy::SeedLock => seed_lock(conn, &key, &format!("caller-{i}")).await,
-                Strategy::Aside => {
-                    let k = key.clone();
-                    cache
-                        .get_or_load(&key, move || async move {
-                            Ok::<_, Infallible>(Some(load(&k).await))
-                        })
-                        .await
-                        .unwrap()
-                        .unwrap_or_default()
-                }
-                Strategy::CachedByKey => cached_by_key(key.clone()).await,
-                Strategy::CachedDefault => cached_default(key.clone()).await,
-            };
+            let got = call(s, conn, &cache, &key, &format!("caller-{i}")).await;
             (start.elapsed(), got == expected(&key))
         }));
     }
@@ -243,17 +337,7 @@ pub async fn run(opts: &Opts) -> Value {
     let rounds = opts.rounds.min(10);
     let mut tallies = Vec::new();
     for n in CALLERS {
-        let mut by: Vec<Tally> = STRATEGIES
-            .iter()
-            .map(|s| Tally {
-                strategy: *s,
-                callers: n,
-                latency: histogram(),
-                loads: Vec::new(),
-                commands: Vec::new(),
-                wrong: 0,
-            })
-            .collect();
+        let mut by: Vec<Tally> = STRATEGIES.iter().map(|s| Tally::new(*s, n)).collect();
         // Round 0 warms up and is not counted.
         for r in 0..=rounds {
             for i in super::rotation(STRATEGIES.len(), r) {
@@ -266,20 +350,24 @@ pub async fn run(opts: &Opts) -> Value {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 let cmds = commands(&conn).await - before - 1;
                 if r > 0 {
-                    for d in lat {
-                        record(&mut by[i].latency, d);
-                    }
-                    by[i].loads.push(loads);
-                    by[i].commands.push(cmds);
-                    by[i].wrong += wrong;
+                    by[i].add_round(&lat, loads, cmds, wrong);
                 }
             }
         }
         tallies.extend(by);
     }
-    println!(
-        "\nStampede in one process: N callers, one cold key, 50 ms loader ({rounds} rounds each)"
-    );
+    report(
+        &format!(
+            "Stampede in one process: N callers, one cold key, 50 ms loader ({rounds} rounds each)"
+        ),
+        &tallies,
+    )
+}
+
+/// Prints the table of a stampede scenario and returns its JSON rows (with
+/// the latency `cdf` the plots draw).
+pub(super) fn report(title: &str, tallies: &[Tally]) -> Value {
+    println!("\n{title}");
     let mut t = table(&[
         "strategy",
         "N",
@@ -294,7 +382,7 @@ pub async fn run(opts: &Opts) -> Value {
     ]);
     let p50_target = (LOADER + P50_SLACK).as_nanos() as f64;
     let mut out = Vec::new();
-    for tl in &tallies {
+    for tl in tallies {
         let mean = tl.loads.iter().sum::<u64>() as f64 / tl.loads.len() as f64;
         let max = tl.loads.iter().copied().max().unwrap_or(0);
         let (p50, p99) = (
@@ -325,7 +413,7 @@ pub async fn run(opts: &Opts) -> Value {
             "strategy": tl.strategy.name(), "callers": tl.callers,
             "loads_per_round": tl.loads, "p50_ns": p50, "p99_ns": p99,
             "max_ns": tl.latency.max(), "wrong": tl.wrong,
-            "redis_commands_per_round": tl.commands,
+            "redis_commands_per_round": tl.commands, "p50_per_round_ns": tl.round_p50,
             "targets_met": targets.map(|(a, b)| a && b),
             "cdf": cdf(&tl.latency),
         }));
