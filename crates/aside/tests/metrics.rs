@@ -375,3 +375,44 @@ async fn a_tiered_backend_reports_its_levels() {
     );
     assert!(tier.l1_hits >= 2, "{tier:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_backend_reports_its_evictions() {
+    snapshotter();
+    let backend = MemoryBackend::builder().max_entries(10).build();
+    let cache = Cache::builder()
+        .namespace("evicting")
+        .backend(backend.clone())
+        .metrics_interval(INTERVAL)
+        .build()
+        .unwrap();
+    for i in 0..200u32 {
+        cache.set(format!("k{i}"), i).await.unwrap();
+    }
+    // moka removes what is over capacity in its pending work.
+    for _ in 0..100 {
+        backend.run_pending_tasks().await;
+        if backend.entry_count() <= 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let evicted = backend.evictions();
+    assert!(
+        evicted >= 150,
+        "{evicted} evictions for 200 entries in room for 10"
+    );
+    let rows = settle("evicting", |rows| {
+        counter(rows, "aside_evictions_total", &[("level", "memory")]) == Some(evicted)
+    })
+    .await;
+    assert_eq!(
+        counter(&rows, "aside_evictions_total", &[("level", "memory")]),
+        Some(evicted),
+        "{rows:#?}"
+    );
+    // Invalidations and expiries are not evictions.
+    cache.invalidate("k199").await.unwrap();
+    backend.run_pending_tasks().await;
+    assert_eq!(backend.evictions(), evicted);
+}

@@ -1,6 +1,7 @@
 //! The in-process backend: a moka cache of entry bytes, and the validity
 //! tokens (markers, version counters) beside it.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,8 @@ pub struct MemoryBackend {
     markers: moka::sync::Cache<String, Token>,
     /// Tag and namespace version counters, by counter key.
     versions: moka::sync::Cache<String, Token>,
+    /// Entries removed to make room (not expiries nor invalidations).
+    evictions: Arc<AtomicU64>,
 }
 
 #[derive(Clone, Debug)]
@@ -129,7 +132,15 @@ impl MemoryBackendBuilder {
 
     /// Builds the backend.
     pub fn build(self) -> MemoryBackend {
-        let builder = moka::sync::Cache::builder().expire_after(PerEntryTtl);
+        let evictions = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&evictions);
+        let builder = moka::sync::Cache::builder()
+            .expire_after(PerEntryTtl)
+            .eviction_listener(move |_key, _entry, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                }
+            });
         let cache = match self.bound {
             Bound::Entries(n) => builder.max_capacity(n).build(),
             Bound::Bytes(n) => builder
@@ -148,6 +159,7 @@ impl MemoryBackendBuilder {
             cache,
             markers: tokens(),
             versions: tokens(),
+            evictions,
         }
     }
 }
@@ -168,6 +180,14 @@ impl MemoryBackend {
     /// The number of entries (approximate: moka applies writes lazily).
     pub fn entry_count(&self) -> u64 {
         self.cache.entry_count()
+    }
+
+    /// Entries removed so far to stay within the capacity (not those that
+    /// expired or were invalidated); exported as `aside_evictions_total`
+    /// with the `metrics` feature. Counted as moka applies its pending
+    /// work, so it can trail the inserts that caused it a little.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
     }
 
     fn get_entry(&self, key: &str) -> Option<Stored> {

@@ -29,7 +29,7 @@ use metrics::{Label, counter, gauge};
 use tracing::Instrument;
 
 use super::{Cache, Inner};
-use crate::backend::TieredBackend;
+use crate::backend::{MemoryBackend, TieredBackend};
 use crate::error::Error;
 use crate::stats::Stats;
 
@@ -42,6 +42,9 @@ pub(crate) struct Source {
     /// The backend, when it was handed to the builder as a `TieredBackend`:
     /// its counters tell L1 reads from L2 reads.
     pub tier: Option<TieredBackend>,
+    /// The backend, when it was handed to the builder as a `MemoryBackend`:
+    /// it counts its evictions.
+    pub memory: Option<MemoryBackend>,
 }
 
 impl Source {
@@ -50,7 +53,13 @@ impl Source {
         let any: &dyn std::any::Any = backend;
         Source {
             tier: any.downcast_ref::<TieredBackend>().cloned(),
+            memory: any.downcast_ref::<MemoryBackend>().cloned(),
         }
+    }
+
+    /// Whether the backend tells its evictions.
+    fn counts_evictions(&self) -> bool {
+        self.tier.is_some() || self.memory.is_some()
     }
 }
 
@@ -105,7 +114,7 @@ type Cumulative = [u64; SERIES.len()];
 
 /// The exported counters: name, extra label, and where its total comes
 /// from. Totals are recomputed from a snapshot on every tick.
-const SERIES: [(&str, Option<(&str, &str)>); 15] = [
+const SERIES: [(&str, Option<(&str, &str)>); 16] = [
     ("aside_requests_total", Some(("result", "hit"))),
     ("aside_requests_total", Some(("result", "miss"))),
     ("aside_requests_total", Some(("result", "stale"))),
@@ -123,14 +132,22 @@ const SERIES: [(&str, Option<(&str, &str)>); 15] = [
     // sent on to the shared tier (L2). Zero unless `Source::tier` is known.
     ("aside_tier_reads_total", Some(("level", "l1"))),
     ("aside_tier_reads_total", Some(("level", "l2"))),
+    // Entries the backend removed to stay within its capacity: the memory
+    // backend's, or a tiered backend's in-process copies. Redis reports
+    // evictions server-wide only (`evicted_keys`, `aside stats --redis`).
+    ("aside_evictions_total", None),
 ];
 
 /// The totals of `SERIES` in a snapshot.
-fn totals(s: &Stats, tier: Option<&TieredBackend>) -> Cumulative {
-    let (l1, l2) = tier.map_or((0, 0), |t| {
+fn totals(s: &Stats, source: &Source) -> Cumulative {
+    let (l1, l2, l1_evicted) = source.tier.as_ref().map_or((0, 0, 0), |t| {
         let t = t.stats();
-        (t.l1_hits, t.l1_misses)
+        (t.l1_hits, t.l1_misses, t.l1_evictions)
     });
+    let evicted = source
+        .memory
+        .as_ref()
+        .map_or(l1_evicted, MemoryBackend::evictions);
     // Keys invalidated is the sum of the three kinds; the counters are read
     // one by one (not a consistent cut), so the subtraction saturates.
     let by_version = s.tag_invalidations + s.namespace_invalidations;
@@ -150,6 +167,7 @@ fn totals(s: &Stats, tier: Option<&TieredBackend>) -> Cumulative {
         s.fail_safe_served,
         l1,
         l2,
+        evicted,
     ]
 }
 
@@ -192,9 +210,12 @@ impl Exporter {
     }
 
     fn export(&mut self, cache: &Cache) {
-        let now = totals(&cache.stats(), self.source.tier.as_ref());
+        let now = totals(&cache.stats(), &self.source);
         for (i, (name, extra)) in SERIES.iter().enumerate() {
             if name.starts_with("aside_tier_") && self.source.tier.is_none() {
+                continue;
+            }
+            if *name == "aside_evictions_total" && !self.source.counts_evictions() {
                 continue;
             }
             // Counters only grow; a total read lower than what was exported

@@ -16,6 +16,7 @@
 //!   however many entries there are. While the subscription is down the
 //!   level is not *trusted* at all: reads go to L2 and nothing is copied.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,8 @@ pub(super) struct L1 {
     versions: moka::sync::Cache<String, Copy<u64>>,
     /// Guards of entries (`e` + key) and versions (`v` + key).
     guards: moka::sync::Cache<String, u64>,
+    /// Copies removed to make room (not expiries nor evictions by events).
+    evictions: Arc<AtomicU64>,
     epoch: AtomicU64,
     trusted: AtomicBool,
     next: AtomicU64,
@@ -66,11 +69,19 @@ pub(super) struct L1 {
 
 impl L1 {
     pub fn new(max_entries: u64, trusted: bool, max_age: Duration) -> Self {
+        let evictions = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&evictions);
         L1 {
             entries: moka::sync::Cache::builder()
                 .max_capacity(max_entries)
                 .time_to_live(max_age)
+                .eviction_listener(move |_key, _copy, cause| {
+                    if cause == moka::notification::RemovalCause::Size {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
                 .build(),
+            evictions,
             // Few: one per tag in use.
             versions: moka::sync::Cache::builder()
                 .max_capacity(max_entries)
@@ -197,6 +208,11 @@ impl L1 {
 
     pub fn len(&self) -> u64 {
         self.entries.entry_count()
+    }
+
+    /// Copies removed to stay within the capacity.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
     }
 }
 

@@ -119,6 +119,8 @@ pub struct TieredStats {
     pub gaps: u64,
     /// In-process copies (approximate).
     pub l1_entries: u64,
+    /// In-process copies removed to stay within `l1_max_entries`.
+    pub l1_evictions: u64,
 }
 
 impl fmt::Debug for TieredBackend {
@@ -248,6 +250,7 @@ impl TieredBackend {
             foreign: get(&c.foreign),
             gaps: get(&c.gaps),
             l1_entries: self.inner.l1.len(),
+            l1_evictions: self.inner.l1.evictions(),
         }
     }
 }
