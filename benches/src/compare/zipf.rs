@@ -14,7 +14,8 @@
 //! - no cache: every read is a `SELECT`.
 //!
 //! Stale read: a read that returned a version older than one whose write
-//! had committed before the read began (aside promises none). Rounds rotate
+//! had finished (the `UPDATE` committed and the cache invalidated) before
+//! the read began (aside promises none). Rounds rotate
 //! the contenders; a fresh key namespace per run.
 
 use std::sync::Arc;
@@ -169,7 +170,8 @@ enum Reads {
 
 const NAMES: [&str; 3] = ["aside (Redis)", "naive cache-aside (Redis)", "no cache"];
 
-/// Per row, the newest committed version (index `id - 1`).
+/// Per row, the newest version whose write finished: committed, and the
+/// cache invalidated (index `id - 1`).
 struct Shared {
     db: Db,
     committed: Vec<AtomicU64>,
@@ -234,7 +236,6 @@ async fn read(s: &Arc<Shared>, reads: &Reads, id: i64, t: &mut Tally) -> Option<
 
 async fn write(s: &Shared, reads: &Reads, id: i64, price: i64) {
     let v = s.db.update(id, price).await;
-    s.committed[(id - 1) as usize].fetch_max(v as u64, SeqCst);
     match reads {
         Reads::Aside(cache) => {
             cache.invalidate(format!("p:{id}")).await.unwrap();
@@ -249,6 +250,11 @@ async fn write(s: &Shared, reads: &Reads, id: i64, price: i64) {
         }
         Reads::Direct => {}
     }
+    // Only now is the write done, in the promise's sense: a read that
+    // begins after this point must not return an older version. (A read
+    // that began between the UPDATE and the invalidation may: the write
+    // was still in progress.)
+    s.committed[(id - 1) as usize].fetch_max(v as u64, SeqCst);
 }
 
 async fn worker(s: Arc<Shared>, reads: Reads, seed: u64, until: Instant) -> Tally {
