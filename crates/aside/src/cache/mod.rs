@@ -595,6 +595,19 @@ impl Cache {
         deps: &Deps,
         current: &[u64],
     ) -> Lookup<V> {
+        self.decode_checked_at(pk, stored, deps, current, &mut None)
+    }
+
+    /// `decode_checked` with the time shared by entries read together: `now`
+    /// is the clock's reading, taken on first need and kept.
+    fn decode_checked_at<V: Value>(
+        &self,
+        pk: &str,
+        stored: &Stored,
+        deps: &Deps,
+        current: &[u64],
+        now: &mut Option<u64>,
+    ) -> Lookup<V> {
         let env = match envelope::parse(stored.bytes()) {
             Ok(env) => env,
             Err(e) => return self.undecodable(pk, &e),
@@ -616,7 +629,7 @@ impl Cache {
         // snapshot) must not serve it for ever.
         let policy = &self.inner.s.policy;
         let (age, refresh) = if !self.inner.caps.exact_expiry || policy.needs_clock() {
-            let now = self.inner.s.clock.now_ms();
+            let now = *now.get_or_insert_with(|| self.inner.s.clock.now_ms());
             match policy.age(&env.meta, now) {
                 None => return Lookup::Miss,
                 Some(Age::Fresh) => (

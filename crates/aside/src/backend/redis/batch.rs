@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use super::scripts::{
-    ACQUIRE_MANY, FILL_MANY, FILLS_CHANNEL, RELEASE_MANY, RENEW_MANY, SET_MANY, data, lease,
-    marker, token_key, waiters,
+    ACQUIRE_MANY, FILL_MANY, FILLS_CHANNEL, RELEASE_MANY, RENEW_MANY, SET_MANY, data, data_into,
+    lease, marker, token_key, waiters,
 };
 use super::{RedisBackend, failed, malformed, parse_key, parse_token, px, token};
 use crate::backend::{BatchEntry, FillToken, Lease, Stored, fresh_token};
@@ -27,9 +27,15 @@ impl RedisBackend {
             return Ok((Vec::new(), Vec::new()));
         }
         let mut conn = self.conn.clone();
-        let mut mget = redis::cmd("MGET");
+        // Sized once, and every data key written through one buffer: the
+        // command copies each argument anyway.
+        let bytes: usize = keys.iter().map(|k| k.len() + 2).sum();
+        let mut mget = redis::Cmd::with_capacity(1 + keys.len() + versions.len(), 4 + bytes);
+        mget.arg("MGET");
+        let mut key_buf = String::new();
         for key in keys {
-            mget.arg(data(key));
+            data_into(&mut key_buf, key);
+            mget.arg(key_buf.as_str());
         }
         for name in versions {
             mget.arg(token_key(name));

@@ -48,6 +48,14 @@ pub(super) fn waiters(key: &str) -> String {
     suffixed(key, ":w")
 }
 
+/// Replaces `buf` with `data(key)`, reusing its allocation.
+pub(super) fn data_into(buf: &mut String, key: &str) {
+    buf.clear();
+    buf.push('{');
+    buf.push_str(key);
+    buf.push('}');
+}
+
 /// `{key}` followed by `suffix`.
 fn suffixed(key: &str, suffix: &str) -> String {
     let mut m = String::with_capacity(key.len() + suffix.len() + 2);
@@ -400,3 +408,17 @@ pub(super) static RENEW_MANY: LazyLock<Script> = LazyLock::new(|| {
         ",
     )
 });
+
+#[cfg(test)]
+mod tests {
+    use super::{data, data_into};
+
+    #[test]
+    fn data_into_writes_what_data_returns() {
+        let mut buf = String::from("left over from a longer key");
+        for key in ["shop:item:1", "", "ns:{odd}:k", "shop:x"] {
+            data_into(&mut buf, key);
+            assert_eq!(buf, data(key));
+        }
+    }
+}

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
+use super::super::deps::Deps;
 use super::{Cache, Slot, Value};
 use crate::backend::BatchEntry;
 use crate::cache::EntryOptions;
@@ -162,38 +163,13 @@ impl Cache {
         // after it need no proof (see `flight`).
         let me = self.inner.flights.now();
         let deps = self.deps(&options.tags);
-        let mut index: HashMap<String, usize> = HashMap::new();
-        let mut slots: Vec<Slot<V>> = Vec::new();
-        let mut order = Vec::new();
-        for key in keys {
-            let name = key.as_ref();
-            self.record_read(name);
-            let at = match index.get(name) {
-                Some(&at) => at,
-                None => {
-                    slots.push(self.slot(name.to_owned(), &deps));
-                    index.insert(name.to_owned(), slots.len() - 1);
-                    slots.len() - 1
-                }
-            };
-            order.push(at);
-        }
+        let (mut slots, order) = self.slots(keys, &deps);
         if !slots.is_empty() {
             self.read_many(&mut slots, &deps).await;
             // Boxed: the miss path's state is large.
             Box::pin(self.load_many(&mut slots, &deps, options.ttl, me, batch_loader)).await;
         }
-        order
-            .into_iter()
-            .map(|at| {
-                slots[at].answer.clone().unwrap_or_else(|| {
-                    Err(Error::new(
-                        crate::ErrorKind::LoaderPanicked,
-                        "the load was abandoned before it finished",
-                    ))
-                })
-            })
-            .collect()
+        answers(slots, order)
     }
 
     /// Writes several values with the default TTL, in one backend request
@@ -288,5 +264,111 @@ impl Cache {
             }
         }
         Ok(())
+    }
+}
+
+impl Cache {
+    /// One slot per distinct key, in the order first asked, and for each
+    /// position of `keys` the slot that answers it. Each key is copied once
+    /// (its name, which the loader may need) and hashed once; the index
+    /// borrows the copies and is gone before anything is awaited.
+    fn slots<K: AsRef<str>, V>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+        deps: &Deps,
+    ) -> (Vec<Slot<V>>, Vec<usize>) {
+        let names: Vec<String> = keys
+            .into_iter()
+            .map(|key| {
+                let name = key.as_ref();
+                self.record_read(name);
+                name.to_owned()
+            })
+            .collect();
+        let mut order = Vec::with_capacity(names.len());
+        let mut first = Vec::with_capacity(names.len());
+        let mut distinct = 0;
+        {
+            let mut index: HashMap<&str, usize> = HashMap::with_capacity(names.len());
+            for name in &names {
+                let at = *index.entry(name.as_str()).or_insert(distinct);
+                first.push(at == distinct);
+                distinct = index.len();
+                order.push(at);
+            }
+        }
+        let mut slots = Vec::with_capacity(distinct);
+        for (name, first) in names.into_iter().zip(first) {
+            if first {
+                slots.push(self.slot(name, deps));
+            }
+        }
+        (slots, order)
+    }
+}
+
+/// Each position's answer. A slot's value is moved to the last position
+/// that asks for it and cloned only for the earlier ones (a key asked for
+/// several times).
+fn answers<V: Clone>(mut slots: Vec<Slot<V>>, order: Vec<usize>) -> Vec<Result<Option<V>, Error>> {
+    let mut uses = vec![0u32; slots.len()];
+    for &at in &order {
+        uses[at] += 1;
+    }
+    order
+        .into_iter()
+        .map(|at| {
+            uses[at] -= 1;
+            let answer = if uses[at] == 0 {
+                slots[at].answer.take()
+            } else {
+                slots[at].answer.clone()
+            };
+            answer.unwrap_or_else(|| {
+                Err(Error::new(
+                    crate::ErrorKind::LoaderPanicked,
+                    "the load was abandoned before it finished",
+                ))
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Slot;
+    use super::answers;
+    use crate::ErrorKind;
+
+    fn slot(answer: Option<Option<u32>>) -> Slot<u32> {
+        Slot {
+            name: String::new(),
+            pk: String::new(),
+            bypass: false,
+            answer: answer.map(Ok),
+            stale: None,
+            refresh: None,
+        }
+    }
+
+    /// A key asked for at several positions is answered at each of them;
+    /// a slot left without an answer is an error at its position only.
+    #[test]
+    fn every_position_gets_its_slots_answer() {
+        let slots = vec![slot(Some(Some(1))), slot(Some(None)), slot(None)];
+        let got = answers(slots, vec![0, 1, 0, 2, 0]);
+        let values: Vec<Option<Option<u32>>> = got.iter().map(|r| r.clone().ok()).collect();
+        assert_eq!(
+            values,
+            [
+                Some(Some(1)),
+                Some(None),
+                Some(Some(1)),
+                None,
+                Some(Some(1))
+            ]
+        );
+        let err = got[3].as_ref().err().map(crate::Error::kind);
+        assert_eq!(err, Some(ErrorKind::LoaderPanicked));
     }
 }

@@ -17,18 +17,29 @@ impl Cache {
     pub(super) async fn read_many<V: Value>(&self, slots: &mut [Slot<V>], deps: &Deps) {
         let read: Vec<usize> = (0..slots.len()).filter(|&i| !slots[i].bypass).collect();
         for chunk in read.chunks(self.inner.s.batch_chunk_size) {
-            let pks: Vec<String> = chunk.iter().map(|&i| slots[i].pk.clone()).collect();
-            // Counted as a backend failure in `guarded`; the loader answers.
-            let Ok((entries, current)) = self
+            // Lent to the backend and given back, not copied.
+            let pks: Vec<String> = chunk
+                .iter()
+                .map(|&i| std::mem::take(&mut slots[i].pk))
+                .collect();
+            let read = self
                 .guarded(self.inner.backend.get_many(&pks, &deps.keys))
-                .await
-            else {
+                .await;
+            for (&i, pk) in chunk.iter().zip(pks) {
+                slots[i].pk = pk;
+            }
+            // Counted as a backend failure in `guarded`; the loader answers.
+            let Ok((entries, current)) = read else {
                 continue;
             };
+            // The clock is read once for the chunk, after its reply came:
+            // no entry is judged at a time before it was read.
+            let mut now = None;
             let mut unknown = Vec::new();
             for (&i, stored) in chunk.iter().zip(entries) {
                 let Some(stored) = stored else { continue };
-                match self.decode_checked::<V>(&slots[i].pk, &stored, deps, &current) {
+                let pk = &slots[i].pk;
+                match self.decode_checked_at::<V>(pk, &stored, deps, &current, &mut now) {
                     Lookup::Miss if self.has_unknown_deps_beyond(&stored, deps) => {
                         unknown.push((i, stored));
                     }
