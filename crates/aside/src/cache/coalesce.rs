@@ -420,6 +420,16 @@ mod tests {
 
     /// Reads "k" from `src` through `c`, in a task.
     fn spawn_read(c: &Arc<Coalescer<u64>>, src: &Arc<Slow>) -> tokio::task::JoinHandle<u64> {
+        let read = spawn_read_within(c, src, Duration::from_secs(1));
+        tokio::spawn(async move { value(read.await.unwrap()) })
+    }
+
+    /// Reads "k" from `src` through `c` in a task, waiting at most `limit`.
+    fn spawn_read_within(
+        c: &Arc<Coalescer<u64>>,
+        src: &Arc<Slow>,
+        limit: Duration,
+    ) -> tokio::task::JoinHandle<Answer<u64>> {
         let (c, src) = (Arc::clone(c), Arc::clone(src));
         tokio::spawn(async move {
             let inline = || src.read();
@@ -431,7 +441,7 @@ mod tests {
                 };
                 (read, tracing::Span::none())
             };
-            value(c.read("k", inline, reader, Duration::from_secs(1)).await)
+            c.read("k", inline, reader, limit).await
         })
     }
 
@@ -510,23 +520,11 @@ mod tests {
         let src = Arc::new(Slow::default());
         let first = spawn_read(&c, &src);
         tokio::task::yield_now().await;
-        let (c2, src2) = (Arc::clone(&c), Arc::clone(&src));
-        let short = tokio::spawn(async move {
-            let inline = || src2.read();
-            let reader = || {
-                let src = Arc::clone(&src2);
-                let read = move || {
-                    let src = Arc::clone(&src);
-                    async move { src.read().await }
-                };
-                (read, tracing::Span::none())
-            };
-            matches!(
-                c2.read("k", inline, reader, Duration::from_millis(1)).await,
-                Answer::TimedOut
-            )
-        });
-        assert!(short.await.unwrap(), "a 1 ms limit on a 10 ms read");
+        let short = spawn_read_within(&c, &src, Duration::from_millis(1));
+        assert!(
+            matches!(short.await.unwrap(), Answer::TimedOut),
+            "a 1 ms limit on a 10 ms read"
+        );
         assert_eq!(first.await.unwrap(), 0);
     }
 }
