@@ -9,7 +9,12 @@
 //! prints a table per scenario, and with `--json` a JSON summary at the end.
 //! `stampede` is the stampede in one process, `stampede4` the one over four
 //! child processes (this binary again, with `--stampede-child`).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
 
 use std::time::Instant;
 
@@ -44,6 +49,15 @@ fn main() {
         compare::stampede_procs::child(&args[1], args[2].parse().unwrap());
         return;
     }
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "compare [--json] [--plots DIR] [--rounds N] [--only {}]\n\
+             Runs each scenario with aside and its peers interleaved in rounds \
+             (default: all, 20 rounds) against a redis-server of its own.",
+            SCENARIOS.join(",")
+        );
+        return;
+    }
     let json_out = args.iter().any(|a| a == "--json");
     let value_of = |flag: &str| {
         args.iter()
@@ -56,6 +70,13 @@ fn main() {
         || SCENARIOS.iter().map(|s| (*s).to_owned()).collect(),
         |o| o.split(',').map(str::to_owned).collect(),
     );
+    if let Some(unknown) = only.iter().find(|o| !SCENARIOS.contains(&o.as_str())) {
+        eprintln!(
+            "unknown scenario {unknown:?}; known: {}",
+            SCENARIOS.join(",")
+        );
+        std::process::exit(2);
+    }
     let server = aside_test::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
     let opts = Opts {
         rounds,

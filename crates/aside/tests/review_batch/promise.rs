@@ -210,20 +210,30 @@ async fn the_promise_holds_across_instances_with_tags_and_set_many() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_promise_holds_across_instances_while_entries_are_refreshed() {
     let redis = server();
-    let make = || {
-        builder("pq")
-            .backend(redis_backend(&redis))
-            .ttl(Duration::from_millis(40))
-            .ttl_jitter(0.0)
-            .stale_while_revalidate(Some(Duration::from_secs(5)))
-            .early_refresh(Some(1.0))
-            .namespace_invalidation(true)
-            .build()
-            .unwrap()
-    };
-    let [sa, sb] = workload(make, true).await;
-    assert!(
-        sa.stale_served + sb.stale_served > 0 && sa.refreshes + sb.refreshes > 0,
-        "nothing was refreshed: {sa:?} {sb:?}"
-    );
+    // Whether a stale value gets served within a run depends on how the
+    // scheduler spreads the readers over the 40 ms TTLs: on a loaded machine
+    // a run can miss it. A run that served none proves nothing about
+    // refreshes, so another one (a fresh namespace) is taken, up to three;
+    // every run checks the promise on every read all the same.
+    let mut seen = Vec::new();
+    for attempt in 0..3 {
+        let namespace = format!("pq{attempt}");
+        let make = || {
+            builder(&namespace)
+                .backend(redis_backend(&redis))
+                .ttl(Duration::from_millis(40))
+                .ttl_jitter(0.0)
+                .stale_while_revalidate(Some(Duration::from_secs(5)))
+                .early_refresh(Some(1.0))
+                .namespace_invalidation(true)
+                .build()
+                .unwrap()
+        };
+        let [sa, sb] = workload(make, true).await;
+        if sa.stale_served + sb.stale_served > 0 && sa.refreshes + sb.refreshes > 0 {
+            return;
+        }
+        seen.push((sa, sb));
+    }
+    panic!("nothing was refreshed in three runs: {seen:?}");
 }
