@@ -163,3 +163,22 @@ async fn a_struct_is_a_batch_loader() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Loader);
 }
+
+#[tokio::test]
+async fn a_named_batch_loader_warms_a_cache() {
+    let cache = cache();
+    let repo = Repo::with(&[("a", "1"), ("b", "2"), ("c", "3")]);
+    let loader = repo.clone();
+    let report = cache
+        .warm(
+            ["a", "b", "c", "d"],
+            move |keys| loader.clone().load(keys),
+            &aside::WarmOptions::new().chunk_size(2).concurrency(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!((report.loaded, report.failed), (4, 0));
+    // One query per chunk of two keys.
+    assert_eq!(repo.queries.load(Ordering::SeqCst), 2);
+    assert_eq!(cache.get::<String>("b").await.unwrap().as_deref(), Some("2"));
+}

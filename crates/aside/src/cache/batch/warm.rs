@@ -163,7 +163,9 @@ impl Cache {
     /// [`HotKeys`](crate::HotKeys) is most read first). The batch loader is
     /// called many times (hence `Fn`) and as `get_many_or_load`'s: it gets
     /// the keys to load and returns the values it found; a key it leaves out
-    /// is cached as "not found". A chunk whose loader call fails does not
+    /// is cached as "not found". A named [`BatchLoader`](crate::BatchLoader)
+    /// takes `self` once per call, so one that is `Clone` is passed as
+    /// `move |keys| loader.clone().load(keys)`. A chunk whose loader call fails does not
     /// stop the others: its keys are counted in
     /// [`failed`](WarmProgress::failed). Progress goes to
     /// [`on_progress`](WarmOptions::on_progress) after each chunk; the last
