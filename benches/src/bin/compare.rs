@@ -1,7 +1,7 @@
 //! The peer comparison, one command, every ratio from one run:
 //!
 //! ```sh
-//! cargo run --release -p aside-benches --bin compare [-- --json] [--plots DIR] [--rounds N] [--only hit,batch,miss,stampede,stampede4,python,memory,outage,zipf]
+//! cargo run --release -p aside-benches --bin compare [-- --json] [--plots DIR] [--rounds N] [--pin] [--only hit,batch,miss,stampede,stampede4,python,memory,outage,zipf]
 //! ```
 //!
 //! Starts its own `redis-server`, then runs each scenario (see
@@ -51,9 +51,10 @@ fn main() {
     }
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "compare [--json] [--plots DIR] [--rounds N] [--only {}]\n\
+            "compare [--json] [--plots DIR] [--rounds N] [--pin] [--only {}]\n\
              Runs each scenario with aside and its peers interleaved in rounds \
-             (default: all, 20 rounds) against a redis-server of its own.",
+             (default: all, 20 rounds) against a redis-server of its own. \
+             --pin: this process and its children on CPU 0, redis-server on CPU 1.",
             SCENARIOS.join(",")
         );
         return;
@@ -82,6 +83,11 @@ fn main() {
         rounds,
         url: server.url(),
     };
+    // Before the runtime exists: its threads inherit the main thread's CPU.
+    let pinned = args.iter().any(|a| a == "--pin");
+    if pinned {
+        pin(&server);
+    }
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     let load_before = load_average();
     println!(
@@ -98,6 +104,7 @@ fn main() {
     let mut summary = Map::new();
     summary.insert("rounds".into(), json!(rounds));
     summary.insert("cpus".into(), json!(cpus));
+    summary.insert("pinned".into(), json!(pinned));
     summary.insert("load_average_start".into(), json!(load_before));
     for s in SCENARIOS.iter().filter(|s| only.iter().any(|o| o == *s)) {
         let t = Instant::now();
@@ -139,6 +146,24 @@ fn main() {
         println!(
             "{}",
             serde_json::to_string_pretty(&Value::Object(summary)).unwrap()
+        );
+    }
+}
+
+/// `--pin`: redis-server on CPU 1, this process (every thread, and so the
+/// children it starts later) on CPU 0, with `taskset`, so that the client
+/// and the server never take each other's CPU or migrate.
+fn pin(server: &aside_test::RedisServer) {
+    let redis = server.pid().expect("redis-server's pid");
+    for (cpu, pid) in [("1", redis), ("0", std::process::id())] {
+        let ok = std::process::Command::new("taskset")
+            .args(["-a", "-cp", cpu, &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "taskset -a -cp {cpu} {pid} failed (util-linux installed?)"
         );
     }
 }

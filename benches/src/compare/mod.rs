@@ -13,6 +13,7 @@
 )]
 
 pub mod batch;
+pub mod cost;
 pub mod hit;
 pub mod memory;
 pub mod miss;

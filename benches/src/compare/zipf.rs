@@ -31,6 +31,7 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::cost::Cost;
 use super::{Opts, Spread, histogram, human_ns, record, rotation, table};
 
 const ROWS: u64 = 10_000;
@@ -293,11 +294,14 @@ struct Run {
     hit_ratio: f64,
     stale: u64,
     lat: Histogram<u64>,
+    /// Redis commands, Redis CPU and this process's CPU over the run.
+    cost: Cost,
 }
 
-async fn run_one(s: &Arc<Shared>, reads: Reads, seed: u64) -> Run {
+async fn run_one(s: &Arc<Shared>, conn: &ConnectionManager, reads: Reads, seed: u64) -> Run {
     s.queries.store(0, SeqCst);
-    let until = Instant::now() + RUN;
+    let before = Cost::now(conn).await;
+    let until = Instant::now() + run_time();
     let handles: Vec<_> = (0..TASKS)
         .map(|i| {
             tokio::spawn(worker(
@@ -320,6 +324,7 @@ async fn run_one(s: &Arc<Shared>, reads: Reads, seed: u64) -> Run {
             lat.add(l).unwrap();
         }
     }
+    let cost = Cost::now(conn).await.since(before);
     let hit_ratio = match &reads {
         Reads::Aside(cache) => cache.stats().hit_ratio(),
         Reads::Naive(..) => hits as f64 / r.max(1) as f64,
@@ -332,6 +337,27 @@ async fn run_one(s: &Arc<Shared>, reads: Reads, seed: u64) -> Run {
         hit_ratio,
         stale,
         lat,
+        cost,
+    }
+}
+
+/// `ASIDE_ZIPF_SECS` lengthens each run (for a profiler); 2 s by default.
+fn run_time() -> Duration {
+    std::env::var("ASIDE_ZIPF_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(RUN, Duration::from_secs)
+}
+
+/// `ASIDE_ZIPF_ONLY=aside|naive|none` runs one contender alone, so that a
+/// profiler sees only its work; every contender by default.
+fn contenders() -> Vec<usize> {
+    match std::env::var("ASIDE_ZIPF_ONLY").as_deref() {
+        Ok("aside") => vec![0],
+        Ok("naive") => vec![1],
+        Ok("none") => vec![2],
+        Ok(other) => panic!("ASIDE_ZIPF_ONLY={other}: aside, naive or none"),
+        Err(_) => (0..NAMES.len()).collect(),
     }
 }
 
@@ -350,7 +376,8 @@ async fn on(db: Db, opts: &Opts, rounds: usize) -> Vec<(usize, Run)> {
         .unwrap();
     let mut runs = Vec::new();
     for r in 0..rounds {
-        for i in rotation(NAMES.len(), r) {
+        let only = contenders();
+        for i in rotation(NAMES.len(), r).filter(|i| only.contains(i)) {
             let ns = format!("zipf-{}-{r}-{i}", shared.db.name());
             let reads = match i {
                 0 => Reads::Aside(
@@ -364,7 +391,7 @@ async fn on(db: Db, opts: &Opts, rounds: usize) -> Vec<(usize, Run)> {
                 1 => Reads::Naive(conn.clone(), ns),
                 _ => Reads::Direct,
             };
-            runs.push((i, run_one(&shared, reads, 42 + r as u64).await));
+            runs.push((i, run_one(&shared, &conn, reads, 42 + r as u64).await));
         }
     }
     runs
@@ -386,8 +413,9 @@ pub async fn run(opts: &Opts) -> Value {
     }
     println!(
         "\nZipf workload: {TASKS} tasks, s = {ZIPF_S}, {ROWS} rows, {:.0}% writes, \
-         {LOAD_DELAY:?} per database read, {RUN:?} per run, {rounds} rounds",
-        WRITE_SHARE * 100.0
+         {LOAD_DELAY:?} per database read, {:?} per run, {rounds} rounds",
+        WRITE_SHARE * 100.0,
+        run_time()
     );
     let mut t = table(&[
         "database",
@@ -399,6 +427,10 @@ pub async fn run(opts: &Opts) -> Value {
         "p99",
         "stale reads (all rounds)",
         "writes",
+        "Redis cmds/op (in scripts too)",
+        "scripts/op",
+        "Redis CPU/op",
+        "client CPU/op",
     ]);
     for (db, runs) in &dbs {
         for (i, name) in NAMES.iter().enumerate() {
@@ -410,7 +442,7 @@ pub async fn run(opts: &Opts) -> Value {
             let per_s = Spread::of(
                 &mine
                     .iter()
-                    .map(|r| r.reads as f64 / RUN.as_secs_f64())
+                    .map(|r| r.reads as f64 / run_time().as_secs_f64())
                     .collect::<Vec<_>>(),
             );
             let saved = Spread::of(
@@ -424,7 +456,24 @@ pub async fn run(opts: &Opts) -> Value {
             for r in &mine {
                 lat.add(&r.lat).unwrap();
             }
+            if mine.is_empty() {
+                continue;
+            }
             let stale: u64 = mine.iter().map(|r| r.stale).sum();
+            // Per operation (read or write), medians over the runs.
+            let per_op = |f: &dyn Fn(&Run) -> f64| {
+                Spread::of(
+                    &mine
+                        .iter()
+                        .map(|r| f(r) / (r.reads + r.writes).max(1) as f64)
+                        .collect::<Vec<_>>(),
+                )
+                .median
+            };
+            let cmds = per_op(&|r| r.cost.commands as f64);
+            let scripts = per_op(&|r| r.cost.scripts as f64);
+            let redis_cpu = per_op(&|r| r.cost.redis_cpu_s * 1e9);
+            let client_cpu = per_op(&|r| r.cost.client_cpu_s * 1e9);
             let writes: u64 = mine.iter().map(|r| r.writes).sum();
             t.add_row(vec![
                 (*db).to_owned(),
@@ -436,12 +485,18 @@ pub async fn run(opts: &Opts) -> Value {
                 human_ns(lat.value_at_quantile(0.99) as f64),
                 stale.to_string(),
                 writes.to_string(),
+                format!("{cmds:.2}"),
+                format!("{scripts:.3}"),
+                human_ns(redis_cpu),
+                human_ns(client_cpu),
             ]);
             out.push(json!({
                 "database": db, "contender": name,
                 "reads_per_s": per_s.json(), "queries_saved": saved.json(),
                 "hit_ratio": hit.json(), "p50_ns": lat.value_at_quantile(0.5),
                 "p99_ns": lat.value_at_quantile(0.99), "stale_reads": stale, "writes": writes,
+                "redis_commands_per_op": cmds, "scripts_per_op": scripts, "redis_cpu_ns_per_op": redis_cpu,
+                "client_cpu_ns_per_op": client_cpu,
             }));
         }
     }

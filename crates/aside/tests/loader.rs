@@ -180,5 +180,8 @@ async fn a_named_batch_loader_warms_a_cache() {
     assert_eq!((report.loaded, report.failed), (4, 0));
     // One query per chunk of two keys.
     assert_eq!(repo.queries.load(Ordering::SeqCst), 2);
-    assert_eq!(cache.get::<String>("b").await.unwrap().as_deref(), Some("2"));
+    assert_eq!(
+        cache.get::<String>("b").await.unwrap().as_deref(),
+        Some("2")
+    );
 }
