@@ -398,10 +398,20 @@ async fn invalidations_wait_for_a_replica_when_asked() {
         assert!(Instant::now() < deadline, "the replica never acknowledged");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Attempts queued before the replica synchronised may still be
+    // pending; until they land, reads bypass the cache and do not fill it.
+    cache
+        .flush_invalidations(Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(
         cache.get_or_load("k", load(version.clone())).await.unwrap(),
         Some(1)
     );
+    // The entry must be in Redis: a `DEL` that finds nothing is not
+    // replicated, so `WAIT` would have nothing to wait for (and rightly
+    // report the invalidation applied).
+    assert_eq!(cache.get::<u64>("k").await.unwrap(), Some(1), "filled");
     replica.pause().unwrap();
     version.store(2, Ordering::SeqCst);
     assert_eq!(
