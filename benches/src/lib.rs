@@ -38,3 +38,15 @@ pub async fn hit(cache: &Cache) -> Option<Product> {
 }
 
 pub mod compare;
+
+/// The runtime every harness here runs on: multi-thread with two workers,
+/// as many as the machine kind these figures are for has CPUs.
+///
+/// # Errors
+/// When the runtime cannot start its threads.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}

@@ -95,11 +95,7 @@ fn main() {
          runtime with 2 workers, redis-server on loopback; load average at start {load_before}"
     );
     // Two workers: the machine kind these figures are for has two CPUs.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = aside_benches::runtime().unwrap();
     let began = Instant::now();
     let mut summary = Map::new();
     summary.insert("rounds".into(), json!(rounds));

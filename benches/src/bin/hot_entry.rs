@@ -59,11 +59,7 @@ async fn block(
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = aside_benches::runtime().unwrap();
     rt.block_on(async {
         let moka: moka::future::Cache<String, Product> = moka::future::Cache::new(10_000);
         let cache = Cache::builder().backend(MemoryBackend::new()).build().unwrap();

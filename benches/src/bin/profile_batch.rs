@@ -34,11 +34,7 @@ fn main() {
     let server = aside_test::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
     let url = server.url();
     // As `compare`: two workers, the caller on the main thread.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = aside_benches::runtime().unwrap();
     rt.block_on(async {
         let cache = Cache::builder()
             .backend(RedisBackend::new(&url).unwrap())

@@ -27,14 +27,7 @@ impl Cost {
             .query_async(&mut c)
             .await
             .unwrap();
-        let field = |name: &str| -> f64 {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap()
-        };
+        let field = |name: &str| info_field(&info, name);
         Self {
             commands: field("total_commands_processed:") as u64,
             scripts: info
@@ -68,4 +61,14 @@ fn own_cpu_s() -> f64 {
     // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A numeric field of an `INFO` reply (`name` with its colon).
+pub fn info_field(info: &str, name: &str) -> f64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("no {name} in INFO"))
+        .trim()
+        .parse()
+        .unwrap()
 }

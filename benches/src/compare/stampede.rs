@@ -279,12 +279,7 @@ pub(super) async fn commands(conn: &ConnectionManager) -> u64 {
         .query_async(&mut conn)
         .await
         .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    super::cost::info_field(&info, "total_commands_processed:") as u64
 }
 
 async fn round(

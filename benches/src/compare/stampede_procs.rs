@@ -62,11 +62,7 @@ fn unix_ns(t: SystemTime) -> i64 {
 /// The child: reads one round per line on stdin until EOF, answers one JSON
 /// line per round on stdout.
 pub fn child(url: &str, index: usize) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::runtime().unwrap();
     rt.block_on(async {
         let conn = redis::Client::open(url)
             .unwrap()
