@@ -147,3 +147,30 @@ async fn loads_and_refreshes_carry_the_callers_span() {
         }
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn warm_loads_carry_the_callers_span() {
+    let recorder = Recorder::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(recorder.clone()));
+    let cache = Cache::builder().namespace("traced").build().unwrap();
+    let request = tracing::info_span!("startup", id = 3);
+    let report = tracing::Instrument::instrument(
+        cache.warm(
+            ["a", "b", "c"],
+            |keys: Vec<String>| async move {
+                tracing::info!("warm loader ran");
+                Ok::<_, std::io::Error>(keys.into_iter().map(|k| (k, 1u32)).collect())
+            },
+            &aside::WarmOptions::new().chunk_size(2),
+        ),
+        request,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.loaded, 3);
+    let load = recorder
+        .find("warm loader ran")
+        .expect("the loader's event");
+    assert_eq!(names(&load).first(), Some(&"startup"), "{load:?}");
+}

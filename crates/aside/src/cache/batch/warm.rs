@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 use super::super::deps::Deps;
 use super::{Cache, Slot, Value};
@@ -256,12 +257,15 @@ impl Cache {
                     break;
                 }
                 let len = chunk.len();
-                let task = running.spawn(self.clone().warm_chunk::<V, F, Fut, E>(
+                // In the caller's span, as every task aside spawns: the
+                // loader's events belong to the warm-up that asked for them.
+                let chunk_task = self.clone().warm_chunk::<V, F, Fut, E>(
                     chunk,
                     deps.clone(),
                     options.entry.ttl,
                     Arc::clone(&loader),
-                ));
+                );
+                let task = running.spawn(chunk_task.in_current_span());
                 sizes.insert(task.id(), len);
             }
             let Some(joined) = running.join_next_with_id().await else {
