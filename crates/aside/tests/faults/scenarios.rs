@@ -77,8 +77,11 @@ pub async fn hangs<B: Backend + Clone>(backend: FaultyBackend<B>) {
 /// `backend_retry_after` has passed; then one probe closes it again.
 pub async fn breaker<B: Backend + Clone>(backend: FaultyBackend<B>) {
     let Rig { faults, cache, .. } = Rig::new(backend, |b| {
+        // Long enough that the ten reads below end before the breaker lets
+        // a probe through, on a loaded machine too (at 300 ms a slow run
+        // once probed within them).
         b.backend_failure_threshold(3)
-            .backend_retry_after(Duration::from_millis(300))
+            .backend_retry_after(Duration::from_millis(1_000))
     });
     let db = Db::new(1);
     assert_eq!(db.read(&cache, "k").await, Some(1));
@@ -90,7 +93,9 @@ pub async fn breaker<B: Backend + Clone>(backend: FaultyBackend<B>) {
     assert_eq!(db.read(&cache, "k").await, Some(1));
     assert!(cache.backend_marked_down());
     let attempts = || Op::ALL.iter().map(|op| faults.calls(*op)).sum::<u64>();
+    let per_op = || Op::ALL.map(|op| (op, faults.calls(op)));
     let before = attempts();
+    let (ops_before, marked_down_at) = (per_op(), std::time::Instant::now());
     db.write(2);
     for _ in 0..10 {
         assert_eq!(db.read(&cache, "k").await, Some(2), "the loader answers");
@@ -98,7 +103,10 @@ pub async fn breaker<B: Backend + Clone>(backend: FaultyBackend<B>) {
     assert_eq!(
         attempts(),
         before,
-        "the backend was called while marked down"
+        "the backend was called while marked down: {:?} -> {:?} in {:?}",
+        ops_before,
+        per_op(),
+        marked_down_at.elapsed()
     );
     assert!(cache.stats().backend_skipped >= 10, "{:?}", cache.stats());
 
@@ -106,7 +114,7 @@ pub async fn breaker<B: Backend + Clone>(backend: FaultyBackend<B>) {
     // success closes the breaker.
     faults.clear_all();
     let hits = cache.stats().hits;
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(1_050)).await;
     assert!(cache.backend_marked_down(), "nothing has probed it yet");
     assert_eq!(
         db.read(&cache, "k").await,
