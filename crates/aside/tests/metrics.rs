@@ -416,3 +416,45 @@ async fn a_memory_backend_reports_its_evictions() {
     backend.run_pending_tasks().await;
     assert_eq!(backend.evictions(), evicted);
 }
+
+/// `cache` is the namespace as given: a schema version (part of every key)
+/// is not part of the label, so a deploy that bumps it keeps its series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_label_is_the_namespace_without_its_schema_version() {
+    snapshotter();
+    let cache = Cache::builder()
+        .namespace("versioned")
+        .schema_version(3)
+        .metrics_interval(INTERVAL)
+        .build()
+        .unwrap();
+    assert_eq!(
+        cache
+            .get_or_load("k", || async { Ok::<_, std::io::Error>(Some(1u32)) })
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    assert_eq!(cache.get::<u32>("k").await.unwrap(), Some(1));
+    let seen = settle("versioned", |rows| {
+        counter(
+            rows,
+            "aside_requests_total",
+            &[("level", "memory"), ("result", "hit")],
+        ) == Some(1)
+    })
+    .await;
+    assert_eq!(
+        counter(
+            &seen,
+            "aside_requests_total",
+            &[("level", "memory"), ("result", "hit")]
+        ),
+        Some(1),
+        "{seen:#?}"
+    );
+    assert!(
+        rows("versioned@v3").is_empty(),
+        "no series under the versioned name"
+    );
+}

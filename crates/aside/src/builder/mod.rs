@@ -101,6 +101,8 @@ impl Default for CacheBuilder {
                 policy: Policy::default(),
                 #[cfg(feature = "metrics")]
                 metrics_interval: None,
+                #[cfg(feature = "metrics")]
+                metrics_label: String::new(),
             },
         }
     }
@@ -404,6 +406,10 @@ impl CacheBuilder {
             )));
         }
         let mut settings = self.settings;
+        #[cfg(feature = "metrics")]
+        {
+            settings.metrics_label = settings.namespace.clone();
+        }
         if let Some(v) = self.schema_version {
             settings.namespace = format!("{}@v{v}", settings.namespace);
         }

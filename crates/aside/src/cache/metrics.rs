@@ -67,7 +67,7 @@ impl Source {
 /// exports metrics. Called where a load finishes: the miss path only.
 pub(super) fn record_load(cache: &Cache, took: Duration) {
     if cache.inner.s.metrics_interval.is_some() {
-        metrics::histogram!("aside_load_duration_seconds", "cache" => cache.inner.s.namespace.clone())
+        metrics::histogram!("aside_load_duration_seconds", "cache" => cache.inner.s.metrics_label.clone())
             .record(took.as_secs_f64());
     }
 }
@@ -82,8 +82,8 @@ impl Cache {
             Error::config("metrics export needs a tokio runtime: build the cache inside one")
         })?;
         let level = level(self, &source);
-        let namespace = self.inner.s.namespace.clone();
-        let span = tracing::debug_span!("aside.metrics", namespace = %namespace);
+        let namespace = self.inner.s.metrics_label.clone();
+        let span = tracing::debug_span!("aside.metrics", namespace = %self.inner.s.namespace);
         let exporter = Exporter {
             cache: Arc::downgrade(&self.inner),
             namespace,

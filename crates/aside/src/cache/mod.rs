@@ -81,6 +81,11 @@ pub(crate) struct Settings {
     /// The interval of the metrics export; `None`: no export.
     #[cfg(feature = "metrics")]
     pub metrics_interval: Option<Duration>,
+    /// The `cache` label of the exported metrics: the namespace as given,
+    /// without the schema version (a deploy that bumps it keeps its time
+    /// series and dashboards).
+    #[cfg(feature = "metrics")]
+    pub metrics_label: String,
 }
 
 /// A cache-aside cache over one [`Backend`].
