@@ -114,8 +114,10 @@ async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
     tokio::select! {
         () = upkeep => {}
         served = axum::serve(listener, app).into_future() => {
+            // Said on stderr: the command goes on without its page, and
+            // the CLI installs no tracing subscriber that would show it.
             if let Err(e) = served {
-                tracing::warn!(error = %e, "the metrics page stopped");
+                let _ = writeln!(std::io::stderr().lock(), "aside: the metrics page stopped: {e}");
             }
         }
     }

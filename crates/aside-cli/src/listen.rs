@@ -51,7 +51,7 @@ pub struct ListenArgs {
     #[arg(long)]
     install: bool,
     /// Print the SQL that installs the triggers, and exit.
-    #[arg(long, conflicts_with = "install")]
+    #[arg(long, conflicts_with_all = ["install", "metrics_addr"])]
     print_sql: bool,
     /// No line per invalidation (errors are still reported on stderr).
     #[arg(long, short)]

@@ -115,3 +115,26 @@ fn an_address_that_cannot_be_served_is_a_clear_error() {
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(run.stderr.contains("--metrics-addr"), "{run:?}");
 }
+
+#[test]
+fn print_sql_serves_nothing_so_it_refuses_a_metrics_address() {
+    let run = aside(&[
+        "listen",
+        "--pg-url",
+        "postgres://127.0.0.1:1/none",
+        "--redis-url",
+        "redis://127.0.0.1:1",
+        "--namespace",
+        "shop",
+        "--map",
+        "products:key=product:{id}",
+        "--print-sql",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(
+        run.stderr.contains("--print-sql") && run.stderr.contains("--metrics-addr"),
+        "{run:?}"
+    );
+}
