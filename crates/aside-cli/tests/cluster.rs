@@ -143,3 +143,23 @@ fn admin_commands_reach_every_primary_of_a_cluster() {
         }
     });
 }
+
+/// A primary that is down when the command starts is not silently left out
+/// of the sums: redis-rs routes "every primary" to the nodes it could
+/// connect to, so the command checks the answers against `CLUSTER SLOTS`.
+#[test]
+fn stats_over_a_cluster_with_a_primary_down_is_an_error_not_a_partial_sum() {
+    let mut cluster = RedisCluster::start(3, 0).unwrap_or_else(|e| panic!("{e}"));
+    let url = cluster.urls()[0].clone();
+    let whole = aside(&["stats", "--redis", &url, "--cluster", "--json"]);
+    assert!(whole.ok(), "{whole:?}");
+    let down = cluster.urls()[2].clone();
+    cluster.stop_node(2);
+    let run = aside(&["stats", "--redis", &url, "--cluster", "--json"]);
+    let message = run.error();
+    let port = down.rsplit(':').next().unwrap_or_default();
+    assert!(
+        message.contains("2 of the cluster's 3 primaries answered") && message.contains(port),
+        "{message}"
+    );
+}

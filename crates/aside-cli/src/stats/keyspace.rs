@@ -4,7 +4,7 @@
 //! a glob). On a Redis Cluster, the same per primary: `SCAN` sees only
 //! the keys of the node it runs on.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::Context as _;
 use aside::backend::RedisConnection;
@@ -116,7 +116,11 @@ pub(crate) async fn server(conn: &mut RedisConnection) -> anyhow::Result<ServerF
 ///
 /// Each command goes to every primary at once and comes back as one
 /// answer per node (redis-rs's routing to all primaries, answers kept per
-/// node): a node that fails fails the whole command.
+/// node). A node that answers with an error fails the whole command; a
+/// node redis-rs holds no connection to is left out of such a command
+/// without a word, so the answers are checked against the primaries that
+/// `CLUSTER SLOTS` lists: sums over part of the cluster are an error, not
+/// figures.
 pub(crate) async fn cluster_servers(
     conn: &mut ClusterConnection,
 ) -> anyhow::Result<BTreeMap<String, ServerFigures>> {
@@ -140,7 +144,46 @@ pub(crate) async fn cluster_servers(
         let figures = figures(stats, memory, *keys).with_context(|| format!("primary {node}"))?;
         out.insert(node.clone(), figures);
     }
+    let owners = slot_owners(conn).await?;
+    let missing: Vec<&String> = owners.iter().filter(|n| !out.contains_key(*n)).collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "{} of the cluster's {} primaries answered; no answer from {}",
+            owners.len() - missing.len(),
+            owners.len(),
+            missing
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     Ok(out)
+}
+
+/// The primaries that own slots, by `host:port`, as `CLUSTER SLOTS` lists
+/// them: each range is `[start, end, [host, port, id, ...], replicas...]`.
+async fn slot_owners(conn: &mut ClusterConnection) -> anyhow::Result<BTreeSet<String>> {
+    let any = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+    let ranges: Vec<redis::Value> = Node::Primary(conn, any)
+        .query(redis::cmd("CLUSTER").arg("SLOTS"), "CLUSTER SLOTS")
+        .await?;
+    let mut owners = BTreeSet::new();
+    for range in ranges {
+        let primary = match range {
+            redis::Value::Array(mut parts) if parts.len() >= 3 => parts.swap_remove(2),
+            other => anyhow::bail!("CLUSTER SLOTS: unexpected range {other:?}"),
+        };
+        let (host, port): (String, u16) = match primary {
+            redis::Value::Array(node) if node.len() >= 2 => (
+                redis::from_redis_value(node[0].clone()).context("CLUSTER SLOTS: host")?,
+                redis::from_redis_value(node[1].clone()).context("CLUSTER SLOTS: port")?,
+            ),
+            other => anyhow::bail!("CLUSTER SLOTS: unexpected node {other:?}"),
+        };
+        owners.insert(format!("{host}:{port}"));
+    }
+    Ok(owners)
 }
 
 /// Routes a command to the primary at `host:port`.
