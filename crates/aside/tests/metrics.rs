@@ -458,3 +458,33 @@ async fn the_cache_label_is_the_namespace_without_its_schema_version() {
         "no series under the versioned name"
     );
 }
+
+/// Dropping the cache exports what its counters grew by since the last
+/// tick, at once: a process that drops its cache before exiting (or a short
+/// command) loses no count, whatever the interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_cache_exports_its_last_counts_at_once() {
+    snapshotter();
+    let cache = Cache::builder()
+        .namespace("dropped")
+        .metrics_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    // Past the first tick (at once, with nothing to count yet).
+    tokio::time::sleep(PAUSE).await;
+    cache.set("k", 1u32).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(cache.get::<u32>("k").await.unwrap(), Some(1));
+    }
+    let hits = [("level", "memory"), ("result", "hit")];
+    drop(cache);
+    let seen = settle("dropped", |rows| {
+        counter(rows, "aside_requests_total", &hits) == Some(5)
+    })
+    .await;
+    assert_eq!(
+        counter(&seen, "aside_requests_total", &hits),
+        Some(5),
+        "{seen:#?}"
+    );
+}

@@ -16,9 +16,10 @@
 //! loader run finishes, on the miss path): a histogram cannot be rebuilt
 //! from a sum and a maximum.
 //!
-//! The task holds the cache weakly: it stops at its first tick after the
-//! last [`Cache`] clone is dropped, and then sets the gauges to 0 (the
-//! counts of the last partial interval are lost with the cache).
+//! The task holds the cache weakly. When the last [`Cache`] clone is
+//! dropped it wakes at once, exports what the counters grew by since its
+//! last tick (it shares them with the cache), sets the gauges to 0 and
+//! stops: a process that drops its cache before exiting loses no count.
 //!
 //! [`CacheBuilder::metrics`]: crate::CacheBuilder::metrics
 
@@ -84,14 +85,18 @@ impl Cache {
         let level = level(self, &source);
         let namespace = self.inner.s.metrics_label.clone();
         let span = tracing::debug_span!("aside.metrics", namespace = %self.inner.s.namespace);
+        let (closed_tx, closed) = tokio::sync::oneshot::channel();
+        // Set once, by the builder, before the cache is handed out.
+        let _ = self.inner.metrics_closed.set(closed_tx);
         let exporter = Exporter {
             cache: Arc::downgrade(&self.inner),
+            counters: Arc::clone(&self.inner.stats),
             namespace,
             level,
             source,
             last: Cumulative::default(),
         };
-        handle.spawn(exporter.run(interval).instrument(span));
+        handle.spawn(exporter.run(interval, closed).instrument(span));
         Ok(())
     }
 }
@@ -173,6 +178,8 @@ fn totals(s: &Stats, source: &Source) -> Cumulative {
 
 struct Exporter {
     cache: Weak<Inner>,
+    /// The cache's counters, for the last look after it is gone.
+    counters: Arc<crate::stats::Counters>,
     namespace: String,
     level: &'static str,
     source: Source,
@@ -181,17 +188,24 @@ struct Exporter {
 }
 
 impl Exporter {
-    async fn run(mut self, interval: Duration) {
+    async fn run(mut self, interval: Duration, mut closed: tokio::sync::oneshot::Receiver<()>) {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticks.tick().await;
+            tokio::select! {
+                _ = ticks.tick() => {}
+                // The sender lives in the cache: an error is its drop.
+                _ = &mut closed => break,
+            }
             // Held only for the export: between ticks the cache may go.
             let Some(inner) = self.cache.upgrade() else {
                 break;
             };
             self.export(&Cache { inner });
         }
+        // The last look: what the counters grew by since the last tick.
+        let last = self.counters.snapshot();
+        self.export_counts(&last);
         self.gauges(0, 0, [0.0, 0.0]);
     }
 
@@ -210,7 +224,24 @@ impl Exporter {
     }
 
     fn export(&mut self, cache: &Cache) {
-        let now = totals(&cache.stats(), &self.source);
+        self.export_counts(&cache.stats());
+        let open = |b: Option<&crate::breaker::Breaker>| {
+            f64::from(u8::from(b.is_some_and(|b| b.is_open())))
+        };
+        self.gauges(
+            cache.loads_in_flight(),
+            cache.pending_invalidations(),
+            [
+                open(Some(&cache.inner.breaker)),
+                // 0 when the cache has no loader breaker.
+                open(cache.inner.loader_breaker.as_ref()),
+            ],
+        );
+    }
+
+    /// Adds to each counter what its total grew by since the last export.
+    fn export_counts(&mut self, stats: &Stats) {
+        let now = totals(stats, &self.source);
         for (i, (name, extra)) in SERIES.iter().enumerate() {
             if name.starts_with("aside_tier_") && self.source.tier.is_none() {
                 continue;
@@ -226,18 +257,6 @@ impl Exporter {
             // tick and `rate()` reads 0 rather than nothing.
             counter!(*name, self.labels(*extra)).increment(delta);
         }
-        let open = |b: Option<&crate::breaker::Breaker>| {
-            f64::from(u8::from(b.is_some_and(|b| b.is_open())))
-        };
-        self.gauges(
-            cache.loads_in_flight(),
-            cache.pending_invalidations(),
-            [
-                open(Some(&cache.inner.breaker)),
-                // 0 when the cache has no loader breaker.
-                open(cache.inner.loader_breaker.as_ref()),
-            ],
-        );
     }
 
     fn gauges(&self, in_flight: usize, queued: usize, breakers: [f64; 2]) {

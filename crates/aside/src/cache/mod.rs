@@ -110,7 +110,12 @@ struct Inner {
     backend: Arc<dyn Backend>,
     caps: Capabilities,
     s: Settings,
-    stats: Counters,
+    /// Shared with the metrics export, which reads them once more after the
+    /// last clone of the cache is gone.
+    stats: Arc<Counters>,
+    /// Dropped with the cache: wakes the metrics export for its last look.
+    #[cfg(feature = "metrics")]
+    metrics_closed: std::sync::OnceLock<tokio::sync::oneshot::Sender<()>>,
     breaker: Breaker,
     flights: Arc<Flights>,
     pending: Arc<Pending>,
@@ -167,7 +172,9 @@ impl Cache {
                 backend,
                 caps,
                 s,
-                stats: Counters::default(),
+                stats: Arc::default(),
+                #[cfg(feature = "metrics")]
+                metrics_closed: std::sync::OnceLock::new(),
                 breaker,
                 flights: Arc::new(Flights::default()),
                 pending: Arc::default(),
