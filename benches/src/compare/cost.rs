@@ -21,12 +21,7 @@ pub struct Cost {
 
 impl Cost {
     pub async fn now(conn: &ConnectionManager) -> Self {
-        let mut c = conn.clone();
-        let info: String = redis::cmd("INFO")
-            .arg("all")
-            .query_async(&mut c)
-            .await
-            .unwrap();
+        let info = info(conn, "all").await;
         let field = |name: &str| info_field(&info, name);
         Self {
             commands: field("total_commands_processed:") as u64,
@@ -70,5 +65,14 @@ pub fn info_field(info: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in INFO"))
         .trim()
         .parse()
+        .unwrap()
+}
+
+/// Redis's `INFO section` reply.
+pub async fn info(conn: &ConnectionManager, section: &str) -> String {
+    redis::cmd("INFO")
+        .arg(section)
+        .query_async(&mut conn.clone())
+        .await
         .unwrap()
 }

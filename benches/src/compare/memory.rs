@@ -80,17 +80,8 @@ fn child_run(which: &str) -> f64 {
 }
 
 async fn used_memory(conn: &mut ConnectionManager) -> i64 {
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    let info = super::cost::info(conn, "memory").await;
+    super::cost::info_field(&info, "used_memory:") as i64
 }
 
 async fn cmd_i64(conn: &mut ConnectionManager, args: &[&str]) -> i64 {

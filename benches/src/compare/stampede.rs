@@ -30,6 +30,7 @@ use hdrhistogram::Histogram;
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
+use tokio::task::JoinHandle;
 
 use super::{Opts, Spread, cdf, histogram, human_ns, record, table, verdict};
 
@@ -228,6 +229,50 @@ pub(super) async fn call(
     }
 }
 
+/// `n` callers of strategy `s` for `key`, each in a task of its own held at
+/// the returned barrier (of `n + 1`: the caller's `wait` releases them all);
+/// each answers how long its call took and whether it got the right value.
+/// `lock_prefix` keeps the seeds' lock tokens unique across processes.
+pub(super) fn spawn_callers(
+    s: Strategy,
+    conn: &ConnectionManager,
+    cache: &Cache,
+    key: &str,
+    n: usize,
+    lock_prefix: &str,
+) -> (Arc<Barrier>, Vec<JoinHandle<(Duration, bool)>>) {
+    let barrier = Arc::new(Barrier::new(n + 1));
+    let callers = (0..n)
+        .map(|i| {
+            let (barrier, conn, cache, key) = (
+                Arc::clone(&barrier),
+                conn.clone(),
+                cache.clone(),
+                key.to_owned(),
+            );
+            let lock_id = format!("{lock_prefix}caller-{i}");
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let start = Instant::now();
+                let got = call(s, conn, &cache, &key, &lock_id).await;
+                (start.elapsed(), got == expected(&key))
+            })
+        })
+        .collect();
+    (barrier, callers)
+}
+
+/// The callers' latencies and how many got a wrong value.
+pub(super) async fn gather(callers: Vec<JoinHandle<(Duration, bool)>>) -> (Vec<Duration>, u64) {
+    let (mut lat, mut wrong) = (Vec::with_capacity(callers.len()), 0);
+    for c in callers {
+        let (took, ok) = c.await.unwrap();
+        lat.push(took);
+        wrong += u64::from(!ok);
+    }
+    (lat, wrong)
+}
+
 pub(super) struct Tally {
     pub(super) strategy: Strategy,
     pub(super) callers: usize,
@@ -273,12 +318,7 @@ impl Tally {
 
 /// Redis's `total_commands_processed` (the `INFO` call itself counts once).
 pub(super) async fn commands(conn: &ConnectionManager) -> u64 {
-    let mut conn = conn.clone();
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let info = super::cost::info(conn, "stats").await;
     super::cost::info_field(&info, "total_commands_processed:") as u64
 }
 
@@ -290,30 +330,9 @@ async fn round(
     key: &str,
 ) -> (Vec<Duration>, u64, u64) {
     CALLS.store(0, Relaxed);
-    let barrier = Arc::new(Barrier::new(n + 1));
-    let mut callers = Vec::with_capacity(n);
-    for i in 0..n {
-        let (barrier, conn, cache, key) = (
-            Arc::clone(&barrier),
-            conn.clone(),
-            cache.clone(),
-            key.to_owned(),
-        );
-        callers.push(tokio::spawn(async move {
-            barrier.wait().await;
-            let start = Instant::now();
-            let got = call(s, conn, &cache, &key, &format!("caller-{i}")).await;
-            (start.elapsed(), got == expected(&key))
-        }));
-    }
+    let (barrier, callers) = spawn_callers(s, conn, cache, key, n, "");
     barrier.wait().await;
-    let mut lat = Vec::with_capacity(n);
-    let mut wrong = 0;
-    for c in callers {
-        let (took, ok) = c.await.unwrap();
-        lat.push(took);
-        wrong += u64::from(!ok);
-    }
+    let (lat, wrong) = gather(callers).await;
     (lat, CALLS.load(Relaxed), wrong)
 }
 

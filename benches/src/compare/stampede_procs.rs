@@ -28,17 +28,15 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aside::{Cache, RedisBackend};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use tokio::sync::Barrier;
 
 use super::stampede::{
-    CALLERS, CALLS, LOAD_NS_MAX, Strategy, Tally, call, commands, expected, report,
+    CALLERS, CALLS, LOAD_NS_MAX, Strategy, Tally, commands, gather, report, spawn_callers,
 };
 use super::{Opts, histogram, human_ns, record};
 
@@ -88,34 +86,19 @@ pub fn child(url: &str, index: usize) {
             CALLS.store(0, Relaxed);
             LOAD_NS_MAX.store(0, Relaxed);
             let stats_before = cache.stats();
-            let barrier = Arc::new(Barrier::new(n + 1));
-            let mut callers = Vec::with_capacity(n);
-            for i in 0..n {
-                let (barrier, conn, cache, key) = (
-                    Arc::clone(&barrier),
-                    conn.clone(),
-                    cache.clone(),
-                    key.clone(),
-                );
-                callers.push(tokio::spawn(async move {
-                    barrier.wait().await;
-                    let start = Instant::now();
-                    let got = call(s, conn, &cache, &key, &format!("p{index}-caller-{i}")).await;
-                    (start.elapsed(), got == expected(&key))
-                }));
-            }
+            let (barrier, callers) =
+                spawn_callers(s, &conn, &cache, &key, n, &format!("p{index}-"));
             let wait = start_at - unix_ns(SystemTime::now());
             if wait > 0 {
                 tokio::time::sleep(Duration::from_nanos(wait.unsigned_abs())).await;
             }
             barrier.wait().await;
             let late_ns = unix_ns(SystemTime::now()) - start_at;
-            let (mut lat, mut wrong) = (Vec::with_capacity(n), 0_u64);
-            for c in callers {
-                let (took, ok) = c.await.unwrap();
-                lat.push(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
-                wrong += u64::from(!ok);
-            }
+            let (took, wrong) = gather(callers).await;
+            let lat: Vec<u64> = took
+                .iter()
+                .map(|t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX))
+                .collect();
             // What aside's callers did in this process (zero for the others).
             let (a, b) = (cache.stats(), stats_before);
             let out = json!({

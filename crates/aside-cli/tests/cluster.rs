@@ -108,33 +108,22 @@ fn admin_commands_reach_every_primary_of_a_cluster() {
         assert_eq!(doc["value"], json!(format!("product {id}")), "{doc}");
     }
 
-    let done = aside(&[
-        "invalidate",
-        "--redis",
-        &url,
-        "--cluster",
-        "--namespace",
-        "shop",
-        "--tag",
-        "category:1",
-        "--json",
-    ])
-    .json();
-    assert_eq!(done["applied"], true, "{done}");
-    let done = aside(&[
-        "invalidate",
-        "--redis",
-        &url,
-        "--cluster",
-        "--namespace",
-        "shop",
-        "--key",
-        "product:0",
-        "product:2",
-        "--json",
-    ])
-    .json();
-    assert_eq!(done["applied"], true, "{done}");
+    let invalidate = |what: &[&str]| {
+        let mut args = vec![
+            "invalidate",
+            "--redis",
+            &url,
+            "--cluster",
+            "--namespace",
+            "shop",
+            "--json",
+        ];
+        args.extend_from_slice(what);
+        let done = aside(&args).json();
+        assert_eq!(done["applied"], true, "{done}");
+    };
+    invalidate(&["--tag", "category:1"]);
+    invalidate(&["--key", "product:0", "product:2"]);
     rt.block_on(async {
         for id in 0..PRODUCTS {
             let got: Option<String> = cache.get(format!("product:{id}")).await.unwrap();

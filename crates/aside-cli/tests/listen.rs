@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::str::FromStr as _;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -112,16 +112,23 @@ async fn an_update_removes_the_cached_key_from_redis() {
     let redis = RedisServer::start().expect("redis-server");
     let namespace = format!("cli{suffix}");
     let map = format!("{schema}.products:key=product:{{id}},tag=category:{{category_id}}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aside"))
-        .args(["listen", "--install", "--pg-url", &pg_url, "--redis-url"])
-        .arg(redis.url())
-        .args(["--namespace", &namespace, "--map", &map, "--channel"])
-        .arg(format!("aside_cli_{suffix}"))
-        .args(["--metrics-addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn aside listen");
+    let (redis_url, channel) = (redis.url(), format!("aside_cli_{suffix}"));
+    let mut child = common::spawn(&[
+        "listen",
+        "--install",
+        "--pg-url",
+        &pg_url,
+        "--redis-url",
+        &redis_url,
+        "--namespace",
+        &namespace,
+        "--map",
+        &map,
+        "--channel",
+        &channel,
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]);
     let stdout = child.stdout.take().expect("stdout");
     let stderr = child.stderr.take().expect("stderr");
     let child = Running(child);

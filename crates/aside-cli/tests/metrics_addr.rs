@@ -5,10 +5,9 @@
 mod common;
 
 use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{aside, scrape};
+use common::{aside, scrape, spawn};
 
 /// The counter `name{labels} value` on a Prometheus page.
 fn sample(page: &str, series: &str) -> Option<u64> {
@@ -19,26 +18,20 @@ fn sample(page: &str, series: &str) -> Option<u64> {
 #[test]
 fn the_demo_serves_its_counters_while_it_runs() {
     let namespace = format!("metrics{:08x}", rand::random::<u32>());
-    let mut child = match Command::new(env!("CARGO_BIN_EXE_aside"))
-        .args([
-            "demo",
-            "--rows",
-            "500",
-            "--duration",
-            "3",
-            "--concurrency",
-            "4",
-        ])
-        .args(["--json", "--namespace", &namespace])
-        .args(["--metrics-addr", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => panic!("could not run the aside binary: {e}"),
-    };
+    let mut child = spawn(&[
+        "demo",
+        "--rows",
+        "500",
+        "--duration",
+        "3",
+        "--concurrency",
+        "4",
+        "--json",
+        "--namespace",
+        &namespace,
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]);
     let Some(stderr) = child.stderr.take() else {
         panic!("no stderr")
     };

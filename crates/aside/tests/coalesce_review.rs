@@ -13,7 +13,7 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use aside::{Cache, ErrorKind, MemoryBackend};
+use aside::{Cache, CacheBuilder, ErrorKind, MemoryBackend};
 use aside_test::{FaultControl, FaultyBackend, Op};
 use tokio::time::{sleep, timeout};
 
@@ -21,16 +21,23 @@ const READ_LATENCY: Duration = Duration::from_millis(10);
 /// Far longer than any read here: a call not done by then never will be.
 const HANG: Duration = Duration::from_secs(60);
 
-async fn cache(coalesce: bool) -> (Cache, FaultControl) {
+/// A cache over a remote-like faulty memory backend, with `coalesce_reads`
+/// as given and what `tune` sets.
+fn faulty(
+    coalesce: bool,
+    tune: impl FnOnce(CacheBuilder) -> CacheBuilder,
+) -> (Cache, FaultControl) {
     let backend = FaultyBackend::new(MemoryBackend::new()).as_remote();
     let faults = backend.control();
-    let cache = Cache::builder()
+    let builder = Cache::builder()
         .namespace("review")
         .backend(backend)
-        .coalesce_reads(coalesce)
-        .backend_timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
+        .coalesce_reads(coalesce);
+    (tune(builder).build().unwrap(), faults)
+}
+
+async fn cache(coalesce: bool) -> (Cache, FaultControl) {
+    let (cache, faults) = faulty(coalesce, |b| b.backend_timeout(Duration::from_secs(1)));
     cache.set("hot", 1u32).await.unwrap();
     faults.latency(Op::Read, READ_LATENCY);
     (cache, faults)
@@ -143,17 +150,11 @@ async fn finding1_a_hedged_read_in_the_same_task_deadlocks() {
 async fn finding2_a_hung_backend_holds_a_queued_caller_twice_the_timeout() {
     const TIMEOUT: Duration = Duration::from_millis(100);
     for coalesce in [false, true] {
-        let backend = FaultyBackend::new(MemoryBackend::new()).as_remote();
-        let faults = backend.control();
-        let cache = Cache::builder()
-            .namespace("review")
-            .backend(backend)
-            .coalesce_reads(coalesce)
-            .backend_timeout(TIMEOUT)
-            // Keep the breaker out of it.
-            .backend_failure_threshold(1000)
-            .build()
-            .unwrap();
+        let (cache, faults) = faulty(coalesce, |b| {
+            b.backend_timeout(TIMEOUT)
+                // Keep the breaker out of it.
+                .backend_failure_threshold(1000)
+        });
         faults.hang(Op::Read);
         let first = {
             let cache = cache.clone();
@@ -181,17 +182,11 @@ async fn finding2_a_hung_backend_holds_a_queued_caller_twice_the_timeout() {
 async fn finding3_failures_fanned_out_to_many_callers_do_not_open_the_breaker() {
     const CALLERS: usize = 8;
     for coalesce in [false, true] {
-        let backend = FaultyBackend::new(MemoryBackend::new()).as_remote();
-        let faults = backend.control();
-        let cache = Cache::builder()
-            .namespace("review")
-            .backend(backend)
-            .coalesce_reads(coalesce)
-            .backend_timeout(Duration::from_millis(100))
-            .backend_failure_threshold(3)
-            .backend_retry_after(Duration::from_secs(60))
-            .build()
-            .unwrap();
+        let (cache, faults) = faulty(coalesce, |b| {
+            b.backend_timeout(Duration::from_millis(100))
+                .backend_failure_threshold(3)
+                .backend_retry_after(Duration::from_secs(60))
+        });
         faults.hang(Op::Read);
         let calls: Vec<_> = (0..CALLERS)
             .map(|_| {
@@ -299,15 +294,7 @@ async fn finding5_reads_within_the_timeout_fail_and_open_the_breaker() {
     const TIMEOUT: Duration = Duration::from_millis(100);
     const LATENCY: Duration = Duration::from_millis(60);
     for coalesce in [false, true] {
-        let backend = FaultyBackend::new(MemoryBackend::new()).as_remote();
-        let faults = backend.control();
-        let cache = Cache::builder()
-            .namespace("review")
-            .backend(backend)
-            .coalesce_reads(coalesce)
-            .backend_timeout(TIMEOUT)
-            .build()
-            .unwrap();
+        let (cache, faults) = faulty(coalesce, |b| b.backend_timeout(TIMEOUT));
         cache.set("hot", 1u32).await.unwrap();
         faults.latency(Op::Read, LATENCY);
         let read = || {
@@ -475,15 +462,7 @@ async fn finding8_a_read_for_one_request_is_traced_in_anothers_span() {
     let ids = RequestIds::default();
     let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(ids.clone()));
     for coalesce in [false, true] {
-        let backend = FaultyBackend::new(MemoryBackend::new()).as_remote();
-        let faults = backend.control();
-        let cache = Cache::builder()
-            .namespace("review")
-            .backend(backend)
-            .coalesce_reads(coalesce)
-            .backend_failure_threshold(1000)
-            .build()
-            .unwrap();
+        let (cache, faults) = faulty(coalesce, |b| b.backend_failure_threshold(1000));
         faults.latency(Op::Read, READ_LATENCY);
         faults.fail_always(Op::Read);
         let request = |id: u32| {

@@ -43,16 +43,7 @@ impl Run {
 /// Runs `aside args...`; a run still going after a minute (a hang: every
 /// wait of the commands is bounded far below that) is killed and fails.
 pub fn aside(args: &[&str]) -> Run {
-    let mut child = match Command::new(env!("CARGO_BIN_EXE_aside"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => panic!("could not run the aside binary: {e}"),
-    };
+    let mut child = spawn(args);
     let mut stdout = child.stdout.take().map(reader);
     let mut stderr = child.stderr.take().map(reader);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -77,6 +68,21 @@ pub fn aside(args: &[&str]) -> Run {
         code: status.code(),
         stdout: text(&mut stdout),
         stderr: text(&mut stderr),
+    }
+}
+
+/// Starts `aside args...` with its stdout and stderr piped, for a test that
+/// reads them while it runs.
+pub fn spawn(args: &[&str]) -> std::process::Child {
+    match Command::new(env!("CARGO_BIN_EXE_aside"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => panic!("could not run the aside binary: {e}"),
     }
 }
 

@@ -133,14 +133,9 @@ impl MemoryBackendBuilder {
     /// Builds the backend.
     pub fn build(self) -> MemoryBackend {
         let evictions = Arc::new(AtomicU64::new(0));
-        let counted = Arc::clone(&evictions);
         let builder = moka::sync::Cache::builder()
             .expire_after(PerEntryTtl)
-            .eviction_listener(move |_key, _entry, cause| {
-                if cause == moka::notification::RemovalCause::Size {
-                    counted.fetch_add(1, Ordering::Relaxed);
-                }
-            });
+            .eviction_listener(count_size_evictions(&evictions));
         let cache = match self.bound {
             Bound::Entries(n) => builder.max_capacity(n).build(),
             Bound::Bytes(n) => builder
@@ -160,6 +155,20 @@ impl MemoryBackendBuilder {
             markers: tokens(),
             versions: tokens(),
             evictions,
+        }
+    }
+}
+
+/// A moka eviction listener that counts into `counter` the entries removed
+/// to stay within the capacity (not those that expired, were replaced or
+/// invalidated): the memory backend's entries and a tiered backend's copies.
+pub(super) fn count_size_evictions<K, V>(
+    counter: &Arc<AtomicU64>,
+) -> impl Fn(Arc<K>, V, moka::notification::RemovalCause) + Send + Sync + 'static {
+    let counter = Arc::clone(counter);
+    move |_key, _value, cause| {
+        if cause == moka::notification::RemovalCause::Size {
+            counter.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use moka::ops::compute::Op;
 
 use crate::backend::Stored;
+use crate::backend::memory::count_size_evictions;
 
 /// A copy lives `max_l1_age` (the caches' own time-to-live), or less when
 /// what it copies expires sooner: then it carries a deadline of its own.
@@ -70,16 +71,11 @@ pub(super) struct L1 {
 impl L1 {
     pub fn new(max_entries: u64, trusted: bool, max_age: Duration) -> Self {
         let evictions = Arc::new(AtomicU64::new(0));
-        let counted = Arc::clone(&evictions);
         L1 {
             entries: moka::sync::Cache::builder()
                 .max_capacity(max_entries)
                 .time_to_live(max_age)
-                .eviction_listener(move |_key, _copy, cause| {
-                    if cause == moka::notification::RemovalCause::Size {
-                        counted.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
+                .eviction_listener(count_size_evictions(&evictions))
                 .build(),
             evictions,
             // Few: one per tag in use.
