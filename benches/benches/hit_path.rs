@@ -10,7 +10,8 @@
 
 use std::hint::black_box;
 
-use aside::{Cache, MemoryBackend, RedisBackend};
+use aside::Cache;
+use aside::backend::{MemoryBackend, RedisBackend};
 use aside_benches::{Product, hit, product};
 use criterion::{Criterion, criterion_group, criterion_main};
 

@@ -16,8 +16,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use aside::Cache;
 use aside::backend::TieredBackend;
-use aside::{Cache, MemoryBackend, RedisBackend};
+use aside::backend::{MemoryBackend, RedisBackend};
 use aside_benches::{Product, hit, product};
 
 /// Times `n` runs of `f`.

@@ -14,7 +14,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use aside::{Cache, MemoryBackend, RedisBackend};
+use aside::Cache;
+use aside::backend::{MemoryBackend, RedisBackend};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 mod repo;

@@ -14,7 +14,8 @@
 //! ratio here is above `compare`'s, which reuses one key; what this binary
 //! compares is one key against many.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
-use aside::{Cache, MemoryBackend};
+use aside::Cache;
+use aside::backend::MemoryBackend;
 use aside_benches::{Product, product};
 use std::hint::black_box;
 use std::time::Instant;

@@ -19,7 +19,8 @@ use std::convert::Infallible;
 use std::hint::black_box;
 use std::time::Instant;
 
-use aside::{Cache, RedisBackend};
+use aside::Cache;
+use aside::backend::RedisBackend;
 use aside_benches::compare::hit::HEADER;
 use aside_benches::{Product, product};
 

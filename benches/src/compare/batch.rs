@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use aside::{Cache, RedisBackend};
+use aside::Cache;
+use aside::backend::RedisBackend;
 use cached::{AsyncRedisCache, ConcurrentCachedAsync};
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};

@@ -17,8 +17,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aside::Cache;
 use aside::backend::TieredBackend;
-use aside::{Cache, MemoryBackend, RedisBackend};
+use aside::backend::{MemoryBackend, RedisBackend};
 use cached::{AsyncRedisCache, ConcurrentCachedAsync};
 use hdrhistogram::Histogram;
 use redis::aio::ConnectionManager;

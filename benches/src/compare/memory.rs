@@ -16,7 +16,8 @@ use std::convert::Infallible;
 use std::process::Command;
 use std::time::Duration;
 
-use aside::{Cache, EntryOptions, MemoryBackend, RedisBackend};
+use aside::backend::{MemoryBackend, RedisBackend};
+use aside::{Cache, EntryOptions};
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 

@@ -6,7 +6,8 @@
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
-use aside::{Cache, RedisBackend};
+use aside::Cache;
+use aside::backend::RedisBackend;
 use hdrhistogram::Histogram;
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};

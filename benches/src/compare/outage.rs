@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use aside::{Cache, RedisBackend};
+use aside::Cache;
+use aside::backend::RedisBackend;
 use cached::{AsyncRedisCache, ConcurrentCachedAsync};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};

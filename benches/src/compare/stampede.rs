@@ -24,7 +24,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use aside::{Cache, RedisBackend};
+use aside::Cache;
+use aside::backend::RedisBackend;
 use cached::macros::{cached, concurrent_cached};
 use hdrhistogram::Histogram;
 use redis::aio::ConnectionManager;

@@ -4,17 +4,26 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use aside::backend::without_password;
-use aside::{Cache, CacheBuilder, RedisBackend};
+use aside::backend::RedisBackend;
+use aside::{Cache, CacheBuilder};
 
 /// How long connecting to Redis and each request may take: a command
 /// against an unreachable server fails within this, never hangs.
 pub(crate) const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `url` without its password, for messages.
+/// `url` with its user information (user name and password) replaced by
+/// `***`, fit for messages: `redis://:secret@host:6379/0` becomes
+/// `redis://***@host:6379/0`. Any `scheme://` URL (`rediss://`,
+/// `postgres://`); anything else is returned unchanged.
 pub(crate) fn redact(url: &str) -> String {
-    without_password(url)
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
+
 
 /// A Redis backend at `url` (a node of a Redis Cluster with `cluster`),
 /// checked to answer.
@@ -68,4 +77,22 @@ pub(crate) async fn redis_cache(
     configure(builder)
         .build()
         .context("invalid cache options (check --namespace)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            redact("redis://:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(
+            redact("postgres://app:pw@db/shop"),
+            "postgres://***@db/shop"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
 }

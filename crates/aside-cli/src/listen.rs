@@ -6,11 +6,12 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use aside::backend::RedisBackend;
 use aside::bridge::{BridgeEvent, ChangeBridge, DEFAULT_CHANNEL, TableMap};
-use aside::{Cache, Invalidation, RedisBackend};
+use aside::{Cache, Invalidation};
 use sqlx::postgres::PgPoolOptions;
 
-use aside::backend::without_password as redact;
+use crate::connect::redact;
 
 use crate::exporter::{MetricsArgs, export};
 

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use aside::{Cache, HotKeys, Key, MemoryBackend, WarmOptions};
+use aside::backend::MemoryBackend;
+use aside::{Cache, HotKeys, Key, WarmOptions};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::connect::{checked_redis, redact};

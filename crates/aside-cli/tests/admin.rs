@@ -8,7 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use aside::{Cache, EntryOptions, RedisBackend};
+use aside::backend::RedisBackend;
+use aside::{Cache, EntryOptions};
 use aside_test::RedisServer;
 use common::{aside, closed_port};
 use serde::{Deserialize, Serialize};

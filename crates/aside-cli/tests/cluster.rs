@@ -11,7 +11,8 @@ mod common;
 
 use std::time::Duration;
 
-use aside::{Cache, EntryOptions, RedisBackend};
+use aside::backend::RedisBackend;
+use aside::{Cache, EntryOptions};
 use aside_test::RedisCluster;
 use common::aside;
 use serde_json::json;

@@ -12,7 +12,8 @@ use std::str::FromStr as _;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use aside::{Cache, RedisBackend};
+use aside::Cache;
+use aside::backend::RedisBackend;
 use aside_test::RedisServer;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};

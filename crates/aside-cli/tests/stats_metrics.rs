@@ -11,7 +11,8 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aside::{Cache, EntryOptions, MemoryBackend};
+use aside::backend::MemoryBackend;
+use aside::{Cache, EntryOptions};
 use common::aside;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 

@@ -486,56 +486,43 @@ async fn bodies_keep_their_meaning() {
 #[derive(Debug)]
 struct Down;
 
-fn down() -> aside::BackendError {
-    aside::BackendError::failed(std::io::Error::other("connection refused"))
+fn down() -> aside::backend::BackendError {
+    aside::backend::BackendError::failed(std::io::Error::other("connection refused"))
 }
 
 #[async_trait::async_trait]
-impl aside::Backend for Down {
-    fn capabilities(&self) -> aside::Capabilities {
-        aside::Capabilities::remote()
+impl aside::backend::Backend for Down {
+    fn profile(&self) -> aside::backend::Profile {
+        aside::backend::Profile::remote()
     }
-    async fn get(&self, _: &str) -> Result<Option<aside::Stored>, aside::BackendError> {
+    async fn read(
+        &self,
+        _: &aside::backend::ReadRequest<'_>,
+    ) -> Result<aside::backend::Found, aside::backend::BackendError> {
         Err(down())
     }
-    async fn get_for_fill(
+    async fn acquire(
         &self,
-        _: &str,
-        _: &[String],
-        _: Duration,
-    ) -> Result<(Option<aside::Stored>, aside::FillToken), aside::BackendError> {
+        _: &aside::backend::AcquireRequest<'_>,
+    ) -> Result<Vec<aside::backend::Acquired>, aside::backend::BackendError> {
         Err(down())
     }
     async fn fill(
         &self,
-        _: &str,
-        _: aside::Stored,
-        _: Duration,
-        _: &aside::FillToken,
-        _: &[String],
-    ) -> Result<bool, aside::BackendError> {
+        _: &aside::backend::FillRequest<'_>,
+    ) -> Result<Vec<bool>, aside::backend::BackendError> {
         Err(down())
     }
     async fn set(
         &self,
-        _: &str,
-        _: aside::Stored,
-        _: Duration,
-        _: &[String],
-    ) -> Result<(), aside::BackendError> {
+        _: &aside::backend::SetRequest<'_>,
+    ) -> Result<(), aside::backend::BackendError> {
         Err(down())
     }
-    async fn invalidate(&self, _: &[String]) -> Result<(), aside::BackendError> {
+    async fn invalidate(&self, _: &[String]) -> Result<(), aside::backend::BackendError> {
         Err(down())
     }
-    async fn get_with_versions(
-        &self,
-        _: &str,
-        _: &[String],
-    ) -> Result<(Option<aside::Stored>, Vec<u64>), aside::BackendError> {
-        Err(down())
-    }
-    async fn bump_versions(&self, _: &[String]) -> Result<(), aside::BackendError> {
+    async fn remove_versions(&self, _: &[String]) -> Result<(), aside::backend::BackendError> {
         Err(down())
     }
 }

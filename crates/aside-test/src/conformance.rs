@@ -1,4 +1,4 @@
-//! The backend conformance suite: checks that an [`aside::Backend`] keeps the
+//! The backend conformance suite: checks that an [`aside::backend::Backend`] keeps the
 //! contract written on the trait, so that a [`Cache`](aside::Cache) on it
 //! keeps the consistency promise.
 //!
@@ -45,7 +45,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aside::{Backend, BackendError, FillToken, Leases, Stored};
+use aside::backend::{
+    AcquireRequest, Acquired, Backend, BackendError, Entry, FillRequest, FillToken, Found,
+    LeaseAsk, Leases, ReadRequest, SetRequest, Stored,
+};
 
 mod batch;
 mod leases;
@@ -87,20 +90,20 @@ macro_rules! suite {
 suite!(
     /// The checks [`run`] runs, in order (the names its failures report).
     CHECKS, run_checks:
-    storage::capabilities_are_consistent,
+    storage::profile_is_consistent,
     storage::missing_key_reads_none,
-    storage::get_for_fill_creates_fresh_tokens,
-    storage::get_with_versions_creates_nothing,
+    storage::acquire_creates_fresh_tokens,
+    storage::read_creates_nothing,
     storage::fill_stores_exact_bytes,
     storage::marker_is_stable_while_it_exists,
     storage::fill_after_invalidate_is_refused,
     storage::fill_after_set_is_refused,
     storage::recreated_tokens_differ,
     storage::set_is_unconditional_and_removes_the_marker,
-    storage::fill_after_bump_versions_is_refused,
+    storage::fill_after_remove_versions_is_refused,
     storage::absent_tokens_never_validate,
-    storage::invalidate_and_bump_of_missing_are_ok,
-    batch::get_many_reads_like_get,
+    storage::invalidate_and_remove_of_missing_are_ok,
+    batch::a_batch_read_answers_like_single_reads,
     batch::batch_writes_keep_the_fill_contract,
     ttl::versions_outlive_the_marker_ttl,
     ttl::lapsed_tokens_stay_gone,
@@ -122,21 +125,22 @@ suite!(
 
 /// The contract clauses the checks enforce (quoted in failure reports).
 mod clause {
-    pub const CAPABILITIES: &str = "`capabilities` describes the backend and does not change; \
-         `ping` answers (a remote backend must be reachable)";
-    pub const GET_NOW: &str = "`get_now`, where implemented, answers exactly as `get` would";
-    pub const GET: &str = "`get` returns exactly the bytes of the last stored value of that key \
-         that has not expired or been invalidated, or `None`";
-    pub const GET_FOR_FILL: &str = "`get_for_fill` reads the entry, creates the absent marker \
-         and counters with fresh tokens (never 0), and returns the tokens, in the order asked";
+    pub const PROFILE: &str = "`profile` describes the backend and does not change; \
+         `inspect().ping()`, where implemented, answers (a remote backend must be reachable)";
+    pub const GET_NOW: &str = "`get_now`, where implemented, answers exactly as a `read` of \
+         that one key would";
+    pub const GET: &str = "`read` returns exactly the bytes of the last stored value of each \
+         key that has not expired or been invalidated, or `None`";
+    pub const ACQUIRE: &str = "`acquire` reads the entry, creates the absent marker and \
+         counters with fresh tokens (never 0), and returns the tokens, in the order asked";
     pub const SAME_MARKER: &str = "a token is created only when absent: while the key's marker \
-         (or a counter) exists, every `get_for_fill` returns the same token";
-    pub const GET_WITH_VERSIONS: &str = "`get_with_versions` reads the entry and the counters' \
-         current tokens (0 for an absent counter), and creates nothing";
-    pub const GET_MANY: &str = "`get_many` returns, in order, what `get` returns for each key, \
-         and the counters' tokens as `get_with_versions` does; it creates nothing";
-    pub const BATCH: &str = "`get_for_fill_many`, `fill_many` and `set_many` answer as \
-         `get_for_fill`, `fill` and `set` would, key by key, in order";
+         (or a counter) exists, every `acquire` returns the same token";
+    pub const READ_VERSIONS: &str = "`read` returns the counters' current tokens (0 for an \
+         absent counter), and creates nothing";
+    pub const READ_MANY: &str = "`read` of many keys returns, in order, what a read of each key \
+         returns, and the counters' tokens; it creates nothing";
+    pub const BATCH: &str = "`acquire`, `fill` and `set` of many keys answer as they would for \
+         each key alone, key by key, in order";
     pub const FILL: &str = "`fill` stores only if the key's marker and every listed counter still \
          hold the token's values, and returns whether it stored";
     pub const FILL_AFTER_INVALIDATE: &str = "`invalidate` removes the key and its marker: a fill \
@@ -146,7 +150,7 @@ mod clause {
     pub const SET: &str = "`set` stores unconditionally and removes the key's marker";
     pub const FRESH: &str = "tokens are only ever created absent-to-fresh (never incremented): \
          a re-created token never equals one a load or an entry recorded";
-    pub const BUMP: &str = "`bump_versions` removes the counters: a fill with a token that \
+    pub const REMOVE: &str = "`remove_versions` removes the counters: a fill with a token that \
          recorded them is refused, and they read as 0 until a load re-creates them";
     pub const ABSENT: &str = "token 0 means absent and never validates a fill";
     pub const INVALIDATE: &str = "`invalidate` removes every listed key and its marker; \
@@ -160,11 +164,11 @@ mod clause {
          before the fill began is refused, under any concurrency";
     pub const NO_STALE: &str = "after `invalidate` returns, no read returns a value whose load \
          began before it (conditional fills are atomic with invalidations)";
-    pub const LEASE_TAKE: &str = "`get_for_fill_leased` takes the key's lease for the first \
+    pub const LEASE_TAKE: &str = "`acquire` with a lease takes the key's lease for the first \
          caller (`Lease::Held`) and reports `Lease::Busy` with the time left (> 0) to others";
-    pub const LEASE_RENEW: &str = "`renew_lease` extends a lease only for its holder: `true` for \
-         the holder, `false` for any other token";
-    pub const LEASE_RELEASE: &str = "`release_lease` by the holder frees the lease (the next \
+    pub const LEASE_RENEW: &str = "`Leases::renew` extends a lease only for its holder: `true` \
+         for the holder, `false` for any other token";
+    pub const LEASE_RELEASE: &str = "`Leases::release` by the holder frees the lease (the next \
          caller takes it); by another token it changes nothing";
     pub const LEASE_FILL: &str = "a fill whose token holds the lease stores only while the lease \
          is that token's, and releases it; a refused fill never releases another's lease";
@@ -270,35 +274,76 @@ impl<B: Backend> Ctx<B> {
         }
     }
 
+    /// A read of one key, its bytes.
     async fn get(&self, key: &str) -> Option<Bytes> {
-        bytes(self.op("get", self.backend.get(key)).await)
+        self.read(key, &[]).await.0
     }
 
-    async fn get_for_fill(
+    /// An acquisition of one key without a lease.
+    async fn acquire(
         &self,
         key: &str,
         versions: &[String],
         marker_ttl: Duration,
     ) -> (Option<Bytes>, FillToken) {
-        let (s, t) = self
-            .op(
-                "get_for_fill",
-                self.backend.get_for_fill(key, versions, marker_ttl),
-            )
+        let keys = [key.to_owned()];
+        let got = self
+            .acquire_many(AcquireRequest::new(&keys, versions, marker_ttl))
             .await;
-        (bytes(s), t)
+        let Some(got) = got.into_iter().next() else {
+            panic!(
+                "aside conformance check `{}` failed: `acquire` of one key gave no answer",
+                self.check
+            )
+        };
+        (bytes(got.entry), got.token)
     }
 
-    async fn get_with_versions(&self, key: &str, versions: &[String]) -> (Option<Bytes>, Vec<u64>) {
-        let (s, v) = self
-            .op(
-                "get_with_versions",
-                self.backend.get_with_versions(key, versions),
+    /// A read of one key and the counters `versions`.
+    async fn read(&self, key: &str, versions: &[String]) -> (Option<Bytes>, Vec<u64>) {
+        let keys = [key.to_owned()];
+        let found = self.read_many(&keys, versions).await;
+        let Some(entry) = found.entries.into_iter().next() else {
+            panic!(
+                "aside conformance check `{}` failed: `read` of one key gave no answer",
+                self.check
             )
-            .await;
-        (bytes(s), v)
+        };
+        (bytes(entry), found.versions)
     }
 
+    /// A read of `keys` and `versions`, checked for the number of answers.
+    async fn read_many(&self, keys: &[String], versions: &[String]) -> Found {
+        let request = ReadRequest::new(keys, versions);
+        let found = self.op("read", self.backend.read(&request)).await;
+        ensure!(
+            self,
+            found.entries.len() == keys.len() && found.versions.len() == versions.len(),
+            clause::READ_MANY,
+            "`read` of {} keys and {} counters answered {} entries and {} tokens",
+            keys.len(),
+            versions.len(),
+            found.entries.len(),
+            found.versions.len()
+        );
+        found
+    }
+
+    /// An acquisition, checked for the number of answers.
+    async fn acquire_many(&self, request: AcquireRequest<'_>) -> Vec<Acquired> {
+        let got = self.op("acquire", self.backend.acquire(&request)).await;
+        ensure!(
+            self,
+            got.len() == request.keys.len(),
+            clause::ACQUIRE,
+            "`acquire` of {} keys returned {} answers",
+            request.keys.len(),
+            got.len()
+        );
+        got
+    }
+
+    /// A fill of one key.
     async fn fill(
         &self,
         key: &str,
@@ -307,24 +352,67 @@ impl<B: Backend> Ctx<B> {
         token: &FillToken,
         versions: &[String],
     ) -> bool {
-        let value = Stored::new(value.to_vec());
-        self.op("fill", self.backend.fill(key, value, ttl, token, versions))
-            .await
+        let fills = [(
+            Entry::new(key, Stored::new(value.to_vec()), ttl),
+            token.clone(),
+        )];
+        self.fill_many(&fills, versions).await[0]
     }
 
+    /// Fills, checked for the number of answers.
+    async fn fill_many(&self, fills: &[(Entry, FillToken)], versions: &[String]) -> Vec<bool> {
+        let request = FillRequest::new(fills, versions);
+        let stored = self.op("fill", self.backend.fill(&request)).await;
+        ensure!(
+            self,
+            stored.len() == fills.len(),
+            clause::FILL,
+            "`fill` of {} entries returned {} answers",
+            fills.len(),
+            stored.len()
+        );
+        stored
+    }
+
+    /// A write of one key.
     async fn set(&self, key: &str, value: &[u8], ttl: Duration, versions: &[String]) {
-        let value = Stored::new(value.to_vec());
-        self.op("set", self.backend.set(key, value, ttl, versions))
-            .await;
+        let entries = [Entry::new(key, Stored::new(value.to_vec()), ttl)];
+        self.set_many(&entries, versions).await;
+    }
+
+    async fn set_many(&self, entries: &[Entry], versions: &[String]) {
+        let request = SetRequest::new(entries, versions);
+        self.op("set", self.backend.set(&request)).await;
     }
 
     async fn invalidate(&self, keys: &[String]) {
         self.op("invalidate", self.backend.invalidate(keys)).await;
     }
 
-    async fn bump_versions(&self, versions: &[String]) {
-        self.op("bump_versions", self.backend.bump_versions(versions))
+    async fn remove_versions(&self, versions: &[String]) {
+        self.op("remove_versions", self.backend.remove_versions(versions))
             .await;
+    }
+
+    /// An acquisition of one key taking its lease with `token` for `ttl`.
+    async fn acquire_leased(
+        &self,
+        key: &str,
+        versions: &[String],
+        token: &str,
+        ttl: Duration,
+    ) -> (Option<Bytes>, FillToken) {
+        let keys = [key.to_owned()];
+        let request = AcquireRequest::new(&keys, versions, Duration::from_secs(60))
+            .with_lease(LeaseAsk::new(token, ttl));
+        let got = self.acquire_many(request).await;
+        let Some(got) = got.into_iter().next() else {
+            panic!(
+                "aside conformance check `{}` failed: `acquire` of one key gave no answer",
+                self.check
+            )
+        };
+        (bytes(got.entry), got.token)
     }
 
     /// The backend's leases; fails the check if it has none.

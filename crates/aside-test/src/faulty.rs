@@ -15,7 +15,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use aside::MemoryBackend;
+//! use aside::backend::MemoryBackend;
 //! use aside_test::{FaultyBackend, Op};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -49,10 +49,10 @@
 //! ```
 
 use std::future::Future;
-use std::time::Duration;
 
-use aside::{
-    Backend, BackendError, BatchEntry, Capabilities, FillToken, FillWatch, Leases, Stored,
+use aside::backend::{
+    AcquireRequest, Acquired, Backend, BackendError, FillRequest, FillWatch, Found, Inspect,
+    LeaseAsk, Leases, Profile, ReadRequest, SetRequest, StorageInfo, Stored,
 };
 
 mod control;
@@ -61,13 +61,13 @@ pub use control::{Failure, FaultControl, InjectedFault, Op};
 /// Wraps a [`Backend`] and injects the faults its [`FaultControl`] has
 /// switched on; see the [module documentation](self).
 ///
-/// Every method of [`Backend`] and [`Leases`] is forwarded, the batch ones
-/// to the wrapped backend's own (not to the trait's loops), so a batch is
-/// one call of its [`Op`]. `leases()` is `Some` exactly when the wrapped
-/// backend's is. `get_now` answers through the wrapped backend only while
-/// no [`Op::Read`] fault is switched on (and the backend is not
+/// Every method of [`Backend`], [`Leases`] and [`Inspect`] is forwarded,
+/// so a request (one key or a batch) is one call of its [`Op`]. `leases()`
+/// and `inspect()` are `Some` exactly when the wrapped backend's are.
+/// `get_now` answers through the wrapped backend only while no [`Op::Read`]
+/// fault is switched on (and the backend is not
 /// [`as_remote`](Self::as_remote)); otherwise it returns `None` and the
-/// cache reads through `get`, where the fault applies (a call that must
+/// cache reads through `read`, where the fault applies (a call that must
 /// answer at once cannot sleep or hang).
 ///
 /// Clones share the switches.
@@ -95,8 +95,8 @@ impl<B: Backend> FaultyBackend<B> {
         }
     }
 
-    /// Reports the capabilities of a remote backend (`remote: true`, the
-    /// rest as the wrapped backend's), and answers no `get_now`. The cache
+    /// Reports the profile of a remote backend (`remote: true`, the rest as
+    /// the wrapped backend's), and answers no `get_now`. The cache
     /// bounds only a remote backend's operations with its `backend_timeout`
     /// and guards only them with its breaker, so this is how a test
     /// exercises those on an in-process backend.
@@ -141,28 +141,20 @@ impl<B: Backend> FaultyBackend<B> {
             _ => Err(BackendError::failed(injected.fault)),
         }
     }
-
-    fn inner_leases(&self) -> Result<&dyn Leases, BackendError> {
-        self.inner.leases().ok_or_else(|| {
-            BackendError::failed(std::io::Error::other(
-                "FaultyBackend: the wrapped backend has no leases",
-            ))
-        })
-    }
 }
 
 #[async_trait::async_trait]
 impl<B: Backend> Backend for FaultyBackend<B> {
-    fn capabilities(&self) -> Capabilities {
-        let mut caps = self.inner.capabilities();
-        caps.remote |= self.remote;
-        caps
+    fn profile(&self) -> Profile {
+        let mut profile = self.inner.profile();
+        profile.remote |= self.remote;
+        profile
     }
 
     fn get_now(&self, key: &str) -> Option<Result<Option<Stored>, BackendError>> {
         // The cache neither times nor guards `get_now` (only an in-process
         // backend can answer at once): seen as remote, every read goes
-        // through `get`, as it would across a network.
+        // through `read`, as it would across a network.
         if self.remote || self.control.is_armed(Op::Read) {
             return None;
         }
@@ -171,188 +163,95 @@ impl<B: Backend> Backend for FaultyBackend<B> {
         Some(answer)
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError> {
-        self.run(Op::Read, self.inner.get(key)).await
+    async fn read(&self, request: &ReadRequest<'_>) -> Result<Found, BackendError> {
+        self.run(Op::Read, self.inner.read(request)).await
     }
 
-    async fn get_for_fill(
-        &self,
-        key: &str,
-        versions: &[String],
-        marker_ttl: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        let call = self.inner.get_for_fill(key, versions, marker_ttl);
-        self.run(Op::Acquire, call).await
+    async fn acquire(&self, request: &AcquireRequest<'_>) -> Result<Vec<Acquired>, BackendError> {
+        self.run(Op::Acquire, self.inner.acquire(request)).await
     }
 
-    async fn fill(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        token: &FillToken,
-        versions: &[String],
-    ) -> Result<bool, BackendError> {
-        let call = self.inner.fill(key, value, ttl, token, versions);
-        self.run(Op::Fill, call).await
+    async fn fill(&self, request: &FillRequest<'_>) -> Result<Vec<bool>, BackendError> {
+        self.run(Op::Fill, self.inner.fill(request)).await
     }
 
-    async fn set(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        versions: &[String],
-    ) -> Result<(), BackendError> {
-        let call = self.inner.set(key, value, ttl, versions);
-        self.run(Op::Set, call).await
+    async fn set(&self, request: &SetRequest<'_>) -> Result<(), BackendError> {
+        self.run(Op::Set, self.inner.set(request)).await
     }
 
     async fn invalidate(&self, keys: &[String]) -> Result<(), BackendError> {
         self.run(Op::Invalidate, self.inner.invalidate(keys)).await
     }
 
-    async fn get_with_versions(
-        &self,
-        key: &str,
-        versions: &[String],
-    ) -> Result<(Option<Stored>, Vec<u64>), BackendError> {
-        let call = self.inner.get_with_versions(key, versions);
-        self.run(Op::Read, call).await
-    }
-
-    async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError> {
-        let call = self.inner.bump_versions(versions);
-        self.run(Op::BumpVersions, call).await
-    }
-
-    async fn get_many(
-        &self,
-        keys: &[String],
-        versions: &[String],
-    ) -> Result<(Vec<Option<Stored>>, Vec<u64>), BackendError> {
-        self.run(Op::Read, self.inner.get_many(keys, versions))
-            .await
-    }
-
-    async fn get_for_fill_many(
-        &self,
-        keys: &[String],
-        versions: &[String],
-        marker_ttl: Duration,
-    ) -> Result<Vec<(Option<Stored>, FillToken)>, BackendError> {
-        let call = self.inner.get_for_fill_many(keys, versions, marker_ttl);
-        self.run(Op::Acquire, call).await
-    }
-
-    async fn fill_many(
-        &self,
-        fills: &[(BatchEntry, FillToken)],
-        versions: &[String],
-    ) -> Result<Vec<bool>, BackendError> {
-        self.run(Op::Fill, self.inner.fill_many(fills, versions))
-            .await
-    }
-
-    async fn set_many(
-        &self,
-        entries: &[BatchEntry],
-        versions: &[String],
-    ) -> Result<(), BackendError> {
-        self.run(Op::Set, self.inner.set_many(entries, versions))
-            .await
-    }
-
-    async fn ping(&self) -> Result<(), BackendError> {
-        self.run(Op::Ping, self.inner.ping()).await
-    }
-
-    fn storage_key(&self, key: &str) -> String {
-        self.inner.storage_key(key)
-    }
-
-    async fn describe(
-        &self,
-        key: &str,
-        versions: &[String],
-    ) -> Result<aside::backend::StorageInfo, BackendError> {
-        self.run(Op::Read, self.inner.describe(key, versions)).await
+    async fn remove_versions(&self, versions: &[String]) -> Result<(), BackendError> {
+        let call = self.inner.remove_versions(versions);
+        self.run(Op::RemoveVersions, call).await
     }
 
     fn leases(&self) -> Option<&dyn Leases> {
         self.inner.leases().map(|_| self as &dyn Leases)
     }
+
+    fn inspect(&self) -> Option<&dyn Inspect> {
+        self.inner.inspect().map(|_| self as &dyn Inspect)
+    }
 }
 
-/// The wrapped backend's leases, under the faults of [`Op::Acquire`] (taking
-/// a lease is a load's first step) and [`Op::Lease`] (renewing, releasing).
-/// Called on a backend whose wrapped one has no leases, each returns an
-/// error.
+/// The wrapped backend's leases, under the faults of [`Op::Lease`]
+/// (renewing, releasing). Taking a lease is part of an acquisition
+/// ([`Op::Acquire`]).
 #[async_trait::async_trait]
 impl<B: Backend> Leases for FaultyBackend<B> {
-    async fn get_for_fill_leased(
-        &self,
-        key: &str,
-        versions: &[String],
-        marker_ttl: Duration,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        let call = async {
-            self.inner_leases()?
-                .get_for_fill_leased(key, versions, marker_ttl, token, ttl)
-                .await
-        };
-        self.run(Op::Acquire, call).await
+    async fn renew(&self, keys: &[String], lease: LeaseAsk<'_>) -> Result<Vec<bool>, BackendError> {
+        let leases = self.inner_leases()?;
+        self.run(Op::Lease, leases.renew(keys, lease)).await
     }
 
-    async fn renew_lease(
-        &self,
-        key: &str,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<bool, BackendError> {
-        let call = async { self.inner_leases()?.renew_lease(key, token, ttl).await };
-        self.run(Op::Lease, call).await
-    }
-
-    async fn release_lease(&self, key: &str, token: &str) -> Result<(), BackendError> {
-        let call = async { self.inner_leases()?.release_lease(key, token).await };
-        self.run(Op::Lease, call).await
-    }
-
-    async fn get_for_fill_leased_many(
-        &self,
-        keys: &[String],
-        versions: &[String],
-        marker_ttl: Duration,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<Vec<(Option<Stored>, FillToken)>, BackendError> {
-        let call = async {
-            self.inner_leases()?
-                .get_for_fill_leased_many(keys, versions, marker_ttl, token, ttl)
-                .await
-        };
-        self.run(Op::Acquire, call).await
-    }
-
-    async fn renew_leases(
-        &self,
-        keys: &[String],
-        token: &str,
-        ttl: Duration,
-    ) -> Result<Vec<bool>, BackendError> {
-        let call = async { self.inner_leases()?.renew_leases(keys, token, ttl).await };
-        self.run(Op::Lease, call).await
-    }
-
-    async fn release_leases(&self, keys: &[String], token: &str) -> Result<(), BackendError> {
-        let call = async { self.inner_leases()?.release_leases(keys, token).await };
-        self.run(Op::Lease, call).await
+    async fn release(&self, keys: &[String], token: &str) -> Result<(), BackendError> {
+        let leases = self.inner_leases()?;
+        self.run(Op::Lease, leases.release(keys, token)).await
     }
 
     fn watch_fills(&self, key: &str) -> Option<FillWatch> {
         self.inner.leases()?.watch_fills(key)
+    }
+}
+
+/// The wrapped backend's inspection; `describe` under the faults of
+/// [`Op::Read`], `ping` under [`Op::Ping`].
+#[async_trait::async_trait]
+impl<B: Backend> Inspect for FaultyBackend<B> {
+    fn storage_key(&self, key: &str) -> String {
+        self.inner
+            .inspect()
+            .map_or_else(|| key.to_owned(), |i| i.storage_key(key))
+    }
+
+    async fn describe(&self, key: &str, versions: &[String]) -> Result<StorageInfo, BackendError> {
+        let inspect = self.inner_inspect()?;
+        self.run(Op::Read, inspect.describe(key, versions)).await
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        let inspect = self.inner_inspect()?;
+        self.run(Op::Ping, inspect.ping()).await
+    }
+}
+
+impl<B: Backend> FaultyBackend<B> {
+    fn inner_leases(&self) -> Result<&dyn Leases, BackendError> {
+        self.inner.leases().ok_or_else(|| {
+            BackendError::failed(std::io::Error::other(
+                "FaultyBackend: the wrapped backend has no leases",
+            ))
+        })
+    }
+
+    fn inner_inspect(&self) -> Result<&dyn Inspect, BackendError> {
+        self.inner.inspect().ok_or_else(|| {
+            BackendError::failed(std::io::Error::other(
+                "FaultyBackend: the wrapped backend has no inspection",
+            ))
+        })
     }
 }

@@ -33,14 +33,14 @@
 //! client's connections only: a silent (half-open) connection, latency, or
 //! connections closed under it.
 //!
-//! A [`FaultyBackend`] wraps any [`aside::Backend`] and injects faults into
+//! A [`FaultyBackend`] wraps any [`aside::backend::Backend`] and injects faults into
 //! the operations of the kinds a test picks (errors, latency, hangs, an
 //! operation applied but reported failed), switched at run time through its
 //! [`FaultControl`]: the failures of one operation that a broken connection
 //! cannot express.
 //!
 //! [`conformance`] is the backend conformance suite: run it against your own
-//! [`aside::Backend`] to check that it keeps the trait's contract.
+//! [`aside::backend::Backend`] to check that it keeps the trait's contract.
 
 #![warn(missing_docs)]
 

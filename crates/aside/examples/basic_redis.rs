@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aside::{Cache, Key, RedisBackend};
+use aside::backend::RedisBackend;
+use aside::{Cache, Key};
 use serde::{Deserialize, Serialize};
 
 const DEFAULT_URL: &str = "redis://127.0.0.1:6379";

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use aside::{Cache, RedisBackend};
+use aside::Cache;
+use aside::backend::RedisBackend;
 
 const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 const TTL: Duration = Duration::from_millis(300);

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use aside::{Cache, EntryOptions, Key, RedisBackend};
+use aside::backend::RedisBackend;
+use aside::{Cache, EntryOptions, Key};
 
 const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 

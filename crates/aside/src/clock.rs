@@ -1,19 +1,31 @@
-//! Wall-clock time, injectable.
+//! Time, injectable: a wall-clock reading and a monotonic one.
 //!
 //! Entries record when they were written (Unix milliseconds), which must mean
-//! the same thing in every process sharing a Redis: so this is wall-clock
-//! time, not `Instant`. Tests inject a [`ManualClock`] to move time by hand
-//! (moka's and the OS's timers ignore tokio's paused clock, so aside does not
-//! rely on them for its own time decisions).
+//! the same thing in every process sharing a Redis: so that is wall-clock
+//! time, not `Instant`. Deadlines that only this process keeps (how long an
+//! in-process copy may be served) use the monotonic reading, which the
+//! system's time corrections never move back. Tests inject a
+//! [`ManualClock`] to move both by hand (moka's and the OS's timers ignore
+//! tokio's paused clock, so aside does not rely on them for its own time
+//! decisions).
 
 use std::fmt;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// A source of wall-clock time in Unix milliseconds.
+/// A source of time: wall-clock Unix milliseconds, and a monotonic reading.
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
+
+    /// Time since an origin fixed for this clock, never going back (unlike
+    /// [`now_ms`](Self::now_ms), which the system may step). The default
+    /// counts from the first monotonic reading of the process.
+    fn monotonic(&self) -> Duration {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        ORIGIN.get_or_init(Instant::now).elapsed()
+    }
 }
 
 /// The system clock.
@@ -28,7 +40,9 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told to; for tests.
+/// A clock that moves only when told to; for tests. Its monotonic reading
+/// is its wall-clock reading (it only goes back if [`set`](Self::set) says
+/// so).
 ///
 /// ```
 /// use aside::clock::{Clock, ManualClock};
@@ -66,5 +80,9 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_ms(&self) -> u64 {
         self.now_ms.load(Ordering::SeqCst)
+    }
+
+    fn monotonic(&self) -> Duration {
+        Duration::from_millis(self.now_ms())
     }
 }

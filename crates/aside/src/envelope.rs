@@ -196,6 +196,18 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Envelope<'_>, DecodeError> {
     })
 }
 
+/// When the entry in `bytes` expires (written at + hard TTL, Unix ms), if
+/// the bytes are an entry: what [`Stored::expires_at_ms`] tells backends.
+///
+/// [`Stored::expires_at_ms`]: crate::backend::Stored::expires_at_ms
+pub(crate) fn expires_at_ms(bytes: &[u8]) -> Option<u64> {
+    let meta = parse(bytes).ok()?.meta;
+    Some(
+        meta.written_at_ms
+            .saturating_add(u64::try_from(meta.ttl.as_millis()).unwrap_or(u64::MAX)),
+    )
+}
+
 impl<'a> Envelope<'a> {
     /// The versions this entry was loaded under. Validated by `parse`.
     pub(crate) fn deps(&self) -> impl Iterator<Item = Dep<'a>> + 'a {

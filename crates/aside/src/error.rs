@@ -17,12 +17,21 @@ pub enum ErrorKind {
     Loader,
     /// The loader panicked. Every caller waiting on that load gets this error.
     LoaderPanicked,
-    /// The cache backend (Redis, ...) failed or timed out. `get_or_load` never
-    /// returns this (it degrades to the loader); `get`, `set` and `invalidate`
-    /// do, because the caller asked for the backend explicitly.
+    /// The cache backend (Redis, ...) failed, or was not asked because it
+    /// failed repeatedly just before (its breaker is open). `get_or_load`
+    /// never returns this (it degrades to the loader); `get`, `set` and
+    /// `invalidate` do, because the caller asked for the backend explicitly.
     Backend,
-    /// A cache backend operation did not finish within its time limit.
-    Timeout,
+    /// A cache backend operation did not finish within its time limit
+    /// ([`backend_timeout`](crate::CacheBuilder::backend_timeout)), or queued
+    /// invalidations were still not applied when
+    /// [`flush_invalidations`](crate::Cache::flush_invalidations) gave up.
+    BackendTimeout,
+    /// An invalidation could not reach the backend and could not be queued
+    /// either: the queue already holds
+    /// [`max_queued_invalidations`](crate::CacheBuilder::max_queued_invalidations).
+    /// It was not applied.
+    QueueFull,
     /// The loader did not finish within the hard timeout, or a load by another
     /// process (holding the key's lease) did not finish within the lease wait
     /// and the cache is set to fail then. No stale value was there to serve.
@@ -46,14 +55,14 @@ pub enum ErrorKind {
     Decode,
 }
 
-const BACKEND_DOWN: &str = "cache backend marked down after repeated failures; not attempted";
-
 /// The error type of every fallible aside operation.
 #[derive(Clone)]
 pub struct Error {
     kind: ErrorKind,
     message: Arc<str>,
     source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+    /// Nothing was attempted: the backend's breaker is open.
+    not_attempted: bool,
 }
 
 impl Error {
@@ -62,6 +71,7 @@ impl Error {
             kind,
             message: message.into(),
             source: None,
+            not_attempted: false,
         }
     }
 
@@ -74,6 +84,7 @@ impl Error {
             kind,
             message: message.into(),
             source: Some(Arc::new(source)),
+            not_attempted: false,
         }
     }
 
@@ -86,19 +97,20 @@ impl Error {
             kind,
             message: message.into(),
             source: Some(source),
+            not_attempted: false,
         }
     }
 
     /// The error of a backend operation not attempted because the backend
     /// breaker is open.
     pub(crate) fn backend_down() -> Self {
-        Self::new(ErrorKind::Backend, BACKEND_DOWN)
-    }
-
-    /// Whether this is [`backend_down`](Self::backend_down)'s error: nothing
-    /// was attempted, so nothing failed.
-    pub(crate) fn is_backend_down(&self) -> bool {
-        self.kind == ErrorKind::Backend && &*self.message == BACKEND_DOWN && self.source.is_none()
+        Self {
+            not_attempted: true,
+            ..Self::new(
+                ErrorKind::Backend,
+                "cache backend marked down after repeated failures; not attempted",
+            )
+        }
     }
 
     pub(crate) fn config(message: impl Into<Arc<str>>) -> Self {
@@ -120,16 +132,32 @@ impl Error {
         self.kind == ErrorKind::LoaderPanicked
     }
 
-    /// The backend failed: an error it returned, or the cache refusing a
-    /// write it cannot record (a full invalidation queue). A backend that
-    /// did not answer in time is [`is_timeout`](Self::is_timeout) instead.
+    /// The backend failed (an error it returned), or was not asked because
+    /// its breaker is open ([`is_backend_down`](Self::is_backend_down)). A
+    /// backend that did not answer in time is
+    /// [`is_backend_timeout`](Self::is_backend_timeout) instead.
     pub fn is_backend(&self) -> bool {
         self.kind == ErrorKind::Backend
     }
 
-    /// An operation hit its time limit.
-    pub fn is_timeout(&self) -> bool {
-        self.kind == ErrorKind::Timeout
+    /// The backend was not asked at all: it failed repeatedly just before,
+    /// and its breaker is open (it is probed again after
+    /// [`backend_retry_after`](crate::CacheBuilder::backend_retry_after)).
+    /// Nothing was attempted, so nothing failed this time.
+    pub fn is_backend_down(&self) -> bool {
+        self.not_attempted
+    }
+
+    /// A backend operation hit its time limit (or a flush of queued
+    /// invalidations did).
+    pub fn is_backend_timeout(&self) -> bool {
+        self.kind == ErrorKind::BackendTimeout
+    }
+
+    /// An invalidation was refused because the retry queue is full: it was
+    /// not applied.
+    pub fn is_queue_full(&self) -> bool {
+        self.kind == ErrorKind::QueueFull
     }
 
     /// The loader (or another process's load this call waited for) timed out.
@@ -207,7 +235,8 @@ impl From<Error> for std::io::Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A backend failure, as seen by a [`Backend`](crate::backend::Backend)
-/// implementation. Converted into an [`Error`] of kind `Backend` (or `Timeout`).
+/// implementation. Converted into an [`Error`] of kind `Backend` (or
+/// `BackendTimeout`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackendError {
@@ -229,7 +258,9 @@ impl BackendError {
 impl From<BackendError> for Error {
     fn from(e: BackendError) -> Self {
         match e {
-            BackendError::Timeout => Error::new(ErrorKind::Timeout, "cache backend timed out"),
+            BackendError::Timeout => {
+                Error::new(ErrorKind::BackendTimeout, "cache backend timed out")
+            }
             BackendError::Failed(source) => Error::from_arc(
                 ErrorKind::Backend,
                 "cache backend operation failed",
@@ -241,6 +272,17 @@ impl From<BackendError> for Error {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn backend_down_is_a_flag_not_a_message() {
+        let down = Error::backend_down();
+        assert!(down.is_backend() && down.is_backend_down());
+        // The same kind and words from elsewhere are not "not attempted".
+        let failed = Error::new(ErrorKind::Backend, down.to_string());
+        assert!(failed.is_backend() && !failed.is_backend_down());
+        let full = Error::new(ErrorKind::QueueFull, "queue full");
+        assert!(full.is_queue_full() && !full.is_backend());
+    }
+
     use super::*;
 
     #[derive(Debug, thiserror::Error)]
@@ -271,7 +313,7 @@ mod tests {
     #[test]
     fn timeout_backend_error_maps_to_timeout_kind() {
         let e: Error = BackendError::Timeout.into();
-        assert!(e.is_timeout());
+        assert!(e.is_backend_timeout());
         assert!(!e.is_backend());
     }
 }

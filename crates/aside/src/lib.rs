@@ -158,7 +158,6 @@
 #[path = "macros.rs"]
 pub mod __private;
 pub mod backend;
-mod breaker;
 // The entry decoder's fuzz target (`fuzz/`, run with cargo-fuzz, which
 // builds with `--cfg fuzzing`); absent from every other build.
 #[cfg(fuzzing)]
@@ -172,36 +171,25 @@ pub mod clock;
 mod codec;
 mod envelope;
 mod error;
-mod flight;
 mod hot;
 mod key;
 mod loader;
-mod pending;
 pub mod policy;
 mod retry;
 mod stats;
 mod task;
-mod xfetch;
 
 #[cfg(feature = "macros")]
 pub use aside_macros::cached;
-#[cfg(feature = "redis")]
-pub use backend::RedisBackend;
-pub use backend::{
-    Backend, Backplane, BackplaneListener, BackplaneSubscription, BatchEntry, Capabilities,
-    FillToken, FillWatch, Lease, Leases, MemoryBackend, Stored, TieredBackend,
-};
-#[cfg(feature = "postgres")]
-pub use bridge::{BridgeHandle, ChangeBridge, TableMap};
 pub use builder::CacheBuilder;
 pub use cache::{
     Cache, Dependency, EntryInfo, EntryOptions, Invalidation, Value, WarmOptions, WarmProgress,
 };
 pub use codec::{Codec, Compression};
-pub use error::{BackendError, Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use hot::HotKeys;
 pub use key::Key;
-pub use loader::{BatchLoadFuture, BatchLoader, LoadFuture, Loader, LoaderError};
+pub use loader::{BatchFn, BatchLoadFuture, BatchLoader, LoadFuture, Loader, LoaderError};
 pub use policy::LeaseTimeout;
 pub use retry::RetryPolicy;
 pub use stats::Stats;

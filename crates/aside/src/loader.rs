@@ -6,11 +6,16 @@
 //! yours: the `Fn*` traits are `#[fundamental]`, so the compiler knows that
 //! your type, which does not implement `FnOnce`, is not covered by them.
 //!
-//! The future is an associated type rather than an `async fn`: the methods
-//! taking a loader keep their generic parameters (`get_or_load::<V, _, _,
-//! _>` still names the value type), which they could not if the future
-//! had no name. A type of your own names it [`LoadFuture`] (a boxed
-//! `async` block) or a future type of its own.
+//! The future is an associated type rather than an `async fn`, so that a
+//! type of your own can name it: [`LoadFuture`] (a boxed `async` block) or
+//! a future type of its own. The methods taking a loader name only the
+//! value type and the loader (`get_or_load::<V, _>`).
+//!
+//! The batch methods take a [`BatchFn`]: any closure from the keys to load
+//! to a future of the values found. Their parameter is a closure rather
+//! than a [`BatchLoader`] so that the closure's parameter type is inferred
+//! (`|misses| async move { ... }`); a named `BatchLoader` is passed as one
+//! with [`BatchLoader::into_fn`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -202,4 +207,39 @@ where
     fn load(self, keys: Vec<String>) -> Fut {
         self(keys)
     }
+}
+
+/// What the batch methods ([`Cache::get_many_or_load`](crate::Cache::get_many_or_load)
+/// and its variants) take: a closure `FnOnce(Vec<String>) -> impl Future<Output
+/// = Result<HashMap<String, V>, E>>` that is `Send + 'static`, with `E:
+/// Into<Box<dyn std::error::Error + Send + Sync>>`. Implemented for every
+/// such closure (and for [`BatchLoader::into_fn`]); you never implement it.
+///
+/// Written as a trait so that those bounds are written once, and so that the
+/// closure's parameter type is still inferred from it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a batch loader of `{V}` values",
+    label = "expected a closure returning a future of `Result<HashMap<String, {V}>, E>`",
+    note = "a batch loader is a `FnOnce(Vec<String>) -> impl Future<Output = \
+            Result<HashMap<String, V>, E>>` closure that is `Send + 'static`, with \
+            `E: Into<Box<dyn std::error::Error + Send + Sync>>`; pass a named \
+            `aside::BatchLoader` with `.into_fn()`"
+)]
+pub trait BatchFn<V>: FnOnce(Vec<String>) -> <Self as BatchFn<V>>::Future + Send + 'static {
+    /// The error the loader may return.
+    type Error: Into<LoaderError> + Send + 'static;
+    /// The future the closure returns.
+    type Future: Future<Output = Result<HashMap<String, V>, <Self as BatchFn<V>>::Error>>
+        + Send
+        + 'static;
+}
+
+impl<V, F, Fut, E> BatchFn<V> for F
+where
+    F: FnOnce(Vec<String>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<HashMap<String, V>, E>> + Send + 'static,
+    E: Into<LoaderError> + Send + 'static,
+{
+    type Error = E;
+    type Future = Fut;
 }

@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aside::backend::RedisBackend;
 use aside::backend::{MemoryBackend, TieredBackend};
-use aside::{Cache, EntryOptions, ErrorKind, RedisBackend};
+use aside::{Cache, EntryOptions, ErrorKind};
 use aside_test::RedisServer;
 use redis_stats::{commandstats, raw, reset_stats};
 use tokio::sync::oneshot;
@@ -206,7 +207,7 @@ async fn fail_safe_serves_stale_values(cache: &Cache) {
     assert_eq!(each[2].as_ref().unwrap().as_deref(), Some("v:s2"));
     // Whole-call form: an error, since `new` has nothing to fall back on...
     let err = cache
-        .get_many_or_load::<_, String, _, _, _>(["n2", "s1"], |_| async {
+        .get_many_or_load::<_, String, _>(["n2", "s1"], |_| async {
             Err::<HashMap<String, String>, _>(DbDown)
         })
         .await
@@ -234,13 +235,11 @@ async fn overlapping_batches_load_each_key_once(cache: &Cache) {
     let (ba, bb) = (Arc::clone(&barrier), barrier);
     let ta = tokio::spawn(async move {
         ba.wait().await;
-        a.get_many_or_load::<_, String, _, _, _>(keys(0..60), la)
-            .await
+        a.get_many_or_load::<_, String, _>(keys(0..60), la).await
     });
     let tb = tokio::spawn(async move {
         bb.wait().await;
-        b.get_many_or_load::<_, String, _, _, _>(keys(30..90), lb)
-            .await
+        b.get_many_or_load::<_, String, _>(keys(30..90), lb).await
     });
     let (ra, rb) = (ta.await.unwrap().unwrap(), tb.await.unwrap().unwrap());
     assert_eq!(ra[45].as_deref(), Some("v:k45"));
@@ -275,10 +274,8 @@ async fn batch_and_single_share_a_load(cache: &Cache) {
     assert_eq!(single_calls.all().len(), 1);
     // The other way round: the single call joins the batch's load.
     let (b, lb) = (cache.clone(), loader(&calls, Duration::from_millis(200)));
-    let batch = tokio::spawn(async move {
-        b.get_many_or_load::<_, String, _, _, _>(["y", "z"], lb)
-            .await
-    });
+    let batch =
+        tokio::spawn(async move { b.get_many_or_load::<_, String, _>(["y", "z"], lb).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let one = cache
         .get_or_load("z", || async { Ok::<_, DbDown>(Some("single".to_owned())) })
@@ -297,7 +294,7 @@ async fn invalidation_during_a_batch_load(cache: &Cache) {
     let (go_tx, go_rx) = oneshot::channel::<()>();
     let b = cache.clone();
     let batch = tokio::spawn(async move {
-        b.get_many_or_load::<_, String, _, _, _>(["inv", "keep"], move |keys| async move {
+        b.get_many_or_load::<_, String, _>(["inv", "keep"], move |keys| async move {
             let _ = read_tx.send(());
             let _ = go_rx.await;
             Ok::<_, DbDown>(keys.into_iter().map(|k| (k, "old".to_owned())).collect())

@@ -14,8 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use aside::backend::{
+    AcquireRequest, Backend, Entry, FillRequest, Inspect, LeaseAsk, RedisBackend, Stored,
+};
 use aside::backend::{FillWatch, Lease, TieredBackend};
-use aside::{Backend, Cache, EntryOptions, RedisBackend, Stored};
+use aside::{Cache, EntryOptions};
 use aside_test::{RedisCluster, conformance};
 use rand::Rng as _;
 
@@ -298,33 +301,36 @@ async fn reliable_watch(backend: &RedisBackend, key: &str) -> FillWatch {
 /// Errors are the backend's (a node lost, a stale slot map).
 async fn wake_up(holder: &RedisBackend, waiter: &RedisBackend, key: &str) -> Result<(), String> {
     let ttl = Duration::from_secs(5);
-    let leases = holder.leases().unwrap();
-    let (_, token) = leases
-        .get_for_fill_leased(key, &[], ttl, "holder", ttl)
-        .await
-        .map_err(|e| e.to_string())?;
+    let keys = [key.to_owned()];
+    let acquire = |backend: &RedisBackend, token: &'static str| {
+        let request = AcquireRequest::new(&keys, &[], ttl).with_lease(LeaseAsk::new(token, ttl));
+        let backend = backend.clone();
+        async move {
+            let mut got = backend.acquire(&request).await.map_err(|e| e.to_string())?;
+            got.pop()
+                .map(|a| a.token)
+                .ok_or_else(|| format!("{key}: no answer"))
+        }
+    };
+    let token = acquire(holder, "holder").await?;
     // A lease left by an attempt whose reply was lost with a node: an
     // error, and the caller retries with another key.
     if !matches!(token.lease(), Lease::Held(_)) {
         return Err(format!("{key}: lease not taken: {token:?}"));
     }
     let mut watch = reliable_watch(waiter, key).await;
-    let (_, busy) = waiter
-        .leases()
-        .unwrap()
-        .get_for_fill_leased(key, &[], ttl, "waiter", ttl)
-        .await
-        .map_err(|e| e.to_string())?;
+    let busy = acquire(waiter, "waiter").await?;
     if !matches!(busy.lease(), Lease::Busy(_)) {
         return Err(format!(
             "{key}: the waiter did not find the lease busy: {busy:?}"
         ));
     }
+    let fills = [(Entry::new(key, Stored::new(b"v".to_vec()), ttl), token)];
     let stored = holder
-        .fill(key, Stored::new(b"v".to_vec()), ttl, &token, &[])
+        .fill(&FillRequest::new(&fills, &[]))
         .await
         .map_err(|e| e.to_string())?;
-    if !stored {
+    if stored != [true] {
         return Err(format!("{key}: the holder's fill was refused"));
     }
     tokio::time::timeout(Duration::from_secs(2), watch.notified())

@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aside::{Cache, EntryOptions, Invalidation, RedisBackend};
+use aside::backend::RedisBackend;
+use aside::{Cache, EntryOptions, Invalidation};
 use aside_test::RedisCluster;
 use rand::Rng as _;
 

@@ -13,7 +13,8 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use aside::{Cache, CacheBuilder, ErrorKind, MemoryBackend};
+use aside::backend::MemoryBackend;
+use aside::{Cache, CacheBuilder, ErrorKind};
 use aside_test::{FaultControl, FaultyBackend, Op};
 use tokio::time::{sleep, timeout};
 
@@ -164,7 +165,7 @@ async fn finding2_a_hung_backend_holds_a_queued_caller_twice_the_timeout() {
         let began = tokio::time::Instant::now();
         let second = cache.get::<u32>("hot").await;
         let waited = began.elapsed();
-        assert_eq!(second.unwrap_err().kind(), ErrorKind::Timeout);
+        assert_eq!(second.unwrap_err().kind(), ErrorKind::BackendTimeout);
         assert!(first.await.unwrap().is_err());
         assert!(
             waited <= TIMEOUT,
@@ -195,7 +196,10 @@ async fn finding3_failures_fanned_out_to_many_callers_do_not_open_the_breaker() 
             })
             .collect();
         for call in calls {
-            assert_eq!(call.await.unwrap().unwrap_err().kind(), ErrorKind::Timeout);
+            assert_eq!(
+                call.await.unwrap().unwrap_err().kind(),
+                ErrorKind::BackendTimeout
+            );
         }
         assert!(
             cache.backend_marked_down(),

@@ -13,8 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use aside::backend::{
+    AcquireRequest, Acquired, Backend, BackendError, FillRequest, FillToken, Found, Profile,
+    ReadRequest, RedisBackend, SetRequest, Stored,
+};
 use aside::backend::{MemoryBackend, TieredBackend};
-use aside::{Backend, BackendError, Capabilities, FillToken, RedisBackend, Stored};
 use aside_test::{Failure, FaultControl, FaultyBackend, Op, RedisServer, conformance};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,11 +145,14 @@ async fn the_suite_fails_broken_backends() {
         (Flaw::CounterTokens, "recreated_tokens_differ"),
         (
             Flaw::FillIgnoresVersions,
-            "fill_after_bump_versions_is_refused",
+            "fill_after_remove_versions_is_refused",
         ),
         (Flaw::NoExpiry, "entries_expire_after_their_ttl"),
         (Flaw::FillNotAtomic, "no_stale_read_after_invalidate"),
-        (Flaw::GetManyWithoutTokens, "get_many_reads_like_get"),
+        (
+            Flaw::ManyKeysReadWithoutTokens,
+            "a_batch_read_answers_like_single_reads",
+        ),
     ] {
         let message = suite_failure(flaw).await;
         assert!(
@@ -200,15 +206,16 @@ enum Flaw {
     /// `fill` checks the tokens, then writes in a second step: an
     /// invalidation landing between them is lost (caught by the race check).
     FillNotAtomic,
-    /// `get_many` reads the entries but reports every counter absent.
-    GetManyWithoutTokens,
+    /// A read of several keys reads the entries but reports every counter
+    /// absent.
+    ManyKeysReadWithoutTokens,
 }
 
 /// A third-party backend: entries and tokens in `HashMap`s behind one
 /// `Mutex` (so every operation is atomic), expiry checked on access, no
 /// eviction (a test backend: expired items stay until overwritten).
 ///
-/// Capabilities: `in_process()`. There is no network, so nothing for the
+/// Profile: `in_process()`. There is no network, so nothing for the
 /// cache to time or guard (`remote: false`), and it hands back the very
 /// `Stored` it was given and never returns an entry past its TTL, which is
 /// what `shares_stored: true` promises.
@@ -297,7 +304,7 @@ impl MapBackend {
     /// Whether the key's marker and the counters still hold `token`'s values
     /// (an absent token, 0, matches nothing).
     fn valid(&self, state: &State, key: &str, token: &FillToken, versions: &[String]) -> bool {
-        let marker_ok = token.generation() != 0 && read(&state.markers, key) == token.generation();
+        let marker_ok = token.marker() != 0 && read(&state.markers, key) == token.marker();
         let versions_ok = self.flaw == Some(Flaw::FillIgnoresVersions)
             || (versions.len() == token.versions().len()
                 && versions
@@ -320,68 +327,81 @@ impl MapBackend {
 
 #[async_trait::async_trait]
 impl Backend for MapBackend {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::in_process()
+    fn profile(&self) -> Profile {
+        Profile::in_process()
     }
 
     fn get_now(&self, key: &str) -> Option<Result<Option<Stored>, BackendError>> {
         Some(Ok(self.entry(&self.state(), key)))
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError> {
-        Ok(self.entry(&self.state(), key))
-    }
-
-    async fn get_for_fill(
-        &self,
-        key: &str,
-        versions: &[String],
-        marker_ttl: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        // One lock: the entry and the tokens are read in one atomic step.
-        let mut state = self.state();
-        let entry = self.entry(&state, key);
-        let marker = token_of(&mut state.markers, key, marker_ttl, self.flaw);
-        let tokens = versions
+    async fn read(&self, request: &ReadRequest<'_>) -> Result<Found, BackendError> {
+        // One lock: every entry and counter in one atomic read.
+        let state = self.state();
+        let entries = request.keys.iter().map(|k| self.entry(&state, k)).collect();
+        let many = request.keys.len() > 1;
+        let tokens = request
+            .versions
             .iter()
-            .map(|v| token_of(&mut state.versions, v, marker_ttl, self.flaw))
+            .map(|v| match self.flaw {
+                Some(Flaw::ManyKeysReadWithoutTokens) if many => 0,
+                _ => read(&state.versions, v),
+            })
             .collect();
-        Ok((entry, FillToken::new(marker, tokens)))
+        Ok(Found::new(entries, tokens))
     }
 
-    async fn fill(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        token: &FillToken,
-        versions: &[String],
-    ) -> Result<bool, BackendError> {
-        if self.flaw == Some(Flaw::FillNotAtomic) {
-            let valid = self.valid(&self.state(), key, token, versions);
-            tokio::task::yield_now().await; // an invalidation may land here
-            if valid {
-                Self::store(&mut self.state(), key, value, ttl, versions);
-            }
-            return Ok(valid);
-        }
-        // One lock for the check and the write: atomic with `invalidate`.
+    async fn acquire(&self, request: &AcquireRequest<'_>) -> Result<Vec<Acquired>, BackendError> {
+        // One lock: the entries and the tokens are read in one atomic step.
         let mut state = self.state();
-        if !self.valid(&state, key, token, versions) {
-            return Ok(false);
-        }
-        Self::store(&mut state, key, value, ttl, versions);
-        Ok(true)
+        let ttl = request.marker_ttl;
+        Ok(request
+            .keys
+            .iter()
+            .map(|key| {
+                let entry = self.entry(&state, key);
+                let marker = token_of(&mut state.markers, key, ttl, self.flaw);
+                let tokens = request
+                    .versions
+                    .iter()
+                    .map(|v| token_of(&mut state.versions, v, ttl, self.flaw))
+                    .collect();
+                Acquired::new(entry, FillToken::new(marker, tokens))
+            })
+            .collect())
     }
 
-    async fn set(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        versions: &[String],
-    ) -> Result<(), BackendError> {
-        Self::store(&mut self.state(), key, value, ttl, versions);
+    async fn fill(&self, request: &FillRequest<'_>) -> Result<Vec<bool>, BackendError> {
+        let versions = request.versions;
+        let mut stored = Vec::with_capacity(request.fills.len());
+        for (entry, token) in request.fills {
+            let (key, value, ttl) = (&entry.key, entry.value.clone(), entry.ttl);
+            if self.flaw == Some(Flaw::FillNotAtomic) {
+                let valid = self.valid(&self.state(), key, token, versions);
+                tokio::task::yield_now().await; // an invalidation may land here
+                if valid {
+                    Self::store(&mut self.state(), key, value, ttl, versions);
+                }
+                stored.push(valid);
+                continue;
+            }
+            // One lock for the check and the write: atomic with `invalidate`.
+            let mut state = self.state();
+            let valid = self.valid(&state, key, token, versions);
+            if valid {
+                Self::store(&mut state, key, value, ttl, versions);
+            }
+            stored.push(valid);
+        }
+        Ok(stored)
+    }
+
+    async fn set(&self, request: &SetRequest<'_>) -> Result<(), BackendError> {
+        let mut state = self.state();
+        for entry in request.entries {
+            let value = entry.value.clone();
+            Self::store(&mut state, &entry.key, value, entry.ttl, request.versions);
+        }
         Ok(())
     }
 
@@ -396,38 +416,7 @@ impl Backend for MapBackend {
         Ok(())
     }
 
-    async fn get_with_versions(
-        &self,
-        key: &str,
-        versions: &[String],
-    ) -> Result<(Option<Stored>, Vec<u64>), BackendError> {
-        let state = self.state();
-        let entry = self.entry(&state, key);
-        Ok((
-            entry,
-            versions.iter().map(|v| read(&state.versions, v)).collect(),
-        ))
-    }
-
-    async fn get_many(
-        &self,
-        keys: &[String],
-        versions: &[String],
-    ) -> Result<(Vec<Option<Stored>>, Vec<u64>), BackendError> {
-        // One lock: every entry and counter in one atomic read.
-        let state = self.state();
-        let entries = keys.iter().map(|k| self.entry(&state, k)).collect();
-        let tokens = versions
-            .iter()
-            .map(|v| match self.flaw {
-                Some(Flaw::GetManyWithoutTokens) => 0,
-                _ => read(&state.versions, v),
-            })
-            .collect();
-        Ok((entries, tokens))
-    }
-
-    async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError> {
+    async fn remove_versions(&self, versions: &[String]) -> Result<(), BackendError> {
         let mut state = self.state();
         for name in versions {
             state.versions.remove(name);

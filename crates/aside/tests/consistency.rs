@@ -36,7 +36,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aside::{Cache, MemoryBackend, RedisBackend};
+use aside::Cache;
+use aside::backend::{MemoryBackend, RedisBackend};
 use aside_test::{Proxy, RedisServer};
 
 use harness::{Report, Stale, Target, Workload};

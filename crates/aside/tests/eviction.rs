@@ -39,7 +39,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aside::{Cache, Compression, EntryOptions, Invalidation, Key, RedisBackend};
+use aside::backend::RedisBackend;
+use aside::{Cache, Compression, EntryOptions, Invalidation, Key};
 use aside_test::RedisServer;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};

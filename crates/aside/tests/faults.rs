@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aside::{Backend, Cache, CacheBuilder, Invalidation, MemoryBackend, RedisBackend};
+use aside::backend::{Backend, MemoryBackend, RedisBackend};
+use aside::{Cache, CacheBuilder, Invalidation};
 use aside_test::{Failure, FaultControl, FaultyBackend, Op, RedisServer};
 
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +104,10 @@ impl<B: Backend + Clone> Rig<B> {
     /// for `key`.
     async fn stored(&self, key: &str) -> bool {
         let pk = self.cache.backend_key(key);
-        self.backend.inner().get(&pk).await.unwrap().is_some()
+        let keys = [pk];
+        let request = aside::backend::ReadRequest::new(&keys, &[]);
+        let found = self.backend.inner().read(&request).await.unwrap();
+        found.entries[0].is_some()
     }
 }
 

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use aside::backend::MemoryBackend;
 use aside::clock::ManualClock;
-use aside::{Cache, ErrorKind, MemoryBackend, RetryPolicy};
+use aside::{Cache, ErrorKind, RetryPolicy};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -207,7 +208,7 @@ async fn hard_timeout_abandons_the_loader() {
     // No stale value: a LoaderTimeout error, after the hard timeout.
     let started = tokio::time::Instant::now();
     let err = cache
-        .get_or_load::<String, _, _, _>("cold", hung(dropped.clone()))
+        .get_or_load::<String, _>("cold", hung(dropped.clone()))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::LoaderTimeout);

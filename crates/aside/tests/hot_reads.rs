@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use aside::{Cache, EntryOptions, RedisBackend};
+use aside::backend::RedisBackend;
+use aside::{Cache, EntryOptions};
 use aside_test::{Proxy, RedisServer};
 use redis_stats::{commandstats, raw, reset_stats};
 

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use aside::{Cache, Codec, Compression, EntryOptions, MemoryBackend, RedisBackend, TieredBackend};
+use aside::backend::{MemoryBackend, RedisBackend, TieredBackend};
+use aside::{Cache, Codec, Compression, EntryOptions};
 use aside_test::RedisServer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -180,7 +181,9 @@ async fn a_load_in_flight_shows_its_lease() {
     assert!(cache.inspect("j").await.unwrap().is_none());
     let j = cache.backend_key("j");
     let backend = RedisBackend::new(&redis.url()).unwrap();
-    let storage = aside::Backend::describe(&backend, &j, &[]).await.unwrap();
+    let storage = aside::backend::Inspect::describe(&backend, &j, &[])
+        .await
+        .unwrap();
     assert_eq!(storage.lease_held, Some(true));
     assert_eq!(storage.expires_in, None);
     release.notify_one();
@@ -266,5 +269,5 @@ async fn an_unreachable_backend_is_an_error() {
         .unwrap();
     drop(redis);
     let e = cache.inspect("k").await.unwrap_err();
-    assert!(e.is_backend() || e.is_timeout(), "{e}");
+    assert!(e.is_backend() || e.is_backend_timeout(), "{e}");
 }

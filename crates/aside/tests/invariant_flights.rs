@@ -14,11 +14,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aside::backend::MemoryBackend;
-use aside::clock::ManualClock;
-use aside::{
-    Backend, BackendError, Cache, Capabilities, ErrorKind, FillToken, Invalidation, Lease, Leases,
-    RedisBackend, Stored,
+use aside::backend::{
+    AcquireRequest, Acquired, Backend, BackendError, FillRequest, Found, Lease, LeaseAsk, Leases,
+    Profile, ReadRequest, RedisBackend, SetRequest,
 };
+use aside::clock::ManualClock;
+use aside::{Cache, ErrorKind, Invalidation};
 use aside_test::RedisServer;
 use tokio::sync::Notify;
 
@@ -75,13 +76,13 @@ async fn late_joiner_of_a_refused_fill_loads_again(a: Cache, b: Cache) {
     let calls = Arc::new(AtomicUsize::new(0));
     let leader = {
         let (a, l) = (a.clone(), loader("old", Some(gate.clone()), &calls));
-        tokio::spawn(async move { a.get_or_load::<String, _, _, _>("k", l).await })
+        tokio::spawn(async move { a.get_or_load::<String, _>("k", l).await })
     };
     started(&calls, 1).await;
     assert_eq!(b.invalidate("k").await.unwrap(), Invalidation::Applied);
     let late = {
         let (a, l) = (a.clone(), loader("new", None, &calls));
-        tokio::spawn(async move { a.get_or_load::<String, _, _, _>("k", l).await })
+        tokio::spawn(async move { a.get_or_load::<String, _>("k", l).await })
     };
     // Let the late caller join the held load, then release it.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -148,13 +149,13 @@ async fn redis_late_joiner_after_a_tag_invalidation_loads_again() {
             loader("old", Some(gate.clone()), &calls),
             opts.clone(),
         );
-        tokio::spawn(async move { a.get_or_load_with::<String, _, _, _>("k", &o, l).await })
+        tokio::spawn(async move { a.get_or_load_with::<String, _>("k", &o, l).await })
     };
     started(&calls, 1).await;
     assert!(b.invalidate_tag("t").await.unwrap().is_applied());
     let late = {
         let (a, l, o) = (a.clone(), loader("new", None, &calls), opts.clone());
-        tokio::spawn(async move { a.get_or_load_with::<String, _, _, _>("k", &o, l).await })
+        tokio::spawn(async move { a.get_or_load_with::<String, _>("k", &o, l).await })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     gate.notify_one();
@@ -180,13 +181,13 @@ async fn redis_lease_waiter_woken_by_a_refused_fill_loads_itself() {
     let calls = Arc::new(AtomicUsize::new(0));
     let leader = {
         let (a, l) = (a.clone(), loader("old", Some(gate.clone()), &calls));
-        tokio::spawn(async move { a.get_or_load::<String, _, _, _>("k", l).await })
+        tokio::spawn(async move { a.get_or_load::<String, _>("k", l).await })
     };
     started(&calls, 1).await;
     assert!(c.invalidate("k").await.unwrap().is_applied());
     let waiter = {
         let (b, l) = (b.clone(), loader("new", None, &calls));
-        tokio::spawn(async move { b.get_or_load::<String, _, _, _>("k", l).await })
+        tokio::spawn(async move { b.get_or_load::<String, _>("k", l).await })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(b.stats().lease_waits, 1, "b waits for a's lease");
@@ -335,51 +336,48 @@ impl Scripted {
 
 #[async_trait::async_trait]
 impl Backend for Scripted {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::remote()
+    fn profile(&self) -> Profile {
+        Profile::remote()
     }
     fn leases(&self) -> Option<&dyn Leases> {
         Some(self)
     }
-    async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError> {
-        self.inner.get(key).await
+    async fn read(&self, request: &ReadRequest<'_>) -> Result<Found, BackendError> {
+        self.inner.read(request).await
     }
-    async fn get_with_versions(
-        &self,
-        key: &str,
-        versions: &[String],
-    ) -> Result<(Option<Stored>, Vec<u64>), BackendError> {
-        self.inner.get_with_versions(key, versions).await
+    /// The first leased acquire is held until `hold_first_acquire` is
+    /// notified and then finds the lease held elsewhere; later ones take it.
+    async fn acquire(&self, request: &AcquireRequest<'_>) -> Result<Vec<Acquired>, BackendError> {
+        let mut got = self.inner.acquire(request).await?;
+        let Some(lease) = request.lease else {
+            return Ok(got);
+        };
+        for a in &mut got {
+            if self.acquires.fetch_add(1, Ordering::SeqCst) == 0 {
+                self.holding.store(true, Ordering::SeqCst);
+                self.hold_first_acquire.notified().await;
+                // Another process holds the lease.
+                a.token = a
+                    .token
+                    .clone()
+                    .with_lease(Lease::Busy(Duration::from_secs(5)));
+            } else {
+                a.token = a
+                    .token
+                    .clone()
+                    .with_lease(Lease::Held(lease.token.to_owned()));
+            }
+        }
+        Ok(got)
     }
-    async fn get_for_fill(
-        &self,
-        key: &str,
-        versions: &[String],
-        marker_ttl: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        self.inner.get_for_fill(key, versions, marker_ttl).await
+    async fn fill(&self, request: &FillRequest<'_>) -> Result<Vec<bool>, BackendError> {
+        self.inner.fill(request).await
     }
-    async fn fill(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        token: &FillToken,
-        versions: &[String],
-    ) -> Result<bool, BackendError> {
-        self.inner.fill(key, value, ttl, token, versions).await
+    async fn remove_versions(&self, versions: &[String]) -> Result<(), BackendError> {
+        self.inner.remove_versions(versions).await
     }
-    async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError> {
-        self.inner.bump_versions(versions).await
-    }
-    async fn set(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        versions: &[String],
-    ) -> Result<(), BackendError> {
-        self.inner.set(key, value, ttl, versions).await
+    async fn set(&self, request: &SetRequest<'_>) -> Result<(), BackendError> {
+        self.inner.set(request).await
     }
     async fn invalidate(&self, keys: &[String]) -> Result<(), BackendError> {
         if let Some(after) = self.fail_invalidations_after {
@@ -393,35 +391,13 @@ impl Backend for Scripted {
 /// Leases as the tests script them: only the acquire is of interest.
 #[async_trait::async_trait]
 impl Leases for Scripted {
-    async fn get_for_fill_leased(
-        &self,
-        key: &str,
-        versions: &[String],
-        marker_ttl: Duration,
-        token: &str,
-        _ttl: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        let (stored, fill) = self.inner.get_for_fill(key, versions, marker_ttl).await?;
-        if self.acquires.fetch_add(1, Ordering::SeqCst) == 0 {
-            self.holding.store(true, Ordering::SeqCst);
-            self.hold_first_acquire.notified().await;
-            // Another process holds the lease.
-            return Ok((stored, fill.with_lease(Lease::Busy(Duration::from_secs(5)))));
-        }
-        Ok((stored, fill.with_lease(Lease::Held(token.to_owned()))))
+    async fn renew(&self, keys: &[String], _: LeaseAsk<'_>) -> Result<Vec<bool>, BackendError> {
+        Ok(vec![true; keys.len()])
     }
-    async fn renew_lease(
-        &self,
-        _key: &str,
-        _token: &str,
-        _ttl: Duration,
-    ) -> Result<bool, BackendError> {
-        Ok(true)
-    }
-    async fn release_lease(&self, _key: &str, _token: &str) -> Result<(), BackendError> {
+    async fn release(&self, _keys: &[String], _token: &str) -> Result<(), BackendError> {
         Ok(())
     }
-    fn watch_fills(&self, _key: &str) -> Option<aside::FillWatch> {
+    fn watch_fills(&self, _key: &str) -> Option<aside::backend::FillWatch> {
         None
     }
 }
@@ -466,7 +442,7 @@ async fn a_refresh_that_leaves_hands_its_joiners_back_to_a_load() {
     clock.advance(Duration::from_secs(20));
     let joiner = {
         let (c, l) = (cache.clone(), loader("v3", None, &calls));
-        tokio::spawn(async move { c.get_or_load::<String, _, _, _>("k", l).await })
+        tokio::spawn(async move { c.get_or_load::<String, _>("k", l).await })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(cache.stats().coalesced, 1, "the caller joined the refresh");
@@ -535,7 +511,7 @@ async fn flush_reports_what_is_left_and_waits_for_the_backend() {
         .flush_invalidations(Duration::from_millis(300))
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert_eq!(err.kind(), ErrorKind::BackendTimeout);
     assert!(err.to_string().contains('2'), "{err}");
     redis.resume().unwrap();
     // The retry pause is 30 s: only the flush's kick makes this quick.

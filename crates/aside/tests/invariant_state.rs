@@ -12,7 +12,8 @@
 
 use std::time::Duration;
 
-use aside::{Cache, EntryOptions, Invalidation, MemoryBackend, RedisBackend};
+use aside::backend::{MemoryBackend, RedisBackend};
+use aside::{Cache, EntryOptions, Invalidation};
 use aside_test::RedisServer;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

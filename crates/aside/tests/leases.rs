@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use aside::{Cache, LeaseTimeout, RedisBackend};
+use aside::backend::RedisBackend;
+use aside::{Cache, LeaseTimeout};
 use aside_test::RedisServer;
 use redis::AsyncCommands;
 
@@ -231,7 +232,7 @@ async fn holder_worker(url: String) {
         std::future::pending::<()>().await;
         Ok::<_, redis::RedisError>(Some("never".to_owned()))
     };
-    let _ = cache.get_or_load::<String, _, _, _>("slow", loader).await;
+    let _ = cache.get_or_load::<String, _>("slow", loader).await;
 }
 
 /// The entry point of the child processes; not a test of its own.

@@ -102,7 +102,7 @@ async fn a_struct_is_a_loader() {
     // A closure still is one, on the same cache, and the value type can
     // still be named first.
     let v = cache
-        .get_or_load::<String, _, _, _>("user:4", || async { Ok::<_, PoolExhausted>(None) })
+        .get_or_load::<String, _>("user:4", || async { Ok::<_, PoolExhausted>(None) })
         .await
         .unwrap();
     assert_eq!(v, None);

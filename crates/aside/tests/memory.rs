@@ -3,7 +3,7 @@
 
 mod common;
 
-use aside::MemoryBackend;
+use aside::backend::MemoryBackend;
 
 fn cache() -> aside::Cache {
     common::builder()

@@ -10,7 +10,8 @@
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use aside::{Cache, EntryOptions, MemoryBackend};
+use aside::backend::MemoryBackend;
+use aside::{Cache, EntryOptions};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::{CompositeKey, MetricKind};
 
@@ -170,7 +171,7 @@ async fn a_scripted_workload_is_exported_exactly() {
         .unwrap();
     assert_eq!(none, None);
     let failed = cache
-        .get_or_load::<String, _, _, _>("user-key-failing", || async {
+        .get_or_load::<String, _>("user-key-failing", || async {
             Err(std::io::Error::other("secret-value-in-error"))
         })
         .await;
@@ -337,7 +338,7 @@ fn building_outside_a_runtime_is_a_config_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiered_backend_reports_its_levels() {
     snapshotter();
-    let tiered = aside::TieredBackend::builder(MemoryBackend::new())
+    let tiered = aside::backend::TieredBackend::builder(MemoryBackend::new())
         .build()
         .unwrap();
     let cache = Cache::builder()

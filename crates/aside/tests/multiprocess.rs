@@ -59,7 +59,8 @@ use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aside::{Cache, EntryOptions, Invalidation, Key, RedisBackend};
+use aside::backend::RedisBackend;
+use aside::{Cache, EntryOptions, Invalidation, Key};
 use aside_test::RedisServer;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};

@@ -10,8 +10,9 @@
 use std::str::FromStr as _;
 use std::time::Duration;
 
+use aside::backend::RedisBackend;
 use aside::bridge::{BridgeError, BridgeHandle, ChangeBridge, TableMap};
-use aside::{Cache, EntryOptions, ErrorKind, RedisBackend};
+use aside::{Cache, EntryOptions, ErrorKind};
 use aside_test::RedisServer;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};

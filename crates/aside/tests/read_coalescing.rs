@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use aside::backend::RedisBackend;
 use aside::clock::ManualClock;
-use aside::{Cache, EntryOptions, RedisBackend};
+use aside::{Cache, EntryOptions};
 use aside_test::RedisServer;
 use redis_stats::{commandstats, raw, reset_stats};
 use tokio::sync::Notify;

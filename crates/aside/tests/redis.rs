@@ -5,7 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use aside::{Cache, RedisBackend};
+use aside::Cache;
+use aside::backend::RedisBackend;
 use aside_test::RedisServer;
 use common::{DbDown, Product, product};
 
@@ -355,7 +356,7 @@ macro_rules! namespaced {
 /// the namespace version).
 mod with_namespace_invalidation {
     use super::common;
-    use aside::RedisBackend;
+    use aside::backend::RedisBackend;
     namespaced!(
         namespace_invalidation_hides_everything,
         hit_and_miss,

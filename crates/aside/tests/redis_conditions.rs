@@ -5,8 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use aside::backend::RedisBackend;
 use aside::backend::TieredBackend;
-use aside::{Cache, EntryOptions, Key, RedisBackend};
+use aside::{Cache, EntryOptions, Key};
 use aside_test::RedisServer;
 
 #[derive(Debug, thiserror::Error)]

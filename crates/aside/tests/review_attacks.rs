@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use aside::clock::ManualClock;
-use aside::{
-    Backend, BackendError, Cache, Capabilities, EntryOptions, FillToken, Invalidation, Lease,
-    LeaseTimeout, Leases, MemoryBackend, Stored,
+use aside::backend::{
+    AcquireRequest, Acquired, Backend, BackendError, FillRequest, Found, Lease, LeaseAsk, Leases,
+    MemoryBackend, Profile, ReadRequest, SetRequest,
 };
+use aside::clock::ManualClock;
+use aside::{Cache, EntryOptions, Invalidation, LeaseTimeout};
 use tokio::sync::Notify;
 
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +111,7 @@ async fn attack_redis_entry_missing_the_asked_tag_is_served() {
     let on = || {
         Cache::builder()
             .namespace("a1r")
-            .backend(aside::RedisBackend::new(&redis.url()).unwrap())
+            .backend(aside::backend::RedisBackend::new(&redis.url()).unwrap())
             .build()
             .unwrap()
     };
@@ -133,7 +134,7 @@ async fn attack_joiner_with_an_extra_tag_takes_a_load_that_predates_its_invalida
     let calls = Arc::new(AtomicUsize::new(0));
     let leader = {
         let (c, l) = (cache.clone(), loader("old", Some(gate.clone()), &calls));
-        tokio::spawn(async move { c.get_or_load::<String, _, _, _>("k", l).await })
+        tokio::spawn(async move { c.get_or_load::<String, _>("k", l).await })
     };
     reached(&calls, 1).await;
     assert_eq!(
@@ -142,10 +143,7 @@ async fn attack_joiner_with_an_extra_tag_takes_a_load_that_predates_its_invalida
     );
     let late = {
         let (c, l) = (cache.clone(), loader("new", None, &calls));
-        tokio::spawn(async move {
-            c.get_or_load_with::<String, _, _, _>("k", &tags(&["t"]), l)
-                .await
-        })
+        tokio::spawn(async move { c.get_or_load_with::<String, _>("k", &tags(&["t"]), l).await })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     gate.notify_one();
@@ -178,56 +176,45 @@ struct Scripted {
 
 #[async_trait::async_trait]
 impl Backend for Scripted {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::remote()
+    fn profile(&self) -> Profile {
+        Profile::remote()
     }
     fn leases(&self) -> Option<&dyn Leases> {
         Some(self)
     }
-    async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError> {
-        let got = self.inner.get(key).await;
-        if self.hold_next_get.swap(false, Ordering::SeqCst) {
+    async fn read(&self, request: &ReadRequest<'_>) -> Result<Found, BackendError> {
+        let got = self.inner.read(request).await;
+        if request.versions.is_empty() && self.hold_next_get.swap(false, Ordering::SeqCst) {
             self.get_held.notify_one();
             self.release_get.notified().await;
         }
         got
     }
-    async fn get_with_versions(
-        &self,
-        key: &str,
-        versions: &[String],
-    ) -> Result<(Option<Stored>, Vec<u64>), BackendError> {
-        self.inner.get_with_versions(key, versions).await
+    /// Leased acquires are counted and answer "held elsewhere" while
+    /// `busy`.
+    async fn acquire(&self, request: &AcquireRequest<'_>) -> Result<Vec<Acquired>, BackendError> {
+        let mut got = self.inner.acquire(request).await?;
+        if let Some(lease) = request.lease {
+            for a in &mut got {
+                self.acquires.fetch_add(1, Ordering::SeqCst);
+                let held = if self.busy.load(Ordering::SeqCst) {
+                    Lease::Busy(Duration::from_secs(5))
+                } else {
+                    Lease::Held(lease.token.to_owned())
+                };
+                a.token = a.token.clone().with_lease(held);
+            }
+        }
+        Ok(got)
     }
-    async fn get_for_fill(
-        &self,
-        key: &str,
-        versions: &[String],
-        marker_ttl: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        self.inner.get_for_fill(key, versions, marker_ttl).await
+    async fn fill(&self, request: &FillRequest<'_>) -> Result<Vec<bool>, BackendError> {
+        self.inner.fill(request).await
     }
-    async fn fill(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        token: &FillToken,
-        versions: &[String],
-    ) -> Result<bool, BackendError> {
-        self.inner.fill(key, value, ttl, token, versions).await
+    async fn remove_versions(&self, versions: &[String]) -> Result<(), BackendError> {
+        self.inner.remove_versions(versions).await
     }
-    async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError> {
-        self.inner.bump_versions(versions).await
-    }
-    async fn set(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        versions: &[String],
-    ) -> Result<(), BackendError> {
-        self.inner.set(key, value, ttl, versions).await
+    async fn set(&self, request: &SetRequest<'_>) -> Result<(), BackendError> {
+        self.inner.set(request).await
     }
     async fn invalidate(&self, keys: &[String]) -> Result<(), BackendError> {
         self.inner.invalidate(keys).await
@@ -237,35 +224,13 @@ impl Backend for Scripted {
 /// Leases as the tests script them: only the acquire is of interest.
 #[async_trait::async_trait]
 impl Leases for Scripted {
-    async fn get_for_fill_leased(
-        &self,
-        key: &str,
-        versions: &[String],
-        marker_ttl: Duration,
-        token: &str,
-        _ttl: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        self.acquires.fetch_add(1, Ordering::SeqCst);
-        let (stored, fill) = self.inner.get_for_fill(key, versions, marker_ttl).await?;
-        let lease = if self.busy.load(Ordering::SeqCst) {
-            Lease::Busy(Duration::from_secs(5))
-        } else {
-            Lease::Held(token.to_owned())
-        };
-        Ok((stored, fill.with_lease(lease)))
+    async fn renew(&self, keys: &[String], _: LeaseAsk<'_>) -> Result<Vec<bool>, BackendError> {
+        Ok(vec![true; keys.len()])
     }
-    async fn renew_lease(
-        &self,
-        _key: &str,
-        _token: &str,
-        _ttl: Duration,
-    ) -> Result<bool, BackendError> {
-        Ok(true)
-    }
-    async fn release_lease(&self, _key: &str, _token: &str) -> Result<(), BackendError> {
+    async fn release(&self, _keys: &[String], _token: &str) -> Result<(), BackendError> {
         Ok(())
     }
-    fn watch_fills(&self, _key: &str) -> Option<aside::FillWatch> {
+    fn watch_fills(&self, _key: &str) -> Option<aside::backend::FillWatch> {
         None
     }
 }
@@ -310,7 +275,7 @@ async fn attack_serve_stale_at_lease_timeout_reaches_a_caller_that_began_after_t
     let gate1 = Arc::new(Notify::new());
     let l1 = {
         let (c, l) = (a.clone(), loader("mid", Some(gate1.clone()), &calls));
-        tokio::spawn(async move { c.get_or_load::<String, _, _, _>("k", l).await })
+        tokio::spawn(async move { c.get_or_load::<String, _>("k", l).await })
     };
     reached(&calls, 1).await;
 
@@ -318,7 +283,7 @@ async fn attack_serve_stale_at_lease_timeout_reaches_a_caller_that_began_after_t
     backend.hold_next_get.store(true, Ordering::SeqCst);
     let o = {
         let (c, l) = (a.clone(), loader("o", None, &calls));
-        tokio::spawn(async move { c.get_or_load::<String, _, _, _>("k", l).await })
+        tokio::spawn(async move { c.get_or_load::<String, _>("k", l).await })
     };
     backend.get_held.notified().await;
 
@@ -328,7 +293,7 @@ async fn attack_serve_stale_at_lease_timeout_reaches_a_caller_that_began_after_t
     // C0 begins now: it misses and joins F1.
     let c0 = {
         let (c, l) = (a.clone(), loader("new", None, &calls));
-        tokio::spawn(async move { c.get_or_load::<String, _, _, _>("k", l).await })
+        tokio::spawn(async move { c.get_or_load::<String, _>("k", l).await })
     };
     for _ in 0..500 {
         if a.stats().coalesced >= 1 {
@@ -377,7 +342,7 @@ fn redis_cache(redis: &aside_test::RedisServer, ns: &str) -> Cache {
     Cache::builder()
         .namespace(ns)
         .backend_retry_after(Duration::from_secs(30))
-        .backend(aside::RedisBackend::new(&redis.url()).unwrap())
+        .backend(aside::backend::RedisBackend::new(&redis.url()).unwrap())
         .build()
         .unwrap()
 }
@@ -444,7 +409,7 @@ async fn regression_foreign_strings_under_tokens_are_replaced_and_invalidations_
         Cache::builder()
             .namespace("a4r")
             .namespace_invalidation(true)
-            .backend(aside::RedisBackend::new(&redis.url()).unwrap())
+            .backend(aside::backend::RedisBackend::new(&redis.url()).unwrap())
             .build()
             .unwrap()
     };
@@ -533,54 +498,28 @@ impl Flaky {
 
 #[async_trait::async_trait]
 impl Backend for Flaky {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::remote()
+    fn profile(&self) -> Profile {
+        Profile::remote()
     }
-    async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError> {
+    async fn read(&self, request: &ReadRequest<'_>) -> Result<Found, BackendError> {
         self.check()?;
-        self.inner.get(key).await
+        self.inner.read(request).await
     }
-    async fn get_with_versions(
-        &self,
-        key: &str,
-        versions: &[String],
-    ) -> Result<(Option<Stored>, Vec<u64>), BackendError> {
+    async fn acquire(&self, request: &AcquireRequest<'_>) -> Result<Vec<Acquired>, BackendError> {
         self.check()?;
-        self.inner.get_with_versions(key, versions).await
+        self.inner.acquire(request).await
     }
-    async fn get_for_fill(
-        &self,
-        key: &str,
-        versions: &[String],
-        marker_ttl: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
+    async fn fill(&self, request: &FillRequest<'_>) -> Result<Vec<bool>, BackendError> {
         self.check()?;
-        self.inner.get_for_fill(key, versions, marker_ttl).await
+        self.inner.fill(request).await
     }
-    async fn fill(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        token: &FillToken,
-        versions: &[String],
-    ) -> Result<bool, BackendError> {
+    async fn remove_versions(&self, versions: &[String]) -> Result<(), BackendError> {
         self.check()?;
-        self.inner.fill(key, value, ttl, token, versions).await
+        self.inner.remove_versions(versions).await
     }
-    async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError> {
+    async fn set(&self, request: &SetRequest<'_>) -> Result<(), BackendError> {
         self.check()?;
-        self.inner.bump_versions(versions).await
-    }
-    async fn set(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        versions: &[String],
-    ) -> Result<(), BackendError> {
-        self.check()?;
-        self.inner.set(key, value, ttl, versions).await
+        self.inner.set(request).await
     }
     async fn invalidate(&self, keys: &[String]) -> Result<(), BackendError> {
         self.check()?;
@@ -669,7 +608,7 @@ async fn regression_foreground_joiner_of_a_background_refresh_after_a_remote_inv
     assert_eq!(b.invalidate("k").await.unwrap(), Invalidation::Applied);
     let late = {
         let (c, l) = (a.clone(), loader("new", None, &calls));
-        tokio::spawn(async move { c.get_or_load::<String, _, _, _>("k", l).await })
+        tokio::spawn(async move { c.get_or_load::<String, _>("k", l).await })
     };
     for _ in 0..500 {
         if a.stats().coalesced >= 1 {
@@ -696,7 +635,7 @@ async fn attack_foreign_lease_without_expiry_stalls_every_miss() {
         .namespace("a6")
         .lease_ttl(Duration::from_millis(500))
         .lease_wait(Duration::from_secs(3))
-        .backend(aside::RedisBackend::new(&redis.url()).unwrap())
+        .backend(aside::backend::RedisBackend::new(&redis.url()).unwrap())
         .build()
         .unwrap();
     let mut conn = raw(&redis).await;

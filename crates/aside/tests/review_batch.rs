@@ -8,8 +8,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use aside::Cache;
+use aside::backend::RedisBackend;
 use aside::backend::{MemoryBackend, TieredBackend};
-use aside::{Cache, RedisBackend};
 use aside_test::RedisServer;
 
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aside::{Cache, EntryOptions, RedisBackend};
+use aside::backend::RedisBackend;
+use aside::{Cache, EntryOptions};
 use aside_test::RedisServer;
 use tokio::sync::Notify;
 

@@ -15,11 +15,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aside::backend::TieredBackend;
-use aside::clock::ManualClock;
-use aside::{
-    Backend, BackendError, Backplane, BackplaneListener, BackplaneSubscription, Cache,
-    Capabilities, EntryOptions, FillToken, MemoryBackend, Stored,
+use aside::backend::{
+    AcquireRequest, Acquired, Backend, BackendError, Backplane, BackplaneListener,
+    BackplaneSubscription, FillRequest, FillToken, Found, MemoryBackend, Profile, ReadRequest,
+    SetRequest,
 };
+use aside::clock::ManualClock;
+use aside::{Cache, EntryOptions};
 use tokio::sync::oneshot;
 
 #[derive(Debug, thiserror::Error)]
@@ -91,46 +93,34 @@ impl Gated {
 
 #[async_trait::async_trait]
 impl Backend for Gated {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+    fn profile(&self) -> Profile {
+        self.inner.profile()
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError> {
-        let r = self.inner.get(key).await;
-        self.ctl.get.point().await;
+    /// A read stops at the `get` point, or at `get_with_versions` when it
+    /// reads version tokens too.
+    async fn read(&self, request: &ReadRequest<'_>) -> Result<Found, BackendError> {
+        let r = self.inner.read(request).await;
+        if request.versions.is_empty() {
+            self.ctl.get.point().await;
+        } else {
+            self.ctl.get_with_versions.point().await;
+        }
         r
     }
 
-    async fn get_for_fill(
-        &self,
-        key: &str,
-        versions: &[String],
-        marker_ttl: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        self.inner.get_for_fill(key, versions, marker_ttl).await
+    async fn acquire(&self, request: &AcquireRequest<'_>) -> Result<Vec<Acquired>, BackendError> {
+        self.inner.acquire(request).await
     }
 
-    async fn fill(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        token: &FillToken,
-        versions: &[String],
-    ) -> Result<bool, BackendError> {
-        let r = self.inner.fill(key, value, ttl, token, versions).await;
+    async fn fill(&self, request: &FillRequest<'_>) -> Result<Vec<bool>, BackendError> {
+        let r = self.inner.fill(request).await;
         self.ctl.fill.point().await;
         r
     }
 
-    async fn set(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        versions: &[String],
-    ) -> Result<(), BackendError> {
-        let r = self.inner.set(key, value, ttl, versions).await;
+    async fn set(&self, request: &SetRequest<'_>) -> Result<(), BackendError> {
+        let r = self.inner.set(request).await;
         self.ctl.set.point().await;
         r
     }
@@ -150,18 +140,8 @@ impl Backend for Gated {
         self.inner.invalidate(keys).await
     }
 
-    async fn get_with_versions(
-        &self,
-        key: &str,
-        versions: &[String],
-    ) -> Result<(Option<Stored>, Vec<u64>), BackendError> {
-        let r = self.inner.get_with_versions(key, versions).await;
-        self.ctl.get_with_versions.point().await;
-        r
-    }
-
-    async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError> {
-        self.inner.bump_versions(versions).await
+    async fn remove_versions(&self, versions: &[String]) -> Result<(), BackendError> {
+        self.inner.remove_versions(versions).await
     }
 }
 
@@ -589,44 +569,29 @@ struct Empty;
 
 #[async_trait::async_trait]
 impl Backend for Empty {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::in_process()
+    fn profile(&self) -> Profile {
+        Profile::in_process()
     }
-    async fn get(&self, _: &str) -> Result<Option<Stored>, BackendError> {
-        Ok(None)
+    async fn read(&self, request: &ReadRequest<'_>) -> Result<Found, BackendError> {
+        Ok(Found::new(
+            vec![None; request.keys.len()],
+            vec![0; request.versions.len()],
+        ))
     }
-    async fn get_for_fill(
-        &self,
-        _: &str,
-        versions: &[String],
-        _: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        Ok((None, FillToken::new(1, vec![1; versions.len()])))
+    async fn acquire(&self, request: &AcquireRequest<'_>) -> Result<Vec<Acquired>, BackendError> {
+        let token = FillToken::new(1, vec![1; request.versions.len()]);
+        Ok(vec![Acquired::new(None, token); request.keys.len()])
     }
-    async fn fill(
-        &self,
-        _: &str,
-        _: Stored,
-        _: Duration,
-        _: &FillToken,
-        _: &[String],
-    ) -> Result<bool, BackendError> {
-        Ok(false)
+    async fn fill(&self, request: &FillRequest<'_>) -> Result<Vec<bool>, BackendError> {
+        Ok(vec![false; request.fills.len()])
     }
-    async fn set(&self, _: &str, _: Stored, _: Duration, _: &[String]) -> Result<(), BackendError> {
+    async fn set(&self, _: &SetRequest<'_>) -> Result<(), BackendError> {
         Ok(())
     }
     async fn invalidate(&self, _: &[String]) -> Result<(), BackendError> {
         Ok(())
     }
-    async fn get_with_versions(
-        &self,
-        _: &str,
-        versions: &[String],
-    ) -> Result<(Option<Stored>, Vec<u64>), BackendError> {
-        Ok((None, vec![0; versions.len()]))
-    }
-    async fn bump_versions(&self, _: &[String]) -> Result<(), BackendError> {
+    async fn remove_versions(&self, _: &[String]) -> Result<(), BackendError> {
         Ok(())
     }
 }
@@ -649,12 +614,19 @@ fn guards_child() {
             .unwrap();
         let prefix = "p".repeat(180);
         // Warm up allocator and moka.
+        let get = |key: String| {
+            let tier = &tier;
+            async move {
+                let keys = [key];
+                tier.read(&ReadRequest::new(&keys, &[])).await
+            }
+        };
         for i in 0..1_000 {
-            let _ = tier.get(&format!("{{{NS}:{prefix}{i}}}")).await;
+            let _ = get(format!("{{{NS}:{prefix}{i}}}")).await;
         }
         let before = rss_bytes();
         for i in 0..300_000 {
-            let _ = tier.get(&format!("{{{NS}:{prefix}w{i}}}")).await;
+            let _ = get(format!("{{{NS}:{prefix}w{i}}}")).await;
         }
         let grown = rss_bytes().saturating_sub(before);
         assert_eq!(tier.stats().l1_entries, 0);

@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aside::{Cache, EntryOptions, Invalidation, RedisBackend};
+use aside::backend::RedisBackend;
+use aside::{Cache, EntryOptions, Invalidation};
 use aside_test::{Proxy, RedisServer, RequestCut};
 use tokio::sync::oneshot;
 

@@ -30,8 +30,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use aside::backend::RedisBackend;
 use aside::backend::TieredBackend;
-use aside::{Cache, EntryOptions, Key, RedisBackend};
+use aside::{Cache, EntryOptions, Key};
 use aside_test::RedisServer;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};

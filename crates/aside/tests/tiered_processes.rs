@@ -1045,7 +1045,8 @@ async fn an_l1_copy_behind_its_tag_token_is_replaced_by_the_current_entry() {
     // X's read reaches L2 now: the old entry, the new tokens.
     let ns = run.namespace();
     let deps = [format!("{ns}:n"), format!("{ns}:t:g")];
-    xb.get_with_versions(&x.backend_key("k"), &deps)
+    let keys = [x.backend_key("k")];
+    xb.read(&aside::backend::ReadRequest::new(&keys, &deps))
         .await
         .unwrap();
     gate.notify_one();

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aside::{Cache, HotKeys, MemoryBackend, RedisBackend, WarmOptions, WarmProgress};
+use aside::backend::{MemoryBackend, RedisBackend};
+use aside::{Cache, HotKeys, WarmOptions, WarmProgress};
 use aside_test::RedisServer;
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, ensure};
-use aside::{Cache, MemoryBackend};
+use aside::Cache;
+use aside::backend::MemoryBackend;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use db::Db;

@@ -1,8 +1,9 @@
-//! The lease checks: [`Leases`](aside::Leases), for backends that have them.
+//! The lease checks: [`Leases`](aside::backend::Leases), for backends that
+//! have them.
 
 use std::time::{Duration, Instant};
 
-use aside::{Backend, FillToken, FillWatch, Lease};
+use aside::backend::{Backend, FillToken, FillWatch, Lease, LeaseAsk};
 
 use super::{Ctx, clause, ensure};
 
@@ -20,23 +21,27 @@ const READY: Duration = Duration::from_secs(5);
 
 impl<B: Backend> Ctx<B> {
     async fn take(&self, key: &str, holder: &str, ttl: Duration) -> FillToken {
-        let (_, token) = self
-            .op(
-                "get_for_fill_leased",
-                self.leases()
-                    .get_for_fill_leased(key, &[], LONG, holder, ttl),
-            )
-            .await;
-        token
+        self.leases();
+        self.acquire_leased(key, &[], holder, ttl).await.1
     }
 
     async fn renew(&self, key: &str, holder: &str) -> bool {
-        self.op("renew_lease", self.leases().renew_lease(key, holder, LEASE))
-            .await
+        let keys = [key.to_owned()];
+        let renewal = self.leases().renew(&keys, LeaseAsk::new(holder, LEASE));
+        let renewed = self.op("renew", renewal).await;
+        ensure!(
+            self,
+            renewed.len() == 1,
+            clause::LEASE_RENEW,
+            "renew of one key returned {} answers",
+            renewed.len()
+        );
+        renewed[0]
     }
 
     async fn release(&self, key: &str, holder: &str) {
-        self.op("release_lease", self.leases().release_lease(key, holder))
+        let keys = [key.to_owned()];
+        self.op("release", self.leases().release(&keys, holder))
             .await;
     }
 
@@ -48,7 +53,7 @@ impl<B: Backend> Ctx<B> {
             self,
             *token.lease() == Lease::Held(holder.to_owned()),
             clause::LEASE_TAKE,
-            "{why}: get_for_fill_leased with the token {holder:?} returned the lease {:?}, \
+            "{why}: acquire with a lease with the token {holder:?} returned the lease {:?}, \
              expected Held({holder:?})",
             token.lease()
         );
@@ -62,7 +67,7 @@ impl<B: Backend> Ctx<B> {
             self,
             matches!(token.lease(), Lease::Busy(_)),
             clause,
-            "{why}: another token's get_for_fill_leased returned the lease {:?}, expected Busy",
+            "{why}: another token's acquire with a lease returned the lease {:?}, expected Busy",
             token.lease()
         );
     }
@@ -71,30 +76,24 @@ impl<B: Backend> Ctx<B> {
 pub(super) async fn first_caller_holds_second_is_busy<B: Backend>(c: &Ctx<B>) {
     let k = c.key("k");
     let (a, b) = (c.unique("a"), c.unique("b"));
-    let (entry, held) = c
-        .op(
-            "get_for_fill_leased",
-            c.leases()
-                .get_for_fill_leased(&k, &[c.version("v")], LONG, &a, LEASE),
-        )
-        .await;
+    c.leases();
+    let (entry, held) = c.acquire_leased(&k, &[c.version("v")], &a, LEASE).await;
     ensure!(
         c,
         *held.lease() == Lease::Held(a.clone()),
         clause::LEASE_TAKE,
-        "the first get_for_fill_leased of a new key returned the lease {:?}, expected Held",
+        "the first acquire with a lease of a new key returned the lease {:?}, expected Held",
         held.lease()
     );
     ensure!(
         c,
         entry.is_none()
-            && held.generation() != 0
+            && held.marker() != 0
             && held.versions().len() == 1
             && !held.versions().contains(&0),
-        clause::GET_FOR_FILL,
-        "get_for_fill_leased of a new key returned the entry {:?} and the token {held:?} \
-         (expected no entry, a non-zero marker and one non-zero counter)",
-        super::bytes(entry)
+        clause::ACQUIRE,
+        "acquire with a lease of a new key returned the entry {entry:?} and the token \
+         {held:?} (expected no entry, a non-zero marker and one non-zero counter)"
     );
     let busy = c.take(&k, &b, LEASE).await;
     match busy.lease() {
@@ -106,16 +105,16 @@ pub(super) async fn first_caller_holds_second_is_busy<B: Backend>(c: &Ctx<B>) {
         ),
         other => c.fail(
             clause::LEASE_TAKE,
-            format_args!("a second token's get_for_fill_leased returned the lease {other:?}"),
+            format_args!("a second token's acquire with a lease returned the lease {other:?}"),
         ),
     }
     ensure!(
         c,
-        busy.generation() == held.generation(),
+        busy.marker() == held.marker(),
         clause::SAME_MARKER,
-        "the holder's and a waiter's get_for_fill_leased returned the markers {} and {}",
-        held.generation(),
-        busy.generation()
+        "the holder's and a waiter's acquire with a lease returned the markers {} and {}",
+        held.marker(),
+        busy.marker()
     );
     // Still held: a third token is refused too.
     c.expect_busy(
@@ -134,20 +133,20 @@ pub(super) async fn renew_only_by_the_holder<B: Backend>(c: &Ctx<B>) {
         c,
         !c.renew(&k, &a).await,
         clause::LEASE_RENEW,
-        "renew_lease of a lease nobody took returned true"
+        "renew of a lease nobody took returned true"
     );
     c.hold(&k, &a, LEASE, "a new key").await;
     ensure!(
         c,
         c.renew(&k, &a).await,
         clause::LEASE_RENEW,
-        "the holder's renew_lease returned false"
+        "the holder's renew returned false"
     );
     ensure!(
         c,
         !c.renew(&k, &b).await,
         clause::LEASE_RENEW,
-        "another token's renew_lease returned true"
+        "another token's renew returned true"
     );
     // Renewing really extends: a short lease renewed for LEASE outlives its
     // first term.
@@ -157,7 +156,7 @@ pub(super) async fn renew_only_by_the_holder<B: Backend>(c: &Ctx<B>) {
         c,
         c.renew(&k, &a).await,
         clause::LEASE_RENEW,
-        "the holder's renew_lease returned false"
+        "the holder's renew returned false"
     );
     tokio::time::sleep(SHORT + GRACE).await;
     c.expect_busy(
@@ -175,7 +174,7 @@ pub(super) async fn renew_only_by_the_holder<B: Backend>(c: &Ctx<B>) {
         c,
         !c.renew(&k, &a).await,
         clause::LEASE_RENEW,
-        "renew_lease after the holder released the lease returned true"
+        "renew after the holder released the lease returned true"
     );
 }
 
@@ -189,12 +188,11 @@ pub(super) async fn release_by_the_holder_frees_the_lease<B: Backend>(c: &Ctx<B>
         &k,
         &b,
         clause::LEASE_RELEASE,
-        "after another token's release_lease",
+        "after another token's release",
     )
     .await;
     c.release(&k, &a).await;
-    c.hold(&k, &b, LEASE, "after the holder's release_lease")
-        .await;
+    c.hold(&k, &b, LEASE, "after the holder's release").await;
     // Releasing a free lease is not an error.
     c.release(&k, &b).await;
     c.release(&k, &b).await;
@@ -208,7 +206,7 @@ pub(super) async fn fill_with_the_held_lease_releases_it<B: Backend>(c: &Ctx<B>)
         c,
         c.fill(&k, b"leased", LONG, &token, &[]).await,
         clause::LEASE_FILL,
-        "the lease holder's fill, nothing changed since its get_for_fill_leased, was refused"
+        "the lease holder's fill, nothing changed since its acquire with a lease, was refused"
     );
     let got = c.get(&k).await;
     ensure!(

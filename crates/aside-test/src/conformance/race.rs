@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use aside::Backend;
+use aside::backend::Backend;
 
 use super::{Ctx, clause, ensure, join};
 
@@ -30,7 +30,7 @@ pub(super) async fn fill_racing_invalidate_is_refused<B: Backend>(c: &Ctx<B>) {
             for round in 0..ROUNDS {
                 let key = c.key(&format!("k{}", (task + round) % KEYS));
                 let keys = std::slice::from_ref(&key);
-                let (_, token) = c.get_for_fill(&key, &[], LONG).await;
+                let (_, token) = c.acquire(&key, &[], LONG).await;
                 jitter.pause().await;
                 c.invalidate(keys).await;
                 jitter.pause().await;
@@ -40,7 +40,7 @@ pub(super) async fn fill_racing_invalidate_is_refused<B: Backend>(c: &Ctx<B>) {
                     c,
                     !stored,
                     clause::RACE,
-                    "task {task} round {round}: get_for_fill; invalidate (completed); fill \
+                    "task {task} round {round}: acquire; invalidate (completed); fill \
                      with the token: accepted, with {} tasks racing on {KEYS} keys",
                     TASKS
                 );
@@ -55,7 +55,7 @@ pub(super) async fn fill_racing_invalidate_is_refused<B: Backend>(c: &Ctx<B>) {
                 // Now and then, a fill that should succeed, to give the other
                 // tasks entries to race against.
                 if round % 4 == 0 {
-                    let (_, token) = c.get_for_fill(&key, &[], LONG).await;
+                    let (_, token) = c.acquire(&key, &[], LONG).await;
                     let _ = c.fill(&key, b"fresh", LONG, &token, &[]).await;
                 }
             }
@@ -69,7 +69,7 @@ pub(super) async fn fill_racing_invalidate_is_refused<B: Backend>(c: &Ctx<B>) {
 /// Writers, loaders and readers on `KEYS` keys, each with a "source of
 /// truth" counter. A writer bumps the truth, then invalidates the key, then
 /// publishes the truth it wrote as the key's *floor*. A loader takes a token,
-/// then reads the truth (as a load reads its database after `get_for_fill`),
+/// then reads the truth (as a load reads its database after `acquire`),
 /// then fills it. A reader reads the floor, then the key: any value it finds
 /// must be at least that floor. A value below it was loaded before an
 /// invalidation that had completed before the read began; a backend whose
@@ -131,7 +131,7 @@ pub(super) async fn no_stale_read_after_invalidate<B: Backend>(c: &Ctx<B>) {
             for round in 0..ROUNDS {
                 let i = (l + round) % KEYS;
                 let key = c.key(&format!("k{i}"));
-                let (_, token) = c.get_for_fill(&key, &[], LONG).await;
+                let (_, token) = c.acquire(&key, &[], LONG).await;
                 jitter.pause().await;
                 let v = rows[i].truth.load(Ordering::SeqCst);
                 jitter.pause().await;

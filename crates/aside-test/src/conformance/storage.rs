@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use aside::{Backend, FillToken};
+use aside::backend::{Backend, FillToken};
 
 use super::{Ctx, clause, ensure};
 
@@ -13,28 +13,30 @@ const LONG: Duration = Duration::from_secs(60);
 /// Binary, not UTF-8, with zero bytes: stored and returned as they are.
 pub(super) const VALUE: &[u8] = &[0, 159, 146, 150, 255, 0, b'a', b's', b'i', b'd', b'e', 0];
 
-pub(super) async fn capabilities_are_consistent<B: Backend>(c: &Ctx<B>) {
-    let caps = c.backend.capabilities();
+pub(super) async fn profile_is_consistent<B: Backend>(c: &Ctx<B>) {
+    let profile = c.backend.profile();
     for _ in 0..3 {
-        let again = c.backend.capabilities();
+        let again = c.backend.profile();
         ensure!(
             c,
-            again == caps,
-            clause::CAPABILITIES,
-            "capabilities() changed between calls: {caps:?} then {again:?}"
+            again == profile,
+            clause::PROFILE,
+            "profile() changed between calls: {profile:?} then {again:?}"
         );
     }
-    c.op("ping", c.backend.ping()).await;
+    if let Some(inspect) = c.backend.inspect() {
+        c.op("ping", inspect.ping()).await;
+    }
 
     // `get_now` agrees with `get`, on a missing and on a present key.
     let k = c.key("k");
     check_get_now(c, &k, None).await;
-    let (_, token) = c.get_for_fill(&k, &[], LONG).await;
+    let (_, token) = c.acquire(&k, &[], LONG).await;
     ensure!(
         c,
         c.fill(&k, VALUE, LONG, &token, &[]).await,
         clause::FILL,
-        "a fill with the token of the key's first get_for_fill was refused"
+        "a fill with the token of the key's first acquire was refused"
     );
     check_get_now(c, &k, Some(VALUE)).await;
 }
@@ -73,82 +75,82 @@ pub(super) async fn missing_key_reads_none<B: Backend>(c: &Ctx<B>) {
         clause::GET,
         "get of a key never written returned {got:?}"
     );
-    let (got, versions) = c.get_with_versions(&k, &[]).await;
+    let (got, versions) = c.read(&k, &[]).await;
     ensure!(
         c,
         got.is_none() && versions.is_empty(),
-        clause::GET_WITH_VERSIONS,
-        "get_with_versions of a key never written, no counters, returned ({got:?}, {versions:?})"
+        clause::READ_VERSIONS,
+        "read of a key never written, no counters, returned ({got:?}, {versions:?})"
     );
 }
 
-pub(super) async fn get_for_fill_creates_fresh_tokens<B: Backend>(c: &Ctx<B>) {
+pub(super) async fn acquire_creates_fresh_tokens<B: Backend>(c: &Ctx<B>) {
     let k = c.key("k");
     let (a, b) = (c.version("a"), c.version("b"));
-    let (entry, token) = c.get_for_fill(&k, &[a.clone(), b.clone()], LONG).await;
+    let (entry, token) = c.acquire(&k, &[a.clone(), b.clone()], LONG).await;
     ensure!(
         c,
         entry.is_none(),
         clause::GET,
-        "get_for_fill of a key never written returned the entry {entry:?}"
+        "acquire of a key never written returned the entry {entry:?}"
     );
     ensure!(
         c,
-        token.generation() != 0,
-        clause::GET_FOR_FILL,
+        token.marker() != 0,
+        clause::ACQUIRE,
         "the marker token of a new key is 0 (absent)"
     );
     ensure!(
         c,
         token.versions().len() == 2 && !token.versions().contains(&0),
-        clause::GET_FOR_FILL,
+        clause::ACQUIRE,
         "asked for 2 absent counters, got the tokens {:?} (expected 2 non-zero tokens)",
         token.versions()
     );
     // Created: they are there for readers, and in the order asked.
-    let (_, read) = c.get_with_versions(&k, &[b.clone(), a.clone()]).await;
+    let (_, read) = c.read(&k, &[b.clone(), a.clone()]).await;
     let expected = vec![token.versions()[1], token.versions()[0]];
     ensure!(
         c,
         read == expected,
-        clause::GET_FOR_FILL,
-        "get_for_fill's counters were not created (or not in the order asked): \
-         get_with_versions([b, a]) read {read:?}, get_for_fill([a, b]) returned {:?}",
+        clause::ACQUIRE,
+        "acquire's counters were not created (or not in the order asked): \
+         read([b, a]) read {read:?}, acquire([a, b]) returned {:?}",
         token.versions()
     );
     // No counters: no version tokens.
-    let (_, bare) = c.get_for_fill(&c.key("bare"), &[], LONG).await;
+    let (_, bare) = c.acquire(&c.key("bare"), &[], LONG).await;
     ensure!(
         c,
-        bare.generation() != 0 && bare.versions().is_empty(),
-        clause::GET_FOR_FILL,
-        "get_for_fill with no counters returned the marker {} and the versions {:?}",
-        bare.generation(),
+        bare.marker() != 0 && bare.versions().is_empty(),
+        clause::ACQUIRE,
+        "acquire with no counters returned the marker {} and the versions {:?}",
+        bare.marker(),
         bare.versions()
     );
 }
 
-pub(super) async fn get_with_versions_creates_nothing<B: Backend>(c: &Ctx<B>) {
+pub(super) async fn read_creates_nothing<B: Backend>(c: &Ctx<B>) {
     let k = c.key("k");
     let names = [c.version("a"), c.version("b")];
     for round in 0..2 {
-        let (entry, read) = c.get_with_versions(&k, &names).await;
+        let (entry, read) = c.read(&k, &names).await;
         ensure!(
             c,
             entry.is_none() && read == [0, 0],
-            clause::GET_WITH_VERSIONS,
-            "get_with_versions of absent counters (read #{}) returned ({entry:?}, {read:?}), \
+            clause::READ_VERSIONS,
+            "read of absent counters (read #{}) returned ({entry:?}, {read:?}), \
              expected (None, [0, 0])",
             round + 1
         );
     }
     // A load then sees absent counters too: it creates them, non-zero.
-    let (_, token) = c.get_for_fill(&k, &names, LONG).await;
+    let (_, token) = c.acquire(&k, &names, LONG).await;
     ensure!(
         c,
         !token.versions().contains(&0),
-        clause::GET_FOR_FILL,
-        "get_for_fill after get_with_versions returned the tokens {:?}",
+        clause::ACQUIRE,
+        "acquire after read returned the tokens {:?}",
         token.versions()
     );
 }
@@ -156,12 +158,12 @@ pub(super) async fn get_with_versions_creates_nothing<B: Backend>(c: &Ctx<B>) {
 pub(super) async fn fill_stores_exact_bytes<B: Backend>(c: &Ctx<B>) {
     let k = c.key("k");
     let v = [c.version("v")];
-    let (_, token) = c.get_for_fill(&k, &v, LONG).await;
+    let (_, token) = c.acquire(&k, &v, LONG).await;
     ensure!(
         c,
         c.fill(&k, VALUE, LONG, &token, &v).await,
         clause::FILL,
-        "a fill with the token of get_for_fill, nothing changed since, was refused"
+        "a fill with the token of acquire, nothing changed since, was refused"
     );
     let got = c.get(&k).await;
     ensure!(
@@ -170,28 +172,28 @@ pub(super) async fn fill_stores_exact_bytes<B: Backend>(c: &Ctx<B>) {
         clause::GET,
         "after a fill of {VALUE:?}, get returned {got:?}"
     );
-    let (got, read) = c.get_with_versions(&k, &v).await;
+    let (got, read) = c.read(&k, &v).await;
     ensure!(
         c,
         got.as_deref() == Some(VALUE) && read == token.versions(),
-        clause::GET_WITH_VERSIONS,
-        "after a fill of {VALUE:?} with the counter token {:?}, get_with_versions returned \
+        clause::READ_VERSIONS,
+        "after a fill of {VALUE:?} with the counter token {:?}, read returned \
          ({got:?}, {read:?})",
         token.versions()
     );
     // A later load reads it, and its fill replaces it.
-    let (got, token) = c.get_for_fill(&k, &v, LONG).await;
+    let (got, token) = c.acquire(&k, &v, LONG).await;
     ensure!(
         c,
         got.as_deref() == Some(VALUE),
-        clause::GET_FOR_FILL,
-        "get_for_fill after a fill of {VALUE:?} read the entry {got:?}"
+        clause::ACQUIRE,
+        "acquire after a fill of {VALUE:?} read the entry {got:?}"
     );
     ensure!(
         c,
         c.fill(&k, b"second", LONG, &token, &v).await,
         clause::FILL,
-        "the fill of a second load, nothing changed since its get_for_fill, was refused"
+        "the fill of a second load, nothing changed since its acquire, was refused"
     );
     let got = c.get(&k).await;
     ensure!(
@@ -205,18 +207,18 @@ pub(super) async fn fill_stores_exact_bytes<B: Backend>(c: &Ctx<B>) {
 pub(super) async fn marker_is_stable_while_it_exists<B: Backend>(c: &Ctx<B>) {
     let k = c.key("k");
     let v = [c.version("v")];
-    let (_, first) = c.get_for_fill(&k, &v, LONG).await;
+    let (_, first) = c.acquire(&k, &v, LONG).await;
     for _ in 0..3 {
-        let (_, again) = c.get_for_fill(&k, &v, LONG).await;
+        let (_, again) = c.acquire(&k, &v, LONG).await;
         ensure!(
             c,
-            again.generation() == first.generation() && again.versions() == first.versions(),
+            again.marker() == first.marker() && again.versions() == first.versions(),
             clause::SAME_MARKER,
-            "get_for_fill returned the marker {} and counters {:?}, then the marker {} and \
+            "acquire returned the marker {} and counters {:?}, then the marker {} and \
              counters {:?}, with no invalidation between",
-            first.generation(),
+            first.marker(),
             first.versions(),
-            again.generation(),
+            again.marker(),
             again.versions()
         );
     }
@@ -225,21 +227,21 @@ pub(super) async fn marker_is_stable_while_it_exists<B: Backend>(c: &Ctx<B>) {
         c,
         c.fill(&k, VALUE, LONG, &first, &v).await,
         clause::FILL,
-        "a fill with the (unchanged) token of the first of several get_for_fill calls was refused"
+        "a fill with the (unchanged) token of the first of several acquire calls was refused"
     );
 }
 
 pub(super) async fn fill_after_invalidate_is_refused<B: Backend>(c: &Ctx<B>) {
     // A key never filled: the marker alone is removed.
     let k = c.key("new");
-    let (_, token) = c.get_for_fill(&k, &[], LONG).await;
+    let (_, token) = c.acquire(&k, &[], LONG).await;
     c.invalidate(std::slice::from_ref(&k)).await;
     let stored = c.fill(&k, b"stale", LONG, &token, &[]).await;
     ensure!(
         c,
         !stored,
         clause::FILL_AFTER_INVALIDATE,
-        "get_for_fill; invalidate; fill with the first token: the fill was accepted"
+        "acquire; invalidate; fill with the first token: the fill was accepted"
     );
     let got = c.get(&k).await;
     ensure!(
@@ -251,14 +253,14 @@ pub(super) async fn fill_after_invalidate_is_refused<B: Backend>(c: &Ctx<B>) {
 
     // A key with an entry: invalidate removes the entry as well.
     let k = c.key("filled");
-    let (_, token) = c.get_for_fill(&k, &[], LONG).await;
+    let (_, token) = c.acquire(&k, &[], LONG).await;
     ensure!(
         c,
         c.fill(&k, VALUE, LONG, &token, &[]).await,
         clause::FILL,
-        "a fill with the token of the key's first get_for_fill was refused"
+        "a fill with the token of the key's first acquire was refused"
     );
-    let (_, token) = c.get_for_fill(&k, &[], LONG).await;
+    let (_, token) = c.acquire(&k, &[], LONG).await;
     c.invalidate(std::slice::from_ref(&k)).await;
     let got = c.get(&k).await;
     ensure!(
@@ -273,14 +275,14 @@ pub(super) async fn fill_after_invalidate_is_refused<B: Backend>(c: &Ctx<B>) {
         c,
         !stored && got.is_none(),
         clause::FILL_AFTER_INVALIDATE,
-        "fill; get_for_fill; invalidate; fill with the second token: the fill returned \
+        "fill; acquire; invalidate; fill with the second token: the fill returned \
          {stored} and get then returned {got:?}"
     );
 }
 
 pub(super) async fn fill_after_set_is_refused<B: Backend>(c: &Ctx<B>) {
     let k = c.key("k");
-    let (_, token) = c.get_for_fill(&k, &[], LONG).await;
+    let (_, token) = c.acquire(&k, &[], LONG).await;
     c.set(&k, b"written", LONG, &[]).await;
     let stored = c.fill(&k, b"stale", LONG, &token, &[]).await;
     let got = c.get(&k).await;
@@ -288,7 +290,7 @@ pub(super) async fn fill_after_set_is_refused<B: Backend>(c: &Ctx<B>) {
         c,
         !stored && got.as_deref() == Some(&b"written"[..]),
         clause::FILL_AFTER_SET,
-        "get_for_fill; set \"written\"; fill \"stale\" with the first token: the fill returned \
+        "acquire; set \"written\"; fill \"stale\" with the first token: the fill returned \
          {stored} and get then returned {got:?}"
     );
 }
@@ -307,22 +309,22 @@ pub(super) async fn set_is_unconditional_and_removes_the_marker<B: Backend>(c: &
         );
     }
     // The marker goes: the next load gets a new one.
-    let (_, before) = c.get_for_fill(&k, &[], LONG).await;
+    let (_, before) = c.acquire(&k, &[], LONG).await;
     c.set(&k, b"two", LONG, &[]).await;
-    let (got, after) = c.get_for_fill(&k, &[], LONG).await;
+    let (got, after) = c.acquire(&k, &[], LONG).await;
     ensure!(
         c,
-        after.generation() != before.generation(),
+        after.marker() != before.marker(),
         clause::SET,
-        "get_for_fill returned the marker {} before a set and the same one after it \
+        "acquire returned the marker {} before a set and the same one after it \
          (the set kept the marker, or it was re-created with its old value)",
-        before.generation()
+        before.marker()
     );
     ensure!(
         c,
         got.as_deref() == Some(&b"two"[..]),
-        clause::GET_FOR_FILL,
-        "after set of \"two\", get_for_fill read the entry {got:?}"
+        clause::ACQUIRE,
+        "after set of \"two\", acquire read the entry {got:?}"
     );
 }
 
@@ -333,20 +335,20 @@ pub(super) async fn recreated_tokens_differ<B: Backend>(c: &Ctx<B>) {
     let mut versions = HashSet::new();
     let mut previous: Option<FillToken> = None;
     for round in 1..=20 {
-        let (_, token) = c.get_for_fill(&k, &v, LONG).await;
-        let (m, t) = (token.generation(), token.versions()[0]);
+        let (_, token) = c.acquire(&k, &v, LONG).await;
+        let (m, t) = (token.marker(), token.versions()[0]);
         ensure!(
             c,
             markers.insert(m),
             clause::FRESH,
-            "round {round} of (get_for_fill; invalidate; bump_versions): the marker {m} was \
+            "round {round} of (acquire; invalidate; remove_versions): the marker {m} was \
              re-created with a value it had before"
         );
         ensure!(
             c,
             versions.insert(t),
             clause::FRESH,
-            "round {round} of (get_for_fill; invalidate; bump_versions): the counter token {t} \
+            "round {round} of (acquire; invalidate; remove_versions): the counter token {t} \
              was re-created with a value it had before"
         );
         // The old token does not validate a fill against the new ones.
@@ -362,22 +364,22 @@ pub(super) async fn recreated_tokens_differ<B: Backend>(c: &Ctx<B>) {
         }
         previous = Some(token);
         c.invalidate(std::slice::from_ref(&k)).await;
-        c.bump_versions(&v).await;
+        c.remove_versions(&v).await;
     }
 }
 
-pub(super) async fn fill_after_bump_versions_is_refused<B: Backend>(c: &Ctx<B>) {
+pub(super) async fn fill_after_remove_versions_is_refused<B: Backend>(c: &Ctx<B>) {
     let k = c.key("k");
     let (a, b) = (c.version("a"), c.version("b"));
     let both = [a.clone(), b.clone()];
-    let (_, token) = c.get_for_fill(&k, &both, LONG).await;
-    c.bump_versions(std::slice::from_ref(&b)).await;
-    let (_, read) = c.get_with_versions(&k, &both).await;
+    let (_, token) = c.acquire(&k, &both, LONG).await;
+    c.remove_versions(std::slice::from_ref(&b)).await;
+    let (_, read) = c.read(&k, &both).await;
     ensure!(
         c,
         read == [token.versions()[0], 0],
-        clause::BUMP,
-        "counters [a, b] held {:?}; after bump_versions([b]) get_with_versions read {read:?}",
+        clause::REMOVE,
+        "counters [a, b] held {:?}; after remove_versions([b]) read read {read:?}",
         token.versions()
     );
     let stored = c.fill(&k, b"stale", LONG, &token, &both).await;
@@ -385,19 +387,19 @@ pub(super) async fn fill_after_bump_versions_is_refused<B: Backend>(c: &Ctx<B>) 
     ensure!(
         c,
         !stored && got.is_none(),
-        clause::BUMP,
-        "get_for_fill([a, b]); bump_versions([b]); fill with the first token: the fill returned \
+        clause::REMOVE,
+        "acquire([a, b]); remove_versions([b]); fill with the first token: the fill returned \
          {stored} and get then returned {got:?}"
     );
     // The next load creates a fresh counter, and fills.
-    let (_, fresh) = c.get_for_fill(&k, &both, LONG).await;
+    let (_, fresh) = c.acquire(&k, &both, LONG).await;
     ensure!(
         c,
         fresh.versions()[0] == token.versions()[0]
             && fresh.versions()[1] != 0
             && fresh.versions()[1] != token.versions()[1],
-        clause::BUMP,
-        "before bump_versions([b]) the counters [a, b] held {:?}, after it get_for_fill \
+        clause::REMOVE,
+        "before remove_versions([b]) the counters [a, b] held {:?}, after it acquire \
          returned {:?} (expected a kept, b fresh)",
         token.versions(),
         fresh.versions()
@@ -406,7 +408,7 @@ pub(super) async fn fill_after_bump_versions_is_refused<B: Backend>(c: &Ctx<B>) 
         c,
         c.fill(&k, VALUE, LONG, &fresh, &both).await,
         clause::FILL,
-        "a fill with the token of the load after bump_versions was refused"
+        "a fill with the token of the load after remove_versions was refused"
     );
 }
 
@@ -431,10 +433,10 @@ pub(super) async fn absent_tokens_never_validate<B: Backend>(c: &Ctx<B>) {
 
     // The marker and counter exist: 0 in place of either never matches.
     let k = c.key("loaded");
-    let (_, token) = c.get_for_fill(&k, &v, LONG).await;
+    let (_, token) = c.acquire(&k, &v, LONG).await;
     for forged in [
         FillToken::new(0, token.versions().to_vec()),
-        FillToken::new(token.generation(), vec![0]),
+        FillToken::new(token.marker(), vec![0]),
     ] {
         let stored = c.fill(&k, b"stale", LONG, &forged, &v).await;
         ensure!(
@@ -450,7 +452,7 @@ pub(super) async fn absent_tokens_never_validate<B: Backend>(c: &Ctx<B>) {
             &k,
             b"stale",
             LONG,
-            &FillToken::new(token.generation(), vec![0]),
+            &FillToken::new(token.marker(), vec![0]),
             &absent_v,
         )
         .await;
@@ -464,13 +466,13 @@ pub(super) async fn absent_tokens_never_validate<B: Backend>(c: &Ctx<B>) {
     );
 }
 
-pub(super) async fn invalidate_and_bump_of_missing_are_ok<B: Backend>(c: &Ctx<B>) {
+pub(super) async fn invalidate_and_remove_of_missing_are_ok<B: Backend>(c: &Ctx<B>) {
     // `op` fails the check on an error.
     c.invalidate(&[c.key("missing-1"), c.key("missing-2")])
         .await;
     c.invalidate(&[]).await;
-    c.bump_versions(&[c.version("missing")]).await;
-    c.bump_versions(&[]).await;
+    c.remove_versions(&[c.version("missing")]).await;
+    c.remove_versions(&[]).await;
 
     // Every listed key goes, present or not.
     let keys = [c.key("a"), c.key("b"), c.key("missing-3")];

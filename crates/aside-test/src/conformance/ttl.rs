@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use aside::Backend;
+use aside::backend::Backend;
 
 use super::storage::VALUE;
 use super::{Ctx, clause, ensure};
@@ -19,14 +19,14 @@ const GRACE: Duration = Duration::from_millis(250);
 pub(super) async fn versions_outlive_the_marker_ttl<B: Backend>(c: &Ctx<B>) {
     let (filled, set) = (c.key("filled"), c.key("set"));
     let (fv, sv) = ([c.version("f")], [c.version("s")]);
-    let (_, token) = c.get_for_fill(&filled, &fv, SHORT).await;
+    let (_, token) = c.acquire(&filled, &fv, SHORT).await;
     ensure!(
         c,
         c.fill(&filled, VALUE, LONG, &token, &fv).await,
         clause::FILL,
-        "a fill with the token of the key's first get_for_fill was refused"
+        "a fill with the token of the key's first acquire was refused"
     );
-    let (_, set_token) = c.get_for_fill(&set, &sv, SHORT).await;
+    let (_, set_token) = c.acquire(&set, &sv, SHORT).await;
     c.set(&set, VALUE, LONG, &sv).await;
     tokio::time::sleep(SHORT + GRACE).await;
 
@@ -34,13 +34,13 @@ pub(super) async fn versions_outlive_the_marker_ttl<B: Backend>(c: &Ctx<B>) {
         ("fill", &filled, &fv, token.versions()),
         ("set", &set, &sv, set_token.versions()),
     ] {
-        let (got, read) = c.get_with_versions(key, names).await;
+        let (got, read) = c.read(key, names).await;
         ensure!(
             c,
             got.as_deref() == Some(VALUE) && read == expected,
             clause::KEEP_VERSIONS,
-            "a counter created by get_for_fill with marker_ttl {SHORT:?} held {expected:?}; \
-             a {what} for {LONG:?} listed it; {:?} later get_with_versions read ({got:?}, {read:?})",
+            "a counter created by acquire with marker_ttl {SHORT:?} held {expected:?}; \
+             a {what} for {LONG:?} listed it; {:?} later read read ({got:?}, {read:?})",
             SHORT + GRACE
         );
     }
@@ -53,14 +53,14 @@ pub(super) async fn versions_outlive_the_marker_ttl<B: Backend>(c: &Ctx<B>) {
 pub(super) async fn lapsed_tokens_stay_gone<B: Backend>(c: &Ctx<B>) {
     let (k, other) = (c.key("k"), c.key("other"));
     let v = [c.version("v")];
-    let (_, token) = c.get_for_fill(&k, &v, SHORT).await;
+    let (_, token) = c.acquire(&k, &v, SHORT).await;
     tokio::time::sleep(SHORT + GRACE).await;
-    let (_, read) = c.get_with_versions(&k, &v).await;
+    let (_, read) = c.read(&k, &v).await;
     if read != [0] {
         return; // Kept longer than `marker_ttl`: nothing to check.
     }
     c.set(&other, VALUE, LONG, &v).await;
-    let (_, read) = c.get_with_versions(&other, &v).await;
+    let (_, read) = c.read(&other, &v).await;
     ensure!(
         c,
         read == [0],
@@ -79,12 +79,12 @@ pub(super) async fn lapsed_tokens_stay_gone<B: Backend>(c: &Ctx<B>) {
 pub(super) async fn entries_expire_after_their_ttl<B: Backend>(c: &Ctx<B>) {
     let (filled, set) = (c.key("filled"), c.key("set"));
     let start = Instant::now();
-    let (_, token) = c.get_for_fill(&filled, &[], LONG).await;
+    let (_, token) = c.acquire(&filled, &[], LONG).await;
     ensure!(
         c,
         c.fill(&filled, VALUE, SHORT, &token, &[]).await,
         clause::FILL,
-        "a fill with the token of the key's first get_for_fill was refused"
+        "a fill with the token of the key's first acquire was refused"
     );
     c.set(&set, VALUE, SHORT, &[]).await;
     for key in [&filled, &set] {
@@ -116,12 +116,12 @@ async fn check_gone<B: Backend>(c: &Ctx<B>, key: &str) {
         "an entry stored for {SHORT:?} was still returned by get {:?} later: {got:?}",
         SHORT + GRACE
     );
-    let (got, _) = c.get_with_versions(key, &[]).await;
+    let (got, _) = c.read(key, &[]).await;
     ensure!(
         c,
         got.is_none(),
         clause::EXPIRY,
-        "an entry stored for {SHORT:?} was still returned by get_with_versions {:?} later",
+        "an entry stored for {SHORT:?} was still returned by read {:?} later",
         SHORT + GRACE
     );
     if let Some(Ok(Some(_))) = c.backend.get_now(key) {

@@ -17,20 +17,19 @@ use tokio::sync::Notify;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Op {
-    /// Reads: `get`, `get_now`, `get_with_versions`, `get_many`, `describe`.
+    /// Reads: `read`, `get_now`, `describe`.
     Read,
-    /// A load's first step: `get_for_fill`, `get_for_fill_many`, and their
-    /// leased forms `get_for_fill_leased`, `get_for_fill_leased_many`.
+    /// A load's first step: `acquire` (leases taken included).
     Acquire,
-    /// `fill`, `fill_many`.
+    /// `fill`.
     Fill,
-    /// `set`, `set_many`.
+    /// `set`.
     Set,
     /// `invalidate`.
     Invalidate,
-    /// `bump_versions` (tag and namespace invalidations).
-    BumpVersions,
-    /// `renew_lease`, `renew_leases`, `release_lease`, `release_leases`.
+    /// `remove_versions` (tag and namespace invalidations).
+    RemoveVersions,
+    /// `Leases::renew`, `Leases::release`.
     Lease,
     /// `ping`.
     Ping,
@@ -44,7 +43,7 @@ impl Op {
         Op::Fill,
         Op::Set,
         Op::Invalidate,
-        Op::BumpVersions,
+        Op::RemoveVersions,
         Op::Lease,
         Op::Ping,
     ];

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 use moka::ops::compute::{CompResult, Op};
 
-use super::{Backend, Capabilities, FillToken, Stored};
+use super::{
+    AcquireRequest, Acquired, Backend, Entry, FillRequest, FillToken, Found, Profile, ReadRequest,
+    SetRequest, Stored,
+};
 use crate::error::BackendError;
 
 /// An in-process backend on moka: bounded by entry count or by bytes, with a
@@ -34,7 +37,7 @@ use crate::error::BackendError;
 /// ```
 #[derive(Clone, Debug)]
 pub struct MemoryBackend {
-    cache: moka::sync::Cache<String, Entry>,
+    cache: moka::sync::Cache<String, Kept>,
     /// Key markers, by data key.
     markers: moka::sync::Cache<String, Token>,
     /// Tag and namespace version counters, by counter key.
@@ -43,8 +46,9 @@ pub struct MemoryBackend {
     evictions: Arc<AtomicU64>,
 }
 
+/// An entry as kept, with the TTL it was stored for.
 #[derive(Clone, Debug)]
-struct Entry {
+struct Kept {
     stored: Stored,
     ttl: Duration,
 }
@@ -69,15 +73,15 @@ fn fresh(ttl: Duration) -> Token {
 
 struct PerEntryTtl;
 
-impl Expiry<String, Entry> for PerEntryTtl {
-    fn expire_after_create(&self, _: &String, entry: &Entry, _: Instant) -> Option<Duration> {
+impl Expiry<String, Kept> for PerEntryTtl {
+    fn expire_after_create(&self, _: &String, entry: &Kept, _: Instant) -> Option<Duration> {
         Some(entry.ttl)
     }
 
     fn expire_after_update(
         &self,
         _: &String,
-        entry: &Entry,
+        entry: &Kept,
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
@@ -140,7 +144,7 @@ impl MemoryBackendBuilder {
             Bound::Entries(n) => builder.max_capacity(n).build(),
             Bound::Bytes(n) => builder
                 .max_capacity(n)
-                .weigher(|k: &String, e: &Entry| {
+                .weigher(|k: &String, e: &Kept| {
                     u32::try_from(k.len() + e.stored.bytes().len()).unwrap_or(u32::MAX)
                 })
                 .build(),
@@ -279,114 +283,61 @@ impl Default for MemoryBackend {
 /// never wait, and the cache's hit path uses [`Backend::get_now`].
 #[async_trait::async_trait]
 impl Backend for MemoryBackend {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::in_process()
+    fn profile(&self) -> Profile {
+        Profile::in_process()
     }
 
     fn get_now(&self, key: &str) -> Option<Result<Option<Stored>, BackendError>> {
         Some(Ok(self.get_entry(key)))
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError> {
-        Ok(self.get_entry(key))
+    async fn read(&self, request: &ReadRequest<'_>) -> Result<Found, BackendError> {
+        let entries = request.keys.iter().map(|k| self.get_entry(k)).collect();
+        Ok(Found::new(entries, self.read_versions(request.versions)))
     }
 
-    async fn get_with_versions(
-        &self,
-        key: &str,
-        versions: &[String],
-    ) -> Result<(Option<Stored>, Vec<u64>), BackendError> {
-        Ok((self.get_entry(key), self.read_versions(versions)))
-    }
-
-    async fn get_many(
-        &self,
-        keys: &[String],
-        versions: &[String],
-    ) -> Result<(Vec<Option<Stored>>, Vec<u64>), BackendError> {
-        let entries = keys.iter().map(|k| self.get_entry(k)).collect();
-        Ok((entries, self.read_versions(versions)))
-    }
-
-    async fn get_for_fill(
-        &self,
-        key: &str,
-        versions: &[String],
-        marker_ttl: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        let stored = self.get_entry(key);
-        let generation = token_of(&self.markers, key, marker_ttl);
-        let tokens = versions
+    async fn acquire(&self, request: &AcquireRequest<'_>) -> Result<Vec<Acquired>, BackendError> {
+        let ttl = request.marker_ttl;
+        Ok(request
+            .keys
             .iter()
-            .map(|name| token_of(&self.versions, name, marker_ttl))
-            .collect();
-        Ok((stored, FillToken::new(generation, tokens)))
+            .map(|key| {
+                let stored = self.get_entry(key);
+                let marker = token_of(&self.markers, key, ttl);
+                let tokens = request
+                    .versions
+                    .iter()
+                    .map(|name| token_of(&self.versions, name, ttl))
+                    .collect();
+                Acquired::new(stored, FillToken::new(marker, tokens))
+            })
+            .collect())
     }
 
-    async fn fill(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        token: &FillToken,
-        versions: &[String],
-    ) -> Result<bool, BackendError> {
-        // Not atomic with a concurrent removal of a version counter; that is
-        // fine: the entry carries the tokens, so a read after the removal
-        // sees the mismatch. This check only avoids storing an entry known
-        // to be dead.
-        if token.generation() == 0
-            || token.versions().contains(&0)
-            || self.read_versions(versions) != token.versions()
-        {
-            return Ok(false);
-        }
-        // The marker check and the write happen under the data key's compute
-        // lock, which `invalidate` and `set` also take: an invalidation lands
-        // either before (the marker is gone: no write) or after (it deletes
-        // what we wrote).
+    async fn fill(&self, request: &FillRequest<'_>) -> Result<Vec<bool>, BackendError> {
+        Ok(request
+            .fills
+            .iter()
+            .map(|(entry, token)| self.fill_one(entry, token, request.versions))
+            .collect())
+    }
+
+    async fn set(&self, request: &SetRequest<'_>) -> Result<(), BackendError> {
         let markers = &self.markers;
-        let result = self
-            .cache
-            .entry_by_ref(key)
-            .and_compute_with(|_| match markers.get(key) {
-                Some(t) if t.value == token.generation() => {
-                    remove(markers, key);
-                    Op::Put(Entry { stored: value, ttl })
-                }
-                _ => Op::Nop,
+        for entry in request.entries {
+            let (key, value, ttl) = (&entry.key, entry.value.clone(), entry.ttl);
+            self.cache.entry_by_ref(key).and_compute_with(|_| {
+                remove(markers, key);
+                Op::Put(Kept { stored: value, ttl })
             });
-        let stored = matches!(
-            result,
-            CompResult::Inserted(_) | CompResult::ReplacedWith(_)
-        );
-        if stored {
-            for name in versions {
+            for name in request.versions {
                 extend(&self.versions, name, ttl);
             }
-        }
-        Ok(stored)
-    }
-
-    async fn set(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        versions: &[String],
-    ) -> Result<(), BackendError> {
-        let markers = &self.markers;
-        self.cache.entry_by_ref(key).and_compute_with(|_| {
-            remove(markers, key);
-            Op::Put(Entry { stored: value, ttl })
-        });
-        for name in versions {
-            extend(&self.versions, name, ttl);
         }
         Ok(())
     }
 
-    async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError> {
+    async fn remove_versions(&self, versions: &[String]) -> Result<(), BackendError> {
         for name in versions {
             remove(&self.versions, name);
         }
@@ -402,6 +353,48 @@ impl Backend for MemoryBackend {
             });
         }
         Ok(())
+    }
+}
+
+impl MemoryBackend {
+    /// One conditional write (see [`Backend::fill`]).
+    fn fill_one(&self, entry: &Entry, token: &FillToken, versions: &[String]) -> bool {
+        // Not atomic with a concurrent removal of a version counter; that is
+        // fine: the entry carries the tokens, so a read after the removal
+        // sees the mismatch. This check only avoids storing an entry known
+        // to be dead.
+        if !token.is_complete() || self.read_versions(versions) != token.versions() {
+            return false;
+        }
+        let (key, ttl) = (entry.key.as_str(), entry.ttl);
+        // The marker check and the write happen under the data key's compute
+        // lock, which `invalidate` and `set` also take: an invalidation lands
+        // either before (the marker is gone: no write) or after (it deletes
+        // what we wrote).
+        let markers = &self.markers;
+        let result = self
+            .cache
+            .entry_by_ref(key)
+            .and_compute_with(|_| match markers.get(key) {
+                Some(t) if t.value == token.marker() => {
+                    remove(markers, key);
+                    Op::Put(Kept {
+                        stored: entry.value.clone(),
+                        ttl,
+                    })
+                }
+                _ => Op::Nop,
+            });
+        let stored = matches!(
+            result,
+            CompResult::Inserted(_) | CompResult::ReplacedWith(_)
+        );
+        if stored {
+            for name in versions {
+                extend(&self.versions, name, ttl);
+            }
+        }
+        stored
     }
 }
 
@@ -435,27 +428,33 @@ mod tests {
     async fn a_fill_needs_the_marker_it_read() {
         let backend = MemoryBackend::new();
         let ttl = Duration::from_secs(60);
-        let (_, token) = backend
-            .get_for_fill("k", &[], ttl)
-            .await
-            .unwrap_or_default();
-        backend.invalidate(&["k".to_owned()]).await.unwrap_or(());
+        let keys = ["k".to_owned()];
+        let acquire = || async {
+            let read = backend.acquire(&AcquireRequest::new(&keys, &[], ttl)).await;
+            read.ok()
+                .and_then(|mut a| a.pop())
+                .map(|a| a.token)
+                .unwrap_or_default()
+        };
+        let token = acquire().await;
+        backend.invalidate(&keys).await.unwrap_or(());
         // A later load creates a fresh marker; the old token must not match it.
-        let (_, fresh) = backend
-            .get_for_fill("k", &[], ttl)
-            .await
-            .unwrap_or_default();
-        assert_ne!(token.generation(), fresh.generation());
-        let stored = backend
-            .fill("k", Stored::new(vec![1u8]), ttl, &token, &[])
-            .await
-            .unwrap_or(true);
-        assert!(!stored, "a fill whose marker was removed is refused");
+        let fresh = acquire().await;
+        assert_ne!(token.marker(), fresh.marker());
+        let fill = |bytes: u8, token: FillToken| {
+            let fills = [(Entry::new("k", Stored::new(vec![bytes]), ttl), token)];
+            let backend = &backend;
+            async move {
+                let stored = backend.fill(&FillRequest::new(&fills, &[])).await;
+                stored.ok().and_then(|s| s.first().copied())
+            }
+        };
+        assert_eq!(
+            fill(1, token).await,
+            Some(false),
+            "a fill whose marker was removed is refused"
+        );
         assert!(backend.get_entry("k").is_none());
-        let stored = backend
-            .fill("k", Stored::new(vec![2u8]), ttl, &fresh, &[])
-            .await
-            .unwrap_or(false);
-        assert!(stored);
+        assert_eq!(fill(2, fresh).await, Some(true));
     }
 }

@@ -1,24 +1,10 @@
-//! What a backend stores: the bytes of one entry ([`Stored`]), and one
-//! entry of a batch write ([`BatchEntry`]).
+//! What a backend stores: the bytes of one entry ([`Stored`]).
 
 use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use bytes::Bytes;
-
-/// One entry of a batch write ([`Backend::fill_many`](super::Backend::fill_many),
-/// [`Backend::set_many`](super::Backend::set_many)).
-#[derive(Debug, Clone)]
-pub struct BatchEntry {
-    /// The data key.
-    pub key: String,
-    /// The entry bytes.
-    pub value: Stored,
-    /// How long the backend keeps it.
-    pub ttl: Duration,
-}
 
 /// The bytes of one entry, as stored in a backend.
 ///
@@ -71,6 +57,16 @@ impl Stored {
     /// The entry bytes.
     pub fn bytes(&self) -> &Bytes {
         &self.0.bytes
+    }
+
+    /// When the entry expires (the end of its hard TTL, not counting the
+    /// stale and fail-safe windows a backend may keep it through), in Unix
+    /// milliseconds on the clock of the cache that wrote it; `None` for
+    /// bytes that are not an entry. What a backend that keeps copies (a
+    /// two-level one) needs to know to keep a copy no longer than its
+    /// entry, without reading the entry format itself.
+    pub fn expires_at_ms(&self) -> Option<u64> {
+        crate::envelope::expires_at_ms(&self.0.bytes)
     }
 
     /// The decoded value kept with these bytes, if it is a `V`.

@@ -16,6 +16,13 @@ mod hot;
 mod metrics;
 mod resilience;
 
+impl Cache {
+    /// A builder with the defaults listed on [`CacheBuilder`].
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+}
+
 /// Builds a [`Cache`]. Start with [`Cache::builder`].
 ///
 /// | option | default |

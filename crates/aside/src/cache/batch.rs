@@ -14,28 +14,25 @@
 //!   their loads at the same moment: keys are joined in one global order,
 //!   and a batch waits for another's load only while it holds no unstarted
 //!   load of its own, so nothing waits for it in a cycle (see `join`).
-//! - A key whose lease another process holds is awaited the same way: the
-//!   batch never waits while holding leases (see `acquire`).
+//! - A key whose lease another process holds is awaited the same way, by
+//!   the protocol every load follows (see `protocol`): the batch never
+//!   waits while holding leases.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::deps::Deps;
-use super::lease::AbortOnDrop;
-use super::load::{FIRST_RECHECK, MAX_RECHECK, bypass_flight_key, lease_token, written_at};
-use super::{Cache, Lookup, Value};
-use crate::backend::{FillToken, Lease};
+use super::Cache;
+use super::entry::{Deps, Fallback, Value};
+use super::flight::{Done, Leader, Outcome, Role, Waiter};
+use super::load::bypass_flight_key;
+use super::protocol::Claim;
+use crate::backend::FillToken;
 use crate::error::{Error, ErrorKind};
-use crate::flight::{Done, Leader, Outcome, Role, Waiter};
 use crate::loader::BatchLoader;
-use crate::policy::LeaseTimeout;
 use crate::stats::bump;
 
-mod acquire;
 mod api;
-mod fill;
 mod join;
 mod read;
 mod warm;
@@ -51,7 +48,7 @@ struct Slot<V> {
     bypass: bool,
     answer: Option<Outcome<V>>,
     /// Its expired value (fail-safe's fallback).
-    stale: Option<Option<V>>,
+    stale: Fallback<V>,
     /// Served, and to be refreshed: the write time of the entry served.
     refresh: Option<u64>,
 }
@@ -72,25 +69,11 @@ struct Item<V> {
     pk: String,
     bypass: bool,
     leader: Leader<V>,
-    stale: Option<Option<V>>,
+    stale: Fallback<V>,
     /// A background refresh of the entry written at this time.
     refresh: Option<u64>,
     /// The moment of the caller (see `flight`).
     owner: u64,
-}
-
-/// What taking a key's tokens and lease came to (see `acquire`).
-enum Got<V> {
-    /// Filled meanwhile: its value, read at this moment.
-    Value(Option<V>, u64),
-    /// Load it, with this token (`None`: do not store).
-    Load(Option<FillToken>),
-    /// A refresh that another load made needless.
-    Leave,
-    /// The lease wait ran out and the policy is to serve the stale value
-    /// (loaded with this unleased token when there is none).
-    ServeStale(FillToken),
-    Fail(Error),
 }
 
 impl Cache {
@@ -103,7 +86,7 @@ impl Cache {
             pk,
             bypass,
             answer: None,
-            stale: None,
+            stale: Fallback::None,
             refresh: None,
         }
     }
@@ -160,7 +143,7 @@ impl Cache {
     ) {
         let soft = self
             .inner
-            .s
+            .entries
             .policy
             .loader_soft_timeout
             .map(|d| Instant::now() + d);
@@ -168,13 +151,15 @@ impl Cache {
         // long as the slowest one.
         for (i, waiter) in waiters {
             let slot = &mut slots[i];
-            let done = match (soft, &slot.stale) {
-                (Some(at), Some(_)) => tokio::time::timeout_at(at, waiter.wait()).await.ok(),
+            let done = match soft {
+                Some(at) if slot.stale.is_some() => {
+                    tokio::time::timeout_at(at, waiter.wait()).await.ok()
+                }
                 _ => Some(waiter.wait().await),
             };
             let Some(done) = done else {
                 bump(&self.inner.stats.soft_timeouts);
-                slot.answer = Some(Ok(slot.stale.clone().flatten()));
+                slot.answer = Some(Ok(slot.stale.clone().into_value()));
                 continue;
             };
             if done.is_for(me) {
@@ -204,10 +189,7 @@ impl Cache {
         let cached = items.iter().filter(|it| !it.bypass);
         let pks: Vec<String> = cached.clone().map(|it| it.pk.clone()).collect();
         let refresh: Vec<Option<u64>> = cached.map(|it| it.refresh).collect();
-        let mut got = self
-            .acquire_many::<V>(&pks, &refresh, &deps)
-            .await
-            .into_iter();
+        let mut got = self.claim::<V>(&pks, &refresh, &deps).await.into_iter();
         // In the order asked: the loader sees the keys as the caller listed
         // them.
         let mut loads: Vec<(Item<V>, Option<FillToken>)> = Vec::new();
@@ -216,15 +198,15 @@ impl Cache {
             match got {
                 // Bypassed: loaded without reading or filling the cache.
                 None => loads.push((it, None)),
-                Some(Got::Value(v, read_at)) => it.leader.publish(Done::before(Ok(v), read_at)),
-                Some(Got::Leave) => it.leader.publish(Done::retry()),
-                Some(Got::Fail(e)) => it.leader.publish(Done::to_all(Err(e))),
-                Some(Got::ServeStale(token)) => match it.stale.clone() {
+                Some(Claim::Value(v, read_at)) => it.leader.publish(Done::before(Ok(v), read_at)),
+                Some(Claim::Leave) => it.leader.publish(Done::retry()),
+                Some(Claim::Fail(e)) => it.leader.publish(Done::to_all(Err(e))),
+                Some(Claim::ServeStale(token)) => match it.stale.clone() {
                     // Read by the caller's own lookup: current for it alone.
-                    Some(v) => it.leader.publish(Done::owner_only(Ok(v), it.owner)),
-                    None => loads.push((it, Some(token))),
+                    Fallback::Expired(v) => it.leader.publish(Done::owner_only(Ok(v), it.owner)),
+                    Fallback::None => loads.push((it, Some(token))),
                 },
-                Some(Got::Load(token)) => loads.push((it, token)),
+                Some(Claim::Load(token)) => loads.push((it, token)),
             }
         }
         if loads.is_empty() {
@@ -234,12 +216,7 @@ impl Cache {
             && !breaker.allow()
         {
             bump(&self.inner.stats.circuit_rejections);
-            self.release_all(
-                loads
-                    .iter()
-                    .filter_map(|(it, t)| Some((&it.pk, t.as_ref()?))),
-            )
-            .await;
+            self.release_leases(tokens(&loads)).await;
             let e = Error::new(
                 ErrorKind::CircuitOpen,
                 "loader circuit breaker is open; the loader was not called",
@@ -249,7 +226,7 @@ impl Cache {
             }
             return;
         }
-        let renewal = self.keep_leases(&loads);
+        let renewal = self.keep_leases(tokens(&loads));
         let names: Vec<String> = loads.iter().map(|(it, _)| it.name.clone()).collect();
         let what = format!("batch of {}", names.len());
         let (outcome, took) = self
@@ -260,12 +237,7 @@ impl Cache {
             Ok(found) => found,
             Err(e) => {
                 drop(renewal);
-                self.release_all(
-                    loads
-                        .iter()
-                        .filter_map(|(it, t)| Some((&it.pk, t.as_ref()?))),
-                )
-                .await;
+                self.release_leases(tokens(&loads)).await;
                 for (it, _) in loads {
                     it.leader.publish(Done::to_all(Err(e.clone())));
                 }
@@ -274,7 +246,13 @@ impl Cache {
         };
         // A key the loader left out does not exist: a negative entry.
         let values: Vec<Option<V>> = loads.iter().map(|(it, _)| found.remove(&it.name)).collect();
-        let stored = self.fill_all(&loads, &values, &deps, ttl, took).await;
+        let fills: Vec<_> = loads
+            .iter()
+            .zip(&values)
+            .map(|((it, token), value)| (&it.pk, token.as_ref(), value))
+            .collect();
+        let stored = self.fill_all(&fills, &deps, ttl, took).await;
+        drop(fills);
         // Renewed until the last fill: encoding and writing many values can
         // outlast `lease_ttl`, and a fill whose lease lapsed is refused.
         drop(renewal);
@@ -285,57 +263,15 @@ impl Cache {
             it.leader.publish(Done::before(Ok(value), valid_from));
         }
     }
+}
 
-    /// Releases the leases these tokens hold (their loads will not fill).
-    async fn release_all<'a>(&self, tokens: impl IntoIterator<Item = (&'a String, &'a FillToken)>) {
-        let Some(leases) = self.inner.backend.leases() else {
-            return;
-        };
-        let mut by_token: HashMap<&str, Vec<String>> = HashMap::new();
-        for (pk, token) in tokens {
-            if let Lease::Held(t) = token.lease() {
-                by_token.entry(t.as_str()).or_default().push(pk.clone());
-            }
-        }
-        for (t, keys) in by_token {
-            for chunk in keys.chunks(self.inner.s.batch_chunk_size) {
-                if let Err(e) = self.guarded(leases.release_leases(chunk, t)).await {
-                    // They lapse by themselves after `lease_ttl`.
-                    tracing::debug!(keys = chunk.len(), error = %e, "aside: could not release leases");
-                }
-            }
-        }
-    }
-
-    /// Renews the leases the loads hold while the loader runs (see
-    /// `keep_lease`), in one request per chunk.
-    fn keep_leases<V>(&self, loads: &[(Item<V>, Option<FillToken>)]) -> Option<AbortOnDrop> {
-        let mut token = None;
-        let mut keys = Vec::new();
-        for (it, t) in loads {
-            if let Some(Lease::Held(t)) = t.as_ref().map(FillToken::lease) {
-                token = Some(t.clone());
-                keys.push(it.pk.clone());
-            }
-        }
-        let token = token?;
-        let cache = self.clone();
-        let ttl = self.inner.s.policy.lease_ttl;
-        let task = crate::task::spawn(async move {
-            let Some(leases) = cache.inner.backend.leases() else {
-                return;
-            };
-            loop {
-                tokio::time::sleep(ttl / 3).await;
-                for chunk in keys.chunks(cache.inner.s.batch_chunk_size) {
-                    // A failure is retried at the next turn; a lost lease
-                    // only makes its fill fail.
-                    let _ = cache.guarded(leases.renew_leases(chunk, &token, ttl)).await;
-                }
-            }
-        });
-        Some(AbortOnDrop(task.abort_handle()))
-    }
+/// The leases a batch's loads hold, by key.
+fn tokens<V>(
+    loads: &[(Item<V>, Option<FillToken>)],
+) -> impl Iterator<Item = (&String, &FillToken)> {
+    loads
+        .iter()
+        .filter_map(|(it, t)| Some((&it.pk, t.as_ref()?)))
 }
 
 fn item<V>(slot: &Slot<V>, leader: Leader<V>, refresh: Option<u64>, owner: u64) -> Item<V>

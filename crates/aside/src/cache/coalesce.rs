@@ -35,17 +35,11 @@
 //! never across an await.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
-
-use super::Cache;
-use crate::backend::Stored;
-use crate::error::{Error, ErrorKind};
-use crate::stats::bump;
 
 /// A key with reads in flight.
 struct Entry<R> {
@@ -58,7 +52,7 @@ struct Entry<R> {
 }
 
 /// Shared reads, by key.
-pub(crate) struct Coalescer<R> {
+pub(super) struct Coalescer<R> {
     keys: Mutex<HashMap<String, Entry<R>>>,
 }
 
@@ -71,7 +65,7 @@ impl<R> Default for Coalescer<R> {
 }
 
 /// How a caller's answer came.
-pub(crate) enum Answer<R> {
+pub(super) enum Answer<R> {
     /// From a read this caller sent.
     Own(R),
     /// From a read the key's reader sent after this caller queued.
@@ -242,146 +236,6 @@ impl<R> Drop for Serving<R> {
             entry.queued.clear();
         }
         Coalescer::forget_if_idle(&mut keys, &self.key);
-    }
-}
-
-/// What a read of an entry alone, and of an entry with version tokens,
-/// answer.
-type Plain = Result<Option<Stored>, Error>;
-type Versioned = Result<(Option<Stored>, Vec<u64>), Error>;
-
-/// A cache's shared reads: of entries alone, and of entries with the
-/// version tokens they depend on (keyed by the entry and the token keys).
-pub(super) struct Reads {
-    plain: Arc<Coalescer<Plain>>,
-    versioned: Arc<Coalescer<Versioned>>,
-    namespace: Arc<str>,
-}
-
-impl Reads {
-    pub(super) fn new(namespace: &str) -> Self {
-        Reads {
-            plain: Arc::default(),
-            versioned: Arc::default(),
-            namespace: namespace.into(),
-        }
-    }
-
-    /// The span of a key's reader task: its own (never a caller's), with
-    /// the namespace only (keys may be personal data).
-    fn span(&self) -> tracing::Span {
-        tracing::debug_span!(parent: None, "aside.shared_read", namespace = %self.namespace)
-    }
-
-    /// How long a queued caller waits at most: the reader's read in flight
-    /// and its own each time out after `timeout`; past twice that (and a
-    /// margin), the reader is not being run at all.
-    fn limit(timeout: Duration) -> Duration {
-        timeout.saturating_mul(3)
-    }
-}
-
-impl Cache {
-    fn shares_reads(&self) -> bool {
-        self.inner.s.coalesce_reads && self.inner.caps.remote
-    }
-
-    /// The remote backend's `get` of `pk`, shared with concurrent callers.
-    pub(super) async fn read_remote(&self, pk: &str) -> Plain {
-        if !self.shares_reads() {
-            return self.guarded(self.inner.backend.get(pk)).await;
-        }
-        let inline = || self.guarded(self.inner.backend.get(pk));
-        let reader = || {
-            let (cache, pk) = (self.clone(), pk.to_owned());
-            let read = move || {
-                let (cache, pk) = (cache.clone(), pk.clone());
-                async move { cache.guarded_shared(cache.inner.backend.get(&pk)).await }
-            };
-            (read, self.inner.reads.span())
-        };
-        let limit = Reads::limit(self.inner.s.backend_timeout);
-        let answer = self.inner.reads.plain.read(pk, inline, reader, limit);
-        self.shared_answer(answer.await)
-    }
-
-    /// The backend's `get_with_versions`, shared with concurrent callers
-    /// asking for the same entry and tokens.
-    pub(super) async fn read_remote_with_versions(
-        &self,
-        pk: &str,
-        versions: &[String],
-    ) -> Versioned {
-        if !self.shares_reads() {
-            return self
-                .guarded(self.inner.backend.get_with_versions(pk, versions))
-                .await;
-        }
-        // Length prefixes keep two different (entry, tokens) pairs from
-        // sharing a name, whatever bytes the keys hold.
-        let mut name = format!("{}:{pk}", pk.len());
-        for v in versions {
-            // Writing to a String cannot fail.
-            let _ = write!(name, "|{}:{v}", v.len());
-        }
-        let inline = || self.guarded(self.inner.backend.get_with_versions(pk, versions));
-        let reader = || {
-            let (cache, pk, versions) = (self.clone(), pk.to_owned(), versions.to_vec());
-            let read = move || {
-                let (cache, pk, versions) = (cache.clone(), pk.clone(), versions.clone());
-                async move {
-                    let read = cache.inner.backend.get_with_versions(&pk, &versions);
-                    cache.guarded_shared(read).await
-                }
-            };
-            (read, self.inner.reads.span())
-        };
-        let limit = Reads::limit(self.inner.s.backend_timeout);
-        let answer = self
-            .inner
-            .reads
-            .versioned
-            .read(&name, inline, reader, limit);
-        self.shared_answer(answer.await)
-    }
-
-    /// A caller's answer, counted: a shared read's failure counts for every
-    /// caller it answers (in the stats and the backend breaker, as each
-    /// caller's own read would have; the read itself counts nothing), and
-    /// a caller the reader did not answer within its limit timed out.
-    fn shared_answer<T>(&self, answer: Answer<Result<T, Error>>) -> Result<T, Error> {
-        match answer {
-            Answer::Own(r) => r,
-            Answer::Shared(r) => {
-                bump(&self.inner.stats.shared_reads);
-                if let Err(e) = &r {
-                    self.shared_failure(e);
-                }
-                r
-            }
-            Answer::TimedOut => {
-                let e = Error::new(
-                    ErrorKind::Timeout,
-                    "cache backend did not answer in time (a shared read of the key)",
-                );
-                self.shared_failure(&e);
-                Err(e)
-            }
-        }
-    }
-
-    fn shared_failure(&self, e: &Error) {
-        if e.is_backend_down() {
-            // Not attempted (the breaker was open): nothing failed.
-            bump(&self.inner.stats.backend_skipped);
-            return;
-        }
-        if e.is_timeout() {
-            bump(&self.inner.stats.backend_timeouts);
-        } else {
-            bump(&self.inner.stats.backend_errors);
-        }
-        self.backend_failure_noted(e);
     }
 }
 

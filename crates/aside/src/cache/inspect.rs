@@ -7,8 +7,8 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use super::Cache;
-use super::deps::version_key;
-use crate::backend::StorageInfo;
+use super::entry::version_key;
+use crate::backend::{ReadRequest, StorageInfo};
 use crate::codec::Codec;
 use crate::envelope::{self, DecodeError};
 use crate::error::{Error, ErrorKind};
@@ -160,22 +160,21 @@ impl Cache {
     /// ```
     ///
     /// # Errors
-    /// `Backend` or `Timeout` when the backend fails; `Decode` when the
+    /// `Backend` or `BackendTimeout` when the backend fails; `Decode` when the
     /// bytes under `key` are not an aside entry this build reads.
     pub async fn inspect(&self, key: impl AsRef<str>) -> Result<Option<EntryInfo>, Error> {
         let key = key.as_ref();
         let pk = self.backend_key(key);
-        let ns = &self.inner.s.namespace;
+        let ns = &self.inner.entries.namespace;
+        let guard = &self.inner.guard;
+        let keys = [pk.clone()];
         let mut names: Vec<String> = Vec::new();
         for _ in 0..ATTEMPTS {
             let token_keys: Vec<String> = names.iter().map(|n| version_key(ns, n)).collect();
-            let (stored, current) = if token_keys.is_empty() {
-                (self.guarded(self.inner.backend.get(&pk)).await?, Vec::new())
-            } else {
-                self.guarded(self.inner.backend.get_with_versions(&pk, &token_keys))
-                    .await?
-            };
-            let Some(stored) = stored else {
+            let request = ReadRequest::new(&keys, &token_keys);
+            let found = guard.run(guard.backend().read(&request)).await?;
+            let current = found.versions;
+            let Some(stored) = found.entries.into_iter().next().flatten() else {
                 return Ok(None);
             };
             let bytes = stored.bytes().clone();
@@ -187,9 +186,11 @@ impl Cache {
                 names = recorded.into_iter().map(|(n, _)| n).collect();
                 continue;
             }
-            let storage = self
-                .guarded(self.inner.backend.describe(&pk, &token_keys))
-                .await?;
+            let storage = match guard.backend().inspect() {
+                Some(inspect) => guard.run(inspect.describe(&pk, &token_keys)).await?,
+                // Known only by the keys as the cache gives them.
+                None => StorageInfo::new(pk.clone()).token_keys(token_keys),
+            };
             let dependencies = recorded
                 .into_iter()
                 .map(|(name, value)| {
@@ -223,7 +224,7 @@ impl Cache {
                 load_duration: meta.load_duration,
                 dependencies,
                 storage,
-                max_value_bytes: self.inner.s.max_value_bytes,
+                max_value_bytes: self.inner.entries.max_value_bytes,
                 bytes,
             }));
         }

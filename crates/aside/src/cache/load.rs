@@ -1,6 +1,6 @@
-//! The miss path: single-flight in this process, the key's lease across
-//! processes, the loader under its timeouts and breaker, and the fail-safe
-//! answers when it fails.
+//! The load path: single-flight in this process, the key's claim across
+//! processes (see `protocol`), the loader under its timeouts and breaker,
+//! the fill, and the fail-safe answers when it fails.
 //!
 //! One load of a key runs per process (the flight leader, in its own task);
 //! across processes the leader first takes the key's lease in the backend,
@@ -18,20 +18,18 @@
 //! in practice; a bound hands the rare further retry a private load.
 
 use std::future::Future;
-
-use crate::loader::Loader;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::deps::Deps;
-use super::lease::may_have_run;
-use super::{Cache, Lookup, Value};
-use crate::backend::{FillToken, Lease};
-use crate::breaker::Transition;
+use super::Cache;
+use super::breaker::Transition;
+use super::entry::{Deps, Fallback, Value};
+use super::flight::{CatchUnwind, Done, Leader, Outcome, Role, Waiter};
+use super::protocol::Claim;
+use crate::backend::{Entry, FillRequest, FillToken};
 use crate::error::{Error, ErrorKind};
-use crate::flight::{CatchUnwind, Done, Leader, Outcome, Role, Waiter};
-use crate::policy::LeaseTimeout;
+use crate::loader::Loader;
 use crate::stats::bump;
 
 /// Why a load runs, which decides what it does when another process holds
@@ -59,9 +57,11 @@ pub(super) fn bypass_flight_key(pk: &str) -> String {
     format!("\0bypass\0{pk}")
 }
 
-/// The first pause of a waiter that cannot rely on notifications.
-pub(super) const FIRST_RECHECK: Duration = Duration::from_millis(5);
-pub(super) const MAX_RECHECK: Duration = Duration::from_millis(200);
+/// The most value bytes one fill request carries (an entry larger than
+/// this goes alone): a request must reach the backend within
+/// `backend_timeout`, and a thousand large values in one would not,
+/// counting as a backend failure and caching nothing.
+pub(super) const MAX_REQUEST_BYTES: usize = 4 << 20;
 
 impl Cache {
     /// Joins or leads the load of `pk` and waits for its outcome, falling
@@ -72,7 +72,7 @@ impl Cache {
         pk: String,
         deps: Deps,
         ttl: Option<Duration>,
-        stale: Option<Option<V>>,
+        stale: Fallback<V>,
         mode: Mode,
         loader: L,
     ) -> Outcome<V>
@@ -126,7 +126,7 @@ impl Cache {
             let Some(done) = self.wait_soft(waiter, &stale).await else {
                 // The load goes on in its task and fills the cache.
                 bump(&self.inner.stats.soft_timeouts);
-                return Ok(stale.flatten());
+                return Ok(stale.into_value());
             };
             if done.is_for(me) {
                 return self.fail_safe(&pk, done.outcome, stale);
@@ -166,7 +166,7 @@ impl Cache {
                     deps,
                     ttl,
                     leader,
-                    None,
+                    Fallback::None,
                     0,
                     Mode::Background(written_at_ms),
                     loader,
@@ -184,7 +184,8 @@ impl Cache {
     /// a caller that reads first keeps its expired entry as a fallback (and
     /// waits at most the soft timeout then); one that joins blind has none.
     pub(super) fn follow_load<V: Value>(&self, pk: &str, deps: &Deps) -> Option<(u64, Waiter<V>)> {
-        if !self.inner.caps.remote || self.inner.s.policy.fail_safe.is_some() {
+        let remote = self.inner.guard.profile().remote;
+        if !remote || self.inner.entries.policy.fail_safe.is_some() {
             return None;
         }
         self.inner.flights.follow_load::<V>(pk, &deps.keys)
@@ -215,13 +216,9 @@ impl Cache {
 
     /// Waits for a load: at most the soft timeout when there is a stale
     /// value to fall back on (`None` when it ran out).
-    async fn wait_soft<V: Value>(
-        &self,
-        waiter: Waiter<V>,
-        stale: &Option<Option<V>>,
-    ) -> Option<Done<V>> {
-        match (self.inner.s.policy.loader_soft_timeout, stale) {
-            (Some(soft), Some(_)) => tokio::time::timeout(soft, waiter.wait()).await.ok(),
+    async fn wait_soft<V: Value>(&self, waiter: Waiter<V>, stale: &Fallback<V>) -> Option<Done<V>> {
+        match self.inner.entries.policy.loader_soft_timeout {
+            Some(soft) if stale.is_some() => tokio::time::timeout(soft, waiter.wait()).await.ok(),
             _ => Some(waiter.wait().await),
         }
     }
@@ -232,12 +229,12 @@ impl Cache {
         &self,
         pk: &str,
         outcome: Outcome<V>,
-        stale: Option<Option<V>>,
+        stale: Fallback<V>,
     ) -> Outcome<V> {
         match (outcome, stale) {
-            (Err(e), Some(fallback)) if fail_safe_covers(&e) => {
+            (Err(e), Fallback::Expired(fallback)) if fail_safe_covers(&e) => {
                 bump(&self.inner.stats.fail_safe_served);
-                let throttle = self.inner.s.policy.fail_safe_throttle;
+                let throttle = self.inner.entries.policy.fail_safe_throttle;
                 self.inner.throttle.start(pk, throttle);
                 tracing::debug!(key = %pk, error = %e, "aside: load failed; serving the stale value (fail-safe)");
                 Ok(fallback)
@@ -246,9 +243,9 @@ impl Cache {
         }
     }
 
-    /// The body of a load, in its own task: lease, re-check, loader, fill.
-    /// `owner` is the moment of the caller that started it (0 for a
-    /// refresh); `stale` is that caller's expired value.
+    /// The body of a load, in its own task: claim, loader, fill. `owner`
+    /// is the moment of the caller that started it (0 for a refresh);
+    /// `stale` is that caller's expired value.
     #[allow(clippy::too_many_arguments)]
     async fn run_load<V, L>(
         self,
@@ -256,7 +253,7 @@ impl Cache {
         deps: Deps,
         ttl: Option<Duration>,
         leader: Leader<V>,
-        stale: Option<Option<V>>,
+        stale: Fallback<V>,
         owner: u64,
         mode: Mode,
         loader: L,
@@ -271,48 +268,54 @@ impl Cache {
         let token = if mode == Mode::Bypass {
             None
         } else {
-            match self.acquire::<V>(&pk, &deps, mode).await {
-                Acquired::Value(v, read_at) => {
+            let refresh = match mode {
+                Mode::Background(written_at) => Some(written_at),
+                _ => None,
+            };
+            let keys = std::slice::from_ref(&pk);
+            let claim = self.claim::<V>(keys, &[refresh], &deps).await.pop();
+            match claim.unwrap_or(Claim::Load(None)) {
+                Claim::Value(v, read_at) => {
                     return leader.publish(Done::before(Ok(v), read_at));
                 }
-                Acquired::Leave => return leader.publish(Done::retry()),
-                Acquired::Fail(e) => return leader.publish(Done::to_all(Err(e))),
-                Acquired::ServeStale => match stale {
+                Claim::Leave => return leader.publish(Done::retry()),
+                Claim::Fail(e) => return leader.publish(Done::to_all(Err(e))),
+                Claim::ServeStale(_) => match stale {
                     // Read by the owner's own lookup, before it took its
                     // moment: current for it alone.
-                    Some(v) => return leader.publish(Done::owner_only(Ok(v), owner)),
-                    None => self.unleased_token(&pk, &deps).await,
+                    Fallback::Expired(v) => {
+                        return leader.publish(Done::owner_only(Ok(v), owner));
+                    }
+                    Fallback::None => self.unleased_token(&pk, &deps).await,
                 },
-                Acquired::Load(token) => token,
+                Claim::Load(token) => token,
             }
         };
+        let tokens = || token.iter().map(|t| (&pk, t));
         if let Some(breaker) = &self.inner.loader_breaker
             && !breaker.allow()
         {
             bump(&self.inner.stats.circuit_rejections);
-            self.release(&pk, token.as_ref()).await;
+            self.release_leases(tokens()).await;
             return leader.publish(Done::to_all(Err(Error::new(
                 ErrorKind::CircuitOpen,
                 "loader circuit breaker is open; the loader was not called",
             ))));
         }
-        let renewal = self.keep_lease(&pk, token.as_ref());
+        let renewal = self.keep_leases(tokens());
         let (outcome, took) = self.run_loader_timed(&pk, loader).await;
         self.record_breaker(&outcome);
-        match (outcome, token) {
-            (Ok(value), Some(token)) => {
-                let filling = flights.now();
-                let stored = self.fill(&pk, value.clone(), &deps, ttl, token, took).await;
+        match outcome {
+            Ok(value) => {
+                let fills = [(&pk, token.as_ref(), &value)];
+                let filled = self.fill_all(&fills, &deps, ttl, took).await;
                 // Wake the waiters after the write: when `get_or_load`
                 // returns, the value is readable (read-your-writes).
-                leader.publish(Done::before(
-                    Ok(value),
-                    if stored { filling } else { began },
-                ));
+                let valid_from = filled.first().copied().flatten().unwrap_or(began);
+                leader.publish(Done::before(Ok(value), valid_from));
             }
-            (Ok(value), None) => leader.publish(Done::before(Ok(value), began)),
-            (Err(e), token) => {
-                self.release(&pk, token.as_ref()).await;
+            Err(e) => {
+                self.release_leases(tokens()).await;
                 leader.publish(Done::to_all(Err(e)));
             }
         }
@@ -321,127 +324,103 @@ impl Cache {
         drop(renewal);
     }
 
-    /// Re-checks the key and takes its lease, waiting (bounded) while another
-    /// process holds it.
-    async fn acquire<V: Value>(&self, pk: &str, deps: &Deps, mode: Mode) -> Acquired<V> {
-        let policy = &self.inner.s.policy;
-        let backend = &*self.inner.backend;
-        let leases = backend.leases().filter(|_| policy.leases);
-        let deadline = Instant::now() + policy.lease_wait;
-        let lease_token = if leases.is_some() {
-            lease_token()
-        } else {
-            String::new()
-        };
-        let mut recheck = FIRST_RECHECK;
-        let mut waited = false;
-        loop {
-            // Registered before the attempt: a fill announced between the
-            // attempt and the wait still wakes us.
-            let mut watch = leases.and_then(|l| l.watch_fills(pk));
-            let read_at = self.inner.flights.now();
-            let marker_ttl = self.inner.s.marker_ttl;
-            let read = match leases {
-                Some(l) => {
-                    self.guarded(l.get_for_fill_leased(
-                        pk,
-                        &deps.keys,
-                        marker_ttl,
-                        &lease_token,
-                        policy.lease_ttl,
-                    ))
-                    .await
-                }
-                None => {
-                    self.guarded(backend.get_for_fill(pk, &deps.keys, marker_ttl))
-                        .await
-                }
+    /// Stores loaded values whose keys have a token, if no invalidation
+    /// happened since the token was read, in requests of at most
+    /// `batch_chunk_size` keys and `MAX_REQUEST_BYTES` of values, and
+    /// counts what happened. Returns, per value, the moment from which its
+    /// fill was accepted (`None`: not stored, so not proven current at the
+    /// fill). Leases of values not stored are released.
+    ///
+    /// A run is encoded just before it is written, not every value first:
+    /// encoding a thousand large values at once would hold the worker
+    /// thread long enough to starve the task that renews the batch's leases
+    /// (the later fills then find their lease lapsed and are refused), and
+    /// would keep every encoded value in memory at once.
+    pub(super) async fn fill_all<V: Value>(
+        &self,
+        fills: &[(&String, Option<&FillToken>, &Option<V>)],
+        deps: &Deps,
+        ttl: Option<Duration>,
+        took: Duration,
+    ) -> Vec<Option<u64>> {
+        let mut accepted = vec![None; fills.len()];
+        let mut unused = Vec::new();
+        let mut run = Run::default();
+        for (j, (pk, token, value)) in fills.iter().enumerate() {
+            let Some(token) = token else { continue };
+            if run.fills.is_empty() {
+                // Taken before the run is checked and encoded: whoever
+                // joined earlier began before the value was proven current.
+                run.began = self.inner.flights.now();
+            }
+            if self.must_bypass(pk, deps) {
+                // An invalidation is pending: the fill cannot be proven fresh.
+                bump(&self.inner.stats.stale_fills_rejected);
+                unused.push((*pk, *token));
+                continue;
+            }
+            let stamp = deps.stamp(token.versions());
+            let encoded =
+                self.inner
+                    .entries
+                    .encode_or_skip(pk, (*value).clone(), ttl, &stamp, took);
+            let Some((stored, ttl)) = encoded else {
+                unused.push((*pk, *token));
+                continue;
             };
-            // Without a marker the fill cannot be made safe: load, do not store.
-            let (stored, token) = match read {
-                Ok(read) => read,
-                Err(e) => {
-                    if leases.is_some() && may_have_run(&e) {
-                        // Timed out here, or the connection dropped with the
-                        // request in flight: it may have run on the server
-                        // and taken the lease, and others would wait for it
-                        // until `lease_ttl`.
-                        self.release_later(vec![pk.to_owned()], lease_token);
-                    }
-                    return Acquired::Load(None);
-                }
-            };
-            // Re-check: a load that finished since our miss has filled the
-            // key (the textbook lock holder skips this and loads twice).
-            let found = stored.as_ref().map_or(Lookup::Miss, |s| {
-                self.decode_checked::<V>(pk, s, deps, token.versions())
-            });
-            if let Lookup::Fresh(v, _) = found {
-                match mode {
-                    Mode::Foreground | Mode::Bypass => {
-                        self.release(pk, Some(&token)).await;
-                        return Acquired::Value(v, read_at);
-                    }
-                    // An early refresh finds its entry still fresh: go on,
-                    // unless another refresh already replaced it.
-                    Mode::Background(seen) if stored.as_ref().and_then(written_at) > Some(seen) => {
-                        self.release(pk, Some(&token)).await;
-                        return Acquired::Leave;
-                    }
-                    Mode::Background(_) => {}
-                }
+            let size = stored.bytes().len();
+            let full = run.fills.len() >= self.inner.s.batch_chunk_size
+                || run.bytes + size > MAX_REQUEST_BYTES;
+            if !run.fills.is_empty() && full {
+                let began = self.inner.flights.now();
+                let done = std::mem::replace(
+                    &mut run,
+                    Run {
+                        began,
+                        ..Run::default()
+                    },
+                );
+                self.fill_run(done, deps, &mut accepted).await;
             }
-            let Lease::Busy(remaining) = token.lease() else {
-                return Acquired::Load(Some(token));
-            };
-            if matches!(mode, Mode::Background(_)) {
-                return Acquired::Leave;
-            }
-            if !waited {
-                waited = true;
-                bump(&self.inner.stats.lease_waits);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                bump(&self.inner.stats.lease_timeouts);
-                tracing::debug!(key = %pk, "aside: gave up waiting for another process's load");
-                return match policy.on_lease_timeout {
-                    LeaseTimeout::Fail => Acquired::Fail(Error::new(
-                        ErrorKind::LoaderTimeout,
-                        "another process's load of this key did not finish within lease_wait",
-                    )),
-                    LeaseTimeout::ServeStale => Acquired::ServeStale,
-                    _ => Acquired::Load(Some(token.with_lease(Lease::None))),
-                };
-            }
-            // Woken by the holder's fill; failing that, try again when its
-            // lease lapses (a crashed holder). Without reliable notifications,
-            // re-check on a short backoff instead.
-            let pause = match &watch {
-                Some(w) if w.is_reliable() => *remaining + Duration::from_millis(5),
-                _ => {
-                    let p = recheck;
-                    recheck = (recheck * 2).min(MAX_RECHECK);
-                    p.min(*remaining + Duration::from_millis(5))
-                }
-            };
-            let pause = pause.min(deadline - now);
-            match watch.as_mut() {
-                Some(w) => {
-                    let _ = tokio::time::timeout(pause, w.notified()).await;
-                }
-                None => tokio::time::sleep(pause).await,
-            }
+            run.fills
+                .push((Entry::new(pk.as_str(), stored, ttl), (*token).clone()));
+            run.of.push(j);
+            run.bytes += size;
         }
+        if !run.fills.is_empty() {
+            self.fill_run(run, deps, &mut accepted).await;
+        }
+        self.release_leases(unused).await;
+        accepted
     }
 
-    /// A fill token without a lease, for loading after a lease wait ran out.
-    async fn unleased_token(&self, pk: &str, deps: &Deps) -> Option<FillToken> {
-        let marker_ttl = self.inner.s.marker_ttl;
-        self.guarded(self.inner.backend.get_for_fill(pk, &deps.keys, marker_ttl))
-            .await
-            .ok()
-            .map(|(_, token)| token)
+    /// Writes one request's fills and records the accepted ones.
+    async fn fill_run(&self, run: Run, deps: &Deps, accepted: &mut [Option<u64>]) {
+        let guard = &self.inner.guard;
+        let request = FillRequest::new(&run.fills, &deps.keys);
+        let stored = match guard.run(guard.backend().fill(&request)).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                let keys = run.fills.len();
+                tracing::debug!(keys, error = %e, "aside: could not cache loaded values");
+                // A fill that failed did not release the leases (or did,
+                // and its reply was lost: releasing again is a no-op then).
+                // Left held, every load of the keys, in every process, would
+                // wait for them to lapse.
+                self.release_leases(run.fills.iter().map(|(entry, token)| (&entry.key, token)))
+                    .await;
+                return;
+            }
+        };
+        for (&j, ok) in run.of.iter().zip(stored) {
+            if ok {
+                bump(&self.inner.stats.sets);
+                accepted[j] = Some(run.began);
+            } else {
+                bump(&self.inner.stats.stale_fills_rejected);
+                tracing::debug!("aside: fill dropped, the key was invalidated during the load");
+            }
+        }
     }
 
     /// The loader under the hard timeout.
@@ -464,7 +443,7 @@ impl Cache {
         Fut: Future<Output = Result<T, E>> + Send,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     {
-        let Some(hard) = self.inner.s.policy.loader_hard_timeout else {
+        let Some(hard) = self.inner.entries.policy.loader_hard_timeout else {
             return self.run_caught(what, load).await;
         };
         match tokio::time::timeout(hard, self.run_caught(what, load)).await {
@@ -537,20 +516,6 @@ impl Cache {
     }
 }
 
-/// What taking the lease came to.
-enum Acquired<V> {
-    /// The key was filled meanwhile: here is its value, read at this moment.
-    Value(Option<V>, u64),
-    /// Load, with this token (`None`: the backend failed, do not store).
-    Load(Option<FillToken>),
-    /// A background refresh found another load running: nothing to do.
-    Leave,
-    /// The lease wait ran out and the policy is to serve the stale value.
-    ServeStale,
-    /// The lease wait ran out and the policy is to fail.
-    Fail(Error),
-}
-
 /// Failures a stale value may stand in for.
 fn fail_safe_covers(e: &Error) -> bool {
     matches!(
@@ -562,13 +527,50 @@ fn fail_safe_covers(e: &Error) -> bool {
     )
 }
 
-pub(super) fn written_at(stored: &crate::backend::Stored) -> Option<u64> {
-    crate::envelope::parse(stored.bytes())
-        .ok()
-        .map(|env| env.meta.written_at_ms)
+/// A fill request being put together, the values its entries belong to,
+/// and the moment its proof counts from.
+#[derive(Default)]
+struct Run {
+    fills: Vec<(Entry, FillToken)>,
+    of: Vec<usize>,
+    bytes: usize,
+    began: u64,
 }
 
-/// A random lease token: 128 bits, so two loads never share one.
-pub(super) fn lease_token() -> String {
-    format!("{:032x}", rand::random::<u128>())
+/// Splits `items` into runs of at most `max_keys` items and, past a run's
+/// first item, at most `MAX_REQUEST_BYTES` of `bytes`.
+pub(super) fn runs<T>(
+    items: &[T],
+    max_keys: usize,
+    bytes: impl Fn(&T) -> usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        let b = bytes(item);
+        if i > start && (i - start >= max_keys || size + b > MAX_REQUEST_BYTES) {
+            out.push(start..i);
+            (start, size) = (i, 0);
+        }
+        size += b;
+    }
+    if start < items.len() {
+        out.push(start..items.len());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_REQUEST_BYTES, runs};
+
+    #[test]
+    fn runs_are_bounded_by_keys_and_bytes() {
+        let small = vec![10usize; 25];
+        assert_eq!(runs(&small, 10, |b| *b), [0..10, 10..20, 20..25]);
+        let half = MAX_REQUEST_BYTES / 2;
+        let large = [half, half, half, MAX_REQUEST_BYTES * 3, 1];
+        assert_eq!(runs(&large, 10, |b| *b), [0..2, 2..3, 3..4, 4..5]);
+        assert!(runs(&Vec::<usize>::new(), 10, |b| *b).is_empty());
+    }
 }

@@ -84,7 +84,7 @@ impl Cache {
         })?;
         let level = level(self, &source);
         let namespace = self.inner.s.metrics_label.clone();
-        let span = tracing::debug_span!("aside.metrics", namespace = %self.inner.s.namespace);
+        let span = tracing::debug_span!("aside.metrics", namespace = %self.inner.entries.namespace);
         let (closed_tx, closed) = tokio::sync::oneshot::channel();
         // Set once, by the builder, before the cache is handed out.
         let _ = self.inner.metrics_closed.set(closed_tx);
@@ -104,10 +104,10 @@ impl Cache {
 /// The `level` label: the backend's kind, named from what the builder was
 /// given or, for a shared backend, from its capabilities.
 fn level(cache: &Cache, source: &Source) -> &'static str {
-    let caps = cache.inner.caps;
-    if source.tier.is_some() || (caps.remote && caps.shares_stored) {
+    let profile = cache.inner.guard.profile();
+    if source.tier.is_some() || (profile.remote && profile.shares_stored) {
         "tiered"
-    } else if caps.remote {
+    } else if profile.remote {
         "redis"
     } else {
         "memory"
@@ -225,14 +225,14 @@ impl Exporter {
 
     fn export(&mut self, cache: &Cache) {
         self.export_counts(&cache.stats());
-        let open = |b: Option<&crate::breaker::Breaker>| {
+        let open = |b: Option<&super::breaker::Breaker>| {
             f64::from(u8::from(b.is_some_and(|b| b.is_open())))
         };
         self.gauges(
             cache.loads_in_flight(),
             cache.pending_invalidations(),
             [
-                open(Some(&cache.inner.breaker)),
+                open(Some(cache.inner.guard.breaker())),
                 // 0 when the cache has no loader breaker.
                 open(cache.inner.loader_breaker.as_ref()),
             ],

@@ -1,57 +1,68 @@
-//! The [`Cache`]: the read path (`get_or_load`, `get`) and the write path
-//! (`set`, `invalidate`).
+//! The [`Cache`], built from parts it owns, and its read API.
+//!
+//! - `guard`: the backend behind its breaker and timeout, the one way to
+//!   call it;
+//! - `entry`: the entry codec and the tag and namespace checks;
+//! - `read`: the read path (what the backend holds for a key, judged);
+//! - `load`: the load path (single-flight, the loader, the fill) and
+//!   `protocol`, the per-key claim every load makes (re-check, tokens,
+//!   lease) for one key or a batch;
+//! - `write`: `set` and the invalidations; `batch`: the batch methods and
+//!   warm-up.
+//!
+//! A miss reads top to bottom in [`Cache::get_or_load_with`]: a queued
+//! invalidation of the key (bypass) -> a load of it in flight here (join)
+//! -> `read::lookup` -> `load::load`, whose task runs `protocol::claim`,
+//! the loader and `load::fill_all`.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
-use crate::backend::{Backend, Capabilities, FillToken, Stored};
-use crate::breaker::{Breaker, Transition};
-use crate::builder::CacheBuilder;
+use crate::backend::Backend;
 use crate::clock::Clock;
 use crate::codec::{Codec, Compression};
-use crate::envelope::{self, Meta};
-use crate::error::{BackendError, Error};
-use crate::flight::Flights;
+use crate::error::Error;
 use crate::hot::Tracker;
 use crate::key::{KeyBuf, backend_key};
 use crate::loader::Loader;
-use crate::pending::Pending;
-use crate::policy::{Age, Policy, fresh_until_ms};
+use crate::policy::Policy;
 use crate::stats::{Counters, Stats, bump};
+use breaker::Breaker;
+use entry::{Entries, EntrySettings, Fallback, Lookup};
+use flight::Flights;
+use guard::Guard;
+use load::Mode;
+use pending::Pending;
+use read::Reads;
 use throttle::Throttle;
 
 mod batch;
+mod breaker;
 mod coalesce;
-mod deps;
+mod entry;
+mod flight;
+mod guard;
 mod hot;
 mod inspect;
-mod lease;
 mod load;
 #[cfg(feature = "metrics")]
 pub(crate) mod metrics;
+mod pending;
+mod protocol;
+mod read;
 mod throttle;
 mod write;
+mod xfetch;
 
 pub use batch::{WarmOptions, WarmProgress};
-pub use deps::EntryOptions;
-use deps::{Check, Deps, version_key};
+pub use entry::{EntryOptions, Value};
 pub use inspect::{Dependency, EntryInfo};
-use load::Mode;
 pub use write::Invalidation;
 
-/// The bounds every cached value type meets.
-///
-/// `Clone` because one load is handed to every caller waiting on it;
-/// `Serialize + DeserializeOwned` because remote backends store bytes.
-pub trait Value: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
-impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> Value for T {}
-
+/// What a cache is built from: the builder's validated options.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub namespace: String,
@@ -107,81 +118,88 @@ pub struct Cache {
 }
 
 struct Inner {
-    backend: Arc<dyn Backend>,
-    caps: Capabilities,
-    s: Settings,
-    /// Shared with the metrics export, which reads them once more after the
-    /// last clone of the cache is gone.
-    stats: Arc<Counters>,
-    /// Dropped with the cache: wakes the metrics export for its last look.
-    #[cfg(feature = "metrics")]
-    metrics_closed: std::sync::OnceLock<tokio::sync::oneshot::Sender<()>>,
-    breaker: Breaker,
+    /// The backend, its breaker and timeout.
+    guard: Guard,
+    /// The entry codec and dependency checks.
+    entries: Entries,
+    /// Shared reads of hot keys (remote backends, `coalesce_reads` on).
+    reads: Reads,
+    /// Loads in flight in this process, one per key.
     flights: Arc<Flights>,
+    /// Invalidations the backend has not applied yet.
     pending: Arc<Pending>,
     /// The loader's circuit breaker, when configured.
     loader_breaker: Option<Breaker>,
     throttle: Throttle,
     /// The hot-key tracker, when on.
     hot: Option<Tracker>,
-    /// Shared reads of hot keys (remote backends, `coalesce_reads` on).
-    reads: coalesce::Reads,
+    /// Shared with the parts and the metrics export, which reads them once
+    /// more after the last clone of the cache is gone.
+    stats: Arc<Counters>,
+    /// The options the load and write paths read.
+    s: Settings,
+    /// Dropped with the cache: wakes the metrics export for its last look.
+    #[cfg(feature = "metrics")]
+    metrics_closed: std::sync::OnceLock<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl fmt::Debug for Cache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cache")
             .field("namespace", &self.inner.s.namespace)
-            .field("backend", &self.inner.backend)
+            .field("backend", &self.inner.guard.backend())
             .field("ttl", &self.inner.s.ttl)
             .finish_non_exhaustive()
     }
 }
 
-/// What one read of the backend found. `Option<V>`: a value, or a cached
-/// "not found".
-enum Lookup<V> {
-    /// Fresh; with the entry's write time if early refresh (XFetch) picked
-    /// this read to refresh it.
-    Fresh(Option<V>, Option<u64>),
-    /// Past the fresh TTL, within the stale-while-revalidate window; with
-    /// the entry's write time.
-    Stale(Option<V>, u64),
-    /// Past the hard TTL, within the fail-safe window: a fallback only.
-    Expired(Option<V>),
-    Miss,
-}
-
 impl Cache {
-    /// A builder with the defaults listed on [`CacheBuilder`].
-    pub fn builder() -> CacheBuilder {
-        CacheBuilder::default()
-    }
-
     pub(crate) fn from_parts(backend: Arc<dyn Backend>, s: Settings) -> Self {
-        let caps = backend.capabilities();
-        let breaker = Breaker::new(s.backend_failure_threshold, s.backend_retry_after);
+        let stats: Arc<Counters> = Arc::default();
+        let guard = Guard::new(
+            backend,
+            s.backend_timeout,
+            (s.backend_failure_threshold, s.backend_retry_after),
+            &s.namespace,
+            Arc::clone(&stats),
+        );
+        let profile = guard.profile();
+        let entries = Entries::new(
+            EntrySettings {
+                namespace: s.namespace.clone(),
+                namespace_invalidation: s.namespace_invalidation,
+                codec: s.codec,
+                compression: s.compression,
+                max_value_bytes: s.max_value_bytes,
+                ttl: s.ttl,
+                ttl_jitter: s.ttl_jitter,
+                negative_ttl: s.negative_ttl,
+                policy: s.policy.clone(),
+                clock: Arc::clone(&s.clock),
+            },
+            profile,
+            Arc::clone(&stats),
+        );
         let hot = (s.hot_keys > 0).then(|| Tracker::new(s.hot_keys, s.hot_key_sampling));
         let loader_breaker = s
             .policy
             .loader_breaker
             .map(|(failures, cool_down)| Breaker::new(failures, cool_down));
-        let reads = coalesce::Reads::new(&s.namespace);
+        let reads = Reads::new(&s.namespace, s.coalesce_reads && profile.remote);
         Cache {
             inner: Arc::new(Inner {
-                backend,
-                caps,
-                s,
-                stats: Arc::default(),
-                #[cfg(feature = "metrics")]
-                metrics_closed: std::sync::OnceLock::new(),
-                breaker,
+                guard,
+                entries,
+                reads,
                 flights: Arc::new(Flights::default()),
                 pending: Arc::default(),
                 loader_breaker,
-                reads,
                 throttle: Throttle::default(),
                 hot,
+                stats,
+                s,
+                #[cfg(feature = "metrics")]
+                metrics_closed: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -243,14 +261,14 @@ impl Cache {
     /// assert_eq!(again, Some(1999));
     /// # Ok(()) }
     /// ```
-    pub async fn get_or_load<V, L, Fut, E>(
+    pub async fn get_or_load<V, L>(
         &self,
         key: impl AsRef<str>,
         loader: L,
     ) -> Result<Option<V>, Error>
     where
         V: Value,
-        L: Loader<V, Future = Fut, Error = E>,
+        L: Loader<V>,
     {
         self.get_or_load_with(key, &EntryOptions::default(), loader)
             .await
@@ -279,7 +297,7 @@ impl Cache {
     ///
     /// # Errors
     /// As `get_or_load`.
-    pub async fn get_or_load_with<V, L, Fut, E>(
+    pub async fn get_or_load_with<V, L>(
         &self,
         key: impl AsRef<str>,
         options: &EntryOptions,
@@ -287,16 +305,16 @@ impl Cache {
     ) -> Result<Option<V>, Error>
     where
         V: Value,
-        L: Loader<V, Future = Fut, Error = E>,
+        L: Loader<V>,
     {
         self.record_read(key.as_ref());
         let key = KeyBuf::new(
-            &self.inner.s.namespace,
+            &self.inner.entries.namespace,
             key.as_ref(),
             self.inner.s.max_key_len,
         );
         let pk = key.as_str();
-        let deps = self.deps(&options.tags);
+        let deps = self.inner.entries.deps(&options.tags);
         if self.must_bypass(pk, &deps) {
             // An invalidation of this key (or of a tag or the namespace) has
             // not reached the backend yet: what it holds may be stale, so do
@@ -306,7 +324,7 @@ impl Cache {
             bump(&self.inner.stats.misses);
             bump(&self.inner.stats.bypassed);
             let (pk, ttl) = (pk.to_owned(), options.ttl);
-            let load = Box::pin(self.load(pk, deps, ttl, None, Mode::Bypass, loader));
+            let load = Box::pin(self.load(pk, deps, ttl, Fallback::None, Mode::Bypass, loader));
             return load.instrument(self.load_span()).await;
         }
         // The error of a load joined before reading: this caller's answer
@@ -334,7 +352,7 @@ impl Cache {
                     return Err(e);
                 }
                 let (pk, ttl) = (pk.to_owned(), options.ttl);
-                let load = Box::pin(self.load(pk, deps, ttl, None, Mode::Bypass, loader));
+                let load = Box::pin(self.load(pk, deps, ttl, Fallback::None, Mode::Bypass, loader));
                 return load.instrument(self.load_span()).await;
             }
         }
@@ -360,7 +378,7 @@ impl Cache {
                     bump(&self.inner.stats.fail_safe_served);
                     return Ok(v);
                 }
-                Some(v)
+                Fallback::Expired(v)
             }
             // A backend failure was counted in `lookup`; go on without it.
             Ok(Lookup::Miss) | Err(_) => {
@@ -369,7 +387,7 @@ impl Cache {
                     // Not loaded again: the load this caller joined failed.
                     return Err(e);
                 }
-                None
+                Fallback::None
             }
         };
         // Boxed: the miss path's state is large, and keeping it out of this
@@ -393,64 +411,16 @@ impl Cache {
         }
     }
 
-    /// Stores a loaded value if no invalidation happened since `token` was
-    /// read, and counts what happened. Returns whether the backend stored
-    /// it: only then is the value proven current at the fill.
-    async fn fill<V: Value>(
-        &self,
-        pk: &str,
-        value: Option<V>,
-        deps: &Deps,
-        ttl: Option<Duration>,
-        token: FillToken,
-        took: Duration,
-    ) -> bool {
-        if self.must_bypass(pk, deps) {
-            // An invalidation is pending: the fill cannot be proven fresh.
-            bump(&self.inner.stats.stale_fills_rejected);
-            self.release(pk, Some(&token)).await;
-            return false;
-        }
-        let stamp = deps.stamp(token.versions());
-        let Some((stored, ttl)) = self.encode_entry(pk, value, ttl, &stamp, took) else {
-            self.release(pk, Some(&token)).await;
-            return false;
-        };
-        let filled = self
-            .guarded(self.inner.backend.fill(pk, stored, ttl, &token, &deps.keys))
-            .await;
-        match filled {
-            Ok(true) => {
-                bump(&self.inner.stats.sets);
-                true
-            }
-            Ok(false) => {
-                bump(&self.inner.stats.stale_fills_rejected);
-                tracing::debug!(key = %pk, "aside: fill dropped, the key was invalidated during the load");
-                false
-            }
-            Err(e) => {
-                tracing::debug!(key = %pk, error = %e, "aside: could not cache loaded value");
-                // A fill that failed did not release the lease (or did, and
-                // its reply was lost: releasing again is a no-op then). Left
-                // held, every load of the key, in every process, would wait
-                // for it to lapse.
-                self.release(pk, Some(&token)).await;
-                false
-            }
-        }
-    }
-
     /// Reads `key`. `Ok(None)` for a miss and for a cached "not found".
     ///
     /// # Errors
-    /// A `Backend` or `Timeout` error when the backend fails (unlike
+    /// A `Backend` or `BackendTimeout` error when the backend fails (unlike
     /// `get_or_load`, there is nothing to degrade to). An undecodable entry is
     /// counted and reads as `None`.
     pub async fn get<V: Value>(&self, key: impl AsRef<str>) -> Result<Option<V>, Error> {
         self.record_read(key.as_ref());
         let pk = self.backend_key(key.as_ref());
-        let deps = self.deps(&[]);
+        let deps = self.inner.entries.deps(&[]);
         if self.must_bypass(&pk, &deps) {
             bump(&self.inner.stats.bypassed);
             return Ok(None);
@@ -484,388 +454,15 @@ impl Cache {
     /// Redis `{namespace:key}`, on the memory backend the backend key.
     #[doc(hidden)]
     pub fn physical_key(&self, key: &str) -> String {
-        self.inner.backend.storage_key(&self.backend_key(key))
+        let pk = self.backend_key(key);
+        match self.inner.guard.backend().inspect() {
+            Some(inspect) => inspect.storage_key(&pk),
+            None => pk,
+        }
     }
 
     /// Whether the backend is currently marked down (operations skipped).
     pub fn backend_marked_down(&self) -> bool {
-        self.inner.breaker.is_open()
-    }
-
-    /// The counters an entry read or written now depends on.
-    fn deps(&self, tags: &[String]) -> Deps {
-        if tags.is_empty() && !self.inner.s.namespace_invalidation {
-            // The hit path's usual case: nothing to build.
-            return Deps::default();
-        }
-        let mut deps = Deps::default();
-        if self.inner.s.namespace_invalidation {
-            deps.names.push(String::new());
-        }
-        deps.names.extend(tags.iter().cloned());
-        deps.keys = deps
-            .names
-            .iter()
-            .map(|n| version_key(&self.inner.s.namespace, n))
-            .collect();
-        deps
-    }
-
-    /// Whether an invalidation that concerns this read is still queued. A
-    /// queued tag or namespace invalidation bypasses every read: any entry
-    /// may carry that tag.
-    fn must_bypass(&self, pk: &str, deps: &Deps) -> bool {
-        let pending = &self.inner.pending;
-        !pending.is_empty()
-            && (pending.has_versions()
-                || pending.contains(pk)
-                || deps.keys.iter().any(|k| pending.contains(k)))
-    }
-
-    async fn lookup<V: Value>(&self, pk: &str, deps: &Deps) -> Result<Lookup<V>, Error> {
-        if deps.is_empty() {
-            // In-process backends answer without a boxed future.
-            let stored = match self.inner.backend.get_now(pk) {
-                Some(read) => read.map_err(|e| self.backend_failed(e))?,
-                None => self.read_remote(pk).await?,
-            };
-            let Some(stored) = stored else {
-                return Ok(Lookup::Miss);
-            };
-            // The memory hit path: an in-process backend's expiry is exact,
-            // so without time-based policies a plain entry needs no header
-            // check at all. (Plain entries are only ever this process's own
-            // fills and sets, kept by a `shares_stored` backend for their TTL
-            // counted here, so this holds for a tiered backend's copies too.)
-            if let Some(v) = stored.plain_value::<V>()
-                && !self.inner.s.policy.needs_clock()
-            {
-                return Ok(Lookup::Fresh(Some(v.clone()), None));
-            }
-            return match self.decode_checked(pk, &stored, deps, &[]) {
-                Lookup::Miss if self.has_unknown_deps(&stored) => {
-                    // The entry has tags of its own: check them.
-                    self.lookup_with_deps(pk, &self.entry_deps(&stored, deps))
-                        .await
-                }
-                found => Ok(found),
-            };
-        }
-        self.lookup_with_deps(pk, deps).await
-    }
-
-    /// Reads the entry and the current counters of `deps` in one round trip.
-    async fn lookup_with_deps<V: Value>(&self, pk: &str, deps: &Deps) -> Result<Lookup<V>, Error> {
-        let (stored, current) = self.read_remote_with_versions(pk, &deps.keys).await?;
-        let Some(stored) = stored else {
-            return Ok(Lookup::Miss);
-        };
-        Ok(match self.decode_checked(pk, &stored, deps, &current) {
-            Lookup::Miss if self.has_unknown_deps_beyond(&stored, deps) => {
-                let all = self.entry_deps(&stored, deps);
-                let (stored, current) = self.read_remote_with_versions(pk, &all.keys).await?;
-                stored.map_or(Lookup::Miss, |s| {
-                    self.decode_checked(pk, &s, &all, &current)
-                })
-            }
-            found => found,
-        })
-    }
-
-    /// The caller's dependencies and every one recorded in the stored entry:
-    /// the entry must still carry (and match) all of the caller's.
-    fn entry_deps(&self, stored: &Stored, wanted: &Deps) -> Deps {
-        let names: Vec<String> = envelope::parse(stored.bytes())
-            .map(|env| env.deps().map(|(n, _)| n.to_owned()).collect())
-            .unwrap_or_default();
-        let mut deps = wanted.clone();
-        for n in names {
-            if !deps.names.contains(&n) {
-                deps.keys.push(version_key(&self.inner.s.namespace, &n));
-                deps.names.push(n);
-            }
-        }
-        deps
-    }
-
-    fn has_unknown_deps(&self, stored: &Stored) -> bool {
-        envelope::parse(stored.bytes()).is_ok_and(|env| env.has_deps())
-    }
-
-    fn has_unknown_deps_beyond(&self, stored: &Stored, deps: &Deps) -> bool {
-        envelope::parse(stored.bytes())
-            .is_ok_and(|env| env.deps().any(|(n, _)| !deps.names.iter().any(|d| d == n)))
-    }
-
-    /// Decodes an entry if it is valid against `current` (values of `deps`).
-    /// An entry with dependencies not in `deps` is a `Miss` here; callers that
-    /// can fetch them check `has_unknown_deps*` and look again.
-    fn decode_checked<V: Value>(
-        &self,
-        pk: &str,
-        stored: &Stored,
-        deps: &Deps,
-        current: &[u64],
-    ) -> Lookup<V> {
-        self.decode_checked_at(pk, stored, deps, current, &mut None)
-    }
-
-    /// `decode_checked` with the time shared by entries read together: `now`
-    /// is the clock's reading, taken on first need and kept.
-    fn decode_checked_at<V: Value>(
-        &self,
-        pk: &str,
-        stored: &Stored,
-        deps: &Deps,
-        current: &[u64],
-        now: &mut Option<u64>,
-    ) -> Lookup<V> {
-        let env = match envelope::parse(stored.bytes()) {
-            Ok(env) => env,
-            Err(e) => return self.undecodable(pk, &e),
-        };
-        if !deps.is_empty() || env.has_deps() {
-            match deps::check(&env, &deps.names, current) {
-                Check::Fresh => {}
-                Check::Unknown(_) => return Lookup::Miss,
-                Check::Stale => {
-                    bump(&self.inner.stats.dependency_misses);
-                    return Lookup::Miss;
-                }
-            }
-        }
-        // In-process backends expire entries exactly, so without stale
-        // windows or early refresh the hit path skips the clock; remote
-        // entries are always checked against their own expiry: a backend
-        // that keeps an entry longer (a `PERSIST`ed key, a restored
-        // snapshot) must not serve it for ever.
-        let policy = &self.inner.s.policy;
-        let (age, refresh) = if !self.inner.caps.exact_expiry || policy.needs_clock() {
-            let now = *now.get_or_insert_with(|| self.inner.s.clock.now_ms());
-            match policy.age(&env.meta, now) {
-                None => return Lookup::Miss,
-                Some(Age::Fresh) => (
-                    Age::Fresh,
-                    self.refresh_early(&env.meta, now)
-                        .then_some(env.meta.written_at_ms),
-                ),
-                Some(age) => (age, None),
-            }
-        } else {
-            (Age::Fresh, None)
-        };
-        let value = if env.negative {
-            None
-        } else if let Some(v) = stored.decoded::<V>() {
-            Some(v.clone())
-        } else {
-            match env.decode::<V>(self.inner.s.max_value_bytes) {
-                Ok(v) => {
-                    if self.inner.caps.shares_stored {
-                        stored.remember(v.clone());
-                    }
-                    Some(v)
-                }
-                Err(e) => return self.undecodable(pk, &e),
-            }
-        };
-        match age {
-            Age::Fresh => Lookup::Fresh(value, refresh),
-            Age::Stale => Lookup::Stale(value, env.meta.written_at_ms),
-            Age::Expired => Lookup::Expired(value),
-        }
-    }
-
-    /// Whether early refresh (XFetch) picks this fresh read to refresh.
-    fn refresh_early(&self, meta: &Meta, now_ms: u64) -> bool {
-        self.inner.s.policy.early_refresh_beta.is_some_and(|beta| {
-            crate::xfetch::should_refresh_early(
-                now_ms,
-                fresh_until_ms(meta),
-                meta.load_duration,
-                beta,
-                // `random` in (0, 1], as the formula wants.
-                1.0 - rand::random::<f64>(),
-            )
-        })
-    }
-
-    fn undecodable<V>(&self, pk: &str, e: &envelope::DecodeError) -> Lookup<V> {
-        bump(&self.inner.stats.decode_errors);
-        tracing::debug!(key = %pk, error = %e, "aside: undecodable entry treated as a miss");
-        Lookup::Miss
-    }
-
-    /// Encodes one entry and picks its (jittered) TTL. `value: None` is a
-    /// negative entry, or nothing when negative caching is off. A value over
-    /// the size limit is counted and not stored.
-    fn encode_entry<V: Value>(
-        &self,
-        pk: &str,
-        value: Option<V>,
-        ttl: Option<Duration>,
-        stamp: &[(String, u64)],
-        load_duration: Duration,
-    ) -> Option<(Stored, Duration)> {
-        match self.try_encode_entry(value, ttl, stamp, load_duration) {
-            Ok(entry) => entry,
-            Err(e) => {
-                if e.is_too_large() {
-                    bump(&self.inner.stats.oversized);
-                }
-                tracing::warn!(key = %pk, error = %e, "aside: value not cached");
-                None
-            }
-        }
-    }
-
-    fn try_encode_entry<V: Value>(
-        &self,
-        value: Option<V>,
-        ttl: Option<Duration>,
-        stamp: &[(String, u64)],
-        load_duration: Duration,
-    ) -> Result<Option<(Stored, Duration)>, Error> {
-        let s = &self.inner.s;
-        let base_ttl = match (&value, ttl) {
-            (Some(_), Some(t)) => t,
-            (Some(_), None) => s.ttl,
-            (None, _) => match s.negative_ttl {
-                Some(t) => t,
-                None => return Ok(None),
-            },
-        };
-        let (soft_ttl, hard_ttl, kept) = s.policy.lifetimes(jittered(base_ttl, s.ttl_jitter));
-        let meta = Meta {
-            written_at_ms: s.clock.now_ms(),
-            ttl: hard_ttl,
-            soft_ttl,
-            load_duration,
-        };
-        let bytes = envelope::encode(
-            value.as_ref(),
-            meta,
-            stamp,
-            s.codec,
-            s.compression,
-            s.max_value_bytes,
-        )?;
-        let stored = match value {
-            // In-process backends keep the value next to the bytes: no decode on hits.
-            Some(v) if self.inner.caps.shares_stored => {
-                Stored::with_decoded(bytes, v, stamp.is_empty())
-            }
-            _ => Stored::new(bytes),
-        };
-        // The backend keeps the entry through the stale and fail-safe windows.
-        Ok(Some((stored, kept)))
-    }
-
-    /// Runs a backend operation under the timeout and the breaker, counting
-    /// and logging failures.
-    async fn guarded<T>(
-        &self,
-        op: impl Future<Output = Result<T, BackendError>>,
-    ) -> Result<T, Error> {
-        if !self.inner.caps.remote {
-            return op.await.map_err(|e| self.backend_failed(e));
-        }
-        match self.attempt(op).await {
-            Ok(v) => Ok(v),
-            Err(None) => {
-                bump(&self.inner.stats.backend_skipped);
-                Err(Error::backend_down())
-            }
-            Err(Some(e)) => {
-                self.backend_failure_noted(&e);
-                Err(self.backend_failed(e))
-            }
-        }
-    }
-
-    /// [`guarded`](Self::guarded) for a read shared by several callers: a
-    /// failure is returned uncounted, and each caller it answers counts it
-    /// (`shared_failure`), as its own read's would have been.
-    async fn guarded_shared<T>(
-        &self,
-        op: impl Future<Output = Result<T, BackendError>>,
-    ) -> Result<T, Error> {
-        match self.attempt(op).await {
-            Ok(v) => Ok(v),
-            Err(None) => Err(Error::backend_down()),
-            Err(Some(e)) => Err(e.into()),
-        }
-    }
-
-    /// A remote backend operation under the timeout, if the breaker allows
-    /// it (`Err(None)`: not attempted); a success closes the breaker.
-    async fn attempt<T>(
-        &self,
-        op: impl Future<Output = Result<T, BackendError>>,
-    ) -> Result<T, Option<BackendError>> {
-        let inner = &*self.inner;
-        if !inner.breaker.allow() {
-            return Err(None);
-        }
-        let result = match tokio::time::timeout(inner.s.backend_timeout, op).await {
-            Ok(r) => r,
-            Err(_) => Err(BackendError::Timeout),
-        };
-        match result {
-            Ok(v) => {
-                if inner.breaker.on_success() == Transition::Closed {
-                    tracing::info!(namespace = %inner.s.namespace, "aside: cache backend is back");
-                }
-                Ok(v)
-            }
-            Err(e) => Err(Some(e)),
-        }
-    }
-
-    /// Tells the backend breaker an operation failed (or, for a shared
-    /// read, that it failed for one more caller).
-    fn backend_failure_noted(&self, e: &dyn std::fmt::Display) {
-        let inner = &*self.inner;
-        if inner.breaker.on_failure() == Transition::Opened {
-            tracing::warn!(
-                namespace = %inner.s.namespace,
-                error = %e,
-                retry_after = ?inner.s.backend_retry_after,
-                "aside: cache backend marked down; serving from the loader"
-            );
-        }
-    }
-
-    fn backend_failed(&self, e: BackendError) -> Error {
-        match e {
-            BackendError::Timeout => bump(&self.inner.stats.backend_timeouts),
-            _ => bump(&self.inner.stats.backend_errors),
-        }
-        tracing::debug!(error = %e, "aside: backend operation failed");
-        e.into()
-    }
-}
-
-/// Shortens `ttl` by a random fraction in `0..jitter`, never below 1 ms.
-fn jittered(ttl: Duration, jitter: f64) -> Duration {
-    if jitter <= 0.0 {
-        return ttl;
-    }
-    let factor = 1.0 - jitter * rand::random::<f64>();
-    ttl.mul_f64(factor).max(Duration::from_millis(1))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_stays_within_range() {
-        let ttl = Duration::from_secs(100);
-        for _ in 0..1000 {
-            let t = jittered(ttl, 0.2);
-            assert!(t <= ttl && t >= Duration::from_secs(80), "{t:?}");
-        }
-        assert_eq!(jittered(ttl, 0.0), ttl);
+        self.inner.guard.breaker().is_open()
     }
 }

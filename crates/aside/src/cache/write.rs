@@ -1,13 +1,17 @@
-//! The write path: `set` (update-on-write) and `invalidate`
-//! (invalidate-on-write), and the retry of invalidations that failed.
+//! The write path: `set` and `set_many` (update-on-write), `invalidate`
+//! and its tag and namespace forms (invalidate-on-write), and the retry of
+//! invalidations that failed.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{Cache, EntryOptions, Value};
+use super::Cache;
+use super::entry::{EntryOptions, Value};
+use super::load::runs;
+use super::pending::{Kind, Pending};
+use crate::backend::{AcquireRequest, Entry, SetRequest};
 use crate::error::{Error, ErrorKind};
-use crate::pending::{Kind, Pending};
 use crate::stats::bump;
 
 /// What became of an invalidation.
@@ -45,7 +49,7 @@ impl Cache {
     /// cannot overwrite it with what it read.
     ///
     /// # Errors
-    /// `TooLarge`, `Encode`, `Backend` or `Timeout`. When the backend could
+    /// `TooLarge`, `Encode`, `Backend` or `BackendTimeout`. When the backend could
     /// not be written, an invalidation of the key is queued (the entry it
     /// holds is older than the value you meant to write).
     pub async fn set<V: Value>(&self, key: impl AsRef<str>, value: V) -> Result<(), Error> {
@@ -70,58 +74,117 @@ impl Cache {
     ///
     /// # Errors
     /// As `set`, and `Config` for a zero TTL.
-    #[tracing::instrument(level = "debug", name = "aside.set", skip_all, fields(namespace = %self.inner.s.namespace))]
+    #[tracing::instrument(level = "debug", name = "aside.set", skip_all, fields(namespace = %self.inner.entries.namespace))]
     pub async fn set_with<V: Value>(
         &self,
         key: impl AsRef<str>,
         value: V,
         options: &EntryOptions,
     ) -> Result<(), Error> {
+        self.write([(key, value)], options).await
+    }
+
+    /// Writes several values with the default TTL, in one backend request
+    /// (per [`batch_chunk_size`](crate::CacheBuilder::batch_chunk_size)
+    /// keys or 4 MiB of values), each with its own jittered TTL. As [`set`](Self::set) for each
+    /// key: loads that began before it do not overwrite it.
+    ///
+    /// # Errors
+    /// As `set`. A value that cannot be encoded (too large) fails the call
+    /// before anything is written. When the backend cannot be written, an
+    /// invalidation of every key is queued.
+    pub async fn set_many<K: AsRef<str>, V: Value>(
+        &self,
+        items: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<(), Error> {
+        self.set_many_with(items, &EntryOptions::default()).await
+    }
+
+    /// [`set_many`](Self::set_many) with tags and a TTL for every entry. With
+    /// tags (or namespace invalidation), their tokens are read first: one
+    /// more request.
+    ///
+    /// # Errors
+    /// As `set_many`, and `Config` for a zero TTL.
+    #[tracing::instrument(level = "debug", name = "aside.set_many", skip_all, fields(namespace = %self.inner.entries.namespace))]
+    pub async fn set_many_with<K: AsRef<str>, V: Value>(
+        &self,
+        items: impl IntoIterator<Item = (K, V)>,
+        options: &EntryOptions,
+    ) -> Result<(), Error> {
+        self.write(items, options).await
+    }
+
+    /// The writes of `set` and `set_many`: the entries record the tokens of
+    /// their tags as they are now, then go in requests of at most
+    /// `batch_chunk_size` keys and 4 MiB of values.
+    async fn write<K: AsRef<str>, V: Value>(
+        &self,
+        items: impl IntoIterator<Item = (K, V)>,
+        options: &EntryOptions,
+    ) -> Result<(), Error> {
         if options.ttl.is_some_and(|t| t.is_zero()) {
             return Err(Error::config("ttl must be greater than zero"));
         }
-        let pk = self.backend_key(key.as_ref());
-        self.inner.flights.forget(&pk);
-        let deps = self.deps(&options.tags);
-        // The entry records the counters' tokens as they are now (created if
-        // absent: an entry must never record "absent"); an invalidation of a
-        // tag right after makes it unreadable, as it should.
+        let items: Vec<(String, V)> = items
+            .into_iter()
+            .map(|(k, v)| (self.backend_key(k.as_ref()), v))
+            .collect();
+        let Some((first, _)) = items.first() else {
+            return Ok(());
+        };
+        let pks: Vec<String> = items.iter().map(|(pk, _)| pk.clone()).collect();
+        for pk in &pks {
+            self.inner.flights.forget(pk);
+        }
+        let deps = self.inner.entries.deps(&options.tags);
+        let guard = &self.inner.guard;
+        // Every entry records the counters' tokens as they are now (created
+        // if absent: an entry must never record "absent"), read once for
+        // all: they are the same counters. An invalidation of a tag right
+        // after makes them unreadable, as it should.
         let stamp = if deps.is_empty() {
             Vec::new()
         } else {
-            let marker_ttl = self.inner.s.marker_ttl;
-            let read = self
-                .guarded(self.inner.backend.get_for_fill(&pk, &deps.keys, marker_ttl))
-                .await;
-            match read {
-                Ok((_, token)) => deps.stamp(token.versions()),
+            let keys = std::slice::from_ref(first);
+            let request = AcquireRequest::new(keys, &deps.keys, self.inner.s.marker_ttl);
+            match guard.run(guard.backend().acquire(&request)).await {
+                Ok(mut read) => {
+                    let token = read.pop().map(|a| a.token).unwrap_or_default();
+                    deps.stamp(token.versions())
+                }
                 Err(e) => {
-                    // The entry it holds is older than the value meant for it.
-                    let _ = self.queue_invalidation(vec![pk], Kind::Key);
+                    // The entries held are older than the values meant
+                    // for them.
+                    let _ = self.queue_invalidation(pks, Kind::Key);
                     return Err(e);
                 }
             }
         };
-        let Some((stored, ttl)) =
-            self.try_encode_entry(Some(value), options.ttl, &stamp, Duration::ZERO)?
-        else {
-            return Ok(());
-        };
-        match self
-            .guarded(self.inner.backend.set(&pk, stored, ttl, &deps.keys))
-            .await
-        {
-            Ok(()) => {
-                bump(&self.inner.stats.sets);
-                Ok(())
-            }
-            Err(e) => {
-                // The old entry may still be there: have it removed. If even
-                // the queue is full, the error below is all we can say.
-                let _ = self.queue_invalidation(vec![pk], Kind::Key);
-                Err(e)
+        let mut entries = Vec::with_capacity(items.len());
+        for (pk, value) in items {
+            let encoded =
+                self.inner
+                    .entries
+                    .encode(Some(value), options.ttl, &stamp, Duration::ZERO)?;
+            if let Some((stored, ttl)) = encoded {
+                entries.push(Entry::new(pk, stored, ttl));
             }
         }
+        let size = |entry: &Entry| entry.value.bytes().len();
+        for run in runs(&entries, self.inner.s.batch_chunk_size, size) {
+            let chunk = &entries[run];
+            let request = SetRequest::new(chunk, &deps.keys);
+            if let Err(e) = guard.run(guard.backend().set(&request)).await {
+                // Old entries may still be there: have them removed.
+                let _ = self.queue_invalidation(pks, Kind::Key);
+                return Err(e);
+            }
+            for _ in chunk {
+                bump(&self.inner.stats.sets);
+            }
+        }
+        Ok(())
     }
 
     /// Makes every entry tagged `tag` unreadable, at once, with one write
@@ -139,7 +202,7 @@ impl Cache {
     ///
     /// # Errors
     /// As [`invalidate_tag`](Self::invalidate_tag).
-    #[tracing::instrument(level = "debug", name = "aside.invalidate_tags", skip_all, fields(namespace = %self.inner.s.namespace))]
+    #[tracing::instrument(level = "debug", name = "aside.invalidate_tags", skip_all, fields(namespace = %self.inner.entries.namespace))]
     pub async fn invalidate_tags<T: AsRef<str>>(
         &self,
         tags: impl IntoIterator<Item = T>,
@@ -151,7 +214,8 @@ impl Cache {
             )));
         }
         bump_by(&self.inner.stats.tag_invalidations, names.len());
-        self.bump_versions(self.deps(&names).keys.split_off(self.namespace_dep_len()))
+        let mut versions = self.inner.entries.deps(&names).keys;
+        self.remove_versions(versions.split_off(self.namespace_dep_len()))
             .await
     }
 
@@ -164,22 +228,23 @@ impl Cache {
     /// [`namespace_invalidation(true)`](crate::CacheBuilder::namespace_invalidation):
     /// without it, entries do not record the namespace version and could not
     /// be invalidated this way.
-    #[tracing::instrument(level = "debug", name = "aside.invalidate_namespace", skip_all, fields(namespace = %self.inner.s.namespace))]
+    #[tracing::instrument(level = "debug", name = "aside.invalidate_namespace", skip_all, fields(namespace = %self.inner.entries.namespace))]
     pub async fn invalidate_namespace(&self) -> Result<Invalidation, Error> {
-        if !self.inner.s.namespace_invalidation {
+        if !self.inner.entries.namespace_invalidation() {
             return Err(Error::config(
                 "invalidate_namespace needs the cache built with namespace_invalidation(true)",
             ));
         }
         bump(&self.inner.stats.namespace_invalidations);
-        self.bump_versions(self.deps(&[]).keys).await
+        self.remove_versions(self.inner.entries.deps(&[]).keys)
+            .await
     }
 
     fn namespace_dep_len(&self) -> usize {
-        usize::from(self.inner.s.namespace_invalidation)
+        usize::from(self.inner.entries.namespace_invalidation())
     }
 
-    async fn bump_versions(&self, keys: Vec<String>) -> Result<Invalidation, Error> {
+    async fn remove_versions(&self, keys: Vec<String>) -> Result<Invalidation, Error> {
         self.inner
             .stats
             .invalidations
@@ -200,10 +265,11 @@ impl Cache {
     ///
     /// # Errors
     /// A backend that cannot be reached gives `Ok(Invalidation::Queued)`,
-    /// and the invalidation is retried until it is applied. An error of kind
-    /// `Backend` when it could neither be applied nor queued (the queue is
-    /// full, see [`CacheBuilder::max_queued_invalidations`](crate::CacheBuilder::max_queued_invalidations),
-    /// or the runtime is shutting down): it did not happen.
+    /// and the invalidation is retried until it is applied. It did not
+    /// happen when it could neither be applied nor queued: an error of kind
+    /// `QueueFull` when the queue is full (see
+    /// [`CacheBuilder::max_queued_invalidations`](crate::CacheBuilder::max_queued_invalidations)),
+    /// of kind `Backend` when the runtime is shutting down.
     pub async fn invalidate(&self, key: impl AsRef<str>) -> Result<Invalidation, Error> {
         self.invalidate_many([key]).await
     }
@@ -212,7 +278,7 @@ impl Cache {
     ///
     /// # Errors
     /// As [`invalidate`](Self::invalidate).
-    #[tracing::instrument(level = "debug", name = "aside.invalidate", skip_all, fields(namespace = %self.inner.s.namespace))]
+    #[tracing::instrument(level = "debug", name = "aside.invalidate", skip_all, fields(namespace = %self.inner.entries.namespace))]
     pub async fn invalidate_many<K: AsRef<str>>(
         &self,
         keys: impl IntoIterator<Item = K>,
@@ -277,10 +343,10 @@ impl Cache {
         kind: Kind,
         keys: Vec<String>,
     ) -> Result<Invalidation, Error> {
-        let backend = &self.inner.backend;
+        let guard = &self.inner.guard;
         let result = match kind {
-            Kind::Key => self.guarded(backend.invalidate(&keys)).await,
-            Kind::Version => self.guarded(backend.bump_versions(&keys)).await,
+            Kind::Key => guard.run(guard.backend().invalidate(&keys)).await,
+            Kind::Version => guard.run(guard.backend().remove_versions(&keys)).await,
         };
         match result {
             Ok(()) => {
@@ -311,7 +377,7 @@ impl Cache {
     /// it before a process exits: the queue lives in memory.
     ///
     /// # Errors
-    /// `Timeout` when some are still queued after `within`; the message says
+    /// `BackendTimeout` when some are still queued after `within`; the message says
     /// how many, and [`pending_invalidations`](Self::pending_invalidations)
     /// too. They stay queued (and retried) for as long as this cache lives.
     pub async fn flush_invalidations(&self, within: Duration) -> Result<(), Error> {
@@ -329,7 +395,7 @@ impl Cache {
             pending.kick.notify_one();
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 return Err(Error::new(
-                    ErrorKind::Timeout,
+                    ErrorKind::BackendTimeout,
                     format!(
                         "{} invalidations still queued after {within:?}",
                         pending.len()
@@ -344,12 +410,9 @@ impl Cache {
     /// health check sees the backend itself.
     ///
     /// # Errors
-    /// `Backend` or `Timeout`.
+    /// `Backend` or `BackendTimeout`.
     pub async fn ping(&self) -> Result<(), Error> {
-        match tokio::time::timeout(self.inner.s.backend_timeout, self.inner.backend.ping()).await {
-            Ok(r) => r.map_err(Error::from),
-            Err(_) => Err(crate::BackendError::Timeout.into()),
-        }
+        self.inner.guard.ping().await
     }
 
     /// Queues a failed invalidation for retry (see `max_queued_invalidations`
@@ -362,7 +425,7 @@ impl Cache {
         let pending = &self.inner.pending;
         let max = self.inner.s.max_queued_invalidations;
         if !pending.add(&keys, kind, max) {
-            if !self.inner.s.namespace_invalidation {
+            if !self.inner.entries.namespace_invalidation() {
                 bump_by(&self.inner.stats.invalidations_refused, keys.len());
                 tracing::error!(
                     keys = keys.len(),
@@ -370,7 +433,7 @@ impl Cache {
                     "aside: invalidation failed and the retry queue is full; it was not applied"
                 );
                 return Err(Error::new(
-                    ErrorKind::Backend,
+                    ErrorKind::QueueFull,
                     format!(
                         "the cache backend is unreachable and {max} invalidations are already \
                          queued; this one was not applied"
@@ -378,7 +441,7 @@ impl Cache {
                 ));
             }
             // One namespace invalidation covers everything queued and this.
-            let namespace = self.deps(&[]).keys;
+            let namespace = self.inner.entries.deps(&[]).keys;
             if let Some(counter) = namespace.first() {
                 tracing::warn!(
                     max,
@@ -425,13 +488,15 @@ impl Cache {
                         .collect()
                 };
                 let (keys, versions) = (of(Kind::Key), of(Kind::Version));
-                let backend = &self.inner.backend;
+                let guard = &self.inner.guard;
                 let result = async {
                     if !keys.is_empty() {
-                        self.guarded(backend.invalidate(&keys)).await?;
+                        guard.run(guard.backend().invalidate(&keys)).await?;
                     }
                     if !versions.is_empty() {
-                        self.guarded(backend.bump_versions(&versions)).await?;
+                        guard
+                            .run(guard.backend().remove_versions(&versions))
+                            .await?;
                     }
                     Ok::<(), Error>(())
                 }

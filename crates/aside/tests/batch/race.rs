@@ -87,7 +87,7 @@ async fn race_batches(cache: &Cache, calls: &Calls, round: usize, lists: &[Vec<u
             let (c, l) = (cache.clone(), loader(calls, LOAD));
             let keys = round_keys(round, ids.iter().copied());
             Box::pin(async move {
-                let got = c.get_many_or_load::<_, String, _, _, _>(&keys, l).await;
+                let got = c.get_many_or_load::<_, String, _>(&keys, l).await;
                 (keys, got)
             }) as Call<Answer>
         })
@@ -133,11 +133,8 @@ async fn batch_and_singles_at_once_load_each_key_once(fresh: &dyn Fn() -> Cache)
         let (cache, calls) = (fresh(), Calls::default());
         let keys = round_keys(round, 0..KEYS);
         let (c, l, all) = (cache.clone(), loader(&calls, LOAD), keys.clone());
-        let batch: Call<Vec<Option<String>>> = Box::pin(async move {
-            c.get_many_or_load::<_, String, _, _, _>(&all, l)
-                .await
-                .unwrap()
-        });
+        let batch: Call<Vec<Option<String>>> =
+            Box::pin(async move { c.get_many_or_load::<_, String, _>(&all, l).await.unwrap() });
         let singles = keys.iter().rev().map(|k| {
             let (c, rec, k, key) = (cache.clone(), calls.clone(), k.clone(), k.clone());
             async move {

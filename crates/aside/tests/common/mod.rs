@@ -163,7 +163,7 @@ pub async fn single_flight(cache: &Cache, callers: usize) {
         let (cache, c) = (cache.clone(), calls.clone());
         tasks.push(tokio::spawn(async move {
             cache
-                .get_or_load::<Product, _, _, _>("cold", move || async move {
+                .get_or_load::<Product, _>("cold", move || async move {
                     c.tick();
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     Ok::<_, DbDown>(Some(product(9)))
@@ -180,7 +180,7 @@ pub async fn single_flight(cache: &Cache, callers: usize) {
 
 pub async fn loader_error_is_returned_and_not_cached(cache: &Cache) {
     let err = cache
-        .get_or_load::<Product, _, _, _>("err", || async { Err(DbDown) })
+        .get_or_load::<Product, _>("err", || async { Err(DbDown) })
         .await
         .unwrap_err();
     assert!(err.is_loader());
@@ -202,7 +202,7 @@ pub async fn loader_panic_reaches_every_waiter(cache: &Cache) {
         let cache = cache.clone();
         tasks.push(tokio::spawn(async move {
             cache
-                .get_or_load::<Product, _, _, _>("panics", || async {
+                .get_or_load::<Product, _>("panics", || async {
                     tokio::time::sleep(Duration::from_millis(30)).await;
                     if true {
                         panic!("loader bug");
@@ -238,13 +238,13 @@ pub async fn cancelled_caller_does_not_strand_others(cache: &Cache) {
     let first = {
         let cache = cache.clone();
         let l = slow(calls.clone());
-        tokio::spawn(async move { cache.get_or_load::<Product, _, _, _>("cancel", l).await })
+        tokio::spawn(async move { cache.get_or_load::<Product, _>("cancel", l).await })
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
     let second = {
         let cache = cache.clone();
         let l = slow(calls.clone());
-        tokio::spawn(async move { cache.get_or_load::<Product, _, _, _>("cancel", l).await })
+        tokio::spawn(async move { cache.get_or_load::<Product, _>("cancel", l).await })
     };
     tokio::time::sleep(Duration::from_millis(10)).await;
     first.abort();
@@ -252,7 +252,7 @@ pub async fn cancelled_caller_does_not_strand_others(cache: &Cache) {
     // A caller that times out early does not cancel the load either.
     let gave_up = tokio::time::timeout(
         Duration::from_millis(5),
-        cache.get_or_load::<Product, _, _, _>("cancel:2", slow(calls.clone())),
+        cache.get_or_load::<Product, _>("cancel:2", slow(calls.clone())),
     )
     .await;
     assert!(gave_up.is_err());
@@ -351,7 +351,7 @@ async fn raced_fill(cache: &Cache, race: Race) {
         let (cache, db) = (cache.clone(), db.clone());
         tokio::spawn(async move {
             cache
-                .get_or_load::<u64, _, _, _>("raced", move || async move {
+                .get_or_load::<u64, _>("raced", move || async move {
                     let v = *db.lock().unwrap(); // reads the old row
                     let _ = read_tx.send(());
                     let _ = go_rx.await; // ...and is slow to store it
@@ -481,7 +481,7 @@ pub async fn fill_that_raced_a_tag_invalidation_is_dropped(cache: &Cache) {
         let cache = cache.clone();
         tokio::spawn(async move {
             cache
-                .get_or_load_with::<u64, _, _, _>("tr", &tagged("t"), move || async move {
+                .get_or_load_with::<u64, _>("tr", &tagged("t"), move || async move {
                     let _ = read_tx.send(());
                     let _ = go_rx.await;
                     Ok::<_, DbDown>(Some(1))

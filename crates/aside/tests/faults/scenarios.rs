@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use aside::Backend;
+use aside::backend::Backend;
 
 use super::*;
 
@@ -57,7 +57,7 @@ pub async fn hangs<B: Backend + Clone>(backend: FaultyBackend<B>) {
     let s = cache.stats();
     assert_eq!((s.backend_timeouts, s.loads), (2, 1), "{s:?}");
     let e = cache.get::<u64>("k").await.unwrap_err();
-    assert!(e.is_timeout(), "{e:?}");
+    assert!(e.is_backend_timeout(), "{e:?}");
 
     // Released: the dropped calls stay dropped; the next read works.
     faults.release(Op::Read);
@@ -159,7 +159,7 @@ pub async fn queued_invalidation<B: Backend + Clone>(backend: FaultyBackend<B>) 
         .flush_invalidations(Duration::from_millis(50))
         .await
         .unwrap_err();
-    assert!(e.is_timeout(), "{e:?}");
+    assert!(e.is_backend_timeout(), "{e:?}");
 
     faults.clear(Op::Invalidate);
     cache

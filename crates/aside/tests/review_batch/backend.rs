@@ -3,7 +3,7 @@
 //! stored, one whose tokens are not is refused and leaves nothing, whatever
 //! the other fills of the same request hold.
 
-use aside::backend::{Backend, BatchEntry, FillToken, Stored};
+use aside::backend::{AcquireRequest, Backend, Entry, FillRequest, FillToken, ReadRequest, Stored};
 
 use super::*;
 
@@ -16,26 +16,30 @@ const TTL: Duration = Duration::from_secs(60);
 async fn mixed_tokens(backend: &dyn Backend, x_first: bool) -> (Vec<bool>, Vec<bool>) {
     let counter = vec!["fm:t:v".to_owned()];
     let (x, y) = ("fm:x".to_owned(), "fm:y".to_owned());
-    let (_, old) = backend.get_for_fill(&x, &counter, TTL).await.unwrap();
-    backend.bump_versions(&counter).await.unwrap();
-    let (_, current) = backend.get_for_fill(&y, &counter, TTL).await.unwrap();
-    let entry = |key: &str| BatchEntry {
-        key: key.to_owned(),
-        value: Stored::new(vec![1u8, 2, 3]),
-        ttl: TTL,
+    let token = |key: &String| {
+        let keys = [key.clone()];
+        let counter = &counter;
+        async move {
+            let request = AcquireRequest::new(&keys, counter, TTL);
+            backend.acquire(&request).await.unwrap().remove(0).token
+        }
     };
-    let mut fills: Vec<(BatchEntry, FillToken)> = vec![(entry(&x), old), (entry(&y), current)];
+    let old = token(&x).await;
+    backend.remove_versions(&counter).await.unwrap();
+    let current = token(&y).await;
+    let entry = |key: &str| Entry::new(key, Stored::new(vec![1u8, 2, 3]), TTL);
+    let mut fills: Vec<(Entry, FillToken)> = vec![(entry(&x), old), (entry(&y), current)];
     if !x_first {
         fills.reverse();
     }
-    let mut stored = backend.fill_many(&fills, &counter).await.unwrap();
+    let request = FillRequest::new(&fills, &counter);
+    let mut stored = backend.fill(&request).await.unwrap();
     if !x_first {
         stored.reverse();
     }
-    let mut present = Vec::new();
-    for key in [&x, &y] {
-        present.push(backend.get(key).await.unwrap().is_some());
-    }
+    let keys = [x.clone(), y.clone()];
+    let found = backend.read(&ReadRequest::new(&keys, &[])).await.unwrap();
+    let present: Vec<bool> = found.entries.iter().map(Option::is_some).collect();
     (stored, present)
 }
 

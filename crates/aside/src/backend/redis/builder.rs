@@ -8,6 +8,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::conn::RedisConnection;
 use super::scripts::FILLS_CHANNEL;
+use super::steps::Steps;
 use super::subscriber::Subscription;
 use super::wait::ReplicaWait;
 use super::{Fills, RedisBackend};
@@ -160,7 +161,7 @@ impl RedisBackendBuilder {
         let Some(first) = clients.first().cloned() else {
             return Err(Error::config("a Redis cluster needs at least one URL"));
         };
-        let conn = if self.cluster {
+        let (conn, steps) = if self.cluster {
             self.cluster_connection()?
         } else {
             // One attempt per reconnect: while Redis is down every request
@@ -180,7 +181,10 @@ impl RedisBackendBuilder {
             let manager = ConnectionManager::new_lazy_with_config(first, config).map_err(|e| {
                 Error::with_source(ErrorKind::Config, "invalid Redis connection", e)
             })?;
-            RedisConnection::Single(manager)
+            (
+                RedisConnection::Single(manager),
+                &super::steps::OneNode as &'static dyn Steps,
+            )
         };
         let notifier = Arc::new(Notifier::default());
         let listener: Arc<dyn crate::backend::BackplaneListener> = notifier.clone();
@@ -192,6 +196,7 @@ impl RedisBackendBuilder {
         );
         Ok(RedisBackend {
             conn,
+            steps,
             fills: Some(Arc::new(Fills {
                 notifier,
                 _subscription: subscription,
@@ -201,8 +206,9 @@ impl RedisBackendBuilder {
         })
     }
 
+    /// A cluster connection, and the steps that keep to one slot each.
     #[cfg(feature = "cluster")]
-    fn cluster_connection(&self) -> Result<RedisConnection, Error> {
+    fn cluster_connection(&self) -> Result<(RedisConnection, &'static dyn Steps), Error> {
         let builder =
             redis::cluster::ClusterClientBuilder::new(self.urls.iter().map(String::as_str))
                 // A few quick retries follow a failover (MOVED, a refreshed slot
@@ -225,13 +231,14 @@ impl RedisBackendBuilder {
         // No per-request timer, as for one Redis (the cache times calls).
         let config =
             redis::cluster::ClusterConfig::new().set_connection_timeout(self.connect_timeout);
-        Ok(RedisConnection::Cluster(
-            client.get_pending_async_connection_with_config(config),
+        Ok((
+            RedisConnection::Cluster(client.get_pending_async_connection_with_config(config)),
+            &super::cluster::Cluster,
         ))
     }
 
     #[cfg(not(feature = "cluster"))]
-    fn cluster_connection(&self) -> Result<RedisConnection, Error> {
+    fn cluster_connection(&self) -> Result<(RedisConnection, &'static dyn Steps), Error> {
         Err(Error::config(
             "Redis Cluster needs aside's `cluster` feature",
         ))

@@ -6,14 +6,14 @@
 //! namespace's tokens (`{ns}:n`, `{ns}:t:<tag>`) hash to different slots.
 //! So each operation runs in steps, one script per slot:
 //!
-//! - `get_for_fill`: the tokens are read (or created fresh when absent) on
-//!   the namespace's slot first, then ACQUIRE runs on the key's slot
-//!   (entry, marker, lease). Both steps finish before the loader runs.
+//! - `acquire`: the tokens are read (or created fresh when absent) on the
+//!   namespace's slot first, then ACQUIRE runs on each key's slot (entry,
+//!   marker, lease). Both steps finish before the loader runs.
 //! - `fill`: the tokens are compared with the load's and, if they hold,
 //!   extended to the entry's TTL (one script on the namespace's slot; an
-//!   extension never re-creates a token), then FILL runs on the key's slot
+//!   extension never re-creates a token), then FILL runs on each key's slot
 //!   (marker and lease checked atomically with the write). Two round trips.
-//! - `set`: SET on the key's slot and the extension of the tokens, at once.
+//! - `set`: SET on each key's slot and the extension of the tokens, at once.
 //!
 //! An entry without tags nor namespace invalidation has no tokens: its
 //! operations are the single-Redis ones, one script on its slot.
@@ -46,79 +46,23 @@
 //!   because an extension never creates a token.
 
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
-use redis::Script;
 
-use super::scripts::{ACQUIRE, data, lease, marker, token_key, waiters};
-use super::{RedisBackend, failed, malformed, parse_key, px, token};
-use crate::backend::{BatchEntry, FillToken, Lease, Leases, Stored, fresh_token};
+use super::conn::RedisConnection;
+use super::scripts::{CHECK, EXTEND, TOKENS, data, token_key};
+use super::steps::{self, Steps};
+use super::wait::{ReplicaWait, acknowledged, del_and_wait};
+use super::{failed, malformed, px, token};
+use crate::backend::{
+    AcquireRequest, Acquired, Entry, FillRequest, FillToken, LeaseAsk, SetRequest, fresh_token,
+};
 use crate::error::BackendError;
 
-/// KEYS: version tokens of one slot. ARGV: ms, then a fresh token per key.
-/// Returns each token, created (with the fresh one, for `ms`) when absent
-/// or not a token, and kept at least `ms` otherwise; as in ACQUIRE.
-static TOKENS: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-        local out = {}
-        for i = 1, #KEYS do
-            local key = KEYS[i]
-            local t = redis.call('TYPE', key)['ok']
-            if t ~= 'string' and t ~= 'none' then redis.call('DEL', key) end
-            local v = redis.call('GET', key)
-            if v and #v <= 19 and string.match(v, '^[1-9]%d*$') then
-                if redis.call('PTTL', key) < tonumber(ARGV[1]) then
-                    redis.call('PEXPIRE', key, ARGV[1])
-                end
-                out[i] = v
-            else
-                redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[1])
-                out[i] = ARGV[i + 1]
-            end
-        end
-        return out
-        ",
-    )
-});
-
-/// KEYS: version tokens of one slot. ARGV: ms, then the expected token per
-/// key. Returns 1 if every token holds its expected value, and then keeps
-/// them at least `ms` (the entry about to be written will need them that
-/// long); 0 otherwise, touching nothing.
-static CHECK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-        for i = 1, #KEYS do
-            if redis.call('TYPE', KEYS[i])['ok'] ~= 'string' then return 0 end
-            if redis.call('GET', KEYS[i]) ~= ARGV[i + 1] then return 0 end
-        end
-        for i = 1, #KEYS do
-            if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[1]) then
-                redis.call('PEXPIRE', KEYS[i], ARGV[1])
-            end
-        end
-        return 1
-        ",
-    )
-});
-
-/// KEYS: version tokens of one slot. ARGV: ms. Keeps each token at least
-/// `ms`; an absent token stays absent (`PEXPIRE` creates nothing).
-static EXTEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-        for i = 1, #KEYS do
-            if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[1]) then
-                redis.call('PEXPIRE', KEYS[i], ARGV[1])
-            end
-        end
-        return 1
-        ",
-    )
-});
+/// A Redis Cluster: one script per slot, the tokens in steps of their own.
+#[derive(Debug)]
+pub(super) struct Cluster;
 
 /// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the
 /// part between the first `{` and the next `}`, if not empty) or of the
@@ -170,191 +114,118 @@ fn pick<T: Clone>(items: &[T], indices: &[usize]) -> Vec<T> {
         .collect()
 }
 
-impl RedisBackend {
-    /// Reads the tokens `versions`, creating the absent ones: one TOKENS
-    /// script per slot (all of one namespace share one).
-    async fn cluster_tokens(
-        &self,
-        versions: &[String],
-        ms: Duration,
-    ) -> Result<Vec<u64>, BackendError> {
-        let groups = by_slot(versions, |v| token_key(v));
-        let replies = try_join_all(groups.iter().map(|group| {
-            let mut invocation = TOKENS.prepare_invoke();
-            invocation.arg(px(ms));
-            for &i in group {
-                invocation.key(token_key(&versions[i])).arg(fresh_token());
-            }
-            let mut conn = self.conn.clone();
-            async move {
-                invocation
-                    .invoke_async::<Vec<redis::Value>>(&mut conn)
-                    .await
-            }
-        }))
-        .await
-        .map_err(failed)?;
-        let mut tokens = vec![0; versions.len()];
-        for (group, reply) in groups.iter().zip(replies) {
-            if reply.len() != group.len() {
-                return Err(malformed("short token reply"));
-            }
-            for (&i, v) in group.iter().zip(reply) {
-                tokens[i] = token(&v);
-            }
+/// Reads the tokens `versions`, creating the absent ones: one TOKENS script
+/// per slot (all of one namespace share one).
+async fn tokens(
+    conn: &RedisConnection,
+    versions: &[String],
+    ms: Duration,
+) -> Result<Vec<u64>, BackendError> {
+    let groups = by_slot(versions, |v| token_key(v));
+    let replies = try_join_all(groups.iter().map(|group| {
+        let mut invocation = TOKENS.prepare_invoke();
+        invocation.arg(px(ms));
+        for &i in group {
+            invocation.key(token_key(&versions[i])).arg(fresh_token());
         }
-        Ok(tokens)
-    }
-
-    /// Whether the tokens `versions` still hold `expected` (an absent one,
-    /// 0, holds nothing); those that do are kept at least `ttl`, for the
-    /// entry about to be written. One CHECK script per slot (all of one
-    /// namespace share one). Extending before the write is harmless: an
-    /// extension never creates a token, and a refused write only leaves
-    /// the tokens living a little longer.
-    async fn cluster_tokens_hold(
-        &self,
-        versions: &[String],
-        expected: &[u64],
-        ttl: Duration,
-    ) -> Result<bool, BackendError> {
-        if versions.len() != expected.len() || expected.contains(&0) {
-            return Ok(false);
+        let mut conn = conn.clone();
+        async move {
+            invocation
+                .invoke_async::<Vec<redis::Value>>(&mut conn)
+                .await
         }
-        let groups = by_slot(versions, |v| token_key(v));
-        let held = try_join_all(groups.iter().map(|group| {
-            let mut invocation = CHECK.prepare_invoke();
-            invocation.arg(px(ttl));
-            for &i in group {
-                invocation
-                    .key(token_key(&versions[i]))
-                    .arg(expected[i].to_string());
-            }
-            let mut conn = self.conn.clone();
-            async move { invocation.invoke_async::<u8>(&mut conn).await }
-        }))
-        .await
-        .map_err(failed)?;
-        Ok(held.iter().all(|&h| h == 1))
-    }
-
-    /// Keeps the tokens `versions` at least `ttl`, never re-creating one. A
-    /// failure only lets a token lapse before its entries (which then miss),
-    /// so it is logged, not returned: the write it follows did happen.
-    async fn cluster_extend(&self, versions: &[String], ttl: Duration) {
-        let groups = by_slot(versions, |v| token_key(v));
-        let result = try_join_all(groups.iter().map(|group| {
-            let mut invocation = EXTEND.prepare_invoke();
-            invocation.arg(px(ttl));
-            for &i in group {
-                invocation.key(token_key(&versions[i]));
-            }
-            let mut conn = self.conn.clone();
-            async move { invocation.invoke_async::<()>(&mut conn).await }
-        }))
-        .await;
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "aside: could not extend version tokens");
+    }))
+    .await
+    .map_err(failed)?;
+    let mut out = vec![0; versions.len()];
+    for (group, reply) in groups.iter().zip(replies) {
+        if reply.len() != group.len() {
+            return Err(malformed("short token reply"));
+        }
+        for (&i, v) in group.iter().zip(reply) {
+            out[i] = token(&v);
         }
     }
+    Ok(out)
+}
 
-    /// `get_for_fill` (leased with a token): tokens, then the key's step.
-    pub(super) async fn cluster_acquire(
-        &self,
-        key: &str,
-        versions: &[String],
-        marker_ttl: Duration,
-        lease_token: &str,
-        lease_ttl: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        let tokens = self.cluster_tokens(versions, marker_ttl).await?;
-        let reply: Vec<redis::Value> = ACQUIRE
-            .key(data(key))
-            .key(marker(key))
-            .key(lease(key))
-            .key(waiters(key))
-            .arg(lease_token)
-            .arg(px(lease_ttl))
-            .arg(px(marker_ttl))
-            .arg(fresh_token())
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(failed)?;
-        let mut it = reply.into_iter();
-        let (Some(taken), Some(pttl), Some(data), Some(marker)) =
-            (it.next(), it.next(), it.next(), it.next())
-        else {
-            return Err(malformed("short lease reply"));
-        };
-        Ok(parse_key(taken, pttl, data, &marker, tokens, lease_token))
+/// Whether the tokens `versions` still hold `expected` (an absent one, 0,
+/// holds nothing); those that do are kept at least `ttl`, for the entry
+/// about to be written. One CHECK script per slot (all of one namespace
+/// share one). Extending before the write is harmless: an extension never
+/// creates a token, and a refused write only leaves the tokens living a
+/// little longer.
+async fn tokens_hold(
+    conn: &RedisConnection,
+    versions: &[String],
+    expected: &[u64],
+    ttl: Duration,
+) -> Result<bool, BackendError> {
+    if versions.len() != expected.len() || expected.contains(&0) {
+        return Ok(false);
     }
-
-    /// `fill`: the tokens compared, the key's FILL, the tokens extended.
-    pub(super) async fn cluster_fill(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        token: &FillToken,
-        versions: &[String],
-    ) -> Result<bool, BackendError> {
-        if !self
-            .cluster_tokens_hold(versions, token.versions(), ttl)
-            .await?
-        {
-            if let Lease::Held(t) = token.lease() {
-                self.release_lease(key, t).await?;
-            }
-            return Ok(false);
+    let groups = by_slot(versions, |v| token_key(v));
+    let held = try_join_all(groups.iter().map(|group| {
+        let mut invocation = CHECK.prepare_invoke();
+        invocation.arg(px(ttl));
+        for &i in group {
+            invocation
+                .key(token_key(&versions[i]))
+                .arg(expected[i].to_string());
         }
-        self.fill_script(key, value, ttl, token, &[]).await
-    }
+        let mut conn = conn.clone();
+        async move { invocation.invoke_async::<u8>(&mut conn).await }
+    }))
+    .await
+    .map_err(failed)?;
+    Ok(held.iter().all(|&h| h == 1))
+}
 
-    /// `set`: the key's SET, then the tokens extended.
-    pub(super) async fn cluster_set(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        versions: &[String],
-    ) -> Result<(), BackendError> {
-        // Both at once: an extension never creates a token, so its order
-        // with the write does not matter.
-        let (written, ()) = tokio::join!(
-            self.set_script(key, value, ttl, &[]),
-            self.cluster_extend(versions, ttl)
-        );
-        written
+/// Keeps the tokens `versions` at least `ttl`, never re-creating one. A
+/// failure only lets a token lapse before its entries (which then miss), so
+/// it is logged, not returned: the write it follows did happen.
+async fn extend(conn: &RedisConnection, versions: &[String], ttl: Duration) {
+    let groups = by_slot(versions, |v| token_key(v));
+    let result = try_join_all(groups.iter().map(|group| {
+        let mut invocation = EXTEND.prepare_invoke();
+        invocation.arg(px(ttl));
+        for &i in group {
+            invocation.key(token_key(&versions[i]));
+        }
+        let mut conn = conn.clone();
+        async move { invocation.invoke_async::<()>(&mut conn).await }
+    }))
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "aside: could not extend version tokens");
     }
+}
 
-    /// `get_for_fill_many`: the tokens once, then ACQUIRE_MANY per slot.
-    pub(super) async fn cluster_acquire_many(
+#[async_trait::async_trait]
+impl Steps for Cluster {
+    /// The tokens once, then ACQUIRE per slot.
+    async fn acquire(
         &self,
-        keys: &[String],
-        versions: &[String],
-        marker_ttl: Duration,
-        lease_token: &str,
-        lease_ttl: Duration,
-    ) -> Result<Vec<(Option<Stored>, FillToken)>, BackendError> {
+        conn: &RedisConnection,
+        r: &AcquireRequest<'_>,
+    ) -> Result<Vec<Acquired>, BackendError> {
+        let keys = r.keys;
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let tokens = self.cluster_tokens(versions, marker_ttl).await?;
+        let tokens = tokens(conn, r.versions, r.marker_ttl).await?;
         let groups = by_slot(keys, |k| data(k));
         let replies = try_join_all(groups.iter().map(|group| {
             let part = pick(keys, group);
-            async move {
-                self.acquire_many(&part, &[], marker_ttl, lease_token, lease_ttl)
-                    .await
-            }
+            async move { steps::acquire(conn, &part, &[], r.marker_ttl, r.lease).await }
         }))
         .await?;
-        let mut out: Vec<Option<(Option<Stored>, FillToken)>> = vec![None; keys.len()];
+        let mut out: Vec<Option<Acquired>> = vec![None; keys.len()];
         for (group, reply) in groups.iter().zip(replies) {
-            for (&i, (stored, t)) in group.iter().zip(reply) {
-                let t =
-                    FillToken::new(t.generation(), tokens.clone()).with_lease(t.lease().clone());
-                out[i] = Some((stored, t));
+            for (&i, a) in group.iter().zip(reply) {
+                let t = FillToken::new(a.token.marker(), tokens.clone())
+                    .with_lease(a.token.lease().clone());
+                out[i] = Some(Acquired::new(a.entry, t));
             }
         }
         out.into_iter()
@@ -362,16 +233,15 @@ impl RedisBackend {
             .collect()
     }
 
-    /// `fill_many`: each distinct set of tokens compared (and extended to the
-    /// longest TTL stored under it) once on the namespace's slot, then
-    /// FILL_MANY per slot for the fills whose tokens held, checking markers
-    /// and leases there.
-    pub(super) async fn cluster_fill_many(
+    /// Each distinct set of tokens compared (and extended to the longest TTL
+    /// stored under it) once on the namespace's slot, then FILL per slot for
+    /// the fills whose tokens held, checking markers and leases there.
+    async fn fill(
         &self,
-        fills: &[(BatchEntry, FillToken)],
-        versions: &[String],
+        conn: &RedisConnection,
+        r: &FillRequest<'_>,
     ) -> Result<Vec<bool>, BackendError> {
-        // Fills of one batch usually share their tokens: one check each.
+        let (fills, versions) = (r.fills, r.versions);
         let mut checked: Vec<(&[u64], bool)> = Vec::new();
         for (_, t) in fills {
             if checked.iter().any(|(v, _)| *v == t.versions()) {
@@ -384,35 +254,31 @@ impl RedisBackend {
                 .max()
                 .unwrap_or_default();
             let held = t.versions().len() == versions.len()
-                && self
-                    .cluster_tokens_hold(versions, t.versions(), longest)
-                    .await?;
+                && tokens_hold(conn, versions, t.versions(), longest).await?;
             checked.push((t.versions(), held));
         }
         let holds = |t: &FillToken| checked.iter().any(|(v, ok)| *ok && *v == t.versions());
-        // Refused here: release their leases (FILL_MANY would have).
+        // A refused fill still gives its lease back, as FILL does.
         for (e, t) in fills.iter().filter(|(_, t)| !holds(t)) {
-            if let Lease::Held(l) = t.lease() {
-                self.release_lease(&e.key, l).await?;
+            if let Some(lease) = t.held_lease() {
+                steps::release(conn, std::slice::from_ref(&e.key), lease).await?;
             }
         }
-        // The rest go to their slots with the token part already checked.
         let sent: Vec<usize> = (0..fills.len())
             .filter(|&i| fills.get(i).is_some_and(|(_, t)| holds(t)))
             .collect();
-        let stripped: Vec<(BatchEntry, FillToken)> = sent
+        let stripped: Vec<(Entry, FillToken)> = sent
             .iter()
             .filter_map(|&i| fills.get(i))
             .map(|(e, t)| {
-                let token =
-                    FillToken::new(t.generation(), Vec::new()).with_lease(t.lease().clone());
+                let token = FillToken::new(t.marker(), Vec::new()).with_lease(t.lease().clone());
                 (e.clone(), token)
             })
             .collect();
         let groups = by_slot(&stripped, |(e, _)| data(&e.key));
         let replies = try_join_all(groups.iter().map(|group| {
             let part = pick(&stripped, group);
-            async move { self.fill_many_script(&part, &[]).await }
+            async move { steps::fill(conn, &part, &[]).await }
         }))
         .await?;
         let mut stored = vec![false; fills.len()];
@@ -426,49 +292,30 @@ impl RedisBackend {
         Ok(stored)
     }
 
-    /// `set_many`: SET_MANY per slot, then the tokens extended.
-    pub(super) async fn cluster_set_many(
-        &self,
-        entries: &[BatchEntry],
-        versions: &[String],
-    ) -> Result<(), BackendError> {
+    /// SET per slot, and the tokens extended, at once.
+    async fn set(&self, conn: &RedisConnection, r: &SetRequest<'_>) -> Result<(), BackendError> {
+        let entries = r.entries;
         let groups = by_slot(entries, |e| data(&e.key));
         let longest = entries.iter().map(|e| e.ttl).max().unwrap_or_default();
         let writes = try_join_all(groups.iter().map(|group| {
             let part = pick(entries, group);
-            async move { self.set_many_script(&part, &[]).await }
+            async move { steps::set(conn, &part, &[]).await }
         }));
-        // As in `set`: the extension's order with the writes does not matter.
-        let (written, ()) = tokio::join!(writes, self.cluster_extend(versions, longest));
+        let (written, ()) = tokio::join!(writes, extend(conn, r.versions, longest));
         written.map(|_| ())
     }
 
-    /// `release_leases`: RELEASE_MANY per slot.
-    pub(super) async fn cluster_release_many(
+    /// RENEW per slot.
+    async fn renew(
         &self,
+        conn: &RedisConnection,
         keys: &[String],
-        token: &str,
-    ) -> Result<(), BackendError> {
-        let groups = by_slot(keys, |k| data(k));
-        try_join_all(groups.iter().map(|group| {
-            let part = pick(keys, group);
-            async move { self.release_many(&part, token).await }
-        }))
-        .await?;
-        Ok(())
-    }
-
-    /// `renew_leases`: RENEW_MANY per slot.
-    pub(super) async fn cluster_renew_many(
-        &self,
-        keys: &[String],
-        token: &str,
-        ttl: Duration,
+        lease: LeaseAsk<'_>,
     ) -> Result<Vec<bool>, BackendError> {
         let groups = by_slot(keys, |k| data(k));
         let replies = try_join_all(groups.iter().map(|group| {
             let part = pick(keys, group);
-            async move { self.renew_many(&part, token, ttl).await }
+            async move { steps::renew(conn, &part, lease).await }
         }))
         .await?;
         let mut out = vec![false; keys.len()];
@@ -478,6 +325,54 @@ impl RedisBackend {
             }
         }
         Ok(out)
+    }
+
+    /// RELEASE per slot.
+    async fn release(
+        &self,
+        conn: &RedisConnection,
+        keys: &[String],
+        token: &str,
+    ) -> Result<(), BackendError> {
+        let groups = by_slot(keys, |k| data(k));
+        try_join_all(groups.iter().map(|group| {
+            let part = pick(keys, group);
+            async move { steps::release(conn, &part, token).await }
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// One pipeline (`DEL` of the slot's keys, then `WAIT`) per slot, each
+    /// to the primary serving it, concurrently.
+    async fn delete_acknowledged(
+        &self,
+        conn: &RedisConnection,
+        keys: Vec<String>,
+        wait: ReplicaWait,
+    ) -> Result<(), BackendError> {
+        use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+
+        let RedisConnection::Cluster(cluster) = conn else {
+            return Err(malformed("a cluster backend on a single-node connection"));
+        };
+        let mut slots: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+        for key in keys {
+            slots.entry(slot(&key)).or_default().push(key);
+        }
+        let sends = slots.into_iter().map(|(slot, keys)| {
+            let mut conn = cluster.clone();
+            async move {
+                let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
+                let replies = conn
+                    .route_pipeline(del_and_wait(&keys, wait), 0, 2, route)
+                    .await
+                    .map_err(failed)?;
+                acknowledged(&replies, wait)
+            }
+        });
+        try_join_all(sends).await?;
+        Ok(())
     }
 }
 

@@ -8,18 +8,18 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 
 use super::{
-    Backend, BatchEntry, Capabilities, FillToken, Lease, Leases, StorageInfo, Stored, fresh_token,
+    AcquireRequest, Acquired, Backend, FillRequest, FillWatch, Found, Inspect, LeaseAsk, Leases,
+    Profile, ReadRequest, SetRequest, StorageInfo, Stored,
 };
 use crate::error::{BackendError, Error};
 
 mod backplane;
-mod batch;
 mod builder;
 #[cfg(feature = "cluster")]
 mod cluster;
 mod conn;
-mod leases;
 mod scripts;
+mod steps;
 mod subscriber;
 mod wait;
 
@@ -28,7 +28,8 @@ pub use builder::RedisBackendBuilder;
 pub use conn::RedisConnection;
 
 use crate::backend::Notifier;
-use scripts::{ACQUIRE, FILL, FILLS_CHANNEL, SET, data, lease, marker, token_key, waiters};
+use scripts::{data, data_into, lease, marker, token_key};
+use steps::Steps;
 use subscriber::Subscription;
 
 /// A Redis backend on one multiplexed, auto-reconnecting connection, to one
@@ -59,6 +60,9 @@ use subscriber::Subscription;
 #[derive(Clone)]
 pub struct RedisBackend {
     conn: RedisConnection,
+    /// One Redis or a cluster: how the atomic steps run, chosen once when
+    /// the backend is built.
+    steps: &'static dyn Steps,
     /// Fill notifications for lease waiters; `None` when built from a bare
     /// connection manager (waiters then re-check on a backoff).
     fills: Option<Arc<Fills>>,
@@ -116,98 +120,11 @@ impl RedisBackend {
     pub fn from_connection_manager(conn: ConnectionManager) -> Self {
         RedisBackend {
             conn: RedisConnection::Single(conn),
+            steps: &steps::OneNode,
             fills: None,
             clients: None,
             wait: None,
         }
-    }
-
-    /// Runs ACQUIRE: reads the entry, reads or creates the marker and the
-    /// counters, and takes the lease when `lease_token` is not empty.
-    async fn acquire(
-        &self,
-        key: &str,
-        versions: &[String],
-        marker_ttl: Duration,
-        lease_token: &str,
-        lease_ttl: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        let mut conn = self.conn.clone();
-        let mut invocation = ACQUIRE.prepare_invoke();
-        invocation
-            .key(data(key))
-            .key(marker(key))
-            .key(lease(key))
-            .key(waiters(key))
-            .arg(lease_token)
-            .arg(px(lease_ttl))
-            .arg(px(marker_ttl))
-            .arg(fresh_token());
-        for name in versions {
-            invocation.key(token_key(name)).arg(fresh_token());
-        }
-        let reply: Vec<redis::Value> = invocation.invoke_async(&mut conn).await.map_err(failed)?;
-        parse_acquire(reply, lease_token)
-    }
-
-    /// FILL: the conditional write, in one script.
-    async fn fill_script(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        token: &FillToken,
-        versions: &[String],
-    ) -> Result<bool, BackendError> {
-        if token.generation() == 0 || token.versions().contains(&0) {
-            // An absent token validates nothing.
-            return Ok(false);
-        }
-        let mut conn = self.conn.clone();
-        let lease_token = match token.lease() {
-            Lease::Held(t) => t.as_str(),
-            _ => "",
-        };
-        let mut invocation = FILL.prepare_invoke();
-        invocation
-            .key(data(key))
-            .key(marker(key))
-            .key(lease(key))
-            .key(waiters(key))
-            .arg(value.bytes().as_ref())
-            .arg(px(ttl))
-            .arg(token.generation().to_string())
-            .arg(lease_token)
-            .arg(FILLS_CHANNEL);
-        for (name, version) in versions.iter().zip(token.versions()) {
-            invocation.key(token_key(name)).arg(version.to_string());
-        }
-        let stored: u8 = invocation.invoke_async(&mut conn).await.map_err(failed)?;
-        Ok(stored == 1)
-    }
-
-    /// SET: the unconditional write, in one script.
-    async fn set_script(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        versions: &[String],
-    ) -> Result<(), BackendError> {
-        let mut conn = self.conn.clone();
-        let mut invocation = SET.prepare_invoke();
-        invocation
-            .key(data(key))
-            .key(marker(key))
-            .arg(value.bytes().as_ref())
-            .arg(px(ttl));
-        for name in versions {
-            invocation.key(token_key(name));
-        }
-        invocation
-            .invoke_async::<()>(&mut conn)
-            .await
-            .map_err(failed)
     }
 
     /// A [`Backplane`](crate::backend::Backplane) on this Redis: pub/sub on
@@ -274,215 +191,88 @@ fn parse_token(b: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
-/// Parses ACQUIRE's reply: {taken, lease pttl, data, marker, counters...}.
-fn parse_acquire(
-    reply: Vec<redis::Value>,
-    lease_token: &str,
-) -> Result<(Option<Stored>, FillToken), BackendError> {
-    let mut it = reply.into_iter();
-    let (Some(taken), Some(pttl), Some(data), Some(marker)) =
-        (it.next(), it.next(), it.next(), it.next())
-    else {
-        return Err(malformed("short lease reply"));
-    };
-    let versions = it.map(|v| token(&v)).collect();
-    Ok(parse_key(taken, pttl, data, &marker, versions, lease_token))
-}
-
-/// One key's part of an ACQUIRE reply, with the counters' tokens.
-fn parse_key(
-    taken: redis::Value,
-    pttl: redis::Value,
-    data: redis::Value,
-    marker: &redis::Value,
-    versions: Vec<u64>,
-    lease_token: &str,
-) -> (Option<Stored>, FillToken) {
-    let stored = match data {
-        redis::Value::BulkString(b) => Some(Stored::new(b)),
-        _ => None,
-    };
-    let lease = if lease_token.is_empty() {
-        Lease::None
-    } else if token(&taken) == 1 {
-        Lease::Held(lease_token.to_owned())
-    } else {
-        // A lease without expiry reads as -1: treat it as one lease length
-        // away, the caller bounds its wait anyway.
-        let ms = match pttl {
-            redis::Value::Int(n) if n > 0 => u64::try_from(n).unwrap_or(0),
-            _ => 0,
-        };
-        Lease::Busy(Duration::from_millis(ms))
-    };
-    let token = FillToken::new(token(marker), versions).with_lease(lease);
-    (stored, token)
-}
-
 fn px(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// Reads `keys` with one MGET: the first as entry bytes, the rest as
-/// tokens (absent or not a token: 0).
-async fn mget(
-    conn: &mut RedisConnection,
-    keys: &[String],
-) -> Result<(Option<Stored>, Vec<u64>), BackendError> {
-    let mut values: Vec<Option<bytes::Bytes>> = redis::cmd("MGET")
-        .arg(keys)
-        .query_async(conn)
-        .await
-        .map_err(failed)?;
-    let counters = values
-        .iter()
-        .skip(1)
-        .map(|v| v.as_deref().map_or(0, parse_token))
-        .collect();
-    let first = if values.is_empty() {
-        None
-    } else {
-        values.swap_remove(0)
-    };
-    Ok((first.map(Stored::new), counters))
-}
-
-#[async_trait::async_trait]
-impl Backend for RedisBackend {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::remote()
-    }
-
-    fn leases(&self) -> Option<&dyn Leases> {
-        Some(self)
-    }
-
+impl RedisBackend {
+    /// One key without tokens: a `GET`. A value of another type under the
+    /// key (written by something else) is a miss, not a failing backend:
+    /// the breaker must not open over one bad key. The next load replaces
+    /// it.
     async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError> {
-        let mut conn = self.conn.clone();
         let reply: Result<Option<bytes::Bytes>, _> = redis::cmd("GET")
             .arg(data(key))
-            .query_async(&mut conn)
+            .query_async(&mut self.conn.clone())
             .await;
         match reply {
             Ok(bytes) => Ok(bytes.map(Stored::new)),
-            // A value of another type under the key (written by something
-            // else) is a miss, not a failing backend: the breaker must not
-            // open over one bad key. The next load replaces it.
             Err(e) if e.code() == Some("WRONGTYPE") => Ok(None),
             Err(e) => Err(failed(e)),
         }
     }
 
-    async fn get_with_versions(
-        &self,
-        key: &str,
-        versions: &[String],
-    ) -> Result<(Option<Stored>, Vec<u64>), BackendError> {
-        let mut keys: Vec<String> = Vec::with_capacity(1 + versions.len());
-        keys.push(data(key));
-        keys.extend(versions.iter().map(|v| token_key(v)));
-        mget(&mut self.conn.clone(), &keys).await
-    }
-
-    async fn get_for_fill(
-        &self,
-        key: &str,
-        versions: &[String],
-        marker_ttl: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        #[cfg(feature = "cluster")]
-        if self.conn.is_cluster() {
-            return self
-                .cluster_acquire(key, versions, marker_ttl, "", Duration::ZERO)
-                .await;
+    /// Entries and tokens in one `MGET` (redis-rs splits it per slot on a
+    /// cluster); absent or not a token: 0.
+    async fn mget(&self, keys: &[String], versions: &[String]) -> Result<Found, BackendError> {
+        if keys.is_empty() && versions.is_empty() {
+            return Ok(Found::default());
         }
-        self.acquire(key, versions, marker_ttl, "", Duration::ZERO)
+        // Sized once, and every data key written through one buffer: the
+        // command copies each argument anyway.
+        let bytes: usize = keys.iter().map(|k| k.len() + 2).sum();
+        let mut mget = redis::Cmd::with_capacity(1 + keys.len() + versions.len(), 4 + bytes);
+        mget.arg("MGET");
+        let mut key_buf = String::new();
+        for key in keys {
+            data_into(&mut key_buf, key);
+            mget.arg(key_buf.as_str());
+        }
+        for name in versions {
+            mget.arg(token_key(name));
+        }
+        let mut values: Vec<Option<bytes::Bytes>> = mget
+            .query_async(&mut self.conn.clone())
             .await
-    }
-
-    async fn get_many(
-        &self,
-        keys: &[String],
-        versions: &[String],
-    ) -> Result<(Vec<Option<Stored>>, Vec<u64>), BackendError> {
-        self.mget_many(keys, versions).await
-    }
-
-    async fn get_for_fill_many(
-        &self,
-        keys: &[String],
-        versions: &[String],
-        marker_ttl: Duration,
-    ) -> Result<Vec<(Option<Stored>, FillToken)>, BackendError> {
-        #[cfg(feature = "cluster")]
-        if self.conn.is_cluster() {
-            return self
-                .cluster_acquire_many(keys, versions, marker_ttl, "", Duration::ZERO)
-                .await;
+            .map_err(failed)?;
+        if values.len() != keys.len() + versions.len() {
+            return Err(malformed("MGET answered a different number of keys"));
         }
-        self.acquire_many(keys, versions, marker_ttl, "", Duration::ZERO)
-            .await
+        let tokens = values
+            .split_off(keys.len())
+            .iter()
+            .map(|v| v.as_deref().map_or(0, parse_token))
+            .collect();
+        Ok(Found::new(
+            values.into_iter().map(|v| v.map(Stored::new)).collect(),
+            tokens,
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for RedisBackend {
+    fn profile(&self) -> Profile {
+        Profile::remote()
     }
 
-    async fn fill_many(
-        &self,
-        fills: &[(BatchEntry, FillToken)],
-        versions: &[String],
-    ) -> Result<Vec<bool>, BackendError> {
-        #[cfg(feature = "cluster")]
-        if self.conn.is_cluster() {
-            return self.cluster_fill_many(fills, versions).await;
+    async fn read(&self, request: &ReadRequest<'_>) -> Result<Found, BackendError> {
+        match (request.keys, request.versions) {
+            ([key], []) => Ok(Found::new(vec![self.get(key).await?], Vec::new())),
+            (keys, versions) => self.mget(keys, versions).await,
         }
-        self.fill_many_script(fills, versions).await
     }
 
-    async fn set_many(
-        &self,
-        entries: &[BatchEntry],
-        versions: &[String],
-    ) -> Result<(), BackendError> {
-        #[cfg(feature = "cluster")]
-        if self.conn.is_cluster() {
-            return self.cluster_set_many(entries, versions).await;
-        }
-        self.set_many_script(entries, versions).await
+    async fn acquire(&self, request: &AcquireRequest<'_>) -> Result<Vec<Acquired>, BackendError> {
+        self.steps.acquire(&self.conn, request).await
     }
 
-    async fn fill(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        token: &FillToken,
-        versions: &[String],
-    ) -> Result<bool, BackendError> {
-        #[cfg(feature = "cluster")]
-        if self.conn.is_cluster() {
-            return self.cluster_fill(key, value, ttl, token, versions).await;
-        }
-        self.fill_script(key, value, ttl, token, versions).await
+    async fn fill(&self, request: &FillRequest<'_>) -> Result<Vec<bool>, BackendError> {
+        self.steps.fill(&self.conn, request).await
     }
 
-    async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError> {
-        if versions.is_empty() {
-            return Ok(());
-        }
-        self.delete(versions.iter().map(|name| token_key(name)).collect())
-            .await
-    }
-
-    async fn set(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        versions: &[String],
-    ) -> Result<(), BackendError> {
-        #[cfg(feature = "cluster")]
-        if self.conn.is_cluster() {
-            return self.cluster_set(key, value, ttl, versions).await;
-        }
-        self.set_script(key, value, ttl, versions).await
+    async fn set(&self, request: &SetRequest<'_>) -> Result<(), BackendError> {
+        self.steps.set(&self.conn, request).await
     }
 
     async fn invalidate(&self, keys: &[String]) -> Result<(), BackendError> {
@@ -493,6 +283,44 @@ impl Backend for RedisBackend {
             .await
     }
 
+    async fn remove_versions(&self, versions: &[String]) -> Result<(), BackendError> {
+        if versions.is_empty() {
+            return Ok(());
+        }
+        self.delete(versions.iter().map(|name| token_key(name)).collect())
+            .await
+    }
+
+    fn leases(&self) -> Option<&dyn Leases> {
+        Some(self)
+    }
+
+    fn inspect(&self) -> Option<&dyn Inspect> {
+        Some(self)
+    }
+}
+
+/// Leases are keys beside the entry (`{ns:key}:l`, one slot with it), taken
+/// by the ACQUIRE script; fills and releases are announced on one pub/sub
+/// channel (only when a load waited), heard by the backend's subscriber.
+#[async_trait::async_trait]
+impl Leases for RedisBackend {
+    async fn renew(&self, keys: &[String], lease: LeaseAsk<'_>) -> Result<Vec<bool>, BackendError> {
+        self.steps.renew(&self.conn, keys, lease).await
+    }
+
+    async fn release(&self, keys: &[String], token: &str) -> Result<(), BackendError> {
+        self.steps.release(&self.conn, keys, token).await
+    }
+
+    fn watch_fills(&self, key: &str) -> Option<FillWatch> {
+        // Fills announce the data key (the scripts publish it).
+        self.fills.as_ref().map(|f| f.notifier.watch(&data(key)))
+    }
+}
+
+#[async_trait::async_trait]
+impl Inspect for RedisBackend {
     fn storage_key(&self, key: &str) -> String {
         data(key)
     }
@@ -500,13 +328,12 @@ impl Backend for RedisBackend {
     async fn describe(&self, key: &str, versions: &[String]) -> Result<StorageInfo, BackendError> {
         // The entry and its lease share a hash tag: one slot, so one
         // pipeline on a cluster too.
-        let mut conn = self.conn.clone();
         let (pttl, leased): (i64, bool) = redis::pipe()
             .cmd("PTTL")
             .arg(data(key))
             .cmd("EXISTS")
             .arg(lease(key))
-            .query_async(&mut conn)
+            .query_async(&mut self.conn.clone())
             .await
             .map_err(failed)?;
         // PTTL: -2 for no key, -1 for a key without expiry.
@@ -518,9 +345,8 @@ impl Backend for RedisBackend {
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
-        let mut conn = self.conn.clone();
         redis::cmd("PING")
-            .query_async::<()>(&mut conn)
+            .query_async::<()>(&mut self.conn.clone())
             .await
             .map_err(failed)
     }

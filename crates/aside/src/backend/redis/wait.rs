@@ -29,27 +29,19 @@ pub(super) struct ReplicaWait {
 impl RedisBackend {
     /// Deletes `keys`, and waits for replicas to have it if so configured.
     pub(super) async fn delete(&self, keys: Vec<String>) -> Result<(), BackendError> {
-        let mut conn = self.conn.clone();
-        let Some(wait) = self.wait else {
-            return redis::cmd("DEL")
+        match self.wait {
+            None => redis::cmd("DEL")
                 .arg(keys)
-                .query_async::<()>(&mut conn)
+                .query_async::<()>(&mut self.conn.clone())
                 .await
-                .map_err(failed);
-        };
-        #[cfg(feature = "cluster")]
-        if let super::RedisConnection::Cluster(cluster) = &conn {
-            return delete_on_cluster(cluster, keys, wait).await;
+                .map_err(failed),
+            Some(wait) => self.steps.delete_acknowledged(&self.conn, keys, wait).await,
         }
-        let replies: Vec<Value> = del_and_wait(&keys, wait)
-            .query_async(&mut conn)
-            .await
-            .map_err(failed)?;
-        acknowledged(&replies, wait)
     }
 }
 
-fn del_and_wait(keys: &[String], wait: ReplicaWait) -> redis::Pipeline {
+/// `DEL` of `keys` then `WAIT` for the replicas, as one pipeline.
+pub(super) fn del_and_wait(keys: &[String], wait: ReplicaWait) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     pipe.cmd("DEL")
         .arg(keys)
@@ -64,7 +56,7 @@ fn del_and_wait(keys: &[String], wait: ReplicaWait) -> redis::Pipeline {
 }
 
 /// Checks `WAIT`'s answer (the second reply): enough replicas, or an error.
-fn acknowledged(replies: &[Value], wait: ReplicaWait) -> Result<(), BackendError> {
+pub(super) fn acknowledged(replies: &[Value], wait: ReplicaWait) -> Result<(), BackendError> {
     let acked = match replies.get(1) {
         Some(Value::Int(n)) => usize::try_from(*n).unwrap_or(0),
         _ => return Err(BackendError::failed(std::io::Error::other("no WAIT reply"))),
@@ -75,37 +67,5 @@ fn acknowledged(replies: &[Value], wait: ReplicaWait) -> Result<(), BackendError
             wait.replicas, wait.timeout
         ))));
     }
-    Ok(())
-}
-
-/// One pipeline (`DEL` of the slot's keys, then `WAIT`) per slot, each to
-/// the primary serving it, concurrently.
-#[cfg(feature = "cluster")]
-async fn delete_on_cluster(
-    cluster: &redis::cluster_async::ClusterConnection,
-    keys: Vec<String>,
-    wait: ReplicaWait,
-) -> Result<(), BackendError> {
-    use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
-
-    let mut slots: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
-    for key in keys {
-        slots
-            .entry(super::cluster::slot(&key))
-            .or_default()
-            .push(key);
-    }
-    let sends = slots.into_iter().map(|(slot, keys)| {
-        let mut conn = cluster.clone();
-        async move {
-            let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
-            let replies = conn
-                .route_pipeline(del_and_wait(&keys, wait), 0, 2, route)
-                .await
-                .map_err(failed)?;
-            acknowledged(&replies, wait)
-        }
-    });
-    futures_util::future::try_join_all(sends).await?;
     Ok(())
 }

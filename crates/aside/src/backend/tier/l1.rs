@@ -18,12 +18,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use moka::ops::compute::Op;
 
 use crate::backend::Stored;
 use crate::backend::memory::count_size_evictions;
+use crate::clock::Clock;
 
 /// A copy lives `max_l1_age` (the caches' own time-to-live), or less when
 /// what it copies expires sooner: then it carries a deadline of its own.
@@ -34,12 +35,13 @@ use crate::backend::memory::count_size_evictions;
 struct Copy<T> {
     value: T,
     epoch: u64,
-    deadline: Option<Instant>,
+    /// On the clock's monotonic reading.
+    deadline: Option<Duration>,
 }
 
 impl<T> Copy<T> {
-    fn live(&self, epoch: u64) -> bool {
-        self.epoch == epoch && self.deadline.is_none_or(|d| Instant::now() < d)
+    fn live(&self, epoch: u64, clock: &dyn Clock) -> bool {
+        self.epoch == epoch && self.deadline.is_none_or(|d| clock.monotonic() < d)
     }
 }
 
@@ -66,10 +68,11 @@ pub(super) struct L1 {
     trusted: AtomicBool,
     next: AtomicU64,
     max_age: Duration,
+    clock: Arc<dyn Clock>,
 }
 
 impl L1 {
-    pub fn new(max_entries: u64, trusted: bool, max_age: Duration) -> Self {
+    pub fn new(max_entries: u64, trusted: bool, max_age: Duration, clock: Arc<dyn Clock>) -> Self {
         let evictions = Arc::new(AtomicU64::new(0));
         L1 {
             entries: moka::sync::Cache::builder()
@@ -93,6 +96,7 @@ impl L1 {
             trusted: AtomicBool::new(trusted),
             next: AtomicU64::new(1),
             max_age,
+            clock,
         }
     }
 
@@ -120,7 +124,7 @@ impl L1 {
         let epoch = self.epoch();
         self.entries
             .get(key)
-            .filter(|c| c.live(epoch))
+            .filter(|c| c.live(epoch, &*self.clock))
             .map(|c| c.value)
     }
 
@@ -134,7 +138,7 @@ impl L1 {
             .map(|k| {
                 self.versions
                     .get(k)
-                    .filter(|c| c.live(epoch))
+                    .filter(|c| c.live(epoch, &*self.clock))
                     .map(|c| c.value)
             })
             .collect()
@@ -226,7 +230,7 @@ fn put_guarded<T: Clone + Send + Sync + 'static>(
     if ttl.is_zero() || !l1.is_trusted() || l1.epoch() != guard.epoch {
         return;
     }
-    let deadline = (ttl < l1.max_age).then(|| Instant::now() + ttl);
+    let deadline = (ttl < l1.max_age).then(|| l1.clock.monotonic() + ttl);
     cache.entry_by_ref(key).and_compute_with(|_| {
         if guards.get(gkey) == Some(guard.token) {
             // Spent: the next copy takes a guard of its own.
@@ -266,7 +270,12 @@ mod tests {
 
     #[test]
     fn a_copy_taken_before_an_eviction_is_not_put() {
-        let l1 = L1::new(100, true, Duration::from_secs(60));
+        let l1 = L1::new(
+            100,
+            true,
+            Duration::from_secs(60),
+            Arc::new(crate::clock::SystemClock),
+        );
         let g = l1.guard("k");
         l1.evict(&["k".to_owned()]);
         l1.put("k", g, stored(), Duration::from_secs(10));
@@ -278,7 +287,12 @@ mod tests {
 
     #[test]
     fn a_gap_makes_every_copy_stale_and_untrusted_reads_miss() {
-        let l1 = L1::new(100, true, Duration::from_secs(60));
+        let l1 = L1::new(
+            100,
+            true,
+            Duration::from_secs(60),
+            Arc::new(crate::clock::SystemClock),
+        );
         let g = l1.guard("k");
         l1.put("k", g, stored(), Duration::from_secs(10));
         let gv = l1.guard_version("t");
@@ -300,7 +314,12 @@ mod tests {
 
     #[test]
     fn a_copy_shorter_than_the_max_age_expires_on_its_own_deadline() {
-        let l1 = L1::new(100, true, Duration::from_secs(60));
+        let l1 = L1::new(
+            100,
+            true,
+            Duration::from_secs(60),
+            Arc::new(crate::clock::SystemClock),
+        );
         let g = l1.guard("short");
         l1.put("short", g, stored(), Duration::from_millis(30));
         let g = l1.guard("long");

@@ -31,20 +31,20 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::{
-    Backend, Backplane, BackplaneListener, BackplaneSubscription, BatchEntry, Capabilities,
-    FillToken, Leases, StorageInfo, Stored,
+    AcquireRequest, Acquired, Backend, Backplane, BackplaneListener, BackplaneSubscription,
+    FillRequest, Found, Inspect, Leases, Profile, ReadRequest, SetRequest, Stored,
 };
+use crate::clock::{Clock, SystemClock};
 use crate::error::{BackendError, Error};
 
 mod batch;
 mod events;
 mod l1;
-mod leases;
 
 use events::{Message, Op};
 use l1::L1;
@@ -86,6 +86,10 @@ struct Tier {
     /// Keeps the subscription (and its listener) alive.
     link: Mutex<Option<(Arc<Link>, BackplaneSubscription)>>,
     stats: Arc<Counters>,
+    /// The time copies are judged by: an entry's expiry is on the writing
+    /// cache's clock, so give this the cache's clock when it is not the
+    /// system's.
+    clock: Arc<dyn Clock>,
 }
 
 #[derive(Debug, Default)]
@@ -140,6 +144,7 @@ pub struct TieredBackendBuilder {
     l1_max_entries: u64,
     max_l1_age: Duration,
     backplane: Option<Arc<dyn Backplane>>,
+    clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for TieredBackendBuilder {
@@ -170,6 +175,17 @@ impl TieredBackendBuilder {
     /// one, copies are only bounded by `max_l1_age`.
     pub fn backplane(mut self, backplane: impl Backplane + 'static) -> Self {
         self.backplane = Some(Arc::new(backplane));
+        self
+    }
+
+    /// The clock copies are judged by (default: the system clock): how long
+    /// a copy of an entry may live is the entry's expiry, which the cache
+    /// that wrote it set on its own clock, minus this clock's now. Give it
+    /// the clock the caches over this backend use
+    /// ([`CacheBuilder::clock`](crate::CacheBuilder::clock)) when that is
+    /// not the system's.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -204,7 +220,12 @@ impl TieredBackendBuilder {
             tx
         });
         let inner = Arc::new(Tier {
-            l1: L1::new(self.l1_max_entries, trusted, self.max_l1_age),
+            l1: L1::new(
+                self.l1_max_entries,
+                trusted,
+                self.max_l1_age,
+                Arc::clone(&self.clock),
+            ),
             l2: self.l2,
             max_l1_age: self.max_l1_age,
             backplane: self.backplane,
@@ -212,6 +233,7 @@ impl TieredBackendBuilder {
             outbox,
             link: Mutex::new(None),
             stats,
+            clock: self.clock,
         });
         if let Some(backplane) = &inner.backplane {
             let link = Arc::new(Link {
@@ -234,6 +256,7 @@ impl TieredBackend {
             l1_max_entries: 10_000,
             max_l1_age: Duration::from_secs(10),
             backplane: None,
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -257,21 +280,14 @@ impl TieredBackend {
 
 impl Tier {
     /// How long a copy of an entry read from L2 may be served: never past
-    /// the entry's hard TTL (read from its header: L2 keeps it through the
-    /// stale and fail-safe windows, which the cache then checks itself),
-    /// never past `max_l1_age`. Bytes that are not an entry are not copied.
+    /// the entry's hard TTL (L2 keeps it through the stale and fail-safe
+    /// windows, which the cache then checks itself), never past
+    /// `max_l1_age`. Bytes that are not an entry are not copied.
     fn l1_ttl(&self, stored: &Stored) -> Duration {
-        let Ok(env) = crate::envelope::parse(stored.bytes()) else {
+        let Some(expires) = stored.expires_at_ms() else {
             return Duration::ZERO;
         };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let expires = env
-            .meta
-            .written_at_ms
-            .saturating_add(u64::try_from(env.meta.ttl.as_millis()).unwrap_or(u64::MAX));
-        Duration::from_millis(expires.saturating_sub(now)).min(self.max_l1_age)
+        Duration::from_millis(expires.saturating_sub(self.clock.now_ms())).min(self.max_l1_age)
     }
 
     fn count(&self, counter: &AtomicU64) {
@@ -301,32 +317,6 @@ impl Tier {
     fn gap(&self) {
         self.count(&self.stats.gaps);
         self.l1.gap();
-    }
-
-    /// Guards taken before an L2 call whose answer will be copied.
-    fn begin_copy(&self, key: &str, versions: &[String]) -> (l1::Guard, Vec<l1::Guard>) {
-        let guard = self.l1.guard(key);
-        let guards = versions.iter().map(|v| self.l1.guard_version(v)).collect();
-        (guard, guards)
-    }
-
-    /// Copies what that call answered: the version `tokens`, and the entry
-    /// with the TTL its copy may live (each put only while its guard holds).
-    /// After a read this also replaces a copy left behind a newer token.
-    fn end_copy(
-        &self,
-        (guard, guards): (l1::Guard, Vec<l1::Guard>),
-        key: &str,
-        versions: &[String],
-        tokens: &[u64],
-        entry: Option<(Stored, Duration)>,
-    ) {
-        for ((name, g), v) in versions.iter().zip(guards).zip(tokens) {
-            self.l1.put_version(name, g, *v, self.max_l1_age);
-        }
-        if let Some((s, ttl)) = entry {
-            self.l1.put(key, guard, s, ttl);
-        }
     }
 
     /// An entry read from L2, with the TTL its copy may live.
@@ -448,7 +438,7 @@ impl BackplaneListener for Link {
                 let mut pause = Duration::from_millis(10);
                 loop {
                     let applied = match message.op {
-                        Op::Versions => tier.l2.bump_versions(&message.keys).await,
+                        Op::Versions => tier.l2.remove_versions(&message.keys).await,
                         _ => tier.l2.invalidate(&message.keys).await,
                     };
                     // Copies put while it ran were read before it landed.
@@ -486,13 +476,13 @@ async fn to_the_end(
 
 #[async_trait::async_trait]
 impl Backend for TieredBackend {
-    fn capabilities(&self) -> Capabilities {
+    fn profile(&self) -> Profile {
         // Copies hand back the very `Stored` (decoded values kept), but what
         // comes from L2 may be kept there past its TTL (a persisted key, a
         // restored snapshot), and a copy's life is counted on this machine's
         // clock: the cache checks every entry's age.
-        Capabilities {
-            remote: self.inner.l2.capabilities().remote,
+        Profile {
+            remote: self.inner.l2.profile().remote,
             shares_stored: true,
             exact_expiry: false,
         }
@@ -504,98 +494,20 @@ impl Backend for TieredBackend {
         Some(Ok(Some(hit)))
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Stored>, BackendError> {
-        let t = &self.inner;
-        if let Some(hit) = t.l1.get(key) {
-            t.count(&t.stats.l1_hits);
-            return Ok(Some(hit));
-        }
-        t.count(&t.stats.l1_misses);
-        let copy = t.begin_copy(key, &[]);
-        let stored = t.l2.get(key).await?;
-        t.end_copy(copy, key, &[], &[], t.read_copy(stored.as_ref()));
-        Ok(stored)
+    async fn read(&self, request: &ReadRequest<'_>) -> Result<Found, BackendError> {
+        self.read_tiered(request).await
     }
 
-    async fn get_with_versions(
-        &self,
-        key: &str,
-        versions: &[String],
-    ) -> Result<(Option<Stored>, Vec<u64>), BackendError> {
-        let t = &self.inner;
-        if let (Some(hit), Some(tokens)) = (t.l1.get(key), t.l1.versions(versions)) {
-            t.count(&t.stats.l1_hits);
-            return Ok((Some(hit), tokens));
-        }
-        t.count(&t.stats.l1_misses);
-        let copy = t.begin_copy(key, versions);
-        let (stored, tokens) = t.l2.get_with_versions(key, versions).await?;
-        t.end_copy(copy, key, versions, &tokens, t.read_copy(stored.as_ref()));
-        Ok((stored, tokens))
+    async fn acquire(&self, request: &AcquireRequest<'_>) -> Result<Vec<Acquired>, BackendError> {
+        self.acquire_tiered(request).await
     }
 
-    async fn get_for_fill(
-        &self,
-        key: &str,
-        versions: &[String],
-        marker_ttl: Duration,
-    ) -> Result<(Option<Stored>, FillToken), BackendError> {
-        let t = &self.inner;
-        let copy = t.begin_copy(key, versions);
-        let (stored, token) = t.l2.get_for_fill(key, versions, marker_ttl).await?;
-        t.end_copy(
-            copy,
-            key,
-            versions,
-            token.versions(),
-            t.read_copy(stored.as_ref()),
-        );
-        Ok((stored, token))
+    async fn fill(&self, request: &FillRequest<'_>) -> Result<Vec<bool>, BackendError> {
+        self.fill_tiered(request).await
     }
 
-    async fn fill(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        token: &FillToken,
-        versions: &[String],
-    ) -> Result<bool, BackendError> {
-        let t = &self.inner;
-        let copy = t.begin_copy(key, versions);
-        let stored = t.l2.fill(key, value.clone(), ttl, token, versions).await?;
-        if stored {
-            // The fill checked these tokens atomically: they are current. The
-            // entry's copy lives the TTL it is kept for: past its fresh life,
-            // the cache checks its age (stale and fail-safe windows) on
-            // every read.
-            let entry = Some((value, ttl.min(t.max_l1_age)));
-            t.end_copy(copy, key, versions, token.versions(), entry);
-        }
-        Ok(stored)
-    }
-
-    async fn set(
-        &self,
-        key: &str,
-        value: Stored,
-        ttl: Duration,
-        versions: &[String],
-    ) -> Result<(), BackendError> {
-        let (t, key, versions) = (Arc::clone(&self.inner), key.to_owned(), versions.to_vec());
-        // In a task of its own: once L2 is written, the eviction and the
-        // message must follow even if the caller stops waiting.
-        to_the_end(async move {
-            t.l2.set(&key, value, ttl, &versions).await?;
-            // No copy: a read that took its guard before the write could
-            // otherwise put the older value over ours. The eviction removes
-            // its guard; the next read copies the new value.
-            let keys = [key];
-            t.l1.evict(&keys);
-            t.publish(Op::Keys, &keys);
-            Ok(())
-        })
-        .await
+    async fn set(&self, request: &SetRequest<'_>) -> Result<(), BackendError> {
+        self.set_tiered(request).await
     }
 
     async fn invalidate(&self, keys: &[String]) -> Result<(), BackendError> {
@@ -611,10 +523,10 @@ impl Backend for TieredBackend {
         .await
     }
 
-    async fn bump_versions(&self, versions: &[String]) -> Result<(), BackendError> {
+    async fn remove_versions(&self, versions: &[String]) -> Result<(), BackendError> {
         let (t, versions) = (Arc::clone(&self.inner), versions.to_vec());
         to_the_end(async move {
-            t.l2.bump_versions(&versions).await?;
+            t.l2.remove_versions(&versions).await?;
             t.l1.evict_versions(&versions);
             t.publish(Op::Versions, &versions);
             Ok(())
@@ -622,54 +534,14 @@ impl Backend for TieredBackend {
         .await
     }
 
-    fn storage_key(&self, key: &str) -> String {
-        self.inner.l2.storage_key(key)
-    }
-
-    async fn describe(&self, key: &str, versions: &[String]) -> Result<StorageInfo, BackendError> {
-        // The shared tier is the one other processes see.
-        self.inner.l2.describe(key, versions).await
-    }
-
-    async fn ping(&self) -> Result<(), BackendError> {
-        self.inner.l2.ping().await
-    }
-
-    async fn get_many(
-        &self,
-        keys: &[String],
-        versions: &[String],
-    ) -> Result<(Vec<Option<Stored>>, Vec<u64>), BackendError> {
-        self.get_many_tiered(keys, versions).await
-    }
-
-    async fn get_for_fill_many(
-        &self,
-        keys: &[String],
-        versions: &[String],
-        marker_ttl: Duration,
-    ) -> Result<Vec<(Option<Stored>, FillToken)>, BackendError> {
-        self.get_for_fill_many_tiered(keys, versions, marker_ttl, None)
-            .await
-    }
-
-    async fn fill_many(
-        &self,
-        fills: &[(BatchEntry, FillToken)],
-        versions: &[String],
-    ) -> Result<Vec<bool>, BackendError> {
-        self.fill_many_tiered(fills, versions).await
-    }
-
-    async fn set_many(
-        &self,
-        entries: &[BatchEntry],
-        versions: &[String],
-    ) -> Result<(), BackendError> {
-        self.set_many_tiered(entries, versions).await
-    }
-
+    /// L2's leases: what their acquisitions read goes through `acquire`,
+    /// which copies it.
     fn leases(&self) -> Option<&dyn Leases> {
-        self.inner.l2.leases().map(|_| self as &dyn Leases)
+        self.inner.l2.leases()
+    }
+
+    /// The shared tier is the one other processes see.
+    fn inspect(&self) -> Option<&dyn Inspect> {
+        self.inner.l2.inspect()
     }
 }

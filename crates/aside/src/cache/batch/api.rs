@@ -1,17 +1,11 @@
-//! The public batch methods: `get_many_or_load` and its variants, and
-//! `set_many`.
+//! The public batch methods: `get_many_or_load` and its variants.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::time::Duration;
 
-use super::super::deps::Deps;
+use super::super::entry::{Deps, EntryOptions};
 use super::{Cache, Slot, Value};
-use crate::backend::BatchEntry;
-use crate::cache::EntryOptions;
 use crate::error::Error;
-use crate::pending::Kind;
-use crate::stats::bump;
+use crate::loader::BatchFn;
 
 impl Cache {
     /// Returns the values of `keys`, in the caller's order, from the cache;
@@ -96,7 +90,7 @@ impl Cache {
     /// assert_eq!(prices, [Some(100), Some(200), None, Some(200)]);
     /// # Ok(()) }
     /// ```
-    pub async fn get_many_or_load<K, V, F, Fut, E>(
+    pub async fn get_many_or_load<K, V, F>(
         &self,
         keys: impl IntoIterator<Item = K>,
         batch_loader: F,
@@ -104,9 +98,7 @@ impl Cache {
     where
         K: AsRef<str>,
         V: Value,
-        F: FnOnce(Vec<String>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<HashMap<String, V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+        F: BatchFn<V>,
     {
         self.get_many_or_load_with(keys, &EntryOptions::default(), batch_loader)
             .await
@@ -120,7 +112,7 @@ impl Cache {
     ///
     /// # Errors
     /// As `get_many_or_load`.
-    pub async fn get_many_or_load_with<K, V, F, Fut, E>(
+    pub async fn get_many_or_load_with<K, V, F>(
         &self,
         keys: impl IntoIterator<Item = K>,
         options: &EntryOptions,
@@ -129,9 +121,7 @@ impl Cache {
     where
         K: AsRef<str>,
         V: Value,
-        F: FnOnce(Vec<String>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<HashMap<String, V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+        F: BatchFn<V>,
     {
         self.get_many_or_load_each(keys, options, batch_loader)
             .await
@@ -145,8 +135,8 @@ impl Cache {
     ///
     /// # Errors
     /// Per key, as `get_many_or_load`.
-    #[tracing::instrument(level = "debug", name = "aside.get_many_or_load", skip_all, fields(namespace = %self.inner.s.namespace))]
-    pub async fn get_many_or_load_each<K, V, F, Fut, E>(
+    #[tracing::instrument(level = "debug", name = "aside.get_many_or_load", skip_all, fields(namespace = %self.inner.entries.namespace))]
+    pub async fn get_many_or_load_each<K, V, F>(
         &self,
         keys: impl IntoIterator<Item = K>,
         options: &EntryOptions,
@@ -155,14 +145,12 @@ impl Cache {
     where
         K: AsRef<str>,
         V: Value,
-        F: FnOnce(Vec<String>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<HashMap<String, V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>> + Send + 'static,
+        F: BatchFn<V>,
     {
         // This caller's moment, before anything is read: loads that began
         // after it need no proof (see `flight`).
         let me = self.inner.flights.now();
-        let deps = self.deps(&options.tags);
+        let deps = self.inner.entries.deps(&options.tags);
         let (mut slots, order) = self.slots(keys, &deps);
         if !slots.is_empty() {
             self.read_many(&mut slots, &deps).await;
@@ -170,100 +158,6 @@ impl Cache {
             Box::pin(self.load_many(&mut slots, &deps, options.ttl, me, batch_loader)).await;
         }
         answers(slots, order)
-    }
-
-    /// Writes several values with the default TTL, in one backend request
-    /// (per [`batch_chunk_size`](crate::CacheBuilder::batch_chunk_size)
-    /// keys or 4 MiB of values), each with its own jittered TTL. As [`set`](Self::set) for each
-    /// key: loads that began before it do not overwrite it.
-    ///
-    /// # Errors
-    /// As `set`. A value that cannot be encoded (too large) fails the call
-    /// before anything is written. When the backend cannot be written, an
-    /// invalidation of every key is queued.
-    pub async fn set_many<K: AsRef<str>, V: Value>(
-        &self,
-        items: impl IntoIterator<Item = (K, V)>,
-    ) -> Result<(), Error> {
-        self.set_many_with(items, &EntryOptions::default()).await
-    }
-
-    /// [`set_many`](Self::set_many) with tags and a TTL for every entry. With
-    /// tags (or namespace invalidation), their tokens are read first: one
-    /// more request.
-    ///
-    /// # Errors
-    /// As `set_many`, and `Config` for a zero TTL.
-    #[tracing::instrument(level = "debug", name = "aside.set_many", skip_all, fields(namespace = %self.inner.s.namespace))]
-    pub async fn set_many_with<K: AsRef<str>, V: Value>(
-        &self,
-        items: impl IntoIterator<Item = (K, V)>,
-        options: &EntryOptions,
-    ) -> Result<(), Error> {
-        if options.ttl.is_some_and(|t| t.is_zero()) {
-            return Err(Error::config("ttl must be greater than zero"));
-        }
-        let items: Vec<(String, V)> = items
-            .into_iter()
-            .map(|(k, v)| (self.backend_key(k.as_ref()), v))
-            .collect();
-        let Some((first, _)) = items.first() else {
-            return Ok(());
-        };
-        let pks: Vec<String> = items.iter().map(|(pk, _)| pk.clone()).collect();
-        for pk in &pks {
-            self.inner.flights.forget(pk);
-        }
-        let deps = self.deps(&options.tags);
-        // Every entry records the counters' tokens as they are now (created
-        // if absent), read once for all: they are the same counters.
-        let stamp = if deps.is_empty() {
-            Vec::new()
-        } else {
-            let marker_ttl = self.inner.s.marker_ttl;
-            let read = self
-                .guarded(
-                    self.inner
-                        .backend
-                        .get_for_fill(first, &deps.keys, marker_ttl),
-                )
-                .await;
-            match read {
-                Ok((_, token)) => deps.stamp(token.versions()),
-                Err(e) => {
-                    let _ = self.queue_invalidation(pks, Kind::Key);
-                    return Err(e);
-                }
-            }
-        };
-        let mut entries = Vec::with_capacity(items.len());
-        for (pk, value) in items {
-            if let Some((stored, ttl)) =
-                self.try_encode_entry(Some(value), options.ttl, &stamp, Duration::ZERO)?
-            {
-                entries.push(BatchEntry {
-                    key: pk,
-                    value: stored,
-                    ttl,
-                });
-            }
-        }
-        let size = |entry: &BatchEntry| entry.value.bytes().len();
-        for run in super::fill::runs(&entries, self.inner.s.batch_chunk_size, size) {
-            let chunk = &entries[run];
-            if let Err(e) = self
-                .guarded(self.inner.backend.set_many(chunk, &deps.keys))
-                .await
-            {
-                // Old entries may still be there: have them removed.
-                let _ = self.queue_invalidation(pks, Kind::Key);
-                return Err(e);
-            }
-            for _ in chunk {
-                bump(&self.inner.stats.sets);
-            }
-        }
-        Ok(())
     }
 }
 
@@ -346,7 +240,7 @@ mod tests {
             pk: String::new(),
             bypass: false,
             answer: answer.map(Ok),
-            stale: None,
+            stale: crate::cache::entry::Fallback::None,
             refresh: None,
         }
     }

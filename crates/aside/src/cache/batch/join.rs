@@ -28,10 +28,10 @@
 //! Loads handed back, or left when the batch's caller goes away, are told
 //! to be retried: their joiners load again rather than fail.
 
-use super::super::deps::Deps;
+use super::super::entry::Deps;
+use super::super::flight::{Done, Role, Waiter};
 use super::super::load::MAX_JOINS;
 use super::{Cache, Item, Slot, Value, item};
-use crate::flight::{Done, Role, Waiter};
 use crate::stats::bump;
 
 /// Loads a batch registered and has not handed to its task yet, each with
@@ -162,7 +162,7 @@ mod tests {
 
     use super::super::Slot;
     use super::*;
-    use crate::flight::Flights;
+    use crate::cache::flight::Flights;
 
     /// A batch dropped while it waits with loads registered: their joiners
     /// are told to load again, not woken with an error (which a dropped
@@ -181,7 +181,7 @@ mod tests {
             pk: "k".to_owned(),
             bypass: false,
             answer: None,
-            stale: None,
+            stale: crate::cache::entry::Fallback::None,
             refresh: None,
         };
         let mut registered = Registered(Vec::new());
@@ -207,7 +207,7 @@ mod tests {
             pk: "k".to_owned(),
             bypass: false,
             answer: None,
-            stale: None,
+            stale: crate::cache::entry::Fallback::None,
             refresh: None,
         };
         let mut registered = Registered(Vec::new());

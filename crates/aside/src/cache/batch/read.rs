@@ -1,13 +1,11 @@
 //! The read of a batch: every key and the counters it depends on in one
-//! request per chunk (`Backend::get_many`), checked as `lookup` checks one.
+//! request per chunk (`Backend::read`), checked as `lookup` checks one.
 
 use std::collections::HashMap;
 
-use super::super::deps::Deps;
-use super::super::version_key;
-use super::{Cache, Lookup, Slot, Value};
-use crate::backend::Stored;
-use crate::envelope;
+use super::super::entry::{Deps, Lookup};
+use super::{Cache, Slot, Value};
+use crate::backend::{Found, ReadRequest, Stored};
 use crate::stats::bump;
 
 impl Cache {
@@ -16,31 +14,37 @@ impl Cache {
     /// chunk to the loader.
     pub(super) async fn read_many<V: Value>(&self, slots: &mut [Slot<V>], deps: &Deps) {
         let read: Vec<usize> = (0..slots.len()).filter(|&i| !slots[i].bypass).collect();
+        let guard = &self.inner.guard;
+        let entries = &self.inner.entries;
         for chunk in read.chunks(self.inner.s.batch_chunk_size) {
             // Lent to the backend and given back, not copied.
             let pks: Vec<String> = chunk
                 .iter()
                 .map(|&i| std::mem::take(&mut slots[i].pk))
                 .collect();
-            let read = self
-                .guarded(self.inner.backend.get_many(&pks, &deps.keys))
-                .await;
+            let request = ReadRequest::new(&pks, &deps.keys);
+            let read = guard.run(guard.backend().read(&request)).await;
             for (&i, pk) in chunk.iter().zip(pks) {
                 slots[i].pk = pk;
             }
-            // Counted as a backend failure in `guarded`; the loader answers.
-            let Ok((entries, current)) = read else {
+            // Counted as a backend failure by the guard; the loader answers.
+            let Ok(Found {
+                entries: found,
+                versions: current,
+                ..
+            }) = read
+            else {
                 continue;
             };
             // The clock is read once for the chunk, after its reply came:
             // no entry is judged at a time before it was read.
             let mut now = None;
             let mut unknown = Vec::new();
-            for (&i, stored) in chunk.iter().zip(entries) {
+            for (&i, stored) in chunk.iter().zip(found) {
                 let Some(stored) = stored else { continue };
                 let pk = &slots[i].pk;
-                match self.decode_checked_at::<V>(pk, &stored, deps, &current, &mut now) {
-                    Lookup::Miss if self.has_unknown_deps_beyond(&stored, deps) => {
+                match entries.check_at::<V>(pk, &stored, deps, &current, &mut now) {
+                    Lookup::Miss if entries.has_deps_beyond(&stored, deps) => {
                         unknown.push((i, stored));
                     }
                     found => self.found(&mut slots[i], found),
@@ -60,21 +64,21 @@ impl Cache {
         unknown: &[(usize, Stored)],
         deps: &Deps,
     ) {
+        let entries = &self.inner.entries;
+        let guard = &self.inner.guard;
         let pks: Vec<String> = unknown.iter().map(|(i, _)| slots[*i].pk.clone()).collect();
         let mut all = deps.clone();
         for (_, stored) in unknown {
-            for n in dep_names(stored) {
-                if !all.names.contains(&n) {
-                    all.keys.push(version_key(&self.inner.s.namespace, &n));
-                    all.names.push(n);
-                }
-            }
+            entries.add_deps_of(stored, &mut all);
         }
         // An entry replaced meanwhile by one with yet other tags is checked
         // against these counters only, and misses.
-        let Ok((entries, current)) = self
-            .guarded(self.inner.backend.get_many(&pks, &all.keys))
-            .await
+        let request = ReadRequest::new(&pks, &all.keys);
+        let Ok(Found {
+            entries: found,
+            versions: current,
+            ..
+        }) = guard.run(guard.backend().read(&request)).await
         else {
             return;
         };
@@ -84,16 +88,16 @@ impl Cache {
             .map(String::as_str)
             .zip(current.iter().copied())
             .collect();
-        for ((i, _), stored) in unknown.iter().zip(entries) {
+        for ((i, _), stored) in unknown.iter().zip(found) {
             let i = *i;
             let Some(stored) = stored else { continue };
-            let mine = self.entry_deps(&stored, deps);
+            let mine = entries.entry_deps(&stored, deps);
             let current: Vec<u64> = mine
                 .names
                 .iter()
                 .map(|n| tokens.get(n.as_str()).copied().unwrap_or(0))
                 .collect();
-            let found = self.decode_checked::<V>(&slots[i].pk, &stored, &mine, &current);
+            let found = entries.check::<V>(&slots[i].pk, &stored, &mine, &current);
             self.found(&mut slots[i], found);
         }
     }
@@ -124,16 +128,10 @@ impl Cache {
                     bump(&stats.fail_safe_served);
                     slot.answer = Some(Ok(v));
                 } else {
-                    slot.stale = Some(v);
+                    slot.stale = super::Fallback::Expired(v);
                 }
             }
             Lookup::Miss => {}
         }
     }
-}
-
-fn dep_names(stored: &Stored) -> Vec<String> {
-    envelope::parse(stored.bytes())
-        .map(|env| env.deps().map(|(n, _)| n.to_owned()).collect())
-        .unwrap_or_default()
 }

@@ -11,9 +11,9 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
-use super::super::deps::Deps;
+use super::super::entry::{Deps, EntryOptions};
 use super::{Cache, Slot, Value};
-use crate::cache::EntryOptions;
+use crate::backend::ReadRequest;
 use crate::error::{Error, ErrorKind};
 
 /// How [`Cache::warm`] goes about it. Start from [`WarmOptions::new`].
@@ -243,7 +243,7 @@ impl Cache {
         };
         report(&progress);
         let loader = Arc::new(batch_loader);
-        let deps = self.deps(&options.entry.tags);
+        let deps = self.inner.entries.deps(&options.entry.tags);
         let mut rest = names.into_iter();
         // Each chunk in a task of its own, so that chunks overlap on a
         // multi-threaded runtime; dropping `warm` aborts them (the loads
@@ -354,7 +354,7 @@ impl Cache {
                 Some(Ok(v)) if !failed.contains(&slot.name) => {
                     // Nothing is stored for a bypassed key, nor for a "not
                     // found" without negative caching: nothing to check.
-                    if !slot.bypass && (v.is_some() || self.inner.s.negative_ttl.is_some()) {
+                    if !slot.bypass && (v.is_some() || self.inner.entries.negative_ttl.is_some()) {
                         check.push(i);
                     } else {
                         tally.loaded += 1;
@@ -379,8 +379,10 @@ impl Cache {
     async fn count_stored<V>(&self, slots: &[Slot<V>], check: &[usize], tally: &mut Tally) {
         for chunk in check.chunks(self.inner.s.batch_chunk_size) {
             let pks: Vec<String> = chunk.iter().map(|&i| slots[i].pk.clone()).collect();
-            let present = match self.guarded(self.inner.backend.get_many(&pks, &[])).await {
-                Ok((entries, _)) => entries.iter().filter(|e| e.is_some()).count(),
+            let guard = &self.inner.guard;
+            let request = ReadRequest::new(&pks, &[]);
+            let present = match guard.run(guard.backend().read(&request)).await {
+                Ok(found) => found.entries.iter().filter(|e| e.is_some()).count(),
                 Err(e) => {
                     tally.error.get_or_insert(e);
                     0

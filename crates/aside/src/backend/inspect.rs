@@ -1,12 +1,33 @@
-//! What a backend can tell about one entry beyond its bytes
-//! ([`Backend::describe`](super::Backend::describe)), for people and tools
-//! looking at the store ([`Cache::inspect`](crate::Cache::inspect), `aside
-//! inspect`), and URLs made fit to print.
+//! [`Inspect`]: what a backend can tell about its store beyond the bytes of
+//! an entry, for people and tools looking at it
+//! ([`Cache::inspect`](crate::Cache::inspect), `aside inspect`), and URLs
+//! made fit to print.
 
 use std::time::Duration;
 
+use crate::error::BackendError;
+
+/// What a backend can tell people and tools about its store (optional:
+/// [`Backend::inspect`](super::Backend::inspect)). A backend without it is
+/// described by the keys as the cache gives them, and always answers a
+/// health check.
+#[async_trait::async_trait]
+pub trait Inspect: Send + Sync {
+    /// Where the store keeps the entry of `key` (for `redis-cli`).
+    fn storage_key(&self, key: &str) -> String;
+
+    /// What the store knows of the entry `key` beyond its bytes: where it
+    /// keeps the entry, its lease and the version tokens `versions`, how
+    /// much longer it keeps the entry, whether a load holds the lease.
+    /// Creates and changes nothing.
+    async fn describe(&self, key: &str, versions: &[String]) -> Result<StorageInfo, BackendError>;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), BackendError>;
+}
+
 /// Where a backend keeps one entry and what it knows of it: the answer of
-/// [`Backend::describe`](super::Backend::describe).
+/// [`Inspect::describe`].
 ///
 /// Built with [`StorageInfo::new`] and the setters, so a backend fills in
 /// what it knows; what it cannot tell stays `None`.
@@ -67,18 +88,33 @@ impl StorageInfo {
 /// `***`, fit for logs and error messages: `redis://:secret@host:6379/0`
 /// becomes `redis://***@host:6379/0`. Works for any `scheme://` URL
 /// (`rediss://`, `postgres://`); anything else is returned unchanged.
-///
-/// ```
-/// use aside::backend::without_password;
-/// assert_eq!(without_password("redis://:secret@host:6379/0"), "redis://***@host:6379/0");
-/// assert_eq!(without_password("postgres://app:pw@db/shop"), "postgres://***@db/shop");
-/// assert_eq!(without_password("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-/// ```
-pub fn without_password(url: &str) -> String {
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn without_password(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             format!("{}://***{}", &url[..scheme_end], &url[at..])
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            without_password("redis://:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(
+            without_password("postgres://app:pw@db/shop"),
+            "postgres://***@db/shop"
+        );
+        assert_eq!(
+            without_password("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
     }
 }

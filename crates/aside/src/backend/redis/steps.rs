@@ -1,0 +1,327 @@
+//! How the Redis backend runs its atomic steps ([`Steps`]), chosen once when
+//! the backend is built: on one Redis ([`OneNode`]) every script gets the
+//! entries' keys and their version tokens together, one script per request
+//! whatever its size; on a Redis Cluster (`cluster`) one script per slot,
+//! with the tokens in steps of their own.
+
+use std::time::Duration;
+
+use super::conn::RedisConnection;
+use super::scripts::{
+    ACQUIRE, FILL, FILLS_CHANNEL, RELEASE, RENEW, SET, data, lease, marker, token_key, waiters,
+};
+use super::wait::{ReplicaWait, acknowledged, del_and_wait};
+use super::{failed, malformed, px, token};
+use crate::backend::{
+    AcquireRequest, Acquired, Entry, FillRequest, FillToken, Lease, LeaseAsk, SetRequest, Stored,
+    fresh_token,
+};
+use crate::error::BackendError;
+
+/// The steps whose shape depends on where keys live.
+#[async_trait::async_trait]
+pub(super) trait Steps: Send + Sync + std::fmt::Debug {
+    async fn acquire(
+        &self,
+        conn: &RedisConnection,
+        request: &AcquireRequest<'_>,
+    ) -> Result<Vec<Acquired>, BackendError>;
+
+    async fn fill(
+        &self,
+        conn: &RedisConnection,
+        request: &FillRequest<'_>,
+    ) -> Result<Vec<bool>, BackendError>;
+
+    async fn set(
+        &self,
+        conn: &RedisConnection,
+        request: &SetRequest<'_>,
+    ) -> Result<(), BackendError>;
+
+    async fn renew(
+        &self,
+        conn: &RedisConnection,
+        keys: &[String],
+        lease: LeaseAsk<'_>,
+    ) -> Result<Vec<bool>, BackendError>;
+
+    async fn release(
+        &self,
+        conn: &RedisConnection,
+        keys: &[String],
+        token: &str,
+    ) -> Result<(), BackendError>;
+
+    /// `DEL` of `keys`, then `WAIT` for replicas (see `wait`).
+    async fn delete_acknowledged(
+        &self,
+        conn: &RedisConnection,
+        keys: Vec<String>,
+        wait: ReplicaWait,
+    ) -> Result<(), BackendError>;
+}
+
+/// One Redis: each request is one script with every key it touches.
+#[derive(Debug)]
+pub(super) struct OneNode;
+
+#[async_trait::async_trait]
+impl Steps for OneNode {
+    async fn acquire(
+        &self,
+        conn: &RedisConnection,
+        r: &AcquireRequest<'_>,
+    ) -> Result<Vec<Acquired>, BackendError> {
+        acquire(conn, r.keys, r.versions, r.marker_ttl, r.lease).await
+    }
+
+    async fn fill(
+        &self,
+        conn: &RedisConnection,
+        r: &FillRequest<'_>,
+    ) -> Result<Vec<bool>, BackendError> {
+        fill(conn, r.fills, r.versions).await
+    }
+
+    async fn set(&self, conn: &RedisConnection, r: &SetRequest<'_>) -> Result<(), BackendError> {
+        set(conn, r.entries, r.versions).await
+    }
+
+    async fn renew(
+        &self,
+        conn: &RedisConnection,
+        keys: &[String],
+        lease: LeaseAsk<'_>,
+    ) -> Result<Vec<bool>, BackendError> {
+        renew(conn, keys, lease).await
+    }
+
+    async fn release(
+        &self,
+        conn: &RedisConnection,
+        keys: &[String],
+        token: &str,
+    ) -> Result<(), BackendError> {
+        release(conn, keys, token).await
+    }
+
+    async fn delete_acknowledged(
+        &self,
+        conn: &RedisConnection,
+        keys: Vec<String>,
+        wait: ReplicaWait,
+    ) -> Result<(), BackendError> {
+        let replies: Vec<redis::Value> = del_and_wait(&keys, wait)
+            .query_async(&mut conn.clone())
+            .await
+            .map_err(failed)?;
+        acknowledged(&replies, wait)
+    }
+}
+
+/// ACQUIRE for `keys` (see `lua/acquire.lua`).
+pub(super) async fn acquire(
+    conn: &RedisConnection,
+    keys: &[String],
+    versions: &[String],
+    marker_ttl: Duration,
+    lease_ask: Option<LeaseAsk<'_>>,
+) -> Result<Vec<Acquired>, BackendError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (lease_token, lease_ttl) = lease_ask.map_or(("", Duration::ZERO), |l| (l.token, l.ttl));
+    let mut invocation = ACQUIRE.prepare_invoke();
+    for key in keys {
+        invocation
+            .key(data(key))
+            .key(marker(key))
+            .key(lease(key))
+            .key(waiters(key));
+    }
+    for name in versions {
+        invocation.key(token_key(name));
+    }
+    invocation
+        .arg(lease_token)
+        .arg(px(lease_ttl))
+        .arg(px(marker_ttl))
+        .arg(keys.len());
+    for _ in 0..keys.len() + versions.len() {
+        invocation.arg(fresh_token());
+    }
+    let reply: Vec<redis::Value> = invocation
+        .invoke_async(&mut conn.clone())
+        .await
+        .map_err(failed)?;
+    if reply.len() != versions.len() + 4 * keys.len() {
+        return Err(malformed("short lease reply"));
+    }
+    let mut it = reply.into_iter();
+    let tokens: Vec<u64> = it
+        .by_ref()
+        .take(versions.len())
+        .map(|v| token(&v))
+        .collect();
+    let mut out = Vec::with_capacity(keys.len());
+    while let (Some(taken), Some(pttl), Some(data), Some(marker)) =
+        (it.next(), it.next(), it.next(), it.next())
+    {
+        out.push(parse_key(
+            taken,
+            pttl,
+            data,
+            &marker,
+            tokens.clone(),
+            lease_token,
+        ));
+    }
+    Ok(out)
+}
+
+/// One key's part of an ACQUIRE reply, with the counters' tokens.
+pub(super) fn parse_key(
+    taken: redis::Value,
+    pttl: redis::Value,
+    data: redis::Value,
+    marker: &redis::Value,
+    versions: Vec<u64>,
+    lease_token: &str,
+) -> Acquired {
+    let stored = match data {
+        redis::Value::BulkString(b) => Some(Stored::new(b)),
+        _ => None,
+    };
+    let lease = if lease_token.is_empty() {
+        Lease::None
+    } else if token(&taken) == 1 {
+        Lease::Held(lease_token.to_owned())
+    } else {
+        // A lease without expiry reads as -1: treat it as one lease length
+        // away, the caller bounds its wait anyway.
+        let ms = match pttl {
+            redis::Value::Int(n) if n > 0 => u64::try_from(n).unwrap_or(0),
+            _ => 0,
+        };
+        Lease::Busy(Duration::from_millis(ms))
+    };
+    Acquired::new(
+        stored,
+        FillToken::new(token(marker), versions).with_lease(lease),
+    )
+}
+
+/// FILL for `fills` (see `lua/fill.lua`).
+pub(super) async fn fill(
+    conn: &RedisConnection,
+    fills: &[(Entry, FillToken)],
+    versions: &[String],
+) -> Result<Vec<bool>, BackendError> {
+    // An absent token validates nothing, nor does a token for other
+    // counters: such fills are refused here, the others go in one script.
+    let sendable = |t: &FillToken| t.is_complete() && t.versions().len() == versions.len();
+    let sent: Vec<&(Entry, FillToken)> = fills.iter().filter(|(_, t)| sendable(t)).collect();
+    if sent.is_empty() {
+        return Ok(vec![false; fills.len()]);
+    }
+    let mut invocation = FILL.prepare_invoke();
+    invocation.arg(FILLS_CHANNEL).arg(sent.len());
+    for (entry, token) in &sent {
+        let key = &entry.key;
+        invocation
+            .key(data(key))
+            .key(marker(key))
+            .key(lease(key))
+            .key(waiters(key));
+        invocation
+            .arg(entry.value.bytes().as_ref())
+            .arg(px(entry.ttl))
+            .arg(token.marker().to_string())
+            .arg(token.held_lease().unwrap_or(""));
+        for version in token.versions() {
+            invocation.arg(version.to_string());
+        }
+    }
+    for name in versions {
+        invocation.key(token_key(name));
+    }
+    let stored: Vec<u8> = invocation
+        .invoke_async(&mut conn.clone())
+        .await
+        .map_err(failed)?;
+    let mut stored = stored.into_iter();
+    Ok(fills
+        .iter()
+        .map(|(_, t)| sendable(t) && stored.next() == Some(1))
+        .collect())
+}
+
+/// SET for `entries` (see `lua/set.lua`).
+pub(super) async fn set(
+    conn: &RedisConnection,
+    entries: &[Entry],
+    versions: &[String],
+) -> Result<(), BackendError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut invocation = SET.prepare_invoke();
+    for entry in entries {
+        invocation
+            .key(data(&entry.key))
+            .key(marker(&entry.key))
+            .arg(entry.value.bytes().as_ref())
+            .arg(px(entry.ttl));
+    }
+    for name in versions {
+        invocation.key(token_key(name));
+    }
+    invocation
+        .invoke_async::<()>(&mut conn.clone())
+        .await
+        .map_err(failed)
+}
+
+/// RELEASE for `keys` (see `lua/release.lua`).
+pub(super) async fn release(
+    conn: &RedisConnection,
+    keys: &[String],
+    token: &str,
+) -> Result<(), BackendError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut invocation = RELEASE.prepare_invoke();
+    for key in keys {
+        invocation.key(data(key)).key(lease(key)).key(waiters(key));
+    }
+    invocation
+        .arg(token)
+        .arg(FILLS_CHANNEL)
+        .invoke_async::<()>(&mut conn.clone())
+        .await
+        .map_err(failed)
+}
+
+/// RENEW for `keys` (see `lua/renew.lua`).
+pub(super) async fn renew(
+    conn: &RedisConnection,
+    keys: &[String],
+    ask: LeaseAsk<'_>,
+) -> Result<Vec<bool>, BackendError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut invocation = RENEW.prepare_invoke();
+    for key in keys {
+        invocation.key(lease(key)).key(waiters(key));
+    }
+    let renewed: Vec<u8> = invocation
+        .arg(ask.token)
+        .arg(px(ask.ttl))
+        .invoke_async(&mut conn.clone())
+        .await
+        .map_err(failed)?;
+    Ok(renewed.into_iter().map(|r| r == 1).collect())
+}
