@@ -414,7 +414,7 @@ fn main() {
          {} coalesced, {} hits, {} misses, {} backend errors, {} backend timeouts, \
          {} backend operations skipped",
         sum(|s| s.loads),
-        sum(|s| s.coalesced),
+        sum(|s| s.joined),
         sum(|s| s.hits),
         sum(|s| s.misses),
         sum(|s| s.backend_errors),

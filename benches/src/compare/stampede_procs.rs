@@ -106,7 +106,7 @@ pub fn child(url: &str, index: usize) {
                 "latencies_ns": lat, "loads": CALLS.load(Relaxed),
                 "wrong": wrong, "late_ns": late_ns, "ahead_ns": wait,
                 "loader_max_ns": LOAD_NS_MAX.load(Relaxed),
-                "aside": [a.coalesced - b.coalesced, a.lease_waits - b.lease_waits,
+                "aside": [a.joined - b.joined, a.lease_waits - b.lease_waits,
                     a.lease_timeouts - b.lease_timeouts, a.joins_retried - b.joins_retried,
                     a.backend_errors - b.backend_errors, a.backend_timeouts - b.backend_timeouts],
             });

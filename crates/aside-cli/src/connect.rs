@@ -24,7 +24,6 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
-
 /// A Redis backend at `url` (a node of a Redis Cluster with `cluster`),
 /// checked to answer.
 pub(crate) async fn checked_redis(

@@ -51,7 +51,7 @@ counters! {
     misses,
     /// Misses that joined a load already running in this process instead of
     /// starting their own.
-    coalesced,
+    joined,
     /// Reads answered by a backend read another caller of this process sent
     /// for the same key after this one began (`coalesce_reads`): each is a
     /// round trip saved.

@@ -445,7 +445,7 @@ async fn a_refresh_that_leaves_hands_its_joiners_back_to_a_load() {
         tokio::spawn(async move { c.get_or_load::<String, _>("k", l).await })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(cache.stats().coalesced, 1, "the caller joined the refresh");
+    assert_eq!(cache.stats().joined, 1, "the caller joined the refresh");
     // The refresh finds the lease held elsewhere and leaves.
     backend.hold_first_acquire.notify_one();
     let got = joiner.await.unwrap();

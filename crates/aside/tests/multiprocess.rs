@@ -663,7 +663,7 @@ impl Target {
                      {} backend timeouts",
                     s.hits,
                     s.misses,
-                    s.coalesced,
+                    s.joined,
                     s.loads,
                     s.sets,
                     s.stale_fills_rejected,

@@ -4,7 +4,7 @@
 //!
 //! Each test holds the loader (a `Notify`) until every caller has joined or
 //! read, so none depends on timing luck; the joins themselves are counted by
-//! `Stats::coalesced`, which counts a joiner whether it read first or not.
+//! `Stats::joined`, which counts a joiner whether it read first or not.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -106,7 +106,7 @@ async fn a_thousand_callers_of_a_key_being_loaded_read_redis_zero_times() {
     let callers: Vec<_> = (0..999)
         .map(|_| spawn_get(&cache, &opts, loader("other", None, &calls)))
         .collect();
-    until("callers joined", 999, || cache.stats().coalesced).await;
+    until("callers joined", 999, || cache.stats().joined).await;
     let reads = gets_since_reset(&mut conn).await;
     gate.notify_one();
 
@@ -146,7 +146,7 @@ async fn a_caller_that_joined_without_reading_takes_no_value_an_invalidation_pre
     assert!(b.invalidate("k").await.unwrap().is_applied());
 
     let late = spawn_get(&a, &opts, loader("new", None, &calls));
-    until("late caller joined", 1, || a.stats().coalesced).await;
+    until("late caller joined", 1, || a.stats().joined).await;
     assert_eq!(
         gets_since_reset(&mut conn).await,
         0,
@@ -191,7 +191,7 @@ async fn a_caller_with_a_tag_the_load_ignores_reads_for_itself() {
         gets_since_reset(&mut conn).await >= 1,
         "it read Redis itself"
     );
-    assert_eq!(cache.stats().coalesced, 0, "{:?}", cache.stats());
+    assert_eq!(cache.stats().joined, 0, "{:?}", cache.stats());
     gate.notify_one();
     assert_eq!(leader.await.unwrap().unwrap().as_deref(), Some("v"));
     // The untagged entry does not answer a read that needs the tag.
@@ -214,7 +214,7 @@ async fn with_fail_safe_a_caller_reads_before_it_joins() {
     let (gate, leader) = held_load(&cache, &opts, &mut conn, &calls).await;
 
     let caller = spawn_get(&cache, &opts, loader("other", None, &calls));
-    until("caller joined", 1, || cache.stats().coalesced).await;
+    until("caller joined", 1, || cache.stats().joined).await;
     assert_eq!(
         gets_since_reset(&mut conn).await,
         1,
@@ -258,7 +258,7 @@ async fn a_refresh_in_flight_does_not_hold_readers_of_the_stale_entry() {
             .expect("a reader of a stale entry waited for the refresh");
         assert_eq!(again.unwrap().unwrap().as_deref(), Some("old"));
     }
-    assert_eq!(cache.stats().coalesced, 0, "{:?}", cache.stats());
+    assert_eq!(cache.stats().joined, 0, "{:?}", cache.stats());
     gate.notify_one();
     until("refreshed", 1, || cache.stats().sets.saturating_sub(1)).await;
     assert_eq!(calls.load(Ordering::SeqCst), 2);

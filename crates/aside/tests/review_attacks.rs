@@ -296,12 +296,12 @@ async fn attack_serve_stale_at_lease_timeout_reaches_a_caller_that_began_after_t
         tokio::spawn(async move { c.get_or_load::<String, _>("k", l).await })
     };
     for _ in 0..500 {
-        if a.stats().coalesced >= 1 {
+        if a.stats().joined >= 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    assert_eq!(a.stats().coalesced, 1, "C0 joined F1");
+    assert_eq!(a.stats().joined, 1, "C0 joined F1");
 
     // F1 is detached (a later invalidation in this process).
     assert_eq!(a.invalidate("k").await.unwrap(), Invalidation::Applied);
@@ -611,12 +611,12 @@ async fn regression_foreground_joiner_of_a_background_refresh_after_a_remote_inv
         tokio::spawn(async move { c.get_or_load::<String, _>("k", l).await })
     };
     for _ in 0..500 {
-        if a.stats().coalesced >= 1 {
+        if a.stats().joined >= 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    assert_eq!(a.stats().coalesced, 1, "the caller joined the refresh");
+    assert_eq!(a.stats().joined, 1, "the caller joined the refresh");
     gate.notify_one();
     assert_eq!(late.await.unwrap().unwrap().as_deref(), Some("new"));
     assert_eq!(a.get::<String>("k").await.unwrap().as_deref(), Some("new"));

@@ -70,7 +70,7 @@ async fn a_hit_is_not_held_by_a_load_of_the_key_with_other_tags() {
         });
         started.notified().await;
 
-        let coalesced = cache.stats().coalesced;
+        let coalesced = cache.stats().joined;
         let (c, k) = (cache.clone(), key.clone());
         let reader = tokio::spawn(async move {
             c.get_or_load(&k, || async {
@@ -80,7 +80,7 @@ async fn a_hit_is_not_held_by_a_load_of_the_key_with_other_tags() {
         });
         // Wait (bounded) until the reader either answered or joined.
         for _ in 0..2_500 {
-            if reader.is_finished() || cache.stats().coalesced > coalesced {
+            if reader.is_finished() || cache.stats().joined > coalesced {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -197,7 +197,7 @@ async fn a_caller_after_a_write_does_not_take_the_error_of_an_older_load() {
         started.notified().await;
         b.set(&key, "written".to_owned()).await.unwrap();
 
-        let coalesced = a.stats().coalesced;
+        let coalesced = a.stats().joined;
         let (c, k) = (a.clone(), key.clone());
         let reader = tokio::spawn(async move {
             c.get_or_load(&k, || async {
@@ -206,7 +206,7 @@ async fn a_caller_after_a_write_does_not_take_the_error_of_an_older_load() {
             .await
         });
         for _ in 0..2_500 {
-            if reader.is_finished() || a.stats().coalesced > coalesced {
+            if reader.is_finished() || a.stats().joined > coalesced {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -256,12 +256,12 @@ async fn joiners_of_a_failing_load_of_a_cold_key_take_its_error_and_load_once() 
     started.notified().await;
     let joiners: Vec<_> = (0..50).map(|_| spawn(false)).collect();
     for _ in 0..2_500 {
-        if cache.stats().coalesced >= 50 {
+        if cache.stats().joined >= 50 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    assert_eq!(cache.stats().coalesced, 50, "{:?}", cache.stats());
+    assert_eq!(cache.stats().joined, 50, "{:?}", cache.stats());
     gate.notify_one();
     assert!(leader.await.unwrap().is_err());
     for j in joiners {
@@ -378,7 +378,7 @@ async fn no_joiner_reads_a_value_older_than_an_invalidation_it_followed() {
     writer.await.unwrap();
     let s = a.stats();
     assert!(reads.load(Ordering::Relaxed) > 500, "too few reads");
-    assert!(s.coalesced > 0 && s.stale_fills_rejected > 0, "{s:?}");
+    assert!(s.joined > 0 && s.stale_fills_rejected > 0, "{s:?}");
     assert_eq!(stale.load(Ordering::Relaxed), 0, "stale reads; {s:?}");
 }
 

@@ -99,7 +99,7 @@ impl Cache {
             let waiter = match role {
                 Role::Follower(waiter) => {
                     if joins == 1 {
-                        bump(&self.inner.stats.coalesced);
+                        bump(&self.inner.stats.joined);
                     }
                     waiter
                 }
@@ -200,7 +200,7 @@ impl Cache {
         me: u64,
         waiter: Waiter<V>,
     ) -> Option<Outcome<V>> {
-        bump(&self.inner.stats.coalesced);
+        bump(&self.inner.stats.joined);
         let done = waiter.wait().await;
         if done.is_for(me) {
             if done.outcome.is_ok() {

@@ -175,7 +175,7 @@ pub async fn single_flight(cache: &Cache, callers: usize) {
         assert_eq!(t.await.unwrap().unwrap(), Some(product(9)));
     }
     assert_eq!(calls.get(), 1, "{callers} concurrent callers, one load");
-    assert!(cache.stats().coalesced >= 1);
+    assert!(cache.stats().joined >= 1);
 }
 
 pub async fn loader_error_is_returned_and_not_cached(cache: &Cache) {

@@ -183,7 +183,7 @@ async fn workload(make: impl Fn() -> Cache, namespace: bool) -> [aside::Stats; 2
         "no load raced a write: {sa:?} {sb:?}"
     );
     assert!(
-        sa.joins_retried + sb.joins_retried > 0 || sa.coalesced + sb.coalesced > 0,
+        sa.joins_retried + sb.joins_retried > 0 || sa.joined + sb.joined > 0,
         "no load was shared: {sa:?} {sb:?}"
     );
     [sa, sb]

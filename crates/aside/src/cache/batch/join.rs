@@ -95,7 +95,7 @@ impl Cache {
             for (i, _) in &followed {
                 joins[*i] += 1;
                 if !std::mem::replace(&mut coalesced[*i], true) {
-                    bump(&self.inner.stats.coalesced);
+                    bump(&self.inner.stats.joined);
                 }
             }
             self.wait_all(slots, followed, me).await;
@@ -129,7 +129,7 @@ impl Cache {
                         }
                         Role::Follower(waiter) => {
                             if !std::mem::replace(&mut coalesced[i], true) {
-                                bump(&self.inner.stats.coalesced);
+                                bump(&self.inner.stats.joined);
                             }
                             // Never wait holding unstarted loads: the load
                             // awaited may itself wait for one of them (its
