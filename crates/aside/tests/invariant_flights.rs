@@ -551,9 +551,11 @@ async fn a_full_queue_refuses_with_an_error_or_collapses_into_the_namespace() {
             Invalidation::Queued
         );
     }
-    // Without namespace invalidation: refused, and said so.
+    // Without namespace invalidation: refused, and said so (a kind of its
+    // own: not a backend failure, nothing was sent).
     let err = keyed.invalidate("c").await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Backend);
+    assert_eq!(err.kind(), ErrorKind::QueueFull);
+    assert!(err.is_queue_full() && !err.is_backend(), "{err:?}");
     assert_eq!(keyed.stats().invalidations_refused, 1);
     // With it: everything collapses into one namespace invalidation, and
     // every read bypasses the cache meanwhile.

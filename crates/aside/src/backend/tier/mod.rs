@@ -545,3 +545,55 @@ impl Backend for TieredBackend {
         self.inner.l2.inspect()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::Cache;
+    use crate::backend::{MemoryBackend, TieredBackend};
+    use crate::clock::{Clock, ManualClock};
+
+    /// Two instances over one shared L2, on a clock that is not the
+    /// system's (1970, here): what the second reads from L2 is copied for
+    /// as long as the entry lives on that clock, so its next read is an L1
+    /// hit. Judged by the system clock (as before), the copy's life was
+    /// already over and nothing was copied.
+    #[tokio::test]
+    async fn copies_live_by_the_clock_they_are_given() {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let l2 = MemoryBackend::new();
+        let instance = || {
+            let tier = TieredBackend::builder(l2.clone())
+                .clock(clock.clone() as Arc<dyn Clock>)
+                .build()
+                .unwrap();
+            let cache = Cache::builder()
+                .namespace("clock")
+                .ttl(Duration::from_secs(60))
+                .clock(clock.clone())
+                .backend(tier.clone())
+                .build()
+                .unwrap();
+            (tier, cache)
+        };
+        let (_, writer) = instance();
+        let (tier, reader) = instance();
+        let load = |v: u32| move || async move { Ok::<_, std::io::Error>(Some(v)) };
+        assert_eq!(writer.get_or_load("k", load(1)).await.unwrap(), Some(1));
+        assert_eq!(reader.get_or_load("k", load(2)).await.unwrap(), Some(1));
+        let copied = tier.stats();
+        assert_eq!(reader.get_or_load("k", load(3)).await.unwrap(), Some(1));
+        assert_eq!(
+            tier.stats().l1_hits,
+            copied.l1_hits + 1,
+            "the second read must be an L1 hit: {:?}",
+            tier.stats()
+        );
+        // Past the entry's life on that clock, the copy is not served.
+        clock.advance(Duration::from_secs(61));
+        assert_eq!(reader.get_or_load("k", load(4)).await.unwrap(), Some(4));
+    }
+}
