@@ -210,3 +210,41 @@ pub use stats::Stats;
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The guide's pages (`docs/*.md`), their examples compiled and run as
+/// doctests.
+#[cfg(doctest)]
+mod doc_pages {
+    #[doc = include_str!("../../../docs/guide.md")]
+    pub struct Guide;
+    #[doc = include_str!("../../../docs/reading.md")]
+    pub struct Reading;
+    #[doc = include_str!("../../../docs/cached.md")]
+    pub struct Cached;
+    #[doc = include_str!("../../../docs/consistency.md")]
+    pub struct Consistency;
+    #[doc = include_str!("../../../docs/textbook.md")]
+    pub struct Textbook;
+    #[doc = include_str!("../../../docs/storage.md")]
+    pub struct Storage;
+    #[doc = include_str!("../../../docs/writing-a-backend.md")]
+    pub struct WritingABackend;
+    #[doc = include_str!("../../../docs/batch-and-warm.md")]
+    pub struct BatchAndWarm;
+    #[doc = include_str!("../../../docs/tiered.md")]
+    pub struct Tiered;
+    #[doc = include_str!("../../../docs/cluster.md")]
+    pub struct Cluster;
+    #[doc = include_str!("../../../docs/postgres-bridge.md")]
+    pub struct PostgresBridge;
+    #[doc = include_str!("../../../docs/metrics.md")]
+    pub struct Metrics;
+    #[doc = include_str!("../../../docs/cli.md")]
+    pub struct Cli;
+    #[doc = include_str!("../../../docs/operations.md")]
+    pub struct Operations;
+    #[doc = include_str!("../../../docs/examples.md")]
+    pub struct Examples;
+    #[doc = include_str!("../../../docs/development.md")]
+    pub struct Development;
+}
