@@ -122,8 +122,9 @@
 //! over to a replica before replicating it (invalidate again after a
 //! failover), reads between your database commit and your `invalidate`, and
 //! loaders that read a lagging replica (see
-//! [`CacheBuilder::delayed_double_delete`]). The README lists the tests that
-//! check each part.
+//! [`CacheBuilder::delayed_double_delete`]). The guide's "Invalidation and
+//! consistency" page (`docs/consistency.md`) lists the tests that check each
+//! part.
 //!
 //! ## What aside does better than the textbook code
 //!
@@ -136,9 +137,9 @@
 //! ## Features
 //! - `redis` (default): [`RedisBackend`].
 //! - `lz4` (default): LZ4 compression of large payloads.
-//! - `cluster`: `RedisBackend::cluster`, a Redis Cluster (the README's
-//!   "Redis Cluster" section says what is atomic where, and why the promise
-//!   holds).
+//! - `cluster`: `RedisBackend::cluster`, a Redis Cluster (the guide's
+//!   "Redis Cluster" page, `docs/cluster.md`, says what is atomic where,
+//!   and why the promise holds).
 //! - `postgres`: [`bridge::ChangeBridge`], committed PostgreSQL row changes
 //!   invalidate the cache (LISTEN/NOTIFY and a trigger).
 //! - `macros`: the `#[aside::cached]` attribute, which caches an async
@@ -147,7 +148,8 @@
 //!   Key parts are escaped like [`Key::part`]; without `key`, every argument
 //!   is part of the key, in full.
 //! - `metrics`: `CacheBuilder::metrics`, the counters exported through the
-//!   `metrics` crate (see the README's "Metrics and tracing").
+//!   `metrics` crate (see the guide's "Metrics and tracing" page,
+//!   `docs/metrics.md`).
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
