@@ -336,8 +336,8 @@ fn bad_input_fails_with_one_line() {
     }
 }
 
-/// Under the least-privilege user of the README ("Running against a
-/// locked-down Redis"), `inspect` and `invalidate` work; `stats --redis`
+/// Under the least-privilege user of `docs/operations.md` ("Running against
+/// a locked-down Redis"), `inspect` and `invalidate` work; `stats --redis`
 /// needs `+info +dbsize +scan` besides, and says so when refused.
 #[test]
 fn admin_commands_under_the_readmes_acl_user() {

@@ -122,8 +122,9 @@
 //! over to a replica before replicating it (invalidate again after a
 //! failover), reads between your database commit and your `invalidate`, and
 //! loaders that read a lagging replica (see
-//! [`CacheBuilder::delayed_double_delete`]). The README lists the tests that
-//! check each part.
+//! [`CacheBuilder::delayed_double_delete`]). The guide's "Invalidation and
+//! consistency" page (`docs/consistency.md`) lists the tests that check each
+//! part.
 //!
 //! ## What aside does better than the textbook code
 //!
@@ -136,9 +137,9 @@
 //! ## Features
 //! - `redis` (default): [`RedisBackend`].
 //! - `lz4` (default): LZ4 compression of large payloads.
-//! - `cluster`: `RedisBackend::cluster`, a Redis Cluster (the README's
-//!   "Redis Cluster" section says what is atomic where, and why the promise
-//!   holds).
+//! - `cluster`: `RedisBackend::cluster`, a Redis Cluster (the guide's
+//!   "Redis Cluster" page, `docs/cluster.md`, says what is atomic where,
+//!   and why the promise holds).
 //! - `postgres`: [`bridge::ChangeBridge`], committed PostgreSQL row changes
 //!   invalidate the cache (LISTEN/NOTIFY and a trigger).
 //! - `macros`: the `#[aside::cached]` attribute, which caches an async
@@ -147,7 +148,8 @@
 //!   Key parts are escaped like [`Key::part`]; without `key`, every argument
 //!   is part of the key, in full.
 //! - `metrics`: `CacheBuilder::metrics`, the counters exported through the
-//!   `metrics` crate (see the README's "Metrics and tracing").
+//!   `metrics` crate (see the guide's "Metrics and tracing" page,
+//!   `docs/metrics.md`).
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
@@ -198,3 +200,41 @@ pub use stats::Stats;
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The guide's pages (`docs/*.md`), their examples compiled and run as
+/// doctests.
+#[cfg(doctest)]
+mod doc_pages {
+    #[doc = include_str!("../../../docs/guide.md")]
+    pub struct Guide;
+    #[doc = include_str!("../../../docs/reading.md")]
+    pub struct Reading;
+    #[doc = include_str!("../../../docs/cached.md")]
+    pub struct Cached;
+    #[doc = include_str!("../../../docs/consistency.md")]
+    pub struct Consistency;
+    #[doc = include_str!("../../../docs/textbook.md")]
+    pub struct Textbook;
+    #[doc = include_str!("../../../docs/storage.md")]
+    pub struct Storage;
+    #[doc = include_str!("../../../docs/writing-a-backend.md")]
+    pub struct WritingABackend;
+    #[doc = include_str!("../../../docs/batch-and-warm.md")]
+    pub struct BatchAndWarm;
+    #[doc = include_str!("../../../docs/tiered.md")]
+    pub struct Tiered;
+    #[doc = include_str!("../../../docs/cluster.md")]
+    pub struct Cluster;
+    #[doc = include_str!("../../../docs/postgres-bridge.md")]
+    pub struct PostgresBridge;
+    #[doc = include_str!("../../../docs/metrics.md")]
+    pub struct Metrics;
+    #[doc = include_str!("../../../docs/cli.md")]
+    pub struct Cli;
+    #[doc = include_str!("../../../docs/operations.md")]
+    pub struct Operations;
+    #[doc = include_str!("../../../docs/examples.md")]
+    pub struct Examples;
+    #[doc = include_str!("../../../docs/development.md")]
+    pub struct Development;
+}

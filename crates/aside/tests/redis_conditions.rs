@@ -220,7 +220,7 @@ async fn paused_and_blocked_redis_bound_callers_by_the_backend_timeout() {
     assert!(resumed.is_ok(), "hits never resumed: {:?}", cache.stats());
 }
 
-/// The least-privilege ACL user documented in the README: only the
+/// The least-privilege ACL user documented in `docs/operations.md`: only the
 /// commands, keys and channels aside uses. A workload with tags, namespace
 /// invalidation, leases, a batch and the two-level cache's backplane runs
 /// with no backend error (a missing permission is a `NOPERM` error).
@@ -310,9 +310,10 @@ async fn the_documented_acl_user_is_enough() {
     );
 }
 
-/// The ACL rules of a user that runs aside in `namespace` (the README's
-/// line): its keys and the namespace's tokens, the two channels, and the
-/// commands aside sends (scripts run with the caller's permissions).
+/// The ACL rules of a user that runs aside in `namespace` (the line in
+/// `docs/operations.md`): its keys and the namespace's tokens, the two
+/// channels, and the commands aside sends (scripts run with the caller's
+/// permissions).
 fn aside_acl_rule(namespace: &str) -> String {
     format!(
         "resetkeys ~{{{namespace}:* ~{{{namespace}}}:* resetchannels &aside:fills &aside:events \

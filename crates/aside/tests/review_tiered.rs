@@ -498,11 +498,11 @@ async fn concurrent_invalidations_are_not_counted_as_lost() {
 /// FINDING (low, documented, not fixed): a copy read from L2 lives until the
 /// writer's `written_at + ttl` by *this* machine's clock. A writer whose
 /// clock is ahead makes the copy outlive the entry's TTL in L2 (up to
-/// `max_l1_age`). The README states clock agreement as part of the bound;
+/// `max_l1_age`). `docs/tiered.md` states clock agreement as part of the bound;
 /// the fix (reading `PTTL` with the entry) needs a backend call that returns
 /// the remaining TTL. Run with `--ignored` to see it.
 #[tokio::test]
-#[ignore = "known limit: copies assume the instances' clocks agree (README, two-level cache)"]
+#[ignore = "known limit: copies assume the instances' clocks agree (docs/tiered.md)"]
 async fn a_copy_never_outlives_the_entry_in_l2_whatever_the_writers_clock() {
     let l2 = Gated::new();
     let now_ms = u64::try_from(

@@ -17,7 +17,7 @@
 //! loopback). Two processes use the two-level backend and write; the third
 //! uses the Redis backend alone and only reads: a writer without the
 //! backplane would not evict the others' copies (they would live up to
-//! `max_l1_age`; see the README), so every writer here has it.
+//! `max_l1_age`; see `docs/tiered.md`), so every writer here has it.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -8,9 +8,9 @@ use crate::cache::metrics::DEFAULT_INTERVAL;
 impl CacheBuilder {
     /// Exports this cache's counters through the [`metrics`] crate, every
     /// second (see [`metrics_interval`](Self::metrics_interval)); off by
-    /// default. The names and labels are listed in the README ("Metrics and
-    /// tracing"); `cache` is the namespace, and no key or value is ever a
-    /// label.
+    /// default. The names and labels are listed in the guide's "Metrics and
+    /// tracing" page (`docs/metrics.md`); `cache` is the namespace, and no
+    /// key or value is ever a label.
     ///
     /// The export is a task that reads the counters once per interval and
     /// adds their increase to the recorder's: a hit costs exactly what it

@@ -97,8 +97,8 @@ impl RedisBackend {
     /// On a cluster, an entry and the tokens of its namespace live in
     /// different slots, so operations that touch both run as one script per
     /// slot rather than one atomic script; reads still check every entry's
-    /// tokens, which keeps the consistency promise (see the README's
-    /// "Redis Cluster" section).
+    /// tokens, which keeps the consistency promise (see the guide's
+    /// "Redis Cluster" page, `docs/cluster.md`).
     #[cfg(feature = "cluster")]
     pub fn cluster<S: Into<String>>(urls: impl IntoIterator<Item = S>) -> RedisBackendBuilder {
         RedisBackendBuilder::new(urls.into_iter().map(Into::into).collect(), true)

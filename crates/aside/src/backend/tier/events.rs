@@ -18,7 +18,7 @@
 //!   namespaces were invalidated: their token names), `clear` (drop every
 //!   in-process copy).
 //! - `keys`: backend keys, independent of the store's layout: an entry is
-//!   `namespace:key` (see the README on keys), a tag's token
+//!   `namespace:key` (see "Keys" in `docs/storage.md`), a tag's token
 //!   `namespace:t:<tag>`, the namespace's token `namespace:n`. (Redis stores
 //!   them as `{namespace:key}`, `{namespace}:t:<tag>`, `{namespace}:n`.)
 
