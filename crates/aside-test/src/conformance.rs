@@ -127,8 +127,8 @@ suite!(
 mod clause {
     pub const PROFILE: &str = "`profile` describes the backend and does not change; \
          `inspect().ping()`, where implemented, answers (a remote backend must be reachable)";
-    pub const GET_NOW: &str = "`get_now`, where implemented, answers exactly as a `read` of \
-         that one key would";
+    pub const GET_NOW: &str = "`get_now` and `read_one`, where implemented, answer exactly as \
+         a `read` of that one key would";
     pub const GET: &str = "`read` returns exactly the bytes of the last stored value of each \
          key that has not expired or been invalidated, or `None`";
     pub const ACQUIRE: &str = "`acquire` reads the entry, creates the absent marker and \

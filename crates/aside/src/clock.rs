@@ -19,13 +19,18 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
 
-    /// Time since an origin fixed for this clock, never going back (unlike
-    /// [`now_ms`](Self::now_ms), which the system may step). The default
-    /// counts from the first monotonic reading of the process.
-    fn monotonic(&self) -> Duration {
-        static ORIGIN: OnceLock<Instant> = OnceLock::new();
-        ORIGIN.get_or_init(Instant::now).elapsed()
+    /// A reading that never goes back (unlike [`now_ms`](Self::now_ms),
+    /// which the system may step), for deadlines this process keeps. The
+    /// default is [`Instant::now`].
+    fn monotonic(&self) -> Instant {
+        Instant::now()
     }
+}
+
+/// The instant a [`ManualClock`]'s monotonic readings count from.
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
 }
 
 /// The system clock.
@@ -41,8 +46,8 @@ impl Clock for SystemClock {
 }
 
 /// A clock that moves only when told to; for tests. Its monotonic reading
-/// is its wall-clock reading (it only goes back if [`set`](Self::set) says
-/// so).
+/// moves with its wall-clock reading (a fixed instant plus it), so it only
+/// goes back if [`set`](Self::set) says so.
 ///
 /// ```
 /// use aside::clock::{Clock, ManualClock};
@@ -82,7 +87,7 @@ impl Clock for ManualClock {
         self.now_ms.load(Ordering::SeqCst)
     }
 
-    fn monotonic(&self) -> Duration {
-        Duration::from_millis(self.now_ms())
+    fn monotonic(&self) -> Instant {
+        origin() + Duration::from_millis(self.now_ms())
     }
 }

@@ -28,7 +28,8 @@ pub(super) async fn profile_is_consistent<B: Backend>(c: &Ctx<B>) {
         c.op("ping", inspect.ping()).await;
     }
 
-    // `get_now` agrees with `get`, on a missing and on a present key.
+    // `get_now` and `read_one` agree with `read`, on a missing and on a
+    // present key.
     let k = c.key("k");
     check_get_now(c, &k, None).await;
     let (_, token) = c.acquire(&k, &[], LONG).await;
@@ -47,7 +48,14 @@ async fn check_get_now<B: Backend>(c: &Ctx<B>, key: &str, expected: Option<&[u8]
         c,
         by_get.as_deref() == expected,
         clause::GET,
-        "get returned {by_get:?}, expected {expected:?}"
+        "read returned {by_get:?}, expected {expected:?}"
+    );
+    let one = super::bytes(c.op("read_one", c.backend.read_one(key)).await);
+    ensure!(
+        c,
+        one == by_get,
+        clause::GET_NOW,
+        "read_one returned {one:?} where read returned {by_get:?}"
     );
     if let Some(now) = c.backend.get_now(key) {
         let now = match now {
@@ -61,7 +69,7 @@ async fn check_get_now<B: Backend>(c: &Ctx<B>, key: &str, expected: Option<&[u8]
             c,
             now == by_get,
             clause::GET_NOW,
-            "get_now returned {now:?} where get returned {by_get:?}"
+            "get_now returned {now:?} where read returned {by_get:?}"
         );
     }
 }

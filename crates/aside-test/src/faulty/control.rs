@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Op {
-    /// Reads: `read`, `get_now`, `describe`.
+    /// Reads: `read`, `read_one`, `get_now`, `describe`.
     Read,
     /// A load's first step: `acquire` (leases taken included).
     Acquire,

@@ -136,8 +136,8 @@ pub use tier::{TieredBackend, TieredBackendBuilder, TieredStats};
 /// - Errors are returned, never panicked; an operation may be cancelled at
 ///   any `.await` (the cache applies its own timeout around remote
 ///   backends).
-/// - `get_now`, where implemented, answers exactly as a `read` of that one
-///   key would.
+/// - `get_now` and `read_one`, where implemented, answer exactly as a
+///   `read` of that one key would.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// How the cache must treat this backend.
@@ -155,6 +155,16 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Reads entries and the current tokens of version counters, in one
     /// round trip where the backend can.
     async fn read(&self, request: &ReadRequest<'_>) -> Result<Found, Failure>;
+
+    /// A [`read`](Self::read) of one key without tokens: the hit path of a
+    /// remote backend, which the default serves through `read`. A backend
+    /// may answer it without building a request and an answer list (the
+    /// Redis backend sends a `GET`); it must answer exactly as `read`.
+    async fn read_one(&self, key: &str) -> Result<Option<Stored>, Failure> {
+        let keys = [key.to_owned()];
+        let found = self.read(&ReadRequest::new(&keys, &[])).await?;
+        Ok(found.entries.into_iter().next().flatten())
+    }
 
     /// Before loads: reads each entry, reads or creates the key's marker and
     /// the counters, and takes each key's lease if asked; one answer per

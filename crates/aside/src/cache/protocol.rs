@@ -18,6 +18,8 @@
 //! [`Backend::acquire`]: crate::backend::Backend::acquire
 
 use std::collections::HashMap;
+use std::future::Future as _;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -194,21 +196,36 @@ impl Cache {
                 p.min(lapse)
             };
             let pause = pause.min(deadline - now);
-            // Woken once every holder filled or released (or its lease
-            // lapsed); the next round re-reads them all.
+            // With reliable watches: woken once every holder filled or
+            // released (or its lease lapsed). Without: on the first
+            // notification that does come (a fill, or the subscription
+            // back), or after the backoff. The next round re-reads them all.
             let mut watches: Vec<FillWatch> = busy
                 .iter_mut()
                 .filter_map(|(_, _, w, _)| w.take())
                 .collect();
-            let _ = tokio::time::timeout(pause, async {
-                for w in &mut watches {
-                    w.notified().await;
-                }
-                if !reliable {
+            let woken = async {
+                if reliable {
+                    for w in &mut watches {
+                        w.notified().await;
+                    }
+                } else if watches.is_empty() {
                     std::future::pending::<()>().await;
+                } else {
+                    let mut any: Vec<_> =
+                        watches.iter_mut().map(|w| Box::pin(w.notified())).collect();
+                    std::future::poll_fn(|cx| {
+                        let woken = any.iter_mut().any(|f| f.as_mut().poll(cx).is_ready());
+                        if woken {
+                            Poll::Ready(())
+                        } else {
+                            Poll::Pending
+                        }
+                    })
+                    .await;
                 }
-            })
-            .await;
+            };
+            let _ = tokio::time::timeout(pause, woken).await;
             if !held.is_empty() {
                 // Two batches that released their leases for each other are
                 // woken together: a random pause lets one of them go first.

@@ -21,20 +21,30 @@ use crate::backend::{Found, ReadRequest, Stored};
 use crate::error::{Error, ErrorKind};
 use crate::stats::bump;
 
-/// What a read of one entry, with the tokens asked for, answers.
-type Read = Result<Found, Error>;
+/// What a read of one entry alone answers.
+type Plain = Result<Option<Stored>, Error>;
+/// What a read of one entry with the tokens asked for answers.
+type Versioned = Result<Found, Error>;
 
 /// A cache's shared reads (remote backends with `coalesce_reads` on):
-/// callers reading the same entry and tokens share one.
+/// callers reading the same entry (and the same tokens) share one.
 pub(super) struct Reads {
-    shared: Option<Arc<Coalescer<Read>>>,
+    shared: Option<Shared>,
     namespace: Arc<str>,
+}
+
+struct Shared {
+    plain: Arc<Coalescer<Plain>>,
+    versioned: Arc<Coalescer<Versioned>>,
 }
 
 impl Reads {
     pub(super) fn new(namespace: &str, shared: bool) -> Self {
         Reads {
-            shared: shared.then(Arc::default),
+            shared: shared.then(|| Shared {
+                plain: Arc::default(),
+                versioned: Arc::default(),
+            }),
             namespace: namespace.into(),
         }
     }
@@ -72,7 +82,7 @@ impl Cache {
             // In-process backends answer without a boxed future.
             let stored = match self.inner.guard.backend().get_now(pk) {
                 Some(read) => read.map_err(|e| self.inner.guard.failed(e))?,
-                None => first(self.read(pk, &[]).await?.entries),
+                None => self.read_one(pk).await?,
             };
             let Some(stored) = stored else {
                 return Ok(Lookup::Miss);
@@ -118,9 +128,33 @@ impl Cache {
         })
     }
 
+    /// The backend's read of `pk` alone, shared with concurrent callers
+    /// when reads are coalesced.
+    async fn read_one(&self, pk: &str) -> Plain {
+        let guard = &self.inner.guard;
+        let Some(shared) = &self.inner.reads.shared else {
+            return guard.run(guard.backend().read_one(pk)).await;
+        };
+        let inline = || guard.run(guard.backend().read_one(pk));
+        let reader = || {
+            let (cache, pk) = (self.clone(), pk.to_owned());
+            let read = move || {
+                let (cache, pk) = (cache.clone(), pk.clone());
+                async move {
+                    let guard = &cache.inner.guard;
+                    guard.run_shared(guard.backend().read_one(&pk)).await
+                }
+            };
+            (read, self.inner.reads.span())
+        };
+        let limit = Reads::limit(guard.timeout());
+        let answer = shared.plain.read(pk, inline, reader, limit).await;
+        self.shared_answer(answer)
+    }
+
     /// The backend's read of `pk` and the tokens `versions`, shared with
     /// concurrent callers asking for the same when reads are coalesced.
-    async fn read(&self, pk: &str, versions: &[String]) -> Read {
+    async fn read(&self, pk: &str, versions: &[String]) -> Versioned {
         let guard = &self.inner.guard;
         let keys = [pk.to_owned()];
         let Some(shared) = &self.inner.reads.shared else {
@@ -156,7 +190,7 @@ impl Cache {
             (read, self.inner.reads.span())
         };
         let limit = Reads::limit(guard.timeout());
-        let answer = shared.read(&name, inline, reader, limit).await;
+        let answer = shared.versioned.read(&name, inline, reader, limit).await;
         self.shared_answer(answer)
     }
 

@@ -123,7 +123,13 @@ pub async fn breaker<B: Backend + Clone>(backend: FaultyBackend<B>) {
     );
     assert!(!cache.backend_marked_down());
     assert_eq!(cache.stats().hits, hits + 1);
-    assert_eq!(attempts(), before + 1, "one probe: {:?} -> {:?}", ops_before, per_op());
+    assert_eq!(
+        attempts(),
+        before + 1,
+        "one probe: {:?} -> {:?}",
+        ops_before,
+        per_op()
+    );
 }
 
 /// An invalidation whose backend call fails is queued and retried; while it

@@ -257,10 +257,11 @@ impl Backend for RedisBackend {
     }
 
     async fn read(&self, request: &ReadRequest<'_>) -> Result<Found, BackendError> {
-        match (request.keys, request.versions) {
-            ([key], []) => Ok(Found::new(vec![self.get(key).await?], Vec::new())),
-            (keys, versions) => self.mget(keys, versions).await,
-        }
+        self.mget(request.keys, request.versions).await
+    }
+
+    async fn read_one(&self, key: &str) -> Result<Option<Stored>, BackendError> {
+        self.get(key).await
     }
 
     async fn acquire(&self, request: &AcquireRequest<'_>) -> Result<Vec<Acquired>, BackendError> {

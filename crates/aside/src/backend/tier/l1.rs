@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use moka::ops::compute::Op;
 
@@ -36,7 +36,7 @@ struct Copy<T> {
     value: T,
     epoch: u64,
     /// On the clock's monotonic reading.
-    deadline: Option<Duration>,
+    deadline: Option<Instant>,
 }
 
 impl<T> Copy<T> {
