@@ -6,7 +6,6 @@
 //! `Backend` trait. The same backend with one defect switched on must fail
 //! the suite, naming the clause it breaks, and so must the wrapper with a
 //! fault switched on: the suite can fail.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use aside::backend::{MemoryBackend, TieredBackend};
 use aside::{Backend, BackendError, Capabilities, FillToken, RedisBackend, Stored};
-use aside_test::{Failure, FaultControl, FaultyBackend, Op, RedisServer, conformance};
+use aside_test::fixtures::redis_server;
+use aside_test::{Failure, FaultControl, FaultyBackend, Op, conformance};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_backend_conforms() {
@@ -26,7 +26,7 @@ async fn memory_backend_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_backend_conforms() {
     // One server for every check: the suite gives each check keys of its own.
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis_server();
     let url = redis.url();
     let make = || RedisBackend::new(&url).expect("a valid URL");
     conformance::run(make).await;
@@ -37,7 +37,7 @@ async fn redis_backend_conforms() {
 /// backend (any backend can be L2): its copies must keep the same contract.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiered_backend_conforms() {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis_server();
     let l2 = RedisBackend::new(&redis.url()).expect("a valid URL");
     let backplane = l2.backplane("aside:events").expect("a client");
     let tiered = TieredBackend::builder(l2)
@@ -77,7 +77,7 @@ async fn faulty_memory_backend_without_faults_conforms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faulty_redis_backend_without_faults_conforms() {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis_server();
     let url = redis.url();
     let control = FaultControl::new();
     let make = || {

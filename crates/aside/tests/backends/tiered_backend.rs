@@ -1,19 +1,15 @@
 //! The shared scenarios (the same ones memory and Redis pass) on the
 //! two-level backend: negative entries, tags, namespaces, races of fills with
 //! invalidations and sets, loader errors and panics, all through L1 copies.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
 use aside::Cache;
 use aside::backend::{RedisBackend, TieredBackend};
 use aside_test::RedisServer;
+use aside_test::fixtures::{DbDown, redis_server};
 
-fn server() -> RedisServer {
-    RedisServer::start().unwrap_or_else(|e| panic!("{e}"))
-}
+use crate::scenarios;
 
 /// A tiered cache whose backplane is live (copies are trusted only then).
 async fn cache_on(redis: &RedisServer, namespace_invalidation: bool) -> Cache {
@@ -28,7 +24,7 @@ async fn cache_on(redis: &RedisServer, namespace_invalidation: bool) -> Cache {
         assert!(Instant::now() < deadline, "the backplane never connected");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    common::builder()
+    scenarios::builder()
         .namespace("t")
         .namespace_invalidation(namespace_invalidation)
         .backend(backend)
@@ -40,8 +36,8 @@ macro_rules! scenario {
     ($ns:expr; $($name:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            let redis = server();
-            common::$name(&cache_on(&redis, $ns).await).await;
+            let redis = redis_server();
+            scenarios::$name(&cache_on(&redis, $ns).await).await;
         }
     )*};
 }
@@ -67,7 +63,7 @@ scenario!(false;
 /// With namespace invalidation on (every entry depends on the namespace's
 /// token, which L1 copies too).
 mod with_namespace_invalidation {
-    use super::{cache_on, common, server};
+    use super::{cache_on, redis_server, scenarios};
     scenario!(true;
         namespace_invalidation_hides_everything,
         hit_and_miss,
@@ -80,24 +76,20 @@ mod with_namespace_invalidation {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_callers_one_load() {
-    let redis = server();
+    let redis = redis_server();
     let cache = cache_on(&redis, false).await;
     for round in 0..5 {
         cache.invalidate("cold").await.unwrap();
-        common::single_flight(&cache, 1000).await;
+        scenarios::single_flight(&cache, 1000).await;
         assert_eq!(cache.stats().loads, round + 1);
     }
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("database is down")]
-struct Down;
 
 /// Stale-while-revalidate and fail-safe through the copies (real time: a
 /// copy never outlives the entry's hard TTL, measured on the wall clock).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_while_revalidate_and_fail_safe_work_through_l1() {
-    let redis = server();
+    let redis = redis_server();
     let l2 = RedisBackend::new(&redis.url()).unwrap();
     let backend = TieredBackend::builder(l2).build().unwrap();
     let cache = Cache::builder()
@@ -110,21 +102,21 @@ async fn stale_while_revalidate_and_fail_safe_work_through_l1() {
         .build()
         .unwrap();
     let v: Option<u32> = cache
-        .get_or_load("k", || async { Ok::<_, Down>(Some(1)) })
+        .get_or_load("k", || async { Ok::<_, DbDown>(Some(1)) })
         .await
         .unwrap();
     assert_eq!(v, Some(1));
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Stale: served at once, refreshed in the background.
     let v: Option<u32> = cache
-        .get_or_load("k", || async { Ok::<_, Down>(Some(2)) })
+        .get_or_load("k", || async { Ok::<_, DbDown>(Some(2)) })
         .await
         .unwrap();
     assert_eq!(v, Some(1));
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let v: Option<u32> = cache
-            .get_or_load("k", || async { Ok::<_, Down>(Some(3)) })
+            .get_or_load("k", || async { Ok::<_, DbDown>(Some(3)) })
             .await
             .unwrap();
         if v == Some(2) {
@@ -136,7 +128,7 @@ async fn stale_while_revalidate_and_fail_safe_work_through_l1() {
     // Past the stale window the loader fails: fail-safe serves the old value.
     tokio::time::sleep(Duration::from_millis(5300)).await;
     let v: Option<u32> = cache
-        .get_or_load("k", || async { Err::<Option<u32>, _>(Down) })
+        .get_or_load("k", || async { Err::<Option<u32>, _>(DbDown) })
         .await
         .unwrap();
     assert_eq!(v, Some(2));
@@ -147,7 +139,7 @@ async fn stale_while_revalidate_and_fail_safe_work_through_l1() {
 /// takes its value without loading.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_work_through_l1() {
-    let redis = server();
+    let redis = redis_server();
     let (a, b) = (cache_on(&redis, false).await, cache_on(&redis, false).await);
     let gate = std::sync::Arc::new(tokio::sync::Notify::new());
     let leader = {
@@ -155,7 +147,7 @@ async fn leases_work_through_l1() {
         tokio::spawn(async move {
             a.get_or_load("k", move || async move {
                 gate.notified().await;
-                Ok::<_, Down>(Some(7u32))
+                Ok::<_, DbDown>(Some(7u32))
             })
             .await
         })
@@ -164,7 +156,7 @@ async fn leases_work_through_l1() {
     let waiter = {
         let b = b.clone();
         tokio::spawn(async move {
-            b.get_or_load("k", || async { Ok::<_, Down>(Some(8u32)) })
+            b.get_or_load("k", || async { Ok::<_, DbDown>(Some(8u32)) })
                 .await
         })
     };

@@ -1,11 +1,12 @@
-//! Scenarios every backend must pass; `memory.rs` and `redis.rs` run them.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! Scenarios every backend must pass; `memory_backend`, `redis_backend` and
+//! `tiered_backend` run them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aside::{Cache, ErrorKind};
+pub use aside_test::fixtures::DbDown;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,10 +23,6 @@ pub fn product(id: u64) -> Product {
         price_cents: 100 + id,
     }
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("database is down")]
-pub struct DbDown;
 
 /// A loader that counts its calls.
 #[derive(Clone, Default)]

@@ -1,31 +1,19 @@
 //! The shared scenarios, and Redis-specific behaviour, on a real redis-server.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::Duration;
 
 use aside::{Cache, RedisBackend};
 use aside_test::RedisServer;
-use common::{DbDown, Product, product};
+use aside_test::fixtures::redis_server;
+use aside_test::redis_stats::raw;
 
-fn server() -> RedisServer {
-    RedisServer::start().unwrap_or_else(|e| panic!("{e}"))
-}
+use crate::scenarios::{self, DbDown, Product, product};
 
 fn cache_on(redis: &RedisServer) -> Cache {
-    common::builder()
+    scenarios::builder()
         .namespace("t")
         .backend(RedisBackend::new(&redis.url()).unwrap())
         .build()
-        .unwrap()
-}
-
-async fn raw(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
         .unwrap()
 }
 
@@ -33,8 +21,8 @@ macro_rules! scenario {
     ($($name:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            let redis = server();
-            common::$name(&cache_on(&redis)).await;
+            let redis = redis_server();
+            scenarios::$name(&cache_on(&redis)).await;
         }
     )*};
 }
@@ -59,18 +47,18 @@ scenario!(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_callers_one_load() {
-    let redis = server();
+    let redis = redis_server();
     let cache = cache_on(&redis);
     for round in 0..5 {
         cache.invalidate("cold").await.unwrap();
-        common::single_flight(&cache, 1000).await;
+        scenarios::single_flight(&cache, 1000).await;
         assert_eq!(cache.stats().loads, round + 1);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_written_to_redis_is_within_the_jitter_range() {
-    let redis = server();
+    let redis = redis_server();
     let cache = Cache::builder()
         .namespace("t")
         .ttl(Duration::from_secs(100))
@@ -112,7 +100,7 @@ async fn ttl_written_to_redis_is_within_the_jitter_range() {
 /// future format, a decompression bomb), aside reloads and overwrites it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_and_foreign_bytes_are_reloaded_and_overwritten() {
-    let redis = server();
+    let redis = redis_server();
     let cache = cache_on(&redis);
     let mut conn = raw(&redis).await;
     // A live header (written now, one hour TTL) with the given flags, so the
@@ -277,7 +265,7 @@ fn building_outside_a_runtime_is_an_error_not_a_panic() {
 async fn entry_past_its_recorded_expiry_is_a_miss_even_if_redis_keeps_it() {
     use aside::clock::ManualClock;
     use std::sync::Arc;
-    let redis = server();
+    let redis = redis_server();
     let clock = Arc::new(ManualClock::new(1_000_000));
     let cache = Cache::builder()
         .namespace("t")
@@ -339,14 +327,14 @@ macro_rules! namespaced {
     ($($name:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            let redis = super::server();
-            let cache = common::builder()
+            let redis = super::redis_server();
+            let cache = scenarios::builder()
                 .namespace("t")
                 .namespace_invalidation(true)
                 .backend(RedisBackend::new(&redis.url()).unwrap())
                 .build()
                 .unwrap();
-            common::$name(&cache).await;
+            scenarios::$name(&cache).await;
         }
     )*};
 }
@@ -354,7 +342,7 @@ macro_rules! namespaced {
 /// With namespace invalidation on (every read is an MGET of the entry and
 /// the namespace version).
 mod with_namespace_invalidation {
-    use super::common;
+    use crate::scenarios;
     use aside::RedisBackend;
     namespaced!(
         namespace_invalidation_hides_everything,
@@ -369,16 +357,16 @@ mod with_namespace_invalidation {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_versions_do_not_share_entries() {
-    let redis = server();
+    let redis = redis_server();
     let on = |v| {
-        common::builder()
+        scenarios::builder()
             .namespace("t")
             .schema_version(v)
             .backend(RedisBackend::new(&redis.url()).unwrap())
             .build()
             .unwrap()
     };
-    common::schema_versions_do_not_share_entries(&on(1), &on(2)).await;
+    scenarios::schema_versions_do_not_share_entries(&on(1), &on(2)).await;
 }
 
 /// Tag counters live in the namespace's slot, expire, and are one key per tag
@@ -387,7 +375,7 @@ async fn schema_versions_do_not_share_entries() {
 /// and no per-key marker is left behind by `set`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_is_one_expiring_token_whatever_the_number_of_entries() {
-    let redis = server();
+    let redis = redis_server();
     let cache = cache_on(&redis);
     for i in 0..100u64 {
         cache

@@ -1,12 +1,11 @@
 //! The shared scenarios on the in-process backend.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use aside::MemoryBackend;
 
+use crate::scenarios;
+
 fn cache() -> aside::Cache {
-    common::builder()
+    scenarios::builder()
         .backend(MemoryBackend::new())
         .build()
         .expect("valid config")
@@ -16,7 +15,7 @@ macro_rules! scenario {
     ($($name:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            common::$name(&cache()).await;
+            scenarios::$name(&cache()).await;
         }
     )*};
 }
@@ -42,17 +41,17 @@ scenario!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_callers_one_load() {
     for _ in 0..5 {
-        common::single_flight(&cache(), 1000).await;
+        scenarios::single_flight(&cache(), 1000).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn byte_bounded_memory_backend_evicts() {
     let backend = MemoryBackend::builder().max_bytes(4_000).build();
-    let cache = common::builder().backend(backend.clone()).build().unwrap();
+    let cache = scenarios::builder().backend(backend.clone()).build().unwrap();
     for i in 0..200u64 {
         cache
-            .set(aside::Key::new("p").part(i), common::product(i))
+            .set(aside::Key::new("p").part(i), scenarios::product(i))
             .await
             .unwrap();
     }
@@ -114,11 +113,11 @@ async fn keys_with_separators_do_not_collide_and_long_keys_work() {
 #[tokio::test(start_paused = true)]
 async fn delayed_double_delete_removes_what_a_lagging_replica_filled() {
     use std::time::Duration;
-    let cache = common::builder()
+    let cache = scenarios::builder()
         .delayed_double_delete(Some(Duration::from_millis(500)))
         .build()
         .unwrap();
-    let replica = |v: u64| move || async move { Ok::<_, common::DbDown>(Some(v)) };
+    let replica = |v: u64| move || async move { Ok::<_, scenarios::DbDown>(Some(v)) };
     assert_eq!(cache.get_or_load("k", replica(1)).await.unwrap(), Some(1));
     // The primary now has 2; the replica still serves 1 for a while.
     assert!(cache.invalidate("k").await.unwrap().is_applied());
@@ -140,8 +139,8 @@ async fn delayed_double_delete_removes_what_a_lagging_replica_filled() {
 
 #[tokio::test]
 async fn without_double_delete_the_lagging_read_stays() {
-    let cache = common::builder().build().unwrap();
-    let replica = |v: u64| move || async move { Ok::<_, common::DbDown>(Some(v)) };
+    let cache = scenarios::builder().build().unwrap();
+    let replica = |v: u64| move || async move { Ok::<_, scenarios::DbDown>(Some(v)) };
     assert_eq!(cache.get_or_load("k", replica(1)).await.unwrap(), Some(1));
     cache.invalidate("k").await.unwrap();
     assert_eq!(cache.get_or_load("k", replica(1)).await.unwrap(), Some(1));
@@ -156,14 +155,14 @@ macro_rules! namespaced {
     ($($name:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            let cache = common::builder().namespace_invalidation(true).build().unwrap();
-            common::$name(&cache).await;
+            let cache = scenarios::builder().namespace_invalidation(true).build().unwrap();
+            scenarios::$name(&cache).await;
         }
     )*};
 }
 
 mod with_namespace_invalidation {
-    use super::common;
+    use crate::scenarios;
     namespaced!(
         namespace_invalidation_hides_everything,
         hit_and_miss,
@@ -178,15 +177,15 @@ mod with_namespace_invalidation {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_versions_do_not_share_entries() {
     let backend = MemoryBackend::new();
-    let old = common::builder()
+    let old = scenarios::builder()
         .schema_version(1)
         .backend(backend.clone())
         .build()
         .unwrap();
-    let new = common::builder()
+    let new = scenarios::builder()
         .schema_version(2)
         .backend(backend)
         .build()
         .unwrap();
-    common::schema_versions_do_not_share_entries(&old, &new).await;
+    scenarios::schema_versions_do_not_share_entries(&old, &new).await;
 }
