@@ -1,7 +1,6 @@
 //! Stale-while-revalidate, fail-safe, loader timeouts, retry, the loader
 //! breaker and early refresh, with time under control: tokio's paused clock
 //! for sleeps and timeouts, and a `ManualClock` for entry ages.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -9,12 +8,9 @@ use std::time::Duration;
 
 use aside::clock::ManualClock;
 use aside::{Cache, ErrorKind, MemoryBackend, RetryPolicy};
+use aside_test::fixtures::DbDown;
 
 const T0: u64 = 1_700_000_000_000;
-
-#[derive(Debug, thiserror::Error)]
-#[error("database down")]
-struct DbDown;
 
 fn clock() -> Arc<ManualClock> {
     Arc::new(ManualClock::new(T0))

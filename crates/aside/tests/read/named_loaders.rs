@@ -1,6 +1,5 @@
 //! Loaders with names: `Loader` and `BatchLoader` implemented on types of
 //! the caller's own, next to the closures they are blanket-implemented for.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
