@@ -48,7 +48,10 @@ async fn thousand_concurrent_callers_one_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn byte_bounded_memory_backend_evicts() {
     let backend = MemoryBackend::builder().max_bytes(4_000).build();
-    let cache = scenarios::builder().backend(backend.clone()).build().unwrap();
+    let cache = scenarios::builder()
+        .backend(backend.clone())
+        .build()
+        .unwrap();
     for i in 0..200u64 {
         cache
             .set(aside::Key::new("p").part(i), scenarios::product(i))

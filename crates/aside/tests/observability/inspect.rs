@@ -1,13 +1,13 @@
 //! `Cache::inspect`: one entry as stored, decoded, with its tokens beside
 //! the current ones and what the backend knows of it, on the memory
 //! backend and on Redis.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aside::{Cache, Codec, Compression, EntryOptions, MemoryBackend, RedisBackend, TieredBackend};
 use aside_test::RedisServer;
+use aside_test::fixtures::{Never, redis_server};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -16,10 +16,6 @@ struct Product {
     id: u64,
     name: String,
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("unreachable")]
-struct Never;
 
 fn lamp() -> Product {
     Product {
@@ -116,7 +112,7 @@ async fn memory_entries_are_inspected() {
 
 #[tokio::test]
 async fn redis_entries_show_their_keys_ttl_and_lease() {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis_server();
     let cache = redis_cache(&redis, "shop");
     let info = entry_and_its_tags(&cache).await;
     assert_eq!(info.storage.entry_key, "{shop:product:42}");
@@ -138,7 +134,7 @@ async fn redis_entries_show_their_keys_ttl_and_lease() {
 /// A two-level cache shows the shared tier: what other processes see.
 #[tokio::test]
 async fn tiered_entries_show_the_shared_tier() {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis_server();
     let events = RedisBackend::new(&redis.url()).unwrap();
     let backend = TieredBackend::builder(RedisBackend::new(&redis.url()).unwrap())
         .backplane(events.backplane("aside:events").unwrap())
@@ -159,7 +155,7 @@ async fn tiered_entries_show_the_shared_tier() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_in_flight_shows_its_lease() {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis_server();
     let cache = redis_cache(&redis, "leased");
     // A load holds the key's lease while its loader waits.
     let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
@@ -192,7 +188,7 @@ async fn a_load_in_flight_shows_its_lease() {
 
 #[tokio::test]
 async fn negative_json_compressed_and_namespace_entries() {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis_server();
     let cache = Cache::builder()
         .namespace("docs")
         .codec(Codec::Json)
@@ -238,7 +234,7 @@ async fn negative_json_compressed_and_namespace_entries() {
 
 #[tokio::test]
 async fn foreign_bytes_are_a_decode_error() {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis_server();
     let cache = redis_cache(&redis, "foreign");
     let mut conn = redis::Client::open(redis.url())
         .unwrap()
@@ -257,7 +253,7 @@ async fn foreign_bytes_are_a_decode_error() {
 
 #[tokio::test]
 async fn an_unreachable_backend_is_an_error() {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis_server();
     let cache = Cache::builder()
         .namespace("down")
         .backend_timeout(Duration::from_millis(300))

@@ -1,7 +1,6 @@
 //! Spans: the events of a load and of a background refresh, both run in
 //! tasks of their own, carry the caller's span and aside's span for the
 //! operation, with the namespace and without keys.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
