@@ -1,4 +1,4 @@
-//! The scenarios of `faults.rs`, each run on both backends.
+//! The scenarios of `failing_operations`, each run on both backends.
 
 use std::time::{Duration, Instant};
 

@@ -1,17 +1,15 @@
 //! Redis in conditions short of down: out of memory under `noeviction`,
 //! paused (`CLIENT PAUSE`) or blocked (`DEBUG SLEEP`), behind a
 //! least-privilege ACL user, and holding secrets that must not leak.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+#![allow(clippy::print_stderr)]
 
 use std::time::{Duration, Instant};
 
 use aside::backend::TieredBackend;
 use aside::{Cache, EntryOptions, Key, RedisBackend};
 use aside_test::RedisServer;
-
-#[derive(Debug, thiserror::Error)]
-#[error("unreachable")]
-struct Never;
+use aside_test::fixtures::{Never, redis_server};
+use aside_test::redis_stats::raw_url;
 
 /// The "database": a pure function of the id and a version.
 fn row(id: u64, version: u64) -> String {
@@ -24,14 +22,6 @@ async fn read(cache: &Cache, id: u64, version: u64) -> Result<Option<String>, as
             Ok::<_, Never>(Some(row(id, version)))
         })
         .await
-}
-
-async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
 }
 
 /// Under `maxmemory` with `noeviction`, Redis refuses writes (and scripts
@@ -57,7 +47,7 @@ async fn out_of_memory_under_noeviction_reads_and_loads_go_on() {
     }
     // Put Redis well over its limit (a limit just reached comes and goes as
     // buffers are freed): 2 MB of data, then a 1 MB limit.
-    let mut conn = raw(&redis.url()).await;
+    let mut conn = raw_url(&redis.url()).await;
     let junk = vec![b'x'; 2 << 20];
     let _: () = redis::cmd("SET")
         .arg("junk")
@@ -158,7 +148,7 @@ async fn paused_and_blocked_redis_bound_callers_by_the_backend_timeout() {
         // its connection too, so it is not awaited here.
         let url = redis.url();
         let holder = tokio::spawn(async move {
-            let mut conn = raw(&url).await;
+            let mut conn = raw_url(&url).await;
             let r: redis::RedisResult<()> = match fault {
                 "pause" => {
                     redis::cmd("CLIENT")
@@ -225,8 +215,8 @@ async fn paused_and_blocked_redis_bound_callers_by_the_backend_timeout() {
 /// with no backend error (a missing permission is a `NOPERM` error).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_acl_user_is_enough() {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
-    let mut admin = raw(&redis.url()).await;
+    let redis = redis_server();
+    let mut admin = raw_url(&redis.url()).await;
     let rule = aside_acl_rule("svc");
     let mut cmd = redis::cmd("ACL");
     cmd.arg("SETUSER").arg("svc").arg("on").arg(">pw");
@@ -291,7 +281,7 @@ async fn the_documented_acl_user_is_enough() {
         assert!(s.sets >= 1 && s.loads >= 6, "{s:?}");
     }
     // And the rule does restrict: other commands and keys are refused.
-    let mut svc = raw(&url).await;
+    let mut svc = raw_url(&url).await;
     let flush: redis::RedisResult<()> = redis::cmd("FLUSHALL").query_async(&mut svc).await;
     let flush = flush.expect_err("FLUSHALL was allowed");
     assert!(

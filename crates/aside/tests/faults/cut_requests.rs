@@ -16,7 +16,6 @@
 //! retried, with this process's reads bypassing the cache until it lands;
 //! and no lease left behind to hold up the next load (B's load would wait
 //! up to the lease TTL, far longer than these tests allow).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aside::{Cache, EntryOptions, Invalidation, RedisBackend};
+use aside_test::fixtures::{Never, redis_server};
+use aside_test::redis_stats::raw;
 use aside_test::{Proxy, RedisServer, RequestCut};
 use tokio::sync::oneshot;
 
@@ -37,10 +38,6 @@ const WITHIN: Duration = Duration::from_secs(5);
 /// The first retry of a queued invalidation: long enough to look at Redis
 /// between the cut and the retry.
 const RETRY: Duration = Duration::from_secs(1);
-
-#[derive(Debug, thiserror::Error)]
-#[error("unreachable")]
-struct Never;
 
 #[derive(Debug, Clone, Copy)]
 enum Cut {
@@ -87,7 +84,7 @@ fn cache(url: &str) -> Cache {
 
 impl Rig {
     async fn start() -> Rig {
-        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let redis = redis_server();
         let proxy = Proxy::to_port(redis.port()).unwrap();
         let (a, b) = (cache(&proxy.url()), cache(&redis.url()));
         let rig = Rig {
@@ -138,11 +135,7 @@ impl Rig {
     }
 
     async fn raw(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
+        raw(&self.redis).await
     }
 
     /// Leases left in Redis on `keys`.

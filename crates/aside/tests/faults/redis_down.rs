@@ -1,5 +1,5 @@
 //! Redis failing under a live workload: killed, restarted, frozen.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+#![allow(clippy::print_stderr)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -7,10 +7,7 @@ use std::time::{Duration, Instant};
 
 use aside::{Cache, RedisBackend};
 use aside_test::RedisServer;
-
-#[derive(Debug, thiserror::Error)]
-#[error("unreachable")]
-struct Never;
+use aside_test::fixtures::{Never, redis_server};
 
 /// The "database": a pure function of the id, so every answer can be checked.
 fn row(id: u64) -> String {
@@ -38,7 +35,7 @@ async fn read(cache: &Cache, id: u64) -> Result<Option<String>, aside::Error> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_during_a_workload_no_caller_errors_all_answers_correct() {
-    let mut redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let mut redis = redis_server();
     let cache = cache_on(&redis);
     let stop = Arc::new(AtomicBool::new(false));
     let (reads, errors, wrong) = (
@@ -112,7 +109,7 @@ async fn redis_killed_and_restarted_during_a_workload_no_caller_errors_all_answe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hits_resume_within_about_a_second_after_redis_returns() {
-    let mut redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let mut redis = redis_server();
     let cache = cache_on(&redis);
     assert_eq!(read(&cache, 1).await.unwrap(), Some(row(1)));
     assert_eq!(read(&cache, 1).await.unwrap(), Some(row(1)));
@@ -156,7 +153,7 @@ async fn hits_resume_within_about_a_second_after_redis_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_redis_degrades_to_the_loader_and_recovers() {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis_server();
     let cache = cache_on(&redis);
     assert_eq!(read(&cache, 5).await.unwrap(), Some(row(5)));
     redis.pause().unwrap();
@@ -187,7 +184,7 @@ async fn frozen_redis_degrades_to_the_loader_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_at_startup_the_service_still_serves() {
-    let mut redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let mut redis = redis_server();
     redis.stop();
     let cache = cache_on(&redis);
     for i in 0..5 {
@@ -208,7 +205,7 @@ async fn redis_down_at_startup_the_service_still_serves() {
 /// from Redis once Redis answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidation_that_cannot_reach_redis_is_queued_retried_and_never_served_around() {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis_server();
     let cache = Cache::builder()
         .namespace("f")
         .backend_timeout(Duration::from_millis(100))
@@ -283,7 +280,7 @@ async fn invalidation_that_cannot_reach_redis_is_queued_retried_and_never_served
 /// cache meanwhile (any entry may carry the tag), and the retry applies it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tag_invalidation_that_cannot_reach_redis_is_queued_and_applied_later() {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis_server();
     let cache = Cache::builder()
         .namespace("f")
         .backend_timeout(Duration::from_millis(100))
@@ -351,7 +348,7 @@ async fn tag_invalidation_that_cannot_reach_redis_is_queued_and_applied_later() 
 /// value) and lands once the replica answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidations_wait_for_a_replica_when_asked() {
-    let primary = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let primary = redis_server();
     // The replica loads the primary's data from the socket, not through a
     // `dump.rdb` written in the working directory (which the next server
     // started there would load).

@@ -6,7 +6,6 @@
 //! here one kind of operation fails while the others work, including the
 //! outcome no connection fault can stage on purpose: an operation the
 //! backend applied whose reply was lost.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,10 +15,6 @@ use std::time::{Duration, Instant};
 
 use aside::{Backend, Cache, CacheBuilder, Invalidation, MemoryBackend, RedisBackend};
 use aside_test::{Failure, FaultControl, FaultyBackend, Op, RedisServer};
-
-#[derive(Debug, thiserror::Error)]
-#[error("unreachable")]
-struct Never;
 
 /// The source of truth: one row whose value a test changes, and a count of
 /// loader calls.
@@ -124,7 +119,7 @@ where
     F2: Future<Output = ()>,
 {
     memory_scenario(memory()).await;
-    let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let server = redis_server();
     redis_scenario(redis(&server)).await;
 }
 
@@ -137,8 +132,8 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-#[path = "faults/scenarios.rs"]
 mod scenarios;
+use aside_test::fixtures::{Never, redis_server};
 use scenarios::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,13 +9,14 @@
 //! (unanswered within its timeout) can tell B to stop trusting the
 //! notification and re-check on its own; without it B would wait until the
 //! lease lapses (never, here: A renews it) or `lease_wait` runs out (30 s).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+#![allow(clippy::print_stderr)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use aside::{Cache, RedisBackend};
+use aside_test::fixtures::{Never, redis_server};
 use aside_test::{Proxy, RedisServer};
 use tokio::sync::{Notify, oneshot};
 
@@ -24,10 +25,6 @@ const LEASE_TTL: Duration = Duration::from_secs(20);
 /// Well under `LEASE_TTL`, and over the subscriber's worst case (a PING
 /// every 500 ms, unanswered for 500 ms) plus B's own timed-out commands.
 const B_RETURNS_WITHIN: Duration = Duration::from_secs(5);
-
-#[derive(Debug, thiserror::Error)]
-#[error("unreachable")]
-struct Never;
 
 fn cache(url: &str) -> Cache {
     Cache::builder()
@@ -43,7 +40,7 @@ fn cache(url: &str) -> Cache {
 
 /// Redis, a proxy to it, A on Redis, B on the proxy.
 fn setup() -> (RedisServer, Proxy, Cache, Cache) {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis_server();
     let proxy = Proxy::to_port(redis.port()).unwrap();
     let (a, b) = (cache(&redis.url()), cache(&proxy.url()));
     (redis, proxy, a, b)
