@@ -1,7 +1,8 @@
 //! Small pieces that aside's own tests share: a Redis server or a panic
 //! saying why there is none, the errors test loaders return, a loader held
-//! until the test lets it go, and the name under which a test binary run
-//! again as a child process selects one of its tests.
+//! until the test lets it go (and a wait for it to start), and the name
+//! under which a test binary run again as a child process selects one of
+//! its tests.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -70,6 +71,19 @@ pub fn gated_loader(
             Ok(Some(value))
         })
     }
+}
+
+/// Waits until `calls` reaches `n` (polling every 2 ms), or panics after
+/// about 2 s: for a loader a test started and must see running before it
+/// goes on.
+pub async fn reached(calls: &AtomicUsize, n: usize) {
+    for _ in 0..1000 {
+        if calls.load(Ordering::SeqCst) >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    panic!("never reached {n}");
 }
 
 /// The name libtest gives the test function `function` of the module whose

@@ -32,7 +32,7 @@
 //! returns a version older than one whose invalidation had returned
 //! `Applied` before the read began. The test asserts no stale read, that
 //! Redis did evict (`evicted_keys` in `INFO stats`), and enough traffic.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+#![allow(clippy::print_stderr)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use aside::{Cache, Compression, EntryOptions, Invalidation, Key, RedisBackend};
 use aside_test::RedisServer;
+use aside_test::redis_stats::{raw_url, stat};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use tokio::sync::oneshot;
@@ -452,19 +453,8 @@ async fn held_loads(truth: Arc<Truth>, url: String, seed: u64, deadline: Instant
 }
 
 async fn evicted_keys(url: &str) -> u64 {
-    let mut conn = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
+    stat(&mut raw_url(url).await, "evicted_keys")
         .await
-        .unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("evicted_keys:"))
-        .map(|v| v.trim().parse().unwrap())
         .expect("INFO stats has evicted_keys")
 }
 

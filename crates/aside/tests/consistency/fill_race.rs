@@ -21,26 +21,22 @@
 //! Starts a PostgreSQL of its own (see `pg.rs`), so it needs PostgreSQL's
 //! server programs installed: the tests fail, rather than skip, without
 //! them.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+#![allow(clippy::print_stderr)]
 
-#[path = "consistency/harness.rs"]
 mod harness;
-#[path = "consistency/outages.rs"]
 mod outages;
-#[path = "consistency/pg.rs"]
 mod pg;
-#[path = "consistency/targets.rs"]
 mod targets;
+mod with_outages;
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aside::{Cache, MemoryBackend, RedisBackend};
-use aside_test::{Proxy, RedisServer};
+use aside_test::fixtures::redis_server;
 
 use harness::{Report, Stale, Target, Workload};
-use outages::Plan;
 use pg::Postgres;
 use targets::{Aside, NaiveMemory, NaiveRedis, Scope};
 
@@ -255,7 +251,7 @@ async fn aside_memory_runs(label: &str, scope: Scope, n: u64) -> Totals {
 /// `n` runs of aside with writers invalidating `scope`, on a Redis of the
 /// test's own.
 async fn aside_redis_runs(label: &str, scope: Scope, n: u64) -> Totals {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis_server();
     let url = redis.url();
     runs(
         label,
@@ -373,7 +369,7 @@ async fn naive_cache_aside_in_memory_keeps_stale_entries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn naive_cache_aside_on_redis_keeps_stale_entries() {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis_server();
     let url = redis.url();
     let totals = runs(
         "naive (Redis)",
@@ -387,186 +383,4 @@ async fn naive_cache_aside_on_redis_keeps_stale_entries() {
     )
     .await;
     assert_naive_caught(&totals, "naive (Redis)");
-}
-
-/// Redis is killed a third into each run and restarted (empty, on the same
-/// port) two thirds in. Invalidations during the outage are queued; loads
-/// that straddle it must not store what they read before it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aside_on_redis_killed_and_restarted_keeps_no_stale_entry() {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
-    let url = redis.url();
-    let redis = Arc::new(Mutex::new(redis));
-    let third = WORKLOAD.duration / 3;
-    let totals = runs(
-        "aside (Redis killed and restarted)",
-        RUNS,
-        |run| {
-            let url = url.clone();
-            async move { Aside::new(aside_on_redis(&url, run, Scope::Key, true)) }
-        },
-        || {
-            let redis = Arc::clone(&redis);
-            async move {
-                tokio::time::sleep(third).await;
-                let r = Arc::clone(&redis);
-                // Both block (kill and wait; spawn and wait for PONG).
-                tokio::task::spawn_blocking(move || r.lock().unwrap().stop())
-                    .await
-                    .unwrap();
-                tokio::time::sleep(third).await;
-                tokio::task::spawn_blocking(move || redis.lock().unwrap().restart().unwrap())
-                    .await
-                    .unwrap();
-            }
-        },
-        aside_add,
-    )
-    .await;
-    assert_no_stale(&totals, "aside (Redis killed and restarted)");
-    // The outage hit writes: invalidations were queued and had to be retried.
-    assert!(
-        totals.queued > 0,
-        "{}",
-        totals.summary("aside (Redis killed and restarted)")
-    );
-}
-
-/// Redis is frozen (SIGSTOP) a third into each run and resumed two thirds
-/// in. Unlike a restart, its data survives, so the old entries are still
-/// there when it resumes: only the queued invalidations, retried after the
-/// resume, keep them from being served.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aside_on_redis_frozen_and_resumed_keeps_no_stale_entry() {
-    let redis = Arc::new(RedisServer::start().unwrap_or_else(|e| panic!("{e}")));
-    let url = redis.url();
-    let third = WORKLOAD.duration / 3;
-    let totals = runs(
-        "aside (Redis frozen and resumed)",
-        RUNS,
-        |run| {
-            let url = url.clone();
-            async move { Aside::new(aside_on_redis(&url, run, Scope::Key, true)) }
-        },
-        || {
-            let redis = Arc::clone(&redis);
-            async move {
-                tokio::time::sleep(third).await;
-                let r = Arc::clone(&redis);
-                // `kill -STOP` / `kill -CONT` run a process: keep them off
-                // the workers' threads.
-                tokio::task::spawn_blocking(move || r.pause().unwrap())
-                    .await
-                    .unwrap();
-                tokio::time::sleep(third).await;
-                tokio::task::spawn_blocking(move || redis.resume().unwrap())
-                    .await
-                    .unwrap();
-            }
-        },
-        aside_add,
-    )
-    .await;
-    assert_no_stale(&totals, "aside (Redis frozen and resumed)");
-    assert!(
-        totals.queued > 0,
-        "{}",
-        totals.summary("aside (Redis frozen and resumed)")
-    );
-}
-
-/// Redis frozen (SIGSTOP) for 5-10 ms every ~50 ms, about 25 times a run,
-/// while loads take 0-20 ms: an outage often begins and ends inside one
-/// load, between its generation read and its fill, and commands sent into
-/// it are answered late, out of step with the writers. No command waits
-/// long enough to time out (250 ms): this is the protocol under jitter,
-/// with nothing queued. The plan sleeps 2-6 ms: resuming runs a `kill`
-/// process, which adds a few more (the measured lengths are printed, and
-/// their mean must stay under the longest load).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aside_on_redis_with_outages_shorter_than_a_load_keeps_no_stale_entry() {
-    let label = "aside (Redis frozen 5-10 ms every ~50 ms)";
-    let redis = Arc::new(RedisServer::start().unwrap_or_else(|e| panic!("{e}")));
-    let url = redis.url();
-    let count = Arc::new(outages::Count::default());
-    let plan = Plan {
-        healthy_ms: 40..=50,
-        out_ms: 2..=6,
-        within: WORKLOAD.duration,
-    };
-    let totals = runs(
-        label,
-        SHORT_OUTAGE_RUNS,
-        |run| {
-            let url = url.clone();
-            async move { Aside::new(aside_on_redis(&url, run, Scope::Key, false)) }
-        },
-        || outages::freezes(Arc::clone(&redis), plan.clone(), Arc::clone(&count)),
-        aside_add,
-    )
-    .await;
-    eprintln!(
-        "{label}: {} outages, {:?} on average, {:?} at most",
-        count.outages(),
-        count.mean(),
-        count.max()
-    );
-    assert!(
-        count.outages() >= 10 * SHORT_OUTAGE_RUNS,
-        "only {} outages",
-        count.outages()
-    );
-    // Shorter than a load, as measured (resuming takes a `kill` process).
-    assert!(
-        count.mean() < WORKLOAD.max_load_delay,
-        "outages of {:?} on average",
-        count.mean()
-    );
-    assert_no_stale(&totals, label);
-    assert_race_caught(&totals, label);
-}
-
-/// The cache reaches Redis through a proxy that blackholes it for 300-500
-/// ms after every 150-250 ms of service, two or three times a run: each
-/// outage outlasts many loads, and the connections stay open and silent
-/// (half-open) rather than failing. Invalidations time out during each and
-/// are queued; what was sent into the outage reaches Redis after it, late
-/// and in a burst, while queued retries land too.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aside_on_redis_with_outages_longer_than_a_load_keeps_no_stale_entry() {
-    let label = "aside (Redis blackholed 300-500 ms every ~200 ms)";
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
-    let proxy = Arc::new(Proxy::to_port(redis.port()).unwrap());
-    let url = proxy.url();
-    let count = Arc::new(outages::Count::default());
-    let plan = Plan {
-        healthy_ms: 150..=250,
-        out_ms: 300..=500,
-        within: WORKLOAD.duration,
-    };
-    let totals = runs(
-        label,
-        LONG_OUTAGE_RUNS,
-        |run| {
-            let url = url.clone();
-            async move { Aside::new(aside_on_redis(&url, run, Scope::Key, true)) }
-        },
-        || outages::blackholes(Arc::clone(&proxy), plan.clone(), Arc::clone(&count)),
-        aside_add,
-    )
-    .await;
-    eprintln!(
-        "{label}: {} outages, {:?} on average, {:?} at most",
-        count.outages(),
-        count.mean(),
-        count.max()
-    );
-    assert!(
-        count.outages() >= 2 * LONG_OUTAGE_RUNS,
-        "only {} outages",
-        count.outages()
-    );
-    assert_no_stale(&totals, label);
-    // The outages hit writes: invalidations were queued and retried.
-    assert!(totals.queued > 0, "{}", totals.summary(label));
 }
