@@ -1,12 +1,15 @@
-//! Attacks on hot-key read coalescing (`coalesce_reads`): each test names
-//! the finding it demonstrates and runs the same scenario with coalescing
-//! off as the control, which must pass.
+//! Hot-key read coalescing (`coalesce_reads`) under adverse callers:
+//! parked and cancelled callers, hedged reads, hung and failing backends,
+//! reader tasks dropped with their runtime, tracing spans. Each test is the
+//! regression test of a defect found in a review of the feature (its
+//! comment, "FINDING n", describes the defect as it was; its name says what
+//! is checked now), and runs the same scenario with coalescing off as the
+//! control, which must pass too.
 //!
 //! The backend is the memory backend seen as remote (`FaultyBackend`), with
 //! a read latency, on a paused clock: every wait is virtual and the
 //! outcomes are deterministic. The `timeout`s below detect a hang (a call
 //! that never finishes); they do not measure speed.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
 use std::pin::pin;
@@ -63,7 +66,7 @@ async fn poll_once<F: Future>(fut: std::pin::Pin<&mut F>) {
 /// (not in a task of its own, unlike the load single-flight in `flight.rs`),
 /// so nobody drives it, and `backend_timeout` lives inside it too.
 #[tokio::test(start_paused = true)]
-async fn finding1_a_parked_driver_stalls_other_tasks_reading_its_key() {
+async fn a_parked_driver_does_not_stall_other_tasks_reading_its_key() {
     for coalesce in [false, true] {
         let (cache, _faults) = cache(coalesce).await;
         let mut parked = pin!(cache.get::<u32>("hot"));
@@ -88,7 +91,7 @@ async fn finding1_a_parked_driver_stalls_other_tasks_reading_its_key() {
 /// (the first live queued caller), and every caller queued behind it waits
 /// for a read that nobody sends.
 #[tokio::test(start_paused = true)]
-async fn finding1_a_parked_queued_caller_handed_the_turn_stalls_the_key() {
+async fn a_parked_queued_caller_handed_the_turn_does_not_stall_the_key() {
     for coalesce in [false, true] {
         let (cache, _faults) = cache(coalesce).await;
         let driver = {
@@ -123,7 +126,7 @@ async fn finding1_a_parked_queued_caller_handed_the_turn_stalls_the_key() {
 /// behind the first's read, which only the first's own future can finish:
 /// the task deadlocks on itself, and with it every reader of the key.
 #[tokio::test(start_paused = true)]
-async fn finding1_a_hedged_read_in_the_same_task_deadlocks() {
+async fn a_hedged_read_in_the_same_task_does_not_deadlock() {
     for coalesce in [false, true] {
         let (cache, _faults) = cache(coalesce).await;
         let mut first = pin!(cache.get::<u32>("hot"));
@@ -147,7 +150,7 @@ async fn finding1_a_hedged_read_in_the_same_task_deadlocks() {
 /// limit before it can go on. (Paused clock: the durations are virtual and
 /// exact.)
 #[tokio::test(start_paused = true)]
-async fn finding2_a_hung_backend_holds_a_queued_caller_twice_the_timeout() {
+async fn a_hung_backend_holds_a_queued_caller_one_timeout_at_most() {
     const TIMEOUT: Duration = Duration::from_millis(100);
     for coalesce in [false, true] {
         let (cache, faults) = faulty(coalesce, |b| {
@@ -179,7 +182,7 @@ async fn finding2_a_hung_backend_holds_a_queued_caller_twice_the_timeout() {
 /// stays closed, so the next wave pays the timeout again (twice, per
 /// finding 2). `backend_timeouts` likewise reads 2 for 8 failed calls.
 #[tokio::test(start_paused = true)]
-async fn finding3_failures_fanned_out_to_many_callers_do_not_open_the_breaker() {
+async fn failures_fanned_out_to_many_callers_open_the_breaker() {
     const CALLERS: usize = 8;
     for coalesce in [false, true] {
         let (cache, faults) = faulty(coalesce, |b| {
@@ -218,7 +221,7 @@ async fn finding3_failures_fanned_out_to_many_callers_do_not_open_the_breaker() 
 /// `coalesce_reads` is off by default). Within that bound every caller is
 /// answered.
 #[tokio::test(start_paused = true)]
-async fn finding4_callers_with_an_ample_deadline_time_out() {
+async fn callers_with_an_ample_deadline_are_answered() {
     const LATENCY: Duration = Duration::from_millis(20);
     const DEADLINE: Duration = Duration::from_millis(41);
     const CALLERS: usize = 200;
@@ -251,7 +254,7 @@ async fn finding4_callers_with_an_ample_deadline_time_out() {
 /// short before its read answers, and the reset sends the patient caller
 /// back to the queue. Without coalescing it has its answer after one read.
 #[tokio::test(start_paused = true)]
-async fn finding4_a_patient_reader_starves_among_callers_that_give_up() {
+async fn a_patient_reader_is_answered_among_callers_that_give_up() {
     for coalesce in [false, true] {
         let (cache, faults) = cache(coalesce).await;
         faults.latency(Op::Read, Duration::from_millis(20));
@@ -290,7 +293,7 @@ async fn finding4_a_patient_reader_starves_among_callers_that_give_up() {
 /// the default threshold (3 in a row) they open the breaker, and the whole
 /// cache goes to the loader. Without coalescing every call is a hit.
 #[tokio::test(start_paused = true)]
-async fn finding5_reads_within_the_timeout_fail_and_open_the_breaker() {
+async fn reads_within_the_timeout_neither_fail_nor_open_the_breaker() {
     const TIMEOUT: Duration = Duration::from_millis(100);
     const LATENCY: Duration = Duration::from_millis(60);
     for coalesce in [false, true] {
@@ -331,7 +334,7 @@ async fn finding5_reads_within_the_timeout_fail_and_open_the_breaker() {
 /// read): the breaker sees failures that no caller had, and
 /// `backend_errors` no longer equals the failed operations.
 #[tokio::test(start_paused = true)]
-async fn finding6_a_shared_failure_counts_once_more_than_its_callers() {
+async fn a_shared_failure_counts_once_per_caller() {
     const CALLERS: usize = 8;
     for coalesce in [false, true] {
         let (cache, faults) = cache(coalesce).await;
@@ -376,7 +379,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// the missing reader, waits `backend_timeout` and fails (a backend
 /// timeout for the stats and the breaker; `get_or_load` loads every time).
 #[test]
-fn finding7_a_reader_task_dropped_before_it_ran_leaves_the_key_stuck_for_good() {
+fn a_reader_task_dropped_before_it_ran_does_not_leave_the_key_stuck() {
     for coalesce in [false, true] {
         let main = runtime();
         let (cache, _faults) = main.block_on(cache(coalesce));
@@ -456,7 +459,7 @@ where
 /// is recorded in request 1's span (which stays open while the reader
 /// runs: under steady traffic on a hot key, for good).
 #[tokio::test(start_paused = true)]
-async fn finding8_a_read_for_one_request_is_traced_in_anothers_span() {
+async fn a_read_for_one_request_is_not_traced_in_anothers_span() {
     use tracing::Instrument;
     use tracing_subscriber::layer::SubscriberExt;
     let ids = RequestIds::default();

@@ -3,23 +3,16 @@
 //! (counted by Redis itself, `INFO commandstats`), and a read that begins
 //! after an invalidation was applied never takes the answer of a `GET` sent
 //! before it.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
 use aside::{Cache, EntryOptions, RedisBackend};
-use aside_test::{Proxy, RedisServer};
-use redis_stats::{commandstats, raw, reset_stats};
-
-#[path = "support/redis_stats.rs"]
-mod redis_stats;
+use aside_test::Proxy;
+use aside_test::fixtures::redis_server;
+use aside_test::redis_stats::{commandstats, raw, reset_stats};
 
 const TASKS: usize = 64;
 const READS: usize = 100;
-
-fn server() -> RedisServer {
-    RedisServer::start().unwrap_or_else(|e| panic!("{e}"))
-}
 
 fn cache(url: &str, ns: &str, coalesce: bool) -> Cache {
     Cache::builder()
@@ -58,7 +51,7 @@ async fn hammer(cache: &Cache, key: &str, opts: &EntryOptions) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_tasks_reading_one_key_share_their_round_trips() {
-    let redis = server();
+    let redis = redis_server();
     let mut conn = raw(&redis).await;
     let total = (TASKS * READS) as u64;
     let tagged = EntryOptions::new().tag("hot");
@@ -119,7 +112,7 @@ async fn many_tasks_reading_one_key_share_their_round_trips() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_that_began_after_an_invalidation_never_shares_an_earlier_get() {
     const LATENCY: Duration = Duration::from_millis(400);
-    let redis = server();
+    let redis = redis_server();
     let proxy = Proxy::to_port(redis.port()).unwrap_or_else(|e| panic!("{e}"));
     let mut conn = raw(&redis).await;
     let reader = cache(&proxy.url(), "shop", true);

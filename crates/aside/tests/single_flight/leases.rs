@@ -7,7 +7,7 @@
 //! (the ignored `worker` test below, selected by name and driven by
 //! environment variables); the children and the parent meet through Redis
 //! lists, so every round starts in all processes at once.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+#![allow(clippy::print_stderr)]
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -15,12 +15,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use aside::{Cache, LeaseTimeout, RedisBackend};
-use aside_test::RedisServer;
+use aside_test::fixtures::{redis_server, test_name};
 use redis::AsyncCommands;
-
-fn server() -> RedisServer {
-    RedisServer::start().unwrap_or_else(|e| panic!("{e}"))
-}
 
 fn builder(url: &str) -> aside::CacheBuilder {
     Cache::builder()
@@ -42,12 +38,12 @@ async fn control(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
-/// Starts this test binary's `worker` test in a child process.
+/// Starts this test binary's `worker` test (below) in a child process.
 fn spawn_worker(role: &str, url: &str, extra: &[(&str, String)]) -> Child {
     let exe = std::env::current_exe().unwrap();
     let mut cmd = Command::new(exe);
     cmd.args([
-        "worker",
+        test_name(module_path!(), "worker").as_str(),
         "--exact",
         "--ignored",
         "--nocapture",
@@ -80,7 +76,7 @@ const ROUNDS: usize = 25;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_key_is_loaded_once_across_four_processes() {
-    let redis = server();
+    let redis = redis_server();
     let url = redis.url();
     let mut reaper = Reaper(Vec::new());
     for _ in 0..PROCESSES {
@@ -167,7 +163,7 @@ async fn stampede_worker(url: String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_holder_is_taken_over_after_its_lease_lapses() {
-    let redis = server();
+    let redis = redis_server();
     let url = redis.url();
     let mut conn = control(&url).await;
     let mut reaper = Reaper(vec![spawn_worker("holder", &url, &[])]);
@@ -270,7 +266,7 @@ fn slow_loader(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_in_another_instance_is_woken_by_the_fill() {
-    let redis = server();
+    let redis = redis_server();
     // A long lease: a waiter that were not woken would wait for it.
     let a = builder(&redis.url())
         .lease_ttl(Duration::from_secs(30))
@@ -308,7 +304,7 @@ async fn a_waiter_in_another_instance_is_woken_by_the_fill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_lease_wait_follows_the_policy() {
-    let redis = server();
+    let redis = redis_server();
     let url = redis.url();
     let holder = builder(&url).loader_hard_timeout(None).build().unwrap();
     let calls = Arc::new(AtomicU32::new(0));
@@ -351,7 +347,7 @@ async fn an_expired_lease_wait_follows_the_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_lease_wait_can_serve_the_stale_value() {
-    let redis = server();
+    let redis = redis_server();
     let clock = Arc::new(aside::clock::ManualClock::new(1_700_000_000_000));
     let make = |then| {
         builder(&redis.url())
@@ -393,7 +389,7 @@ async fn an_expired_lease_wait_can_serve_the_stale_value() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_entry_is_refreshed_once_across_instances() {
-    let redis = server();
+    let redis = redis_server();
     let clock = Arc::new(aside::clock::ManualClock::new(1_700_000_000_000));
     let make = || {
         builder(&redis.url())
@@ -426,7 +422,7 @@ async fn a_stale_entry_is_refreshed_once_across_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidation_during_a_leased_load_wakes_waiters_to_reload() {
-    let redis = server();
+    let redis = redis_server();
     let a = builder(&redis.url()).build().unwrap();
     let b = builder(&redis.url()).build().unwrap();
     let calls = Arc::new(AtomicU32::new(0));

@@ -1,22 +1,14 @@
 //! Attacks on the joins of loads in flight: a caller that joins a load
 //! before reading the backend must end where a caller that read first
 //! would have, never waiting for (or failing with) a load it did not need.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use aside::{Cache, EntryOptions, RedisBackend};
 use aside_test::RedisServer;
+use aside_test::fixtures::{DbError, redis_server};
 use tokio::sync::Notify;
-
-#[derive(Debug, thiserror::Error)]
-#[error("database error")]
-struct DbError;
-
-fn server() -> RedisServer {
-    RedisServer::start().unwrap_or_else(|e| panic!("{e}"))
-}
 
 fn cache(redis: &RedisServer, ns: &str) -> Cache {
     Cache::builder()
@@ -33,7 +25,7 @@ fn cache(redis: &RedisServer, ns: &str) -> Cache {
 /// blind, the untagged caller waits for the load and gets its error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hit_is_not_held_by_a_load_of_the_key_with_other_tags() {
-    let redis = server();
+    let redis = redis_server();
     let cache = cache(&redis, "rvc1");
     let tagged = EntryOptions::new().tag("t");
     let rounds = 40;
@@ -106,7 +98,7 @@ async fn a_hit_is_not_held_by_a_load_of_the_key_with_other_tags() {
 /// `z`, until the loader's hard timeout fails both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_waiting_on_a_load_whose_loader_reads_one_of_its_keys_does_not_stall() {
-    let redis = server();
+    let redis = redis_server();
     let cache = Cache::builder()
         .namespace("rvc2")
         .backend(RedisBackend::new(&redis.url()).unwrap())
@@ -176,7 +168,7 @@ async fn a_batch_waiting_on_a_load_whose_loader_reads_one_of_its_keys_does_not_s
 /// holds the written value, which a caller that read first would have got.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_after_a_write_does_not_take_the_error_of_an_older_load() {
-    let redis = server();
+    let redis = redis_server();
     let (a, b) = (cache(&redis, "rvc3"), cache(&redis, "rvc3"));
     let rounds = 20;
     let mut failed: Vec<String> = Vec::new();
@@ -232,7 +224,7 @@ async fn a_caller_after_a_write_does_not_take_the_error_of_an_older_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joiners_of_a_failing_load_of_a_cold_key_take_its_error_and_load_once() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let redis = server();
+    let redis = redis_server();
     let cache = cache(&redis, "rvc4");
     let calls = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Notify::new());
@@ -284,7 +276,7 @@ async fn joiners_of_a_failing_load_of_a_cold_key_take_its_error_and_load_once() 
 async fn no_joiner_reads_a_value_older_than_an_invalidation_it_followed() {
     use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
     const KEYS: usize = 4;
-    let redis = server();
+    let redis = redis_server();
     let (a, b) = (cache(&redis, "rvc5"), cache(&redis, "rvc5"));
     let version: Arc<Vec<AtomicI64>> = Arc::new((0..KEYS).map(|_| AtomicI64::new(1)).collect());
     // The newest version whose invalidation returned Applied, per key.

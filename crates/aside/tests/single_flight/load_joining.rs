@@ -5,7 +5,6 @@
 //! Each test holds the loader (a `Notify`) until every caller has joined or
 //! read, so none depends on timing luck; the joins themselves are counted by
 //! `Stats::coalesced`, which counts a joiner whether it read first or not.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,20 +13,11 @@ use std::time::Duration;
 use aside::clock::ManualClock;
 use aside::{Cache, EntryOptions, RedisBackend};
 use aside_test::RedisServer;
-use redis_stats::{commandstats, raw, reset_stats};
+use aside_test::fixtures::{GatedLoad, gated_loader, redis_server};
+use aside_test::redis_stats::{commandstats, raw, reset_stats};
 use tokio::sync::Notify;
 
-#[derive(Debug, thiserror::Error)]
-#[error("database error")]
-struct DbError;
-
-type Loaded = Result<Option<String>, DbError>;
-type LoadFn =
-    Box<dyn FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Loaded> + Send>> + Send + 'static>;
-
-fn server() -> RedisServer {
-    RedisServer::start().unwrap_or_else(|e| panic!("{e}"))
-}
+type LoadFn = Box<dyn FnOnce() -> GatedLoad + Send + 'static>;
 
 fn cache(redis: &RedisServer, ns: &str) -> aside::CacheBuilder {
     Cache::builder()
@@ -39,16 +29,7 @@ fn cache(redis: &RedisServer, ns: &str) -> aside::CacheBuilder {
 
 /// A loader that returns `value` once `gate` opens (if given), counting calls.
 fn loader(value: &str, gate: Option<Arc<Notify>>, calls: &Arc<AtomicUsize>) -> LoadFn {
-    let (value, calls) = (value.to_owned(), calls.clone());
-    Box::new(move || {
-        Box::pin(async move {
-            calls.fetch_add(1, Ordering::SeqCst);
-            if let Some(gate) = gate {
-                gate.notified().await;
-            }
-            Ok(Some(value))
-        })
-    })
+    Box::new(gated_loader(value, gate, calls))
 }
 
 /// Waits (bounded) until `count()` reaches `n`.
@@ -95,7 +76,7 @@ async fn held_load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_callers_of_a_key_being_loaded_read_redis_zero_times() {
-    let redis = server();
+    let redis = redis_server();
     let mut conn = raw(&redis).await;
     let cache = cache(&redis, "rc").build().unwrap();
     let opts = EntryOptions::new();
@@ -133,7 +114,7 @@ async fn a_thousand_callers_of_a_key_being_loaded_read_redis_zero_times() {
 /// proves nothing for it, so it loads again and gets the new value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_joined_without_reading_takes_no_value_an_invalidation_preceded() {
-    let redis = server();
+    let redis = redis_server();
     let mut conn = raw(&redis).await;
     let (a, b) = (
         cache(&redis, "rc2").build().unwrap(),
@@ -167,7 +148,7 @@ async fn a_caller_that_joined_without_reading_takes_no_value_an_invalidation_pre
 /// reads (and loads) for itself, as a caller that read first would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_with_a_tag_the_load_ignores_reads_for_itself() {
-    let redis = server();
+    let redis = redis_server();
     let mut conn = raw(&redis).await;
     let cache = cache(&redis, "rc3").build().unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
@@ -202,7 +183,7 @@ async fn a_caller_with_a_tag_the_load_ignores_reads_for_itself() {
 /// fallback should the load fail), then joins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_fail_safe_a_caller_reads_before_it_joins() {
-    let redis = server();
+    let redis = redis_server();
     let mut conn = raw(&redis).await;
     let cache = cache(&redis, "rc4")
         .fail_safe(Some(Duration::from_secs(60)))
@@ -229,7 +210,7 @@ async fn with_fail_safe_a_caller_reads_before_it_joins() {
 /// get the stale entry at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_in_flight_does_not_hold_readers_of_the_stale_entry() {
-    let redis = server();
+    let redis = redis_server();
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
     let cache = cache(&redis, "rc5")
         .ttl(Duration::from_secs(10))
@@ -262,6 +243,3 @@ async fn a_refresh_in_flight_does_not_hold_readers_of_the_stale_entry() {
     until("refreshed", 1, || cache.stats().sets.saturating_sub(1)).await;
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
-
-#[path = "support/redis_stats.rs"]
-mod redis_stats;
