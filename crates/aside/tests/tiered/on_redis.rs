@@ -2,7 +2,6 @@
 //! instances' invalidations evict copies through the backplane, messages
 //! from other services are applied, and a lost subscription never lets an
 //! old copy be served once it is back.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,15 +9,8 @@ use std::time::{Duration, Instant};
 
 use aside::backend::{RedisBackend, TieredBackend};
 use aside::{Cache, EntryOptions};
+use aside_test::fixtures::{DbError, redis_server};
 use aside_test::{Proxy, RedisServer};
-
-#[derive(Debug, thiserror::Error)]
-#[error("database error")]
-struct DbError;
-
-fn server() -> RedisServer {
-    RedisServer::start().unwrap_or_else(|e| panic!("{e}"))
-}
 
 /// A tiered cache over `data_url`, hearing the backplane through
 /// `events_url` (the same Redis, perhaps through a proxy).
@@ -88,7 +80,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_l1_hit_costs_no_round_trip_tags_included() {
-    let redis = server();
+    let redis = redis_server();
     let (cache, backend) = tiered(&redis.url(), &redis.url());
     until_live(&backend).await;
     let calls = Arc::new(AtomicUsize::new(0));
@@ -126,7 +118,7 @@ async fn an_l1_hit_costs_no_round_trip_tags_included() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_instances_invalidations_evict_copies() {
-    let redis = server();
+    let redis = redis_server();
     let (a, ab) = tiered(&redis.url(), &redis.url());
     let (b, bb) = tiered(&redis.url(), &redis.url());
     until_live(&ab).await;
@@ -168,7 +160,7 @@ async fn another_instances_invalidations_evict_copies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_services_message_is_applied_to_redis_and_copies() {
-    let redis = server();
+    let redis = redis_server();
     let (cache, backend) = tiered(&redis.url(), &redis.url());
     until_live(&backend).await;
     let calls = Arc::new(AtomicUsize::new(0));
@@ -209,7 +201,7 @@ async fn another_services_message_is_applied_to_redis_and_copies() {
 /// b is subscribed again it must not serve its old copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_from_before_a_lost_subscription_is_never_served_after_it() {
-    let redis = server();
+    let redis = redis_server();
     let proxy = Proxy::to_port(redis.port()).unwrap();
     let (a, ab) = tiered(&redis.url(), &redis.url());
     let (b, bb) = tiered(&redis.url(), &proxy.url());
