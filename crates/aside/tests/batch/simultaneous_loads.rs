@@ -32,7 +32,7 @@ fn patient(b: aside::CacheBuilder) -> aside::CacheBuilder {
 }
 
 fn fresh_memory() -> Cache {
-    patient(builder())
+    patient(builder("b"))
         .backend(MemoryBackend::new())
         .build()
         .unwrap()
@@ -40,13 +40,13 @@ fn fresh_memory() -> Cache {
 
 fn fresh_redis(redis: &RedisServer) -> Cache {
     let backend = RedisBackend::new(&redis.url()).unwrap();
-    patient(builder()).backend(backend).build().unwrap()
+    patient(builder("b")).backend(backend).build().unwrap()
 }
 
 fn fresh_tiered(redis: &RedisServer) -> Cache {
     let l2 = RedisBackend::new(&redis.url()).unwrap();
     let backend = TieredBackend::builder(l2).build().unwrap();
-    patient(builder()).backend(backend).build().unwrap()
+    patient(builder("b")).backend(backend).build().unwrap()
 }
 
 /// Runs every call on a thread of its own, all started together.
@@ -191,14 +191,14 @@ macro_rules! on_every_backend_fresh {
         mod redis_backend {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let redis = super::server();
+                let redis = super::redis_server();
                 super::$name(&|| super::fresh_redis(&redis)).await;
             })*
         }
         mod tiered_backend {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let redis = super::server();
+                let redis = super::redis_server();
                 super::$name(&|| super::fresh_tiered(&redis)).await;
             })*
         }

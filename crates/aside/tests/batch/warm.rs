@@ -2,7 +2,6 @@
 //! redis-server: only misses are loaded, in bounded chunks with bounded
 //! concurrency; a failing chunk does not stop the others; the hot keys of a
 //! skewed workload, saved as JSON, warm a fresh instance.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -13,17 +12,10 @@ use std::time::Duration;
 
 use aside::{Cache, HotKeys, MemoryBackend, RedisBackend, WarmOptions, WarmProgress};
 use aside_test::RedisServer;
+use aside_test::fixtures::{DbDown, redis_server};
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution as _, Zipf};
-
-#[derive(Debug, thiserror::Error)]
-#[error("database is down")]
-struct DbDown;
-
-fn server() -> RedisServer {
-    RedisServer::start().unwrap_or_else(|e| panic!("{e}"))
-}
 
 fn builder(namespace: &str) -> aside::CacheBuilder {
     // Chunks of hundreds of keys on a machine shared with other builds: a
@@ -242,7 +234,7 @@ async fn memory_a_key_invalidated_during_its_load_is_reported() {
 
 #[tokio::test]
 async fn redis_a_key_invalidated_during_its_load_is_reported() {
-    let redis = server();
+    let redis = redis_server();
     a_key_invalidated_during_its_load_is_reported(&on_redis(&redis, "w")).await;
 }
 
@@ -328,7 +320,7 @@ async fn memory_only_misses_are_loaded_in_bounded_chunks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_only_misses_are_loaded_in_bounded_chunks() {
-    let redis = server();
+    let redis = redis_server();
     only_misses_are_loaded_in_bounded_chunks(&on_redis(&redis, "w")).await;
 }
 
@@ -339,7 +331,7 @@ async fn memory_a_failing_chunk_does_not_stop_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_a_failing_chunk_does_not_stop_the_others() {
-    let redis = server();
+    let redis = redis_server();
     a_failing_chunk_does_not_stop_the_others(&on_redis(&redis, "w")).await;
 }
 
@@ -355,7 +347,7 @@ async fn memory_hot_keys_warm_a_fresh_instance() {
 
 #[tokio::test]
 async fn redis_hot_keys_warm_a_fresh_instance() {
-    let redis = server();
+    let redis = redis_server();
     let backend = RedisBackend::new(&redis.url()).unwrap();
     let old = builder("old")
         .backend(backend)

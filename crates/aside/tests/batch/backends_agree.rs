@@ -119,9 +119,9 @@ fn negative_ttl(b: aside::CacheBuilder, on: bool) -> aside::CacheBuilder {
 async fn the_backends_agree_on_edge_cases() {
     for negative in [true, false] {
         let on_memory = scenario(memory(negative)).await;
-        let redis = server();
+        let redis = redis_server();
         let on_redis = scenario(on_redis(&redis, negative)).await;
-        let redis = server();
+        let redis = redis_server();
         let on_tiered = scenario(tiered(&redis, negative)).await;
         assert_eq!(on_memory, on_redis, "negative caching {negative}");
         assert_eq!(on_memory, on_tiered, "negative caching {negative}");

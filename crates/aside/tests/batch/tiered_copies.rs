@@ -51,7 +51,7 @@ async fn until_all(cache: &Cache, keys: &[String], want: Option<&str>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_many_and_invalidate_many_reach_the_other_instances_copies() {
-    let redis = server();
+    let redis = redis_server();
     let (a, a_backend) = tiered_with_backplane(&redis);
     let (b, _b_backend) = tiered_with_backplane(&redis);
     let keys: Vec<String> = (0..250).map(|i| format!("k{i}")).collect();

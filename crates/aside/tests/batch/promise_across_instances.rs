@@ -191,7 +191,7 @@ async fn workload(make: impl Fn() -> Cache, namespace: bool) -> [aside::Stats; 2
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_promise_holds_across_instances_with_tags_and_set_many() {
-    let redis = server();
+    let redis = redis_server();
     workload(
         || {
             builder("pr")
@@ -209,7 +209,7 @@ async fn the_promise_holds_across_instances_with_tags_and_set_many() {
 /// and a namespace that is invalidated too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_promise_holds_across_instances_while_entries_are_refreshed() {
-    let redis = server();
+    let redis = redis_server();
     // Whether a stale value gets served within a run depends on how the
     // scheduler spreads the readers over the 40 ms TTLs: on a loaded machine
     // a run can miss it. A run that served none proves nothing about

@@ -27,7 +27,7 @@ async fn dbsize(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_left_in_redis_once_the_ttls_ran_out() {
-    let redis = server();
+    let redis = redis_server();
     let cache = short_lived(&redis);
     let other = short_lived(&redis);
     let tagged = EntryOptions::new().tag("t");

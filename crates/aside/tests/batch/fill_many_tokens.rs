@@ -62,9 +62,9 @@ async fn check(backend: &dyn Backend, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fill_many_answers_each_fill_by_its_own_tokens() {
     check(&MemoryBackend::new(), "memory").await;
-    let redis = server();
+    let redis = redis_server();
     check(&redis_backend(&redis), "redis").await;
-    let redis = server();
+    let redis = redis_server();
     let tiered = TieredBackend::builder(redis_backend(&redis))
         .build()
         .unwrap();

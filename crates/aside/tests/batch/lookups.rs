@@ -1,91 +1,10 @@
-//! Batch lookups (`get_many_or_load`, `set_many`) on the memory backend, a
-//! real redis-server and the two-level backend over it. Round trips are
-//! counted by Redis itself (`INFO commandstats`), not by aside.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Batch lookups on every backend (the memory backend, a real redis-server
+//! and the two-level backend over it): one loader call with exactly the
+//! misses, answers in the caller's order, omitted keys as negative entries,
+//! tags checked, fail-safe, overlapping batches and single calls sharing
+//! their loads, an invalidation during a batch load.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use aside::backend::{MemoryBackend, TieredBackend};
-use aside::{Cache, EntryOptions, ErrorKind, RedisBackend};
-use aside_test::RedisServer;
-use redis_stats::{commandstats, raw, reset_stats};
-use tokio::sync::oneshot;
-
-#[derive(Debug, thiserror::Error)]
-#[error("database is down")]
-struct DbDown;
-
-fn server() -> RedisServer {
-    RedisServer::start().unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn builder() -> aside::CacheBuilder {
-    Cache::builder()
-        .namespace("b")
-        .ttl(Duration::from_secs(60))
-        .compression(aside::Compression::None)
-}
-
-fn memory() -> Cache {
-    builder().backend(MemoryBackend::new()).build().unwrap()
-}
-
-fn on_redis(redis: &RedisServer) -> Cache {
-    let backend = RedisBackend::new(&redis.url()).unwrap();
-    builder().backend(backend).build().unwrap()
-}
-
-fn tiered(redis: &RedisServer) -> Cache {
-    let l2 = RedisBackend::new(&redis.url()).unwrap();
-    let backend = TieredBackend::builder(l2).build().unwrap();
-    builder().backend(backend).build().unwrap()
-}
-
-/// A batch loader's record: the keys of each call.
-#[derive(Clone, Default)]
-struct Calls(Arc<Mutex<Vec<Vec<String>>>>);
-
-impl Calls {
-    fn record(&self, keys: &[String]) {
-        self.0.lock().unwrap().push(keys.to_vec());
-    }
-    fn all(&self) -> Vec<Vec<String>> {
-        self.0.lock().unwrap().clone()
-    }
-    /// How many times each key was loaded, over every call.
-    fn per_key(&self) -> HashMap<String, usize> {
-        let mut n = HashMap::new();
-        for k in self.all().into_iter().flatten() {
-            *n.entry(k).or_insert(0) += 1;
-        }
-        n
-    }
-}
-
-/// What the test loaders return.
-type Loaded =
-    std::pin::Pin<Box<dyn Future<Output = Result<HashMap<String, String>, DbDown>> + Send>>;
-
-/// A loader that records its keys and returns `v:<key>` for each.
-fn loader(calls: &Calls, delay: Duration) -> impl FnOnce(Vec<String>) -> Loaded + Send + 'static {
-    let calls = calls.clone();
-    move |keys: Vec<String>| {
-        Box::pin(async move {
-            calls.record(&keys);
-            tokio::time::sleep(delay).await;
-            Ok(keys
-                .into_iter()
-                .map(|k| (k.clone(), format!("v:{k}")))
-                .collect())
-        })
-    }
-}
-
-fn keys(range: std::ops::Range<u32>) -> Vec<String> {
-    range.map(|i| format!("k{i}")).collect()
-}
+use super::*;
 
 /// 100 keys, 40 cached: one loader call with exactly the 60 misses, the
 /// answers in order; then all 100 are hits.
@@ -342,14 +261,14 @@ macro_rules! on_every_backend {
         mod redis_backend {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let redis = super::server();
+                let redis = super::redis_server();
                 super::$name(&super::on_redis(&redis)).await;
             })*
         }
         mod tiered_backend {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let redis = super::server();
+                let redis = super::redis_server();
                 super::$name(&super::tiered(&redis)).await;
             })*
         }
@@ -371,8 +290,8 @@ macro_rules! fail_safe_on {
     ($($name:ident: $make:expr),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            let redis = server();
-            let b = builder()
+            let redis = redis_server();
+            let b = builder("b")
                 .ttl(Duration::from_millis(200))
                 .ttl_jitter(0.0)
                 .fail_safe(Some(Duration::from_secs(60)));
@@ -393,13 +312,3 @@ fail_safe_on!(
         b.backend(TieredBackend::builder(l2).build().unwrap()).build().unwrap()
     },
 );
-
-#[path = "batch/promise.rs"]
-mod promise;
-#[path = "batch/race.rs"]
-mod race;
-#[path = "batch/round_trips.rs"]
-mod round_trips;
-
-#[path = "support/redis_stats.rs"]
-mod redis_stats;

@@ -1,43 +1,9 @@
-//! Batch lookups under attack: requests that time out on the client but run
-//! on the server, values too large for one request, what is left in Redis
-//! once every TTL ran out, the consistency promise across instances with
-//! tags and `set_many`, and the edge cases on which the three backends must
-//! agree. Every test runs against a real redis-server.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Requests to Redis under strain: a request that takes leases times out on
+//! the client but runs on the server (for a batch and for a single load),
+//! values too large for one request, and a batch's leases kept until its
+//! last fill. Every test runs against a real redis-server.
 
-use std::collections::HashMap;
-use std::time::Duration;
-
-use aside::backend::{MemoryBackend, TieredBackend};
-use aside::{Cache, RedisBackend};
-use aside_test::RedisServer;
-
-#[derive(Debug, thiserror::Error)]
-#[error("database is down")]
-struct DbDown;
-
-fn server() -> RedisServer {
-    RedisServer::start().unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn builder(namespace: &str) -> aside::CacheBuilder {
-    Cache::builder()
-        .namespace(namespace)
-        .ttl(Duration::from_secs(60))
-        .compression(aside::Compression::None)
-}
-
-fn redis_backend(redis: &RedisServer) -> RedisBackend {
-    RedisBackend::new(&redis.url()).unwrap()
-}
-
-async fn raw(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
+use super::*;
 
 /// Holds every write (scripts included) for `ms`: a request sent meanwhile
 /// times out on the client, then runs on the server when the pause ends.
@@ -59,11 +25,6 @@ async fn exists(conn: &mut redis::aio::MultiplexedConnection, keys: &[String]) -
         .unwrap()
 }
 
-/// A loader that finds every key it is asked for, as its own value.
-async fn echo(keys: Vec<String>) -> Result<HashMap<String, String>, DbDown> {
-    Ok(keys.into_iter().map(|k| (k.clone(), k)).collect())
-}
-
 fn fragile(redis: &RedisServer, namespace: &str) -> Cache {
     builder(namespace)
         .backend(redis_backend(redis))
@@ -79,7 +40,7 @@ fn fragile(redis: &RedisServer, namespace: &str) -> Cache {
 /// or every other process waits up to `lease_ttl` for a load nobody runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_whose_lease_request_timed_out_leaves_no_lease_behind() {
-    let redis = server();
+    let redis = redis_server();
     let cache = fragile(&redis, "lt");
     // The scripts are loaded first: held by the pause, an `EVALSHA` of an
     // unknown script would only fail once it runs.
@@ -104,7 +65,7 @@ async fn a_batch_whose_lease_request_timed_out_leaves_no_lease_behind() {
 /// The same for one key through `get_or_load`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_whose_lease_request_timed_out_leaves_no_lease_behind() {
-    let redis = server();
+    let redis = redis_server();
     let cache = fragile(&redis, "ls");
     let warm = cache.get_or_load("warm", || async { Ok::<_, DbDown>(Some(0u8)) });
     warm.await.unwrap();
@@ -126,23 +87,11 @@ async fn a_load_whose_lease_request_timed_out_leaves_no_lease_behind() {
 
 /// Scripts run since the last `CONFIG RESETSTAT`, from Redis.
 async fn scripts_run(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
+    commandstats(conn)
         .await
-        .unwrap();
-    info.lines()
-        .filter_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
-        .sum()
-}
-
-async fn reset_stats(conn: &mut redis::aio::MultiplexedConnection) {
-    redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async::<()>(conn)
-        .await
-        .unwrap();
+        .get("evalsha")
+        .copied()
+        .unwrap_or(0)
 }
 
 /// 300 values of 1 MiB. Written in one request, the fill could not reach
@@ -153,7 +102,7 @@ async fn reset_stats(conn: &mut redis::aio::MultiplexedConnection) {
 /// machine's speed), and every value is cached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_values_are_written_in_requests_of_at_most_4_mib() {
-    let redis = server();
+    let redis = redis_server();
     let cache = builder("big")
         .backend(redis_backend(&redis))
         .backend_timeout(Duration::from_secs(10))
@@ -194,7 +143,7 @@ async fn large_values_are_written_in_requests_of_at_most_4_mib() {
 /// and are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batchs_leases_are_kept_until_its_last_fill() {
-    let redis = server();
+    let redis = redis_server();
     let cache = builder("lr")
         .backend(redis_backend(&redis))
         .lease_ttl(Duration::from_millis(200))
@@ -213,14 +162,3 @@ async fn a_batchs_leases_are_kept_until_its_last_fill() {
     let s = cache.stats();
     assert_eq!((s.sets, s.stale_fills_rejected), (100, 0), "{s:?}");
 }
-
-#[path = "review_batch/agree.rs"]
-mod agree;
-#[path = "review_batch/backend.rs"]
-mod backend;
-#[path = "review_batch/leftovers.rs"]
-mod leftovers;
-#[path = "review_batch/promise.rs"]
-mod promise;
-#[path = "review_batch/tiered.rs"]
-mod tiered;
