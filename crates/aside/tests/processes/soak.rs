@@ -18,12 +18,7 @@
 //! uses the Redis backend alone and only reads: a writer without the
 //! backplane would not evict the others' copies (they would live up to
 //! `max_l1_age`; see the README), so every writer here has it.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::print_stderr,
-    clippy::print_stdout
-)]
+#![allow(clippy::print_stderr, clippy::print_stdout)]
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -32,13 +27,12 @@ use std::time::{Duration, Instant};
 
 use aside::backend::TieredBackend;
 use aside::{Cache, EntryOptions, Key, RedisBackend};
-use aside_test::RedisServer;
+use aside_test::fixtures::{redis_server, test_name};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 const DEFAULT_SECS: u64 = 30;
 const WORKER_ENV: &str = "ASIDE_SOAK_WORKER";
-const WORKER_TEST: &str = "worker";
 const ROWS: u64 = 300;
 const TASKS: u64 = 24;
 /// Samples per process, evenly spread over the run.
@@ -78,7 +72,8 @@ fn secs() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_soak_without_growth_or_stale_reads() {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let _one = crate::ONE_RUN_AT_A_TIME.lock().await;
+    let redis = redis_server();
     let secs = secs();
     let exe = std::env::current_exe().unwrap();
     let mut children = Vec::new();
@@ -94,7 +89,12 @@ async fn three_processes_soak_without_growth_or_stale_reads() {
             seed: 0x50a6 + i as u64,
         };
         let child = tokio::process::Command::new(&exe)
-            .args([WORKER_TEST, "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                test_name(module_path!(), "worker").as_str(),
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(WORKER_ENV, serde_json::to_string(&config).unwrap())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

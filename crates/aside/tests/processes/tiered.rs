@@ -1,6 +1,6 @@
 //! The two-level backend across OS processes: one writer (this test, the
 //! parent, instance A) and readers in child processes (this same test
-//! binary run again as `--exact worker`), each a `Cache` over a
+//! binary run again as `--exact tiered::worker`), each a `Cache` over a
 //! `TieredBackend` (L1 copies in front of one shared Redis, started here)
 //! with the Redis backplane.
 //!
@@ -31,12 +31,10 @@
 //! A control child reads through a `TieredBackend` without a backplane: it
 //! must serve stale copies far past the bound, which shows that the checker
 //! can fail.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::print_stdout,
-    clippy::print_stderr
-)]
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod child;
+mod parent;
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -46,16 +44,21 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aside::backend::{RedisBackend, TieredBackend};
 use aside::{Cache, EntryOptions, Invalidation};
-use aside_test::{Proxy, RedisServer};
+use aside_test::Proxy;
+use aside_test::fixtures::{redis_server, test_name};
+use aside_test::redis_stats::stat;
 use rand::Rng as _;
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
+use parent::{
+    Op, Stale, Writer, describe, report_after, spawn_worker, stale_runs, stop, until_heard,
+    wait_ready, wait_report,
+};
+
 /// Set (to the worker's JSON configuration) in a child's environment.
 const WORKER_ENV: &str = "ASIDE_TIERED_PROCESS_WORKER";
-/// The test a child runs.
-const WORKER_TEST: &str = "worker";
 /// Prefixes the line a child prints its result on.
 const RESULT_PREFIX: &str = "ASIDE_TIERED_RESULT ";
 
@@ -78,9 +81,6 @@ const WRITE_FOR: Duration = Duration::from_secs(4);
 const WRITE_PAUSE_MS: std::ops::Range<u64> = 4..12;
 /// A child still running this long after it was told to stop is killed.
 const WORKER_LIMIT: Duration = Duration::from_secs(30);
-
-/// One run at a time: the machine has 2 cores, and timing is what is tested.
-static ONE_RUN_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn now_ns() -> i64 {
     let since = SystemTime::now()
@@ -260,285 +260,9 @@ async fn init_truth(conn: &mut MultiplexedConnection, run: &Run) {
     }
 }
 
-// ---------------------------------------------------------------------------
-// The parent's side: A, children, checks
-// ---------------------------------------------------------------------------
-
-/// What A does in one write.
-#[derive(Debug, Clone, Copy)]
-enum Op {
-    Invalidate(usize),
-    Set(usize),
-    Tag(usize),
-    Namespace,
-}
-
-impl Op {
-    fn random() -> Op {
-        let mut rng = rand::rng();
-        let i = rng.random_range(0..KEYS);
-        match rng.random_range(0..100) {
-            0..40 => Op::Invalidate(i),
-            40..65 => Op::Set(i),
-            65..95 => Op::Tag(i % GROUPS),
-            _ => Op::Namespace,
-        }
-    }
-
-    fn keys(self) -> Vec<usize> {
-        match self {
-            Op::Invalidate(i) | Op::Set(i) => vec![i],
-            Op::Tag(g) => (0..KEYS).filter(|i| i % GROUPS == g).collect(),
-            Op::Namespace => (0..KEYS).collect(),
-        }
-    }
-}
-
-/// The writer: bumps the truth of the op's keys, then invalidates (or
-/// `set`s) through A; once that returned, records the writes and checks
-/// that A itself already reads the new versions.
-struct Writer {
-    cache: Cache,
-    backend: TieredBackend,
-    conn: MultiplexedConnection,
-    run: Run,
-    writes: Vec<Write>,
-}
-
-impl Writer {
-    async fn apply(&mut self, op: Op) {
-        let keys = op.keys();
-        let mut versions = Vec::with_capacity(keys.len());
-        for &i in &keys {
-            let v: u64 = redis::cmd("INCR")
-                .arg(self.run.truth(i))
-                .query_async(&mut self.conn)
-                .await
-                .unwrap();
-            versions.push(v);
-        }
-        let c = &self.cache;
-        let outcome = match op {
-            Op::Invalidate(i) => c.invalidate(key(i)).await.unwrap(),
-            Op::Set(i) => {
-                c.set_with(key(i), versions[0], &options(i)).await.unwrap();
-                Invalidation::Applied
-            }
-            Op::Tag(g) => c.invalidate_tag(group(g)).await.unwrap(),
-            Op::Namespace => c.invalidate_namespace().await.unwrap(),
-        };
-        let applied_at = now_ns();
-        assert!(outcome.is_applied(), "{op:?} was {outcome:?}");
-        for (&i, &v) in keys.iter().zip(&versions) {
-            self.writes.push(Write {
-                key: i,
-                version: v,
-                applied_at,
-            });
-        }
-        // In the writing instance the promise has no lag.
-        for (&i, &v) in keys.iter().zip(&versions) {
-            let got = read(c, &self.conn, &self.run, i).await;
-            assert!(
-                got >= v,
-                "A read {} at {got} after writing {v} ({op:?})",
-                key(i)
-            );
-        }
-    }
-
-    /// Another write whose only purpose is a backplane message (`probe`
-    /// is a key nobody reads).
-    async fn probe(&self) {
-        assert!(self.cache.invalidate("probe").await.unwrap().is_applied());
-    }
-}
-
-/// Starts a child; the handle yields its result once it has exited.
-fn spawn_worker(config: WorkerConfig) -> tokio::task::JoinHandle<WorkerResult> {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let name = config.name.clone();
-    let child = tokio::process::Command::new(&exe)
-        .args([WORKER_TEST, "--exact", "--nocapture", "--test-threads=1"])
-        .env(WORKER_ENV, serde_json::to_string(&config).unwrap())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Dropped on the timeout below (or a panic): killed.
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("could not start worker {name} ({exe:?}): {e}"));
-    tokio::spawn(async move {
-        let out = tokio::time::timeout(WORKER_LIMIT, child.wait_with_output())
-            .await
-            .unwrap_or_else(|_| {
-                panic!("worker {name} still running after {WORKER_LIMIT:?}: killed")
-            })
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let result = stdout
-            .lines()
-            // libtest prints `test worker ... ` before it, on the same line.
-            .find_map(|l| {
-                l.find(RESULT_PREFIX)
-                    .map(|at| &l[at + RESULT_PREFIX.len()..])
-            })
-            .map(|json| serde_json::from_str::<WorkerResult>(json).unwrap());
-        match result {
-            Some(r) if out.status.success() => r,
-            _ => panic!(
-                "worker {name} failed ({}):\n--- stdout (end):\n{}\n--- stderr:\n{}",
-                out.status,
-                tail(&stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        }
-    })
-}
-
-fn tail(s: &str) -> &str {
-    let mut at = s.len().saturating_sub(4000);
-    while !s.is_char_boundary(at) {
-        at += 1;
-    }
-    &s[at..]
-}
-
-async fn get_json<T: for<'de> Deserialize<'de>>(
-    conn: &mut MultiplexedConnection,
-    key: &str,
-) -> Option<T> {
-    let raw: Option<String> = redis::cmd("GET").arg(key).query_async(conn).await.unwrap();
-    raw.map(|r| serde_json::from_str(&r).unwrap())
-}
-
-/// A child's latest stats snapshot taken after `after` (wall-clock ns).
-async fn report_after(
-    conn: &mut MultiplexedConnection,
-    run: &Run,
-    name: &str,
-    after: i64,
-) -> Report {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(r) = get_json::<Report>(conn, &run.stats(name)).await
-            && r.at > after
-        {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "no stats from {name}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-/// Waits (up to `within`) for a snapshot of `name` that satisfies `until`.
-async fn wait_report(
-    conn: &mut MultiplexedConnection,
-    run: &Run,
-    name: &str,
-    within: Duration,
-    what: &str,
-    until: impl Fn(&Report) -> bool,
-) -> Report {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(r) = get_json::<Report>(conn, &run.stats(name)).await
-            && until(&r)
-        {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}: {what}: not within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-async fn wait_ready(conn: &mut MultiplexedConnection, run: &Run, names: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for name in names {
-        loop {
-            let ready: Option<String> = redis::cmd("GET")
-                .arg(run.ready(name))
-                .query_async(conn)
-                .await
-                .unwrap();
-            if ready.is_some() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "worker {name} never got ready");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-/// A stale run: its reads returned `run.version` although `write` (a newer
-/// version of the key) had returned `lag_ns` before its last read began.
-#[derive(Debug, Clone, Copy)]
-struct Stale {
-    run: ReadRun,
-    write: Write,
-    lag_ns: i64,
-}
-
-/// Every run against the writes: stale from the first newer write of its key.
-fn stale_runs(writes: &[Write], runs: &[ReadRun]) -> Vec<Stale> {
-    let mut by_key: HashMap<usize, Vec<Write>> = HashMap::new();
-    for w in writes {
-        by_key.entry(w.key).or_default().push(*w);
-    }
-    let mut stale = Vec::new();
-    for r in runs {
-        let Some(log) = by_key.get(&r.key) else {
-            continue;
-        };
-        // A's writes of a key are sequential: versions grow with time.
-        if let Some(w) = log.iter().find(|w| w.version > r.version)
-            && w.applied_at < r.last
-        {
-            stale.push(Stale {
-                run: *r,
-                write: *w,
-                lag_ns: r.last - w.applied_at,
-            });
-        }
-    }
-    stale.sort_by_key(|s| s.lag_ns);
-    stale
-}
-
-fn percentile(sorted: &[Stale], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    ms(sorted[i].lag_ns)
-}
-
-fn describe(name: &str, result: &WorkerResult, stale: &[Stale]) -> String {
-    format!(
-        "{name}: {} reads ({:.1} µs on average, longest {:.1} ms) in {} runs; stale after a returned write: {} runs, lag p50 {:.2} ms, \
-         p99 {:.2} ms, max {:.2} ms; stats {:?}",
-        result.reads,
-        result.read_ns as f64 / 1e3 / result.reads.max(1) as f64,
-        ms(result.max_read_ns),
-        result.runs.len(),
-        stale.len(),
-        percentile(stale, 0.5),
-        percentile(stale, 0.99),
-        stale.last().map_or(0.0, |s| ms(s.lag_ns)),
-        result.stats
-    )
-}
-
-async fn stop(conn: &mut MultiplexedConnection, run: &Run) {
-    let _: () = redis::cmd("SET")
-        .arg(run.stop())
-        .arg(1)
-        .query_async(conn)
-        .await
-        .unwrap();
+/// The test a child runs, by its full name.
+fn worker_test() -> String {
+    test_name(module_path!(), "worker")
 }
 
 /// (a) A writes with every kind of invalidation and `set` on keys B and C
@@ -547,8 +271,8 @@ async fn stop(conn: &mut MultiplexedConnection, run: &Run) {
 /// backplane) must break that bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_processes_see_every_applied_write_within_the_bound() {
-    let _one = ONE_RUN_AT_A_TIME.lock().await;
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let _one = crate::ONE_RUN_AT_A_TIME.lock().await;
+    let redis = redis_server();
     let run = Run::new();
     let mut conn = connect(&redis.url()).await;
     init_truth(&mut conn, &run).await;
@@ -657,8 +381,8 @@ async fn other_processes_see_every_applied_write_within_the_bound() {
 /// [`BOUND`].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_subscription_never_leaves_a_stale_copy_behind() {
-    let _one = ONE_RUN_AT_A_TIME.lock().await;
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let _one = crate::ONE_RUN_AT_A_TIME.lock().await;
+    let redis = redis_server();
     let proxy = Proxy::to_port(redis.port()).unwrap();
     let run = Run::new();
     let mut conn = connect(&redis.url()).await;
@@ -794,28 +518,8 @@ async fn a_lost_subscription_never_leaves_a_stale_copy_behind() {
     report.clear();
 }
 
-/// Probes until B has heard a message from A published after now: B is
-/// subscribed again. Returns the wall-clock time (ns) at which the parent saw
-/// it, and how long after the call that was.
-async fn until_heard(a: &Writer, conn: &mut MultiplexedConnection, run: &Run) -> (i64, i64) {
-    let from = now_ns();
-    let base = report_after(conn, run, "B", from).await.received;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        a.probe().await;
-        let probed = now_ns();
-        let r = report_after(conn, run, "B", probed).await;
-        if r.received > base {
-            let seen = now_ns();
-            return (seen, seen - from);
-        }
-        assert!(Instant::now() < deadline, "B never heard A again");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 // ---------------------------------------------------------------------------
-// The child's side
+// The child's side (its body is in `child`)
 // ---------------------------------------------------------------------------
 
 /// A child's body; returns at once unless [`WORKER_ENV`] is set (so in a
@@ -831,144 +535,8 @@ fn worker() {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(work(config));
+        .block_on(child::work(config));
     println!("{RESULT_PREFIX}{}", serde_json::to_string(&result).unwrap());
-}
-
-fn snapshot(backend: &TieredBackend) -> Report {
-    let s = backend.stats();
-    Report {
-        at: now_ns(),
-        l1_hits: s.l1_hits,
-        l1_misses: s.l1_misses,
-        received: s.received,
-        gaps: s.gaps,
-    }
-}
-
-async fn work(config: WorkerConfig) -> WorkerResult {
-    let run = config.run.clone();
-    let conn = connect(&config.data_url).await;
-    let (cache, backend) = build(
-        &run,
-        &config.data_url,
-        config.events_url.as_deref(),
-        Duration::from_millis(config.max_l1_age_ms),
-    );
-    if config.events_url.is_some() {
-        until_live(&backend).await;
-    }
-    // Every key into L1, until one pass is all L1 hits (a fill can lose to
-    // another process's load of the same key; the next read copies it).
-    let mut passes = 0;
-    loop {
-        let hits = backend.stats().l1_hits;
-        for i in 0..KEYS {
-            read(&cache, &conn, &run, i).await;
-        }
-        if backend.stats().l1_hits - hits == KEYS as u64 {
-            break;
-        }
-        passes += 1;
-        assert!(
-            passes < 20,
-            "the keys do not stay in L1: {:?}",
-            backend.stats()
-        );
-    }
-
-    let stopping = Arc::new(AtomicBool::new(false));
-    let reporter = {
-        let (backend, run, stopping, name) = (
-            backend.clone(),
-            run.clone(),
-            stopping.clone(),
-            config.name.clone(),
-        );
-        let mut conn = conn.clone();
-        tokio::spawn(async move {
-            while !stopping.load(Ordering::Relaxed) {
-                let json = serde_json::to_string(&snapshot(&backend)).unwrap();
-                let (_, stop): ((), Option<String>) = redis::pipe()
-                    .cmd("SET")
-                    .arg(run.stats(&name))
-                    .arg(json)
-                    .cmd("GET")
-                    .arg(run.stop())
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                if stop.is_some() {
-                    stopping.store(true, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
-    let mut c = conn.clone();
-    let _: () = redis::cmd("SET")
-        .arg(run.ready(&config.name))
-        .arg(1)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-
-    let mut readers = JoinSet::new();
-    for _ in 0..READERS {
-        let (cache, conn, run, stopping) =
-            (cache.clone(), conn.clone(), run.clone(), stopping.clone());
-        readers.spawn(async move {
-            let mut runs: Vec<ReadRun> = Vec::new();
-            let mut open: Vec<Option<usize>> = vec![None; KEYS];
-            let (mut reads, mut read_ns, mut max_read_ns) = (0, 0, 0);
-            while !stopping.load(Ordering::Relaxed) {
-                for (i, open) in open.iter_mut().enumerate() {
-                    let start = now_ns();
-                    let version = read(&cache, &conn, &run, i).await;
-                    let took = now_ns() - start;
-                    read_ns += took;
-                    max_read_ns = max_read_ns.max(took);
-                    reads += 1;
-                    match *open {
-                        Some(at) if runs[at].version == version => {
-                            runs[at].last = start;
-                            runs[at].reads += 1;
-                        }
-                        _ => {
-                            *open = Some(runs.len());
-                            runs.push(ReadRun {
-                                key: i,
-                                version,
-                                first: start,
-                                last: start,
-                                reads: 1,
-                            });
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            (reads, read_ns, max_read_ns, runs)
-        });
-    }
-    let mut result = WorkerResult {
-        name: config.name.clone(),
-        reads: 0,
-        read_ns: 0,
-        max_read_ns: 0,
-        runs: Vec::new(),
-        stats: Report::default(),
-    };
-    while let Some(joined) = readers.join_next().await {
-        let (reads, read_ns, max_read_ns, runs) = joined.unwrap();
-        result.reads += reads;
-        result.read_ns += read_ns;
-        result.max_read_ns = result.max_read_ns.max(max_read_ns);
-        result.runs.extend(runs);
-    }
-    reporter.await.unwrap();
-    result.stats = snapshot(&backend);
-    result
 }
 
 // ---------------------------------------------------------------------------
@@ -977,15 +545,8 @@ async fn work(config: WorkerConfig) -> WorkerResult {
 
 /// Total commands Redis has processed.
 async fn commands(url: &str) -> u64 {
-    let mut conn = connect(url).await;
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(&mut conn)
+    stat(&mut connect(url).await, "total_commands_processed")
         .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .and_then(|n| n.trim().parse().ok())
         .unwrap()
 }
 
@@ -1006,8 +567,8 @@ async fn commands(url: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_l1_copy_behind_its_tag_token_is_replaced_by_the_current_entry() {
     use aside::backend::Backend as _;
-    let _one = ONE_RUN_AT_A_TIME.lock().await;
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let _one = crate::ONE_RUN_AT_A_TIME.lock().await;
+    let redis = redis_server();
     let url = redis.url();
     let run = Run::new();
     let (x, xb) = build(&run, &url, Some(&url), Duration::from_secs(60));
