@@ -10,26 +10,19 @@
 //! still holds what it deleted. The runs count such stale reads;
 //! `RedisBackendBuilder::wait_for_replicas` makes an invalidation count as
 //! applied only once a replica has it.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+#![allow(clippy::print_stderr)]
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aside::{Cache, EntryOptions, Invalidation, RedisBackend};
 use aside_test::RedisCluster;
-use rand::Rng as _;
 
-// Shared with cluster.rs, whose soundness check these runs do not use
-// as is (stale reads are counted, not all forbidden).
-#[allow(dead_code)]
-#[path = "cluster/stress.rs"]
-mod stress;
-
-#[derive(Debug, thiserror::Error)]
-#[error("database is down")]
-struct DbDown;
+// Shared with `backend`, whose soundness check these runs do not use as
+// is (stale reads are counted, not all forbidden).
+use crate::stress;
+use aside_test::fixtures::DbDown;
 
 /// How long the workload runs; the kill comes a third of the way in.
 const RUN: Duration = Duration::from_secs(12);

@@ -7,24 +7,18 @@
 //! `{ns}:t:<tag>`) live in different slots, so on a cluster a fill's check
 //! of the tokens is not atomic with its write; these tests show that reads
 //! (which check every entry's tokens) keep the promise all the same.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aside::backend::{FillWatch, Lease, TieredBackend};
 use aside::{Backend, Cache, EntryOptions, RedisBackend, Stored};
 use aside_test::{RedisCluster, conformance};
-use rand::Rng as _;
 
-#[path = "cluster/stress.rs"]
-mod stress;
-
-#[derive(Debug, thiserror::Error)]
-#[error("database is down")]
-struct DbDown;
+use crate::stress;
+use aside_test::fixtures::DbDown;
 
 fn cluster(replicas: usize) -> RedisCluster {
     RedisCluster::start(3, replicas).unwrap_or_else(|e| panic!("{e}"))
