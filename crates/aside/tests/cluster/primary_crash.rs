@@ -1,5 +1,5 @@
 //! A Redis Cluster primary killed (SIGKILL) under a workload of reads,
-//! loads and key, tag and namespace invalidations (`cluster/stress.rs`):
+//! loads and key, tag and namespace invalidations (`stress`):
 //! the primary holding the namespace's tokens, or one holding entries only.
 //! Its replica takes over after the node timeout (2 s).
 //!

@@ -18,9 +18,9 @@
 //! outages: many short ones (each shorter than a load, so a load can span
 //! one whole), and many long ones (invalidations queue during each).
 //!
-//! Starts a PostgreSQL of its own (see `pg.rs`), so it needs PostgreSQL's
+//! Starts a PostgreSQL of its own (see `pg`), so it needs PostgreSQL's
 //! server programs installed: the tests fail, rather than skip, without
-//! them.
+//! them. The runs with Redis outages are in `with_outages`.
 #![allow(clippy::print_stderr)]
 
 mod harness;
@@ -205,8 +205,9 @@ fn aside_on_redis(redis_url: &str, run: u64, scope: Scope, fault_tuned: bool) ->
         .namespace_invalidation(scope == Scope::Namespace)
         .backend(RedisBackend::new(redis_url).unwrap());
     if fault_tuned {
-        // As in `redis_faults.rs`: notice an outage quickly and retry queued
-        // invalidations often, so a run's outage fits in its 1.5 s.
+        // As in the `faults` binary's `redis_down`: notice an outage quickly
+        // and retry queued invalidations often, so a run's outage fits in
+        // its 1.5 s.
         builder = builder
             .backend_timeout(Duration::from_millis(100))
             .backend_retry_after(Duration::from_millis(50))

@@ -2,7 +2,7 @@
 //! time, on the memory backend (seen as remote, so that the cache times and
 //! guards it) and on a real Redis, through `aside_test::FaultyBackend`.
 //!
-//! `redis_faults.rs` breaks the connection (every operation fails alike);
+//! `redis_down` breaks the connection (every operation fails alike);
 //! here one kind of operation fails while the others work, including the
 //! outcome no connection fault can stage on purpose: an operation the
 //! backend applied whose reply was lost.
