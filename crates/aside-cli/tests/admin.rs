@@ -11,6 +11,7 @@ use std::time::Duration;
 use aside::backend::RedisBackend;
 use aside::{Cache, EntryOptions};
 use aside_test::RedisServer;
+use aside_test::fixtures::redis_server;
 use common::{aside, closed_port};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -57,7 +58,7 @@ async fn load(cache: &Cache, id: u64, category: u64) -> Option<Product> {
 
 #[test]
 fn inspect_shows_an_entry_and_invalidate_makes_it_unreadable() {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis_server();
     let url = redis.url();
     let rt = runtime();
     let cache = rt.block_on(async { cache(&redis, "shop") });
@@ -177,7 +178,7 @@ fn inspect_shows_an_entry_and_invalidate_makes_it_unreadable() {
 
 #[test]
 fn invalidate_all_namespace_reaches_caches_with_namespace_invalidation() {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis_server();
     let url = redis.url();
     let rt = runtime();
     let cache = rt.block_on(async {
@@ -213,7 +214,7 @@ fn invalidate_all_namespace_reaches_caches_with_namespace_invalidation() {
 
 #[test]
 fn stats_from_redis_follow_the_reads() {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis_server();
     let url = redis.url();
     let rt = runtime();
     let shop = rt.block_on(async { cache(&redis, "shop") });
@@ -341,7 +342,7 @@ fn bad_input_fails_with_one_line() {
 /// needs `+info +dbsize +scan` besides, and says so when refused.
 #[test]
 fn admin_commands_under_the_readmes_acl_user() {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis_server();
     let rt = runtime();
     let acl = "on >pw resetkeys ~{shop:* ~{shop}:* resetchannels &aside:fills &aside:events -@all \
                +get +mget +set +del +pexpire +pttl +exists +type +publish +subscribe +unsubscribe \
@@ -433,7 +434,7 @@ fn admin_commands_under_the_readmes_acl_user() {
 /// as not applied, with a non-zero exit (the queue ends with the process).
 #[test]
 fn an_invalidation_redis_does_not_take_is_reported_not_applied() {
-    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let redis = redis_server();
     let url = redis.url();
     let rt = runtime();
     rt.block_on(async {

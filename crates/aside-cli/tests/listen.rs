@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use aside::Cache;
 use aside::backend::RedisBackend;
-use aside_test::RedisServer;
+use aside_test::fixtures::redis_server;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 
@@ -64,7 +64,7 @@ fn bad_input_exits_non_zero_with_a_message() {
         &with("products:key=product:{id}"),
         "could not reach Redis at redis://127.0.0.1:1",
     );
-    let redis = RedisServer::start().expect("redis-server");
+    let redis = redis_server();
     let url = redis.url();
     let output = listen(&[
         "--pg-url",
@@ -110,7 +110,7 @@ async fn an_update_removes_the_cached_key_from_redis() {
         .await
         .expect("schema");
 
-    let redis = RedisServer::start().expect("redis-server");
+    let redis = redis_server();
     let namespace = format!("cli{suffix}");
     let map = format!("{schema}.products:key=product:{{id}},tag=category:{{category_id}}");
     let (redis_url, channel) = (redis.url(), format!("aside_cli_{suffix}"));

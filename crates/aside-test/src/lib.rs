@@ -41,6 +41,11 @@
 //!
 //! [`conformance`] is the backend conformance suite: run it against your own
 //! [`aside::backend::Backend`] to check that it keeps the trait's contract.
+//!
+//! [`fixtures`] and [`redis_stats`] hold what aside's own tests share: a
+//! server or a panic saying why, loader errors, a loader held at a chosen
+//! moment, the name a test binary's child process reruns a test by, and
+//! what Redis says it ran (`INFO`).
 
 #![warn(missing_docs)]
 
@@ -53,8 +58,10 @@ use std::time::{Duration, Instant};
 mod cluster;
 pub mod conformance;
 pub mod faulty;
+pub mod fixtures;
 mod pg;
 mod proxy;
+pub mod redis_stats;
 pub use cluster::RedisCluster;
 pub use faulty::{Failure, FaultControl, FaultyBackend, InjectedFault, Op};
 pub use pg::{PG_URL_ENV, PgServer, Rows, TEST_DATABASE, pg_url};

@@ -4,7 +4,7 @@
 //! `main` only reads `ASIDE_REDIS_URL` (and is not called here).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-use aside_test::RedisServer;
+use aside_test::fixtures::redis_server;
 
 #[allow(dead_code)]
 #[path = "../examples/basic_redis.rs"]
@@ -23,7 +23,7 @@ macro_rules! example {
     ($($name:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+            let redis = redis_server();
             if let Err(e) = $name::run(&redis.url()).await {
                 panic!("example {} failed: {e}", stringify!($name));
             }

@@ -14,6 +14,7 @@ use aside::backend::RedisBackend;
 use aside::bridge::{BridgeError, BridgeHandle, ChangeBridge, TableMap};
 use aside::{Cache, EntryOptions, ErrorKind};
 use aside_test::RedisServer;
+use aside_test::fixtures::redis_server;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 
@@ -66,7 +67,7 @@ impl World {
             .connect_with(options.options([("search_path", schema.as_str())]))
             .await
             .expect("a pool on the schema");
-        let redis = RedisServer::start().expect("redis-server");
+        let redis = redis_server();
         let cache = Cache::builder()
             .namespace(format!("bridge{suffix}"))
             .namespace_invalidation(true)

@@ -157,12 +157,12 @@ async fn promise_holds_on_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promise_holds_on_redis() {
-    let redis = server();
+    let redis = redis_server();
     workload(on_redis(&redis)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promise_holds_on_tiered() {
-    let redis = server();
+    let redis = redis_server();
     workload(tiered(&redis)).await;
 }

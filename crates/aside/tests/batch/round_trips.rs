@@ -1,8 +1,8 @@
-//! Round trips counted by Redis (`CONFIG RESETSTAT`, then `INFO
-//! commandstats`), and one batch shared by two OS processes.
-
-use std::process::Stdio;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+//! Round trips counted by Redis itself (`CONFIG RESETSTAT`, then `INFO
+//! commandstats`): a batch reads with one `MGET`, takes tokens and leases
+//! with one script and fills with one more, tags and namespace tokens come
+//! with the entries, and a batch over `batch_chunk_size` keys sends one
+//! request per chunk.
 
 use super::*;
 
@@ -82,13 +82,13 @@ async fn count_round_trips(cache: &Cache, redis: &RedisServer, l1: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_round_trips() {
-    let redis = server();
+    let redis = redis_server();
     count_round_trips(&on_redis(&redis), &redis, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiered_round_trips() {
-    let redis = server();
+    let redis = redis_server();
     count_round_trips(&tiered(&redis), &redis, true).await;
 }
 
@@ -96,9 +96,9 @@ async fn tiered_round_trips() {
 /// entries: one `MGET` for the read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tagged_batches_read_their_tokens_in_the_same_round_trip() {
-    let redis = server();
+    let redis = redis_server();
     let backend = RedisBackend::new(&redis.url()).unwrap();
-    let cache = builder()
+    let cache = builder("b")
         .namespace_invalidation(true)
         .backend(backend)
         .build()
@@ -132,119 +132,13 @@ async fn tagged_batches_read_their_tokens_in_the_same_round_trip() {
     );
 }
 
-/// Set in a child process: the Redis URL, the wall-clock ms to start at,
-/// and the keys' range.
-const CHILD_ENV: &str = "ASIDE_BATCH_CHILD";
-
-fn now_ms() -> u64 {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    u64::try_from(d.as_millis()).unwrap()
-}
-
-/// Two processes load overlapping batches (keys 0..50 and 25..75) at the
-/// same instant; the loader counts its loads in Redis. Each key is loaded
-/// once: the other process waits for the lease holder's fill.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_processes_load_each_key_once() {
-    let redis = server();
-    let exe = std::env::current_exe().unwrap();
-    let start_at = now_ms() + 1500;
-    let children: Vec<_> = [(0, 50), (25, 75)]
-        .into_iter()
-        .map(|(from, to)| {
-            tokio::process::Command::new(&exe)
-                .args(["round_trips::batch_child", "--exact", "--nocapture"])
-                .env(CHILD_ENV, format!("{} {start_at} {from} {to}", redis.url()))
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for child in children {
-        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
-            "child failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let mut conn = raw(&redis).await;
-    let loads: Vec<Option<u64>> = redis::cmd("MGET")
-        .arg((0..75).map(|i| format!("loads:k{i}")).collect::<Vec<_>>())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let twice: Vec<usize> = (0..75).filter(|&i| loads[i] != Some(1)).collect();
-    assert!(
-        twice.is_empty(),
-        "keys not loaded exactly once: {twice:?} ({loads:?})"
-    );
-}
-
-/// A child's body; returns at once unless [`CHILD_ENV`] is set.
-#[test]
-fn batch_child() {
-    let Ok(config) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let parts: Vec<&str> = config.split(' ').collect();
-    let (url, start_at) = (parts[0].to_owned(), parts[1].parse::<u64>().unwrap());
-    let (from, to) = (parts[2].parse().unwrap(), parts[3].parse().unwrap());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let cache = builder()
-            .backend(RedisBackend::new(&url).unwrap())
-            .build()
-            .unwrap();
-        let counter = redis::Client::open(url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(start_at.saturating_sub(now_ms()))).await;
-        let got: Vec<Option<String>> = cache
-            .get_many_or_load(keys(from..to), move |keys| async move {
-                let mut conn = counter;
-                let mut pipe = redis::pipe();
-                for k in &keys {
-                    pipe.incr(format!("loads:{k}"), 1).ignore();
-                }
-                pipe.query_async::<()>(&mut conn).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                Ok::<_, DbDown>(
-                    keys.into_iter()
-                        .map(|k| (k.clone(), format!("v:{k}")))
-                        .collect(),
-                )
-            })
-            .await
-            .unwrap();
-        let want: Vec<Option<String>> = keys(from..to)
-            .into_iter()
-            .map(|k| Some(format!("v:{k}")))
-            .collect();
-        assert_eq!(got, want);
-    });
-}
-
 /// A batch over `batch_chunk_size` keys sends one request per chunk, and
 /// still calls the loader once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_batches_are_chunked() {
-    let redis = server();
+    let redis = redis_server();
     let backend = RedisBackend::new(&redis.url()).unwrap();
-    let cache = builder()
+    let cache = builder("b")
         .batch_chunk_size(10)
         .backend(backend)
         .build()
@@ -266,129 +160,4 @@ async fn large_batches_are_chunked() {
         6,
         "three chunks of tokens, three of fills {s:?}"
     );
-}
-
-/// Stale-while-revalidate: stale entries are served at once and refreshed
-/// by the batch's load in the background, the caller waits for nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_entries_are_served_and_refreshed() {
-    let cache = builder()
-        .ttl(Duration::from_millis(100))
-        .ttl_jitter(0.0)
-        .stale_while_revalidate(Some(Duration::from_secs(60)))
-        .build()
-        .unwrap();
-    let calls_made = Calls::default();
-    let _: Vec<Option<String>> = cache
-        .get_many_or_load(["a", "b"], loader(&calls_made, Duration::ZERO))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let (tx, rx) = oneshot::channel::<Vec<String>>();
-    let started = tokio::time::Instant::now();
-    let served: Vec<Option<String>> = cache
-        .get_many_or_load(["a", "b"], move |keys| async move {
-            let _ = tx.send(keys.clone());
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            Ok::<_, DbDown>(keys.into_iter().map(|k| (k, "fresh".to_owned())).collect())
-        })
-        .await
-        .unwrap();
-    assert!(
-        started.elapsed() < Duration::from_millis(250),
-        "did not wait for the refresh"
-    );
-    assert_eq!(served, [Some("v:a".to_owned()), Some("v:b".to_owned())]);
-    assert_eq!(rx.await.unwrap(), ["a", "b"], "refreshed in one call");
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(
-        cache.get::<String>("a").await.unwrap().as_deref(),
-        Some("fresh")
-    );
-    assert_eq!(cache.stats().stale_served, 2);
-}
-
-/// A queued invalidation (the backend was down when it was made) makes the
-/// batch load those keys without reading or filling the cache.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_invalidations_bypass_the_cache() {
-    let mut redis = server();
-    let cache = on_redis(&redis);
-    cache.set("q", "old".to_owned()).await.unwrap();
-    redis.stop();
-    assert_eq!(
-        cache.invalidate("q").await.unwrap(),
-        aside::Invalidation::Queued
-    );
-    redis.restart().unwrap();
-    let calls_made = Calls::default();
-    let got: Vec<Option<String>> = cache
-        .get_many_or_load(["q", "r"], loader(&calls_made, Duration::ZERO))
-        .await
-        .unwrap();
-    assert_eq!(got, [Some("v:q".to_owned()), Some("v:r".to_owned())]);
-    assert_eq!(calls_made.all(), vec![vec!["q".to_owned(), "r".to_owned()]]);
-    assert!(cache.stats().bypassed >= 1);
-}
-
-/// A key whose lease another process holds (and never fills) is waited for
-/// up to `lease_wait`, then `on_lease_timeout` decides, for that key only.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_leased_elsewhere_follow_the_lease_timeout_policy() {
-    let redis = server();
-    let mut conn = raw(&redis).await;
-    for (round, policy) in [aside::LeaseTimeout::Load, aside::LeaseTimeout::Fail]
-        .into_iter()
-        .enumerate()
-    {
-        let cache = builder()
-            .lease_wait(Duration::from_millis(300))
-            .on_lease_timeout(policy)
-            .backend(RedisBackend::new(&redis.url()).unwrap())
-            .build()
-            .unwrap();
-        let (held, free) = (format!("held{round}"), format!("free{round}"));
-        redis::cmd("SET")
-            .arg(format!("{{b:{held}}}:l"))
-            .arg("another process")
-            .arg("PX")
-            .arg(10_000)
-            .query_async::<()>(&mut conn)
-            .await
-            .unwrap();
-        let calls_made = Calls::default();
-        let started = tokio::time::Instant::now();
-        let each = cache
-            .get_many_or_load_each(
-                [&held, &free],
-                &EntryOptions::new(),
-                loader(&calls_made, Duration::ZERO),
-            )
-            .await;
-        assert!(
-            started.elapsed() >= Duration::from_millis(300),
-            "{policy:?}: waited"
-        );
-        assert_eq!(
-            each[1].as_ref().unwrap().as_deref(),
-            Some(format!("v:{free}").as_str())
-        );
-        match policy {
-            aside::LeaseTimeout::Fail => {
-                assert_eq!(
-                    each[0].as_ref().unwrap_err().kind(),
-                    ErrorKind::LoaderTimeout
-                );
-                assert_eq!(calls_made.all(), vec![vec![free.clone()]]);
-            }
-            _ => {
-                assert_eq!(
-                    each[0].as_ref().unwrap().as_deref(),
-                    Some(format!("v:{held}").as_str())
-                );
-                assert_eq!(calls_made.all(), vec![vec![held.clone(), free.clone()]]);
-            }
-        }
-        assert!(cache.stats().lease_timeouts >= 1);
-    }
 }

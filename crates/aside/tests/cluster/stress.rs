@@ -10,7 +10,14 @@
 //! began. Loaders read the version, then pause up to 10 ms, so that writes
 //! land in the middle of loads all the time.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use aside::{Cache, EntryOptions};
+use aside_test::fixtures::DbDown;
+use rand::Rng as _;
 
 const ROWS: usize = 24;
 const GROUPS: usize = 3;

@@ -1,0 +1,183 @@
+//! What the parent and the children share: keys and their tags, the
+//! run's keys in Redis, the configuration and results they exchange, and
+//! how an instance is built and reads.
+
+use super::*;
+
+pub fn now_ns() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970");
+    i64::try_from(since.as_nanos()).expect("before 2262")
+}
+
+pub fn ms(ns: i64) -> f64 {
+    ns as f64 / 1e6
+}
+
+pub fn key(i: usize) -> String {
+    format!("k{i}")
+}
+
+pub fn group(i: usize) -> String {
+    format!("g{}", i % GROUPS)
+}
+
+pub fn options(i: usize) -> EntryOptions {
+    EntryOptions::new().tag(group(i))
+}
+
+/// Redis keys of one run's shared state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Run {
+    pub prefix: String,
+}
+
+impl Run {
+    pub fn new() -> Self {
+        Run {
+            prefix: format!("tp{:08x}", rand::random::<u32>()),
+        }
+    }
+    pub fn truth(&self, i: usize) -> String {
+        format!("{}:truth:{i}", self.prefix)
+    }
+    pub fn ready(&self, name: &str) -> String {
+        format!("{}:ready:{name}", self.prefix)
+    }
+    pub fn stats(&self, name: &str) -> String {
+        format!("{}:stats:{name}", self.prefix)
+    }
+    pub fn stop(&self) -> String {
+        format!("{}:stop", self.prefix)
+    }
+    pub fn namespace(&self) -> String {
+        self.prefix.clone()
+    }
+}
+
+/// What a child is told, through [`WORKER_ENV`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerConfig {
+    pub name: String,
+    pub run: Run,
+    /// Entries and truth.
+    pub data_url: String,
+    /// The backplane's Redis (perhaps through a proxy); `None`: no
+    /// backplane (the control).
+    pub events_url: Option<String>,
+    pub max_l1_age_ms: u64,
+}
+
+/// A child's counters at one instant (`at`: wall-clock ns).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub at: i64,
+    pub l1_hits: u64,
+    pub l1_misses: u64,
+    pub received: u64,
+    pub gaps: u64,
+}
+
+/// Consecutive reads of one key by one reader task that returned one version.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ReadRun {
+    pub key: usize,
+    pub version: u64,
+    pub first: i64,
+    pub last: i64,
+    pub reads: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WorkerResult {
+    pub name: String,
+    pub reads: u64,
+    /// Time spent in reads, and the longest one (ns).
+    pub read_ns: i64,
+    pub max_read_ns: i64,
+    pub runs: Vec<ReadRun>,
+    pub stats: Report,
+}
+
+/// A write by A: `key` is at `version` from `applied_at` (wall-clock ns at
+/// which the invalidation or `set` returned).
+#[derive(Debug, Clone, Copy)]
+pub struct Write {
+    pub key: usize,
+    pub version: u64,
+    pub applied_at: i64,
+}
+
+// ---------------------------------------------------------------------------
+// Instances
+// ---------------------------------------------------------------------------
+
+pub fn build(
+    run: &Run,
+    data_url: &str,
+    events_url: Option<&str>,
+    max_l1_age: Duration,
+) -> (Cache, TieredBackend) {
+    let mut builder = TieredBackend::builder(RedisBackend::new(data_url).unwrap())
+        .l1_max_entries(10_000)
+        .max_l1_age(max_l1_age);
+    if let Some(url) = events_url {
+        let events = RedisBackend::new(url).unwrap();
+        builder = builder.backplane(events.backplane("aside:events").unwrap());
+    }
+    let backend = builder.build().unwrap();
+    let cache = Cache::builder()
+        .namespace(run.namespace())
+        .ttl(Duration::from_secs(60))
+        .namespace_invalidation(true)
+        .backend(backend.clone())
+        .build()
+        .unwrap();
+    (cache, backend)
+}
+
+/// Waits until the backplane is subscribed (its first gap is the connect).
+pub async fn until_live(backend: &TieredBackend) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend.stats().gaps == 0 {
+        assert!(Instant::now() < deadline, "the backplane never connected");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub async fn connect(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// `get_or_load_with` of key `i`; the loader reads the truth counter (and
+/// sometimes waits a millisecond, so that loads and writes overlap).
+pub async fn read(cache: &Cache, conn: &MultiplexedConnection, run: &Run, i: usize) -> u64 {
+    let (mut conn, truth) = (conn.clone(), run.truth(i));
+    let got: Option<u64> = cache
+        .get_or_load_with(key(i), &options(i), move || async move {
+            let v: Option<u64> = redis::cmd("GET").arg(truth).query_async(&mut conn).await?;
+            if rand::rng().random_ratio(1, 4) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok::<_, redis::RedisError>(v)
+        })
+        .await
+        .unwrap();
+    got.expect("every key has a truth counter")
+}
+
+pub async fn init_truth(conn: &mut MultiplexedConnection, run: &Run) {
+    for i in 0..KEYS {
+        let _: () = redis::cmd("SET")
+            .arg(run.truth(i))
+            .arg(1)
+            .query_async(conn)
+            .await
+            .unwrap();
+    }
+}
