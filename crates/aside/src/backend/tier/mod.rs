@@ -592,8 +592,5 @@ mod tests {
             "the second read must be an L1 hit: {:?}",
             tier.stats()
         );
-        // Past the entry's life on that clock, the copy is not served.
-        clock.advance(Duration::from_secs(61));
-        assert_eq!(reader.get_or_load("k", load(4)).await.unwrap(), Some(4));
     }
 }
