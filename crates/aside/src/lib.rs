@@ -37,9 +37,13 @@
 //! ## Design
 //!
 //! - **Layers.** A [`Cache`] holds the policy (TTL and jitter, negative
-//!   caching, codec, timeouts, single-flight, stats). A [`Backend`] only
-//!   stores bytes under keys: [`MemoryBackend`] (moka, in process) or
-//!   [`RedisBackend`] (shared between processes).
+//!   caching, codec, timeouts, single-flight, stats). A
+//!   [`Backend`](backend::Backend) only stores bytes under keys:
+//!   [`MemoryBackend`](backend::MemoryBackend) (moka, in process),
+//!   [`RedisBackend`](backend::RedisBackend) (shared between processes), or
+//!   [`TieredBackend`](backend::TieredBackend) (copies in process in front
+//!   of a shared backend). `ARCHITECTURE.md` in the repository maps the
+//!   code.
 //! - **Entries** are a fixed 33-byte header (magic, format version, codec,
 //!   flags, write time, TTLs, load duration) and a MessagePack or JSON payload,
 //!   LZ4-compressed above a threshold. Foreign or corrupt bytes, an unknown
@@ -103,7 +107,7 @@
 //! - Markers and version tokens are random, created only when absent, and
 //!   *removed* by invalidations (never incremented): a token that vanished
 //!   for any reason fails fills and misses entries; a re-created one never
-//!   equals a recorded one. See [`Backend`].
+//!   equals a recorded one. See [`Backend`](backend::Backend).
 //! - Fills are conditional on the tokens, atomically (a Lua script; a per-key
 //!   compute lock on the memory backend); reads check an entry's tag and
 //!   namespace tokens in the same round trip as the entry. On a Redis
@@ -135,7 +139,7 @@
 //! the same atomic step that takes them, and waiters are woken by the fill.
 //!
 //! ## Features
-//! - `redis` (default): [`RedisBackend`].
+//! - `redis` (default): [`RedisBackend`](backend::RedisBackend).
 //! - `lz4` (default): LZ4 compression of large payloads.
 //! - `cluster`: `RedisBackend::cluster`, a Redis Cluster (the guide's
 //!   "Redis Cluster" page, `docs/cluster.md`, says what is atomic where,

@@ -131,7 +131,7 @@ impl Cache {
     /// The entry stored under `key`, decoded for people and tools: its
     /// header (codec, compression, size, write time, expiry), the version
     /// tokens it was stamped with beside their current values, and what
-    /// the backend knows of it ([`Backend::describe`](crate::Backend::describe):
+    /// the backend knows of it ([`Inspect::describe`](crate::backend::Inspect::describe):
     /// its keys in the store, its remaining TTL, whether a load holds its
     /// lease). `Ok(None)` when nothing is stored under `key`.
     ///

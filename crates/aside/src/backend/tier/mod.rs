@@ -171,7 +171,7 @@ impl TieredBackendBuilder {
     }
 
     /// Hear other instances' invalidations (and tell them ours), for example
-    /// [`RedisBackend::backplane`](crate::RedisBackend::backplane). Without
+    /// [`RedisBackend::backplane`](crate::backend::RedisBackend::backplane). Without
     /// one, copies are only bounded by `max_l1_age`.
     pub fn backplane(mut self, backplane: impl Backplane + 'static) -> Self {
         self.backplane = Some(Arc::new(backplane));
