@@ -208,24 +208,11 @@ pub(super) struct Entries {
     stats: Arc<Counters>,
 }
 
-/// What [`Entries`] is built from.
-pub(super) struct EntrySettings {
-    pub namespace: String,
-    pub namespace_invalidation: bool,
-    pub codec: Codec,
-    pub compression: Compression,
-    pub max_value_bytes: usize,
-    pub ttl: Duration,
-    pub ttl_jitter: f64,
-    pub negative_ttl: Option<Duration>,
-    pub policy: Policy,
-    pub clock: Arc<dyn Clock>,
-}
-
 impl Entries {
-    pub(super) fn new(s: EntrySettings, profile: Profile, stats: Arc<Counters>) -> Self {
+    /// The codec of a cache with settings `s` over a backend of `profile`.
+    pub(super) fn new(s: &super::Settings, profile: Profile, stats: Arc<Counters>) -> Self {
         Entries {
-            namespace: s.namespace,
+            namespace: s.namespace.clone(),
             namespace_invalidation: s.namespace_invalidation,
             codec: s.codec,
             compression: s.compression,
@@ -233,8 +220,8 @@ impl Entries {
             ttl: s.ttl,
             ttl_jitter: s.ttl_jitter,
             negative_ttl: s.negative_ttl,
-            policy: s.policy,
-            clock: s.clock,
+            policy: s.policy.clone(),
+            clock: Arc::clone(&s.clock),
             profile,
             stats,
         }

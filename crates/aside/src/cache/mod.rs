@@ -31,7 +31,7 @@ use crate::loader::Loader;
 use crate::policy::Policy;
 use crate::stats::{Counters, Stats, bump};
 use breaker::Breaker;
-use entry::{Entries, EntrySettings, Fallback, Lookup};
+use entry::{Entries, Fallback, Lookup};
 use flight::Flights;
 use guard::Guard;
 use load::Mode;
@@ -164,22 +164,7 @@ impl Cache {
             Arc::clone(&stats),
         );
         let profile = guard.profile();
-        let entries = Entries::new(
-            EntrySettings {
-                namespace: s.namespace.clone(),
-                namespace_invalidation: s.namespace_invalidation,
-                codec: s.codec,
-                compression: s.compression,
-                max_value_bytes: s.max_value_bytes,
-                ttl: s.ttl,
-                ttl_jitter: s.ttl_jitter,
-                negative_ttl: s.negative_ttl,
-                policy: s.policy.clone(),
-                clock: Arc::clone(&s.clock),
-            },
-            profile,
-            Arc::clone(&stats),
-        );
+        let entries = Entries::new(&s, profile, Arc::clone(&stats));
         let hot = (s.hot_keys > 0).then(|| Tracker::new(s.hot_keys, s.hot_key_sampling));
         let loader_breaker = s
             .policy
