@@ -25,6 +25,34 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     fn monotonic(&self) -> Instant {
         Instant::now()
     }
+
+    /// Nanoseconds on a clock that never goes back and keeps counting while
+    /// the process is stopped (`SIGSTOP`) or the machine suspended:
+    /// `CLOCK_BOOTTIME` on Linux, the monotonic clock elsewhere. Leases and
+    /// staleness bounds that other machines rely on are counted on it: a
+    /// deadline that stopped while this process slept would let it serve
+    /// copies past what the others were promised. The default reads the
+    /// system's.
+    fn boot_ns(&self) -> u64 {
+        boot_ns()
+    }
+}
+
+/// The system's `CLOCK_BOOTTIME` (Linux) in nanoseconds.
+#[cfg(target_os = "linux")]
+pub(crate) fn boot_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    u64::try_from(t.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
+}
+
+/// The monotonic clock in nanoseconds since the first reading (other
+/// systems: no clock there counts through a suspend portably).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn boot_ns() -> u64 {
+    u64::try_from(origin().elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The instant a [`ManualClock`]'s monotonic readings count from.
@@ -89,5 +117,9 @@ impl Clock for ManualClock {
 
     fn monotonic(&self) -> Instant {
         origin() + Duration::from_millis(self.now_ms())
+    }
+
+    fn boot_ns(&self) -> u64 {
+        self.now_ms().saturating_mul(1_000_000)
     }
 }

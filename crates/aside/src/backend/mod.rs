@@ -63,7 +63,9 @@ mod stored;
 mod tier;
 
 pub use crate::error::BackendError;
-pub use backplane::{Backplane, BackplaneListener, BackplaneSubscription};
+pub use backplane::{
+    Backplane, BackplaneListener, BackplaneSubscription, Live, Membership, Publishing,
+};
 #[cfg(feature = "redis")]
 pub(crate) use inspect::without_password;
 pub use inspect::{Inspect, StorageInfo};
@@ -79,7 +81,7 @@ pub use request::{
     SetRequest,
 };
 pub use stored::Stored;
-pub use tier::{TieredBackend, TieredBackendBuilder, TieredStats};
+pub use tier::{Strict, TieredBackend, TieredBackendBuilder, TieredStats};
 
 /// A storage backend for entry bytes, with the validity tokens that make
 /// fills conditional and invalidations final.
@@ -220,6 +222,11 @@ pub struct Profile {
     /// without time-based policies. Remote stores can keep an entry longer
     /// (a persisted key, a restored snapshot), so they leave this off.
     pub exact_expiry: bool,
+    /// How much longer than `backend_timeout` the cache gives a write
+    /// (`set`, an invalidation) to return, for a backend that confirms
+    /// writes with others (a tiered backend with strict invalidation waits
+    /// for acknowledgements). Zero by default.
+    pub write_grace: std::time::Duration,
 }
 
 impl Profile {
@@ -230,6 +237,7 @@ impl Profile {
             remote: true,
             shares_stored: false,
             exact_expiry: false,
+            write_grace: std::time::Duration::ZERO,
         }
     }
 
@@ -239,6 +247,7 @@ impl Profile {
             remote: false,
             shares_stored: true,
             exact_expiry: true,
+            write_grace: std::time::Duration::ZERO,
         }
     }
 }

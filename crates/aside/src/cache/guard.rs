@@ -65,10 +65,29 @@ impl Guard {
         &self,
         op: impl Future<Output = Result<T, BackendError>>,
     ) -> Result<T, Error> {
+        self.run_within(self.timeout, op).await
+    }
+
+    /// [`run`](Self::run) for a write the backend confirms with others
+    /// (`set`, an invalidation): the timeout plus the backend's
+    /// [`write_grace`](crate::backend::Profile::write_grace).
+    pub(super) async fn run_write<T>(
+        &self,
+        op: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, Error> {
+        let within = self.timeout.saturating_add(self.profile.write_grace);
+        self.run_within(within, op).await
+    }
+
+    async fn run_within<T>(
+        &self,
+        within: Duration,
+        op: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, Error> {
         if !self.profile.remote {
             return op.await.map_err(|e| self.failed(e));
         }
-        match self.attempt(op).await {
+        match self.attempt(within, op).await {
             Ok(v) => Ok(v),
             Err(None) => {
                 bump(&self.stats.backend_skipped);
@@ -89,7 +108,7 @@ impl Guard {
         &self,
         op: impl Future<Output = Result<T, BackendError>>,
     ) -> Result<T, Error> {
-        match self.attempt(op).await {
+        match self.attempt(self.timeout, op).await {
             Ok(v) => Ok(v),
             Err(None) => Err(Error::backend_down()),
             Err(Some(e)) => Err(e.into()),
@@ -100,12 +119,13 @@ impl Guard {
     /// it (`Err(None)`: not attempted); a success closes the breaker.
     async fn attempt<T>(
         &self,
+        within: Duration,
         op: impl Future<Output = Result<T, BackendError>>,
     ) -> Result<T, Option<BackendError>> {
         if !self.breaker.allow() {
             return Err(None);
         }
-        let result = match tokio::time::timeout(self.timeout, op).await {
+        let result = match tokio::time::timeout(within, op).await {
             Ok(r) => r,
             Err(_) => Err(BackendError::Timeout),
         };

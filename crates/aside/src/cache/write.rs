@@ -175,7 +175,7 @@ impl Cache {
         for run in runs(&entries, self.inner.s.batch_chunk_size, size) {
             let chunk = &entries[run];
             let request = SetRequest::new(chunk, &deps.keys);
-            if let Err(e) = guard.run(guard.backend().set(&request)).await {
+            if let Err(e) = guard.run_write(guard.backend().set(&request)).await {
                 // Old entries may still be there: have them removed.
                 let _ = self.queue_invalidation(pks, Kind::Key);
                 return Err(e);
@@ -345,8 +345,12 @@ impl Cache {
     ) -> Result<Invalidation, Error> {
         let guard = &self.inner.guard;
         let result = match kind {
-            Kind::Key => guard.run(guard.backend().invalidate(&keys)).await,
-            Kind::Version => guard.run(guard.backend().remove_versions(&keys)).await,
+            Kind::Key => guard.run_write(guard.backend().invalidate(&keys)).await,
+            Kind::Version => {
+                guard
+                    .run_write(guard.backend().remove_versions(&keys))
+                    .await
+            }
         };
         match result {
             Ok(()) => {
@@ -491,11 +495,11 @@ impl Cache {
                 let guard = &self.inner.guard;
                 let result = async {
                     if !keys.is_empty() {
-                        guard.run(guard.backend().invalidate(&keys)).await?;
+                        guard.run_write(guard.backend().invalidate(&keys)).await?;
                     }
                     if !versions.is_empty() {
                         guard
-                            .run(guard.backend().remove_versions(&versions))
+                            .run_write(guard.backend().remove_versions(&versions))
                             .await?;
                     }
                     Ok::<(), Error>(())

@@ -18,6 +18,7 @@ mod builder;
 #[cfg(feature = "cluster")]
 mod cluster;
 mod conn;
+mod runner;
 mod scripts;
 mod steps;
 mod subscriber;
@@ -128,8 +129,8 @@ impl RedisBackend {
     }
 
     /// A [`Backplane`](crate::backend::Backplane) on this Redis: pub/sub on
-    /// `channel`, published through this backend's connection, heard on a
-    /// connection of its own.
+    /// `channel`, published and heard on connections of its own, on a
+    /// thread of its own (see [`RedisBackplane`]).
     ///
     /// # Errors
     /// `Config` for a backend built from a bare connection manager: it has no
@@ -141,10 +142,10 @@ impl RedisBackend {
             ));
         };
         Ok(RedisBackplane::new(
-            self.conn.clone(),
             clients,
             connect_timeout,
             channel.into(),
+            self.conn.is_cluster(),
         ))
     }
 

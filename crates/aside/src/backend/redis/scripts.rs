@@ -115,6 +115,18 @@ pub(super) static RELEASE: LazyLock<Script> = script!("release.lua");
 /// Leases extended while their loads run. See `lua/renew.lua`.
 pub(super) static RENEW: LazyLock<Script> = script!("renew.lua");
 
+/// A backplane's registry of instances: a registration or a renewal. See
+/// `lua/member_renew.lua`.
+pub(super) static MEMBER_RENEW: LazyLock<Script> = script!("member_renew.lua");
+
+/// A backplane's registry of instances: the live ones. See
+/// `lua/member_live.lua`.
+pub(super) static MEMBER_LIVE: LazyLock<Script> = script!("member_live.lua");
+
+/// A backplane's registry of instances: one revoked. See
+/// `lua/member_revoke.lua`.
+pub(super) static MEMBER_REVOKE: LazyLock<Script> = script!("member_revoke.lua");
+
 /// Redis Cluster: version counters of one slot read or created. See
 /// `lua/tokens.lua`.
 #[cfg(feature = "cluster")]

@@ -17,11 +17,12 @@
 //! is forwarded to every node, so one subscription on any node hears all,
 //! and when that node goes away the next attempt goes to another.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 
+use super::runner::Runner;
 use crate::backend::BackplaneListener as Listener;
 
 /// How often the subscription's liveness is checked.
@@ -33,6 +34,8 @@ const PING_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub(crate) struct Subscription {
     task: tokio::task::AbortHandle,
+    /// The thread it runs on, if not the caller's runtime.
+    _runner: Option<Arc<Runner>>,
 }
 
 impl Drop for Subscription {
@@ -50,31 +53,61 @@ impl Subscription {
         channel: String,
         listener: Weak<dyn Listener>,
     ) -> Self {
-        let task =
-            crate::task::spawn(run(clients, connect_timeout, channel, listener)).abort_handle();
-        Subscription { task }
+        let task = crate::task::spawn(run(clients, connect_timeout, vec![channel], None, listener))
+            .abort_handle();
+        Subscription {
+            task,
+            _runner: None,
+        }
+    }
+
+    /// As [`start`](Self::start), on `runner`'s thread, with a heartbeat
+    /// every `heartbeat` (see `run`).
+    pub fn start_on(
+        runner: &Arc<Runner>,
+        clients: Vec<redis::Client>,
+        connect_timeout: Duration,
+        channels: Vec<String>,
+        heartbeat: Option<Duration>,
+        listener: Weak<dyn Listener>,
+    ) -> Self {
+        let task = runner
+            .spawn(run(clients, connect_timeout, channels, heartbeat, listener))
+            .abort_handle();
+        Subscription {
+            task,
+            _runner: Some(Arc::clone(runner)),
+        }
     }
 }
 
+/// The subscription's loop. With a `heartbeat`, it PINGs that often (else
+/// every [`PING_EVERY`]), and after each answer, once it has handed on
+/// every message that arrived before it, tells the listener it is caught
+/// up as of the moment the PING was sent: Redis answers a PING after what
+/// it published to this connection before it, so everything accepted
+/// before that moment has been delivered.
 async fn run(
     clients: Vec<redis::Client>,
     connect_timeout: Duration,
-    channel: String,
+    channels: Vec<String>,
+    heartbeat: Option<Duration>,
     listener: Weak<dyn Listener>,
 ) {
+    let channel = channels.first().cloned().unwrap_or_default();
     let mut pause = Duration::from_millis(50);
     for attempt in 0usize.. {
         let Some(client) = clients.get(attempt % clients.len().max(1)) else {
             return;
         };
-        match subscribe(client, connect_timeout, &channel).await {
+        match subscribe(client, connect_timeout, &channels).await {
             Ok(pubsub) => {
                 pause = Duration::from_millis(50);
                 let Some(l) = listener.upgrade() else { return };
                 l.connected();
                 drop(l);
                 let (mut sink, mut messages) = pubsub.split();
-                let mut ping = tokio::time::interval(PING_EVERY);
+                let mut ping = tokio::time::interval(heartbeat.unwrap_or(PING_EVERY));
                 ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
@@ -84,10 +117,31 @@ async fn run(
                             l.message(msg.get_payload_bytes());
                         }
                         _ = ping.tick() => {
+                            let sent_at = crate::clock::boot_ns();
                             let pong = tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await;
                             if !matches!(pong, Ok(Ok(_))) {
                                 tracing::debug!(%channel, "aside: subscription stopped answering PING");
                                 break;
+                            }
+                            let Some(l) = listener.upgrade() else { return };
+                            // The messages that came before the answer are
+                            // queued already: hand them on first.
+                            let mut closed = false;
+                            loop {
+                                match messages.next().now_or_never() {
+                                    Some(Some(msg)) => l.message(msg.get_payload_bytes()),
+                                    Some(None) => {
+                                        closed = true;
+                                        break;
+                                    }
+                                    None => break,
+                                }
+                            }
+                            if closed {
+                                break;
+                            }
+                            if heartbeat.is_some() {
+                                l.caught_up(sent_at);
                             }
                         }
                     }
@@ -109,11 +163,11 @@ async fn run(
 async fn subscribe(
     client: &redis::Client,
     connect_timeout: Duration,
-    channel: &str,
+    channels: &[String],
 ) -> Result<redis::aio::PubSub, redis::RedisError> {
     let connect = async {
         let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await?;
+        pubsub.subscribe(channels).await?;
         Ok(pubsub)
     };
     match tokio::time::timeout(connect_timeout.max(Duration::from_millis(100)), connect).await {

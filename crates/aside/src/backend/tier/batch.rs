@@ -153,8 +153,7 @@ impl TieredBackend {
             t.l2.set(&SetRequest::new(&entries, &versions)).await?;
             let keys: Vec<String> = entries.into_iter().map(|e| e.key).collect();
             t.l1.evict(&keys);
-            t.publish(Op::Keys, &keys);
-            Ok(())
+            t.publish(Op::Keys, &keys).await
         })
         .await
     }

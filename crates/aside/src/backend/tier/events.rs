@@ -33,6 +33,9 @@ pub(super) enum Op {
     Keys,
     Versions,
     Clear,
+    /// Strict invalidation: the sender applied the recipient's messages up
+    /// to `seq` (sent to the recipient alone).
+    Ack,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,6 +15,15 @@
 //!   the epoch it was put in, and a copy of an older epoch is a miss. O(1),
 //!   however many entries there are. While the subscription is down the
 //!   level is not *trusted* at all: reads go to L2 and nothing is copied.
+//! - **A late subscription.** A message on its way (a busy machine, a slow
+//!   or half-open connection) has not evicted anything yet. With a bound
+//!   (`max_staleness`), the level serves copies only while the backplane's
+//!   last heartbeat proves it had applied everything published less than
+//!   the bound ago: the heartbeat's time plus the bound is kept in one
+//!   atomic (`fresh_until`, on the clock's `boot_ns`), and every hit
+//!   compares it with one clock reading. Past it, reads go to L2 (copies
+//!   are still put: they are L2's current answer, and the messages that
+//!   arrive later evict them) until a heartbeat comes back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -68,11 +77,25 @@ pub(super) struct L1 {
     trusted: AtomicBool,
     next: AtomicU64,
     max_age: Duration,
+    /// With a staleness bound: copies are served only while the clock's
+    /// `boot_ns` is below `fresh_until` (the last heartbeat plus the bound).
+    bound: Option<u64>,
+    fresh_until: AtomicU64,
+    /// With strict invalidation: copies are served only while `boot_ns` is
+    /// below the local lease deadline (`u64::MAX` without).
+    lease_until: AtomicU64,
     clock: Arc<dyn Clock>,
 }
 
 impl L1 {
-    pub fn new(max_entries: u64, trusted: bool, max_age: Duration, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        max_entries: u64,
+        trusted: bool,
+        max_age: Duration,
+        bound: Option<Duration>,
+        leased: bool,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let evictions = Arc::new(AtomicU64::new(0));
         L1 {
             entries: moka::sync::Cache::builder()
@@ -96,6 +119,9 @@ impl L1 {
             trusted: AtomicBool::new(trusted),
             next: AtomicU64::new(1),
             max_age,
+            bound: bound.map(|b| u64::try_from(b.as_nanos()).unwrap_or(u64::MAX)),
+            fresh_until: AtomicU64::new(0),
+            lease_until: AtomicU64::new(if leased { 0 } else { u64::MAX }),
             clock,
         }
     }
@@ -108,6 +134,36 @@ impl L1 {
         self.trusted.load(Ordering::Acquire)
     }
 
+    /// Whether copies may be served now: trusted, and within the bound of
+    /// the last heartbeat (one atomic load and one clock reading).
+    fn serves(&self) -> bool {
+        if !self.is_trusted() {
+            return false;
+        }
+        if self.bound.is_none() && self.lease_until.load(Ordering::Relaxed) == u64::MAX {
+            return true;
+        }
+        let now = self.clock.boot_ns();
+        (self.bound.is_none() || now < self.fresh_until.load(Ordering::Acquire))
+            && now < self.lease_until.load(Ordering::Acquire)
+    }
+
+    /// Strict invalidation: copies may be served until `until` (`boot_ns`);
+    /// 0 stops them at once.
+    pub fn set_lease_until(&self, until: u64) {
+        self.lease_until.store(until, Ordering::Release);
+    }
+
+    /// The backplane proved it had delivered everything published before
+    /// `as_of` (`boot_ns`): copies may be served until `as_of` plus the
+    /// bound.
+    pub fn caught_up(&self, as_of: u64) {
+        if let Some(bound) = self.bound {
+            self.fresh_until
+                .fetch_max(as_of.saturating_add(bound), Ordering::AcqRel);
+        }
+    }
+
     pub fn set_trusted(&self, trusted: bool) {
         self.trusted.store(trusted, Ordering::Release);
     }
@@ -118,7 +174,7 @@ impl L1 {
     }
 
     pub fn get(&self, key: &str) -> Option<Stored> {
-        if !self.is_trusted() {
+        if !self.serves() {
             return None;
         }
         let epoch = self.epoch();
@@ -130,7 +186,7 @@ impl L1 {
 
     /// The copied tokens of all of `keys`, or `None` if any is missing.
     pub fn versions(&self, keys: &[String]) -> Option<Vec<u64>> {
-        if !self.is_trusted() {
+        if !self.serves() {
             return None;
         }
         let epoch = self.epoch();
@@ -274,6 +330,8 @@ mod tests {
             100,
             true,
             Duration::from_secs(60),
+            None,
+            false,
             Arc::new(crate::clock::SystemClock),
         );
         let g = l1.guard("k");
@@ -291,6 +349,8 @@ mod tests {
             100,
             true,
             Duration::from_secs(60),
+            None,
+            false,
             Arc::new(crate::clock::SystemClock),
         );
         let g = l1.guard("k");
@@ -318,6 +378,8 @@ mod tests {
             100,
             true,
             Duration::from_secs(60),
+            None,
+            false,
             Arc::new(crate::clock::SystemClock),
         );
         let g = l1.guard("short");
@@ -328,5 +390,35 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert!(l1.get("short").is_none(), "outlived its entry");
         assert!(l1.get("long").is_some());
+    }
+
+    #[test]
+    fn with_a_bound_copies_are_served_only_within_it_of_the_last_heartbeat() {
+        let clock = Arc::new(crate::clock::ManualClock::new(1_000));
+        let bound = Duration::from_millis(100);
+        let l1 = L1::new(
+            100,
+            true,
+            Duration::from_secs(60),
+            Some(bound),
+            false,
+            clock.clone(),
+        );
+        let g = l1.guard("k");
+        l1.put("k", g, stored(), Duration::from_secs(10));
+        assert!(l1.get("k").is_none(), "no heartbeat yet");
+        l1.caught_up(clock.boot_ns());
+        assert!(l1.get("k").is_some());
+        clock.advance(Duration::from_millis(99));
+        assert!(l1.get("k").is_some(), "99 ms after the heartbeat");
+        clock.advance(Duration::from_millis(1));
+        assert!(l1.get("k").is_none(), "100 ms after it: bypassed");
+        // An older heartbeat arriving late does not move the bound back.
+        l1.caught_up(clock.boot_ns() - 50_000_000);
+        assert!(l1.get("k").is_some());
+        l1.caught_up(0);
+        assert!(l1.get("k").is_some());
+        clock.advance(Duration::from_millis(50));
+        assert!(l1.get("k").is_none());
     }
 }

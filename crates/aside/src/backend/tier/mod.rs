@@ -27,13 +27,10 @@
 //! - **Other services** can publish the same messages (without `src`):
 //!   instances apply them to L2 as well as to their copies.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-
-use tokio::sync::mpsc;
 
 use super::{
     AcquireRequest, Acquired, Backend, Backplane, BackplaneListener, BackplaneSubscription,
@@ -45,9 +42,60 @@ use crate::error::{BackendError, Error};
 mod batch;
 mod events;
 mod l1;
+mod link;
+mod strict;
+
+use strict::Membered;
+pub use strict::Strict;
 
 use events::{Message, Op};
 use l1::L1;
+use link::Link;
+
+/// The default of [`TieredBackendBuilder::max_staleness`].
+const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(100);
+
+/// Strict invalidation needs heartbeats (renewals follow them) and a
+/// registry of instances, and leases longer than their margin.
+fn check_strict(backplane: Option<&dyn Backplane>, strict: &Strict) -> Result<(), Error> {
+    let Some(backplane) = backplane else {
+        return Err(Error::config(
+            "strict invalidation needs a backplane (there are no other instances to wait for \
+             without one)",
+        ));
+    };
+    if backplane.heartbeat().is_none() || backplane.members().is_none() {
+        return Err(Error::config(
+            "strict invalidation needs a backplane with heartbeats and a registry of instances \
+             (the Redis backplane on one Redis; a Redis Cluster backplane has neither)",
+        ));
+    }
+    if strict.member_lease <= strict.drift_margin.saturating_mul(2) || strict.ack_timeout.is_zero()
+    {
+        return Err(Error::config(
+            "strict invalidation needs a member_lease over twice its drift_margin and an \
+             ack_timeout over zero",
+        ));
+    }
+    Ok(())
+}
+
+/// A bound on staleness needs heartbeats at most half as far apart.
+fn check_heartbeat(heartbeat: Option<Duration>, bound: Duration) -> Result<(), Error> {
+    match heartbeat {
+        Some(h) if h.saturating_mul(2) <= bound => Ok(()),
+        Some(h) => Err(Error::config(format!(
+            "max_staleness {bound:?} needs a backplane heartbeat of at most half of it; \
+             this one beats every {h:?} (RedisBackplane::heartbeat sets it)"
+        ))),
+        None => Err(Error::config(
+            "max_staleness needs a backplane with heartbeats, which this one has not (a Redis \
+             Cluster backplane has none: its messages reach other nodes over the cluster bus, \
+             in no order against a heartbeat); build with max_staleness(None) to bound copies \
+             by max_l1_age and the backplane's delivery only",
+        )),
+    }
+}
 
 /// A two-level backend: [`MemoryBackend`](super::MemoryBackend)-like copies
 /// in process, in front of any backend (Redis), with an optional
@@ -78,14 +126,16 @@ struct Tier {
     l1: L1,
     l2: Arc<dyn Backend>,
     max_l1_age: Duration,
-    backplane: Option<Arc<dyn Backplane>>,
     /// This instance's name on the backplane.
     id: String,
-    /// Messages go out in number order through one task (see `publisher`).
-    outbox: Option<mpsc::UnboundedSender<Message>>,
+    /// Where messages go out, and the number of the last one: numbered and
+    /// queued under this lock, so that they leave in number order.
+    outbox: Option<(Arc<dyn Backplane>, Mutex<u64>)>,
     /// Keeps the subscription (and its listener) alive.
     link: Mutex<Option<(Arc<Link>, BackplaneSubscription)>>,
     stats: Arc<Counters>,
+    /// Strict invalidation's state, when on.
+    membered: Option<Membered>,
     /// The time copies are judged by: an entry's expiry is on the writing
     /// cache's clock, so give this the cache's clock when it is not the
     /// system's.
@@ -101,6 +151,8 @@ struct Counters {
     received: AtomicU64,
     foreign: AtomicU64,
     gaps: AtomicU64,
+    revocations: AtomicU64,
+    clock_drifts: AtomicU64,
 }
 
 /// A snapshot of a [`TieredBackend`]'s counters.
@@ -125,6 +177,12 @@ pub struct TieredStats {
     pub l1_entries: u64,
     /// In-process copies removed to stay within `l1_max_entries`.
     pub l1_evictions: u64,
+    /// Strict invalidation: instances this one revoked because they did
+    /// not acknowledge its write in time.
+    pub revocations: u64,
+    /// Strict invalidation: renewals at which this machine's clock and
+    /// Redis's disagreed beyond the drift margin (copies stopped).
+    pub clock_drifts: u64,
 }
 
 impl fmt::Debug for TieredBackend {
@@ -132,7 +190,7 @@ impl fmt::Debug for TieredBackend {
         f.debug_struct("TieredBackend")
             .field("l2", &self.inner.l2)
             .field("max_l1_age", &self.inner.max_l1_age)
-            .field("backplane", &self.inner.backplane)
+            .field("backplane", &self.inner.outbox.as_ref().map(|(b, _)| b))
             .finish_non_exhaustive()
     }
 }
@@ -144,6 +202,8 @@ pub struct TieredBackendBuilder {
     l1_max_entries: u64,
     max_l1_age: Duration,
     backplane: Option<Arc<dyn Backplane>>,
+    max_staleness: Option<Duration>,
+    strict: Option<Strict>,
     clock: Arc<dyn Clock>,
 }
 
@@ -152,6 +212,8 @@ impl fmt::Debug for TieredBackendBuilder {
         f.debug_struct("TieredBackendBuilder")
             .field("l1_max_entries", &self.l1_max_entries)
             .field("max_l1_age", &self.max_l1_age)
+            .field("max_staleness", &self.max_staleness)
+            .field("strict", &self.strict)
             .finish_non_exhaustive()
     }
 }
@@ -175,6 +237,40 @@ impl TieredBackendBuilder {
     /// one, copies are only bounded by `max_l1_age`.
     pub fn backplane(mut self, backplane: impl Backplane + 'static) -> Self {
         self.backplane = Some(Arc::new(backplane));
+        self
+    }
+
+    /// How far behind the other instances' invalidations this instance's
+    /// copies may be (default 100 ms; `None`: no bound but the backplane's
+    /// delivery and [`max_l1_age`](Self::max_l1_age)), with a backplane.
+    ///
+    /// A copy is served only while the subscription has proven, less than
+    /// `max_staleness` ago, that it had delivered (and this instance
+    /// applied) every message published until then: the backplane's
+    /// heartbeats pass through Redis on the subscription's own connection,
+    /// so they queue behind the messages (see
+    /// [`Backplane::heartbeat`]). Past it, reads go to L2 until the
+    /// subscription catches up. So no read that begins more than
+    /// `max_staleness` after another instance's invalidation returned
+    /// `Applied` returns what it removed, however busy this process's
+    /// runtime or this machine is, and whether or not the subscription is
+    /// half-open. The backplane must have a heartbeat of at most half of
+    /// it; a Redis Cluster backplane has none (build with `None` there).
+    pub fn max_staleness(mut self, bound: Option<Duration>) -> Self {
+        self.max_staleness = bound;
+        self
+    }
+
+    /// Strict invalidation (off by default): `invalidate`, its batch, tag
+    /// and namespace forms and `set` return only once every live instance
+    /// has dropped its copies of what they changed, or can no longer serve
+    /// them (see [`Strict`] for how, and for its settings). Needs a
+    /// backplane with heartbeats and a registry of instances (the Redis
+    /// backplane on one Redis). A write that cannot be confirmed (Redis
+    /// unreachable) is not reported applied: the cache queues and retries
+    /// it. Every instance sharing the backplane must use the same settings.
+    pub fn strict(mut self, strict: Strict) -> Self {
+        self.strict = Some(strict);
         self
     }
 
@@ -208,40 +304,40 @@ impl TieredBackendBuilder {
         // Without a backplane there is nothing to wait for; with one, copies
         // are trusted only once the subscription is live.
         let trusted = self.backplane.is_none();
-        let stats = Arc::new(Counters::default());
-        let outbox = self.backplane.as_ref().map(|backplane| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            crate::task::spawn(publisher(
-                Arc::clone(backplane),
-                rx,
-                Arc::clone(&stats),
-                self.max_l1_age,
-            ));
-            tx
-        });
+        // With a backplane, copies are served only while the subscription
+        // proves it is at most `max_staleness` behind (see `l1`).
+        let bound = match (&self.backplane, self.max_staleness) {
+            (Some(backplane), Some(bound)) => {
+                check_heartbeat(backplane.heartbeat(), bound)?;
+                Some(bound)
+            }
+            _ => None,
+        };
+        if let Some(strict) = &self.strict {
+            check_strict(self.backplane.as_deref(), strict)?;
+        }
         let inner = Arc::new(Tier {
             l1: L1::new(
                 self.l1_max_entries,
                 trusted,
                 self.max_l1_age,
+                bound,
+                self.strict.is_some(),
                 Arc::clone(&self.clock),
             ),
             l2: self.l2,
             max_l1_age: self.max_l1_age,
-            backplane: self.backplane,
             id: format!("{:016x}", rand::random::<u64>()),
-            outbox,
+            outbox: self.backplane.map(|b| (b, Mutex::new(0))),
             link: Mutex::new(None),
-            stats,
+            stats: Arc::new(Counters::default()),
+            membered: self.strict.map(Membered::new),
             clock: self.clock,
         });
-        if let Some(backplane) = &inner.backplane {
-            let link = Arc::new(Link {
-                tier: Arc::downgrade(&inner),
-                sources: Mutex::new(HashMap::new()),
-            });
+        if let Some((backplane, _)) = &inner.outbox {
+            let link = Arc::new(Link::new(Arc::downgrade(&inner)));
             let listener: Arc<dyn BackplaneListener> = link.clone();
-            let subscription = backplane.subscribe(Arc::downgrade(&listener));
+            let subscription = backplane.subscribe(&inner.id, Arc::downgrade(&listener));
             *inner.link.lock().unwrap_or_else(PoisonError::into_inner) = Some((link, subscription));
         }
         Ok(TieredBackend { inner })
@@ -256,6 +352,8 @@ impl TieredBackend {
             l1_max_entries: 10_000,
             max_l1_age: Duration::from_secs(10),
             backplane: None,
+            max_staleness: Some(DEFAULT_MAX_STALENESS),
+            strict: None,
             clock: Arc::new(SystemClock),
         }
     }
@@ -274,6 +372,8 @@ impl TieredBackend {
             gaps: get(&c.gaps),
             l1_entries: self.inner.l1.len(),
             l1_evictions: self.inner.l1.evictions(),
+            revocations: get(&c.revocations),
+            clock_drifts: get(&c.clock_drifts),
         }
     }
 }
@@ -294,24 +394,40 @@ impl Tier {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Tells the other instances: queued for the one task that numbers and
-    /// sends messages in order, retrying a failed send (see `publisher`).
-    fn publish(&self, op: Op, keys: &[String]) {
-        let Some(outbox) = &self.outbox else {
-            return;
+    /// Tells the other instances, and waits until the backplane accepted
+    /// the message: a write reports `Applied` only once every instance
+    /// subscribed can hear of it. Numbered and queued under one lock, so
+    /// messages leave in number order and receivers never mistake a
+    /// reordering for a loss; a message that could not be sent leaves a
+    /// jump in the numbers, which the receivers treat as a gap, and fails
+    /// the write (the cache retries it).
+    async fn publish(&self, op: Op, keys: &[String]) -> Result<(), BackendError> {
+        let Some((backplane, last)) = &self.outbox else {
+            return Ok(());
         };
-        // Numbered by the publisher, in the order it takes them: numbering
-        // here could hand two racing callers numbers in the other order.
-        let message = Message {
-            v: events::VERSION,
-            src: Some(self.id.clone()),
-            seq: 0,
-            op,
-            keys: keys.to_vec(),
+        let (seq, sending) = {
+            let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
+            *last += 1;
+            let message = Message {
+                v: events::VERSION,
+                src: Some(self.id.clone()),
+                seq: *last,
+                op,
+                keys: keys.to_vec(),
+            };
+            (*last, backplane.publish(message.encode()))
         };
-        // Fails only once the publisher is gone, i.e. the backend is being
-        // dropped: nobody is left to tell.
-        let _ = outbox.send(message);
+        match sending.await {
+            Ok(()) => {
+                self.count(&self.stats.published);
+                self.confirm(seq).await
+            }
+            Err(e) => {
+                self.count(&self.stats.publish_errors);
+                tracing::warn!(error = %e, "aside: an invalidation message was not sent; the write is retried");
+                Err(e)
+            }
+        }
     }
 
     fn gap(&self) {
@@ -322,144 +438,6 @@ impl Tier {
     /// An entry read from L2, with the TTL its copy may live.
     fn read_copy(&self, stored: Option<&Stored>) -> Option<(Stored, Duration)> {
         stored.map(|s| (s.clone(), self.l1_ttl(s)))
-    }
-}
-
-/// Sends messages in their number order, so receivers never mistake a
-/// reordering for a loss. A failed send is retried with backoff for up to
-/// `give_up_after` (the longest any copy lives: after that, no copy the
-/// message was meant to evict can exist); a message given up on is a jump in
-/// our numbers, which receivers treat as a gap. Ends when the backend is
-/// dropped (the sender with it).
-async fn publisher(
-    backplane: Arc<dyn Backplane>,
-    mut outbox: mpsc::UnboundedReceiver<Message>,
-    stats: Arc<Counters>,
-    give_up_after: Duration,
-) {
-    let mut seq = 0u64;
-    while let Some(mut message) = outbox.recv().await {
-        seq += 1;
-        message.seq = seq;
-        let bytes = message.encode();
-        let started = tokio::time::Instant::now();
-        let mut pause = Duration::from_millis(10);
-        loop {
-            match backplane.publish(&bytes).await {
-                Ok(()) => {
-                    stats.published.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-                Err(e) => {
-                    stats.publish_errors.fetch_add(1, Ordering::Relaxed);
-                    if started.elapsed() >= give_up_after {
-                        tracing::warn!(error = %e, "aside: gave up publishing an invalidation; receivers will see a gap");
-                        break;
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-            }
-        }
-    }
-}
-
-/// The backplane's listener: applies what other instances and services say.
-struct Link {
-    tier: Weak<Tier>,
-    /// The last message number heard from each instance.
-    sources: Mutex<HashMap<String, u64>>,
-}
-
-/// Instances remembered at most; past it the map starts over (a gap, since a
-/// jump could no longer be seen).
-const MAX_SOURCES: usize = 10_000;
-
-impl BackplaneListener for Link {
-    fn connected(&self) {
-        if let Some(tier) = self.tier.upgrade() {
-            // Whatever was published while we were away is lost.
-            tier.gap();
-            tier.l1.set_trusted(true);
-        }
-    }
-
-    fn disconnected(&self) {
-        if let Some(tier) = self.tier.upgrade() {
-            tier.l1.set_trusted(false);
-            tier.gap();
-        }
-    }
-
-    fn message(&self, payload: &[u8]) {
-        let Some(tier) = self.tier.upgrade() else {
-            return;
-        };
-        let Some(message) = Message::decode(payload) else {
-            tracing::warn!(
-                "aside: a backplane message was not understood; dropping in-process copies"
-            );
-            tier.gap();
-            return;
-        };
-        match &message.src {
-            Some(src) if *src == tier.id => return,
-            Some(src) => {
-                let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
-                if sources.len() >= MAX_SOURCES && !sources.contains_key(src) {
-                    sources.clear();
-                    tier.gap();
-                }
-                let last = sources.insert(src.clone(), message.seq);
-                // The first message heard from an instance must be its first
-                // (or we may have missed some before it), later ones must
-                // follow on.
-                let expected = last.map_or(1, |l| l.wrapping_add(1));
-                if message.seq != expected {
-                    tracing::debug!(source = %src, "aside: backplane messages were lost");
-                    tier.gap();
-                }
-            }
-            None => {}
-        }
-        tier.count(&tier.stats.received);
-        match message.op {
-            Op::Keys => tier.l1.evict(&message.keys),
-            Op::Versions => tier.l1.evict_versions(&message.keys),
-            Op::Clear => tier.gap(),
-        }
-        if message.src.is_none() && message.op != Op::Clear {
-            // From another service: nobody else applies it to L2.
-            tier.count(&tier.stats.foreign);
-            let tier = Arc::clone(&tier);
-            crate::task::spawn(async move {
-                // Retried like our own messages: for as long as a copy lives.
-                let started = tokio::time::Instant::now();
-                let mut pause = Duration::from_millis(10);
-                loop {
-                    let applied = match message.op {
-                        Op::Versions => tier.l2.remove_versions(&message.keys).await,
-                        _ => tier.l2.invalidate(&message.keys).await,
-                    };
-                    // Copies put while it ran were read before it landed.
-                    match message.op {
-                        Op::Versions => tier.l1.evict_versions(&message.keys),
-                        _ => tier.l1.evict(&message.keys),
-                    }
-                    match applied {
-                        Ok(()) => break,
-                        Err(e) if started.elapsed() >= tier.max_l1_age => {
-                            tracing::warn!(error = %e, "aside: could not apply another service's invalidation");
-                            break;
-                        }
-                        Err(_) => {
-                            tokio::time::sleep(pause).await;
-                            pause = (pause * 2).min(Duration::from_secs(1));
-                        }
-                    }
-                }
-            });
-        }
     }
 }
 
@@ -485,6 +463,11 @@ impl Backend for TieredBackend {
             remote: self.inner.l2.profile().remote,
             shares_stored: true,
             exact_expiry: false,
+            write_grace: self
+                .inner
+                .membered
+                .as_ref()
+                .map_or(Duration::ZERO, |m| m.settings.longest_write()),
         }
     }
 
@@ -517,8 +500,7 @@ impl Backend for TieredBackend {
             // guard gone (see `l1`).
             t.l2.invalidate(&keys).await?;
             t.l1.evict(&keys);
-            t.publish(Op::Keys, &keys);
-            Ok(())
+            t.publish(Op::Keys, &keys).await
         })
         .await
     }
@@ -528,8 +510,7 @@ impl Backend for TieredBackend {
         to_the_end(async move {
             t.l2.remove_versions(&versions).await?;
             t.l1.evict_versions(&versions);
-            t.publish(Op::Versions, &versions);
-            Ok(())
+            t.publish(Op::Versions, &versions).await
         })
         .await
     }

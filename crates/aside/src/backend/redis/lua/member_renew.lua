@@ -1,0 +1,24 @@
+-- MEMBER RENEW: registers or renews an instance of a backplane.
+-- KEYS: the registry, a sorted set: instance -> lease end (Redis ms), and
+-- '~born' -> minus the registry's birth (Redis ms). One key, so that an
+-- eviction or a lost write takes the registry and its birth together.
+-- ARGV: instance, lease ms, register (1/0), keep ms (how long the registry
+-- outlives its last renewal).
+-- Returns Redis's time (ms), or 0 for a renewal of an instance no longer
+-- registered (it was revoked, or the registry was lost and is new).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if not redis.call('ZSCORE', KEYS[1], '~born') then
+    -- A registry without its birth is new: writers wait one lease before
+    -- they trust it (see MEMBER LIVE).
+    redis.call('DEL', KEYS[1])
+    redis.call('ZADD', KEYS[1], -now, '~born')
+end
+-- Leases are positive scores, the birth a negative one.
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, now)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if ARGV[3] ~= '1' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+    return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return now
