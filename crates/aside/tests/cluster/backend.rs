@@ -260,8 +260,18 @@ async fn tiered_over_the_cluster_conforms() {
     let cluster = cluster(0);
     let l2 = backend(&cluster);
     let backplane = l2.backplane("aside:events").expect("a client");
+    // A cluster backplane has no heartbeats (its messages reach the other
+    // nodes over the cluster bus): no staleness bound on it.
+    let refused = TieredBackend::builder(l2.clone())
+        .backplane(backplane.clone())
+        .build();
+    assert!(
+        refused.as_ref().is_err_and(aside::Error::is_config),
+        "a bound needs heartbeats: {refused:?}"
+    );
     let tiered = TieredBackend::builder(l2)
         .backplane(backplane)
+        .max_staleness(None)
         .build()
         .expect("a tiered backend");
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -17,18 +17,22 @@ fn snapshot(backend: &TieredBackend) -> Report {
 pub async fn work(config: WorkerConfig) -> WorkerResult {
     let run = config.run.clone();
     let conn = connect(&config.data_url).await;
-    let (cache, backend) = build(
+    let (cache, backend) = build_with(
         &run,
         &config.data_url,
         config.events_url.as_deref(),
         Duration::from_millis(config.max_l1_age_ms),
+        config.strict.then(Strict::new),
+        config.unbounded,
     );
     if config.events_url.is_some() {
         until_live(&backend).await;
     }
     // Every key into L1, until one pass is all L1 hits (a fill can lose to
-    // another process's load of the same key; the next read copies it).
+    // another process's load of the same key; the next read copies it;
+    // strict: copies are served once this instance has registered).
     let mut passes = 0;
+    let warm_until = Instant::now() + Duration::from_secs(5);
     loop {
         let hits = backend.stats().l1_hits;
         for i in 0..KEYS {
@@ -38,15 +42,58 @@ pub async fn work(config: WorkerConfig) -> WorkerResult {
             break;
         }
         passes += 1;
+        if config.strict {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert!(
-            passes < 20,
+            passes < 20 || (config.strict && Instant::now() < warm_until),
             "the keys do not stay in L1: {:?}",
             backend.stats()
         );
     }
 
     let stopping = Arc::new(AtomicBool::new(false));
-    let reporter = {
+    let hogs: Vec<_> = (0..config.hog_threads)
+        .map(|_| {
+            let stopping = stopping.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stopping.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    // Greedy readers keep the runtime's workers: the stop and the stats go
+    // through a thread of their own, on a blocking connection.
+    let watcher = config.greedy.then(|| {
+        let (backend, run, stopping, name, url) = (
+            backend.clone(),
+            run.clone(),
+            stopping.clone(),
+            config.name.clone(),
+            config.data_url.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+            while !stopping.load(Ordering::Relaxed) {
+                let json = serde_json::to_string(&snapshot(&backend)).unwrap();
+                let (_, stop): ((), Option<String>) = redis::pipe()
+                    .cmd("SET")
+                    .arg(run.stats(&name))
+                    .arg(json)
+                    .cmd("GET")
+                    .arg(run.stop())
+                    .query(&mut conn)
+                    .unwrap();
+                if stop.is_some() {
+                    stopping.store(true, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    });
+    let reporter = (!config.greedy).then(|| {
         let (backend, run, stopping, name) = (
             backend.clone(),
             run.clone(),
@@ -72,7 +119,7 @@ pub async fn work(config: WorkerConfig) -> WorkerResult {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
-    };
+    });
     let mut c = conn.clone();
     let _: () = redis::cmd("SET")
         .arg(run.ready(&config.name))
@@ -82,6 +129,7 @@ pub async fn work(config: WorkerConfig) -> WorkerResult {
         .unwrap();
 
     let mut readers = JoinSet::new();
+    let greedy = config.greedy;
     for _ in 0..READERS {
         let (cache, conn, run, stopping) =
             (cache.clone(), conn.clone(), run.clone(), stopping.clone());
@@ -114,7 +162,9 @@ pub async fn work(config: WorkerConfig) -> WorkerResult {
                         }
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                if !greedy {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
             }
             (reads, read_ns, max_read_ns, runs)
         });
@@ -134,7 +184,15 @@ pub async fn work(config: WorkerConfig) -> WorkerResult {
         result.max_read_ns = result.max_read_ns.max(max_read_ns);
         result.runs.extend(runs);
     }
-    reporter.await.unwrap();
+    if let Some(reporter) = reporter {
+        reporter.await.unwrap();
+    }
+    if let Some(watcher) = watcher {
+        watcher.join().unwrap();
+    }
+    for hog in hogs {
+        hog.join().unwrap();
+    }
     result.stats = snapshot(&backend);
     result
 }

@@ -95,6 +95,11 @@ impl Writer {
 
 /// Starts a child; the handle yields its result once it has exited.
 pub fn spawn_worker(config: WorkerConfig) -> tokio::task::JoinHandle<WorkerResult> {
+    spawn_worker_pid(config).1
+}
+
+/// [`spawn_worker`], with the child's process id (to stop or kill it).
+pub fn spawn_worker_pid(config: WorkerConfig) -> (u32, tokio::task::JoinHandle<WorkerResult>) {
     let exe = std::env::current_exe().expect("the test binary's path");
     let name = config.name.clone();
     let child = tokio::process::Command::new(&exe)
@@ -112,7 +117,8 @@ pub fn spawn_worker(config: WorkerConfig) -> tokio::task::JoinHandle<WorkerResul
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("could not start worker {name} ({exe:?}): {e}"));
-    tokio::spawn(async move {
+    let pid = child.id().expect("a running child has an id");
+    let handle = tokio::spawn(async move {
         let out = tokio::time::timeout(WORKER_LIMIT, child.wait_with_output())
             .await
             .unwrap_or_else(|_| {
@@ -137,7 +143,8 @@ pub fn spawn_worker(config: WorkerConfig) -> tokio::task::JoinHandle<WorkerResul
                 String::from_utf8_lossy(&out.stderr)
             ),
         }
-    })
+    });
+    (pid, handle)
 }
 
 pub fn tail(s: &str) -> &str {

@@ -67,6 +67,21 @@ pub struct WorkerConfig {
     /// backplane (the control).
     pub events_url: Option<String>,
     pub max_l1_age_ms: u64,
+    /// Readers that never yield while their reads are L1 hits (a loop over
+    /// cached items, as CPU-bound code does), with the stop and the stats
+    /// on a thread of their own (the runtime is theirs).
+    #[serde(default)]
+    pub greedy: bool,
+    /// Threads that spin for the whole run: a loaded machine.
+    #[serde(default)]
+    pub hog_threads: usize,
+    /// Strict invalidation (the defaults of [`Strict`]).
+    #[serde(default)]
+    pub strict: bool,
+    /// No `max_staleness` (so that only strict invalidation guards the
+    /// copies).
+    #[serde(default)]
+    pub unbounded: bool,
 }
 
 /// A child's counters at one instant (`at`: wall-clock ns).
@@ -119,9 +134,27 @@ pub fn build(
     events_url: Option<&str>,
     max_l1_age: Duration,
 ) -> (Cache, TieredBackend) {
+    build_with(run, data_url, events_url, max_l1_age, None, false)
+}
+
+/// [`build`], with strict invalidation when given its settings.
+pub fn build_with(
+    run: &Run,
+    data_url: &str,
+    events_url: Option<&str>,
+    max_l1_age: Duration,
+    strict: Option<Strict>,
+    unbounded: bool,
+) -> (Cache, TieredBackend) {
     let mut builder = TieredBackend::builder(RedisBackend::new(data_url).unwrap())
         .l1_max_entries(10_000)
         .max_l1_age(max_l1_age);
+    if let Some(strict) = strict {
+        builder = builder.strict(strict);
+    }
+    if unbounded {
+        builder = builder.max_staleness(None);
+    }
     if let Some(url) = events_url {
         let events = RedisBackend::new(url).unwrap();
         builder = builder.backplane(events.backplane("aside:events").unwrap());
