@@ -6,7 +6,8 @@
 //! (`scripted`): writes racing reads in one instance
 //! (`same_instance_races`), what travels on the backplane
 //! (`backplane_messages`), the subscription itself (`subscription`), and
-//! how long a copy may live (`copy_lifetime`).
+//! how long a copy may live (`copy_lifetime`); `strict_edges` tries the
+//! staleness bound and strict invalidation at their edges on a real Redis.
 //!
 //! The shared scenarios through L1 are in the `backends` binary
 //! (`tiered_backend`); the two-level backend across OS processes is in the
@@ -18,4 +19,5 @@ mod copy_lifetime;
 mod on_redis;
 mod same_instance_races;
 mod scripted;
+mod strict_edges;
 mod subscription;

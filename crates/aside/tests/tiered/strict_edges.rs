@@ -1,0 +1,402 @@
+//! The edges of the staleness bound and of strict invalidation, on a real
+//! Redis: the registry's clock stepping forward, an injected clock, a
+//! reconnection during a write, and settings at their limits. (The
+//! healthy and faulty runs across OS processes are in the `processes`
+//! binary: `processes::strict`.)
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use std::sync::Weak;
+
+use aside::backend::{
+    BackendError, Backplane, BackplaneListener, BackplaneSubscription, Live, Membership,
+    Publishing, RedisBackend, RedisBackplane, Strict, TieredBackend,
+};
+use aside::clock::{Clock, ManualClock, SystemClock};
+use aside::{Cache, Invalidation};
+use aside_test::Proxy;
+use aside_test::fixtures::{DbError, redis_server};
+
+const CHANNEL: &str = "aside:events";
+
+/// A tiered cache over `data_url`, hearing the backplane through
+/// `events_url`.
+fn tier(
+    data_url: &str,
+    events_url: &str,
+    strict: Option<Strict>,
+    bound: Option<Duration>,
+    clock: Arc<dyn Clock>,
+) -> (Cache, TieredBackend) {
+    let events = RedisBackend::new(events_url).unwrap();
+    let mut builder = TieredBackend::builder(RedisBackend::new(data_url).unwrap())
+        .max_l1_age(Duration::from_secs(60))
+        .max_staleness(bound)
+        .clock(clock.clone())
+        .backplane(events.backplane(CHANNEL).unwrap());
+    if let Some(strict) = strict {
+        builder = builder.strict(strict);
+    }
+    let backend = builder.build().unwrap();
+    let cache = Cache::builder()
+        .namespace("review")
+        .ttl(Duration::from_secs(60))
+        .clock(clock)
+        .backend(backend.clone())
+        .build()
+        .unwrap();
+    (cache, backend)
+}
+
+async fn until_live(backend: &TieredBackend) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend.stats().gaps == 0 {
+        assert!(Instant::now() < deadline, "the backplane never connected");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Reads `key`; the loader answers the current `truth`.
+async fn read(cache: &Cache, key: &str, truth: &Arc<AtomicU64>) -> u64 {
+    let truth = truth.clone();
+    cache
+        .get_or_load(key, move || async move {
+            Ok::<_, DbError>(Some(truth.load(Ordering::SeqCst)))
+        })
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Reads `key` until a read is an L1 hit (strict: once registered).
+async fn until_l1_hit(cache: &Cache, backend: &TieredBackend, key: &str, truth: &Arc<AtomicU64>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let hits = backend.stats().l1_hits;
+        read(cache, key, truth).await;
+        if backend.stats().l1_hits > hits {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never an L1 hit: {:?}",
+            backend.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The Redis backplane as seen by an instance whose registry's clock
+/// stepped forward by `ahead` ms (an NTP step on the Redis host, a
+/// failover to a replica whose clock is ahead): the store's time reads
+/// later, so every lease in the registry looks that much shorter. Redis's
+/// `TIME` cannot be moved from a test; this is what the contract then
+/// answers.
+#[derive(Debug)]
+struct StepsForward {
+    inner: RedisBackplane,
+    ahead: Arc<AtomicU64>,
+}
+
+impl Backplane for StepsForward {
+    fn publish(&self, message: Vec<u8>) -> Publishing {
+        self.inner.publish(message)
+    }
+
+    fn send_to(&self, instance: &str, message: Vec<u8>) -> Publishing {
+        self.inner.send_to(instance, message)
+    }
+
+    fn subscribe(
+        &self,
+        instance: &str,
+        listener: Weak<dyn BackplaneListener>,
+    ) -> BackplaneSubscription {
+        self.inner.subscribe(instance, listener)
+    }
+
+    fn heartbeat(&self) -> Option<Duration> {
+        Backplane::heartbeat(&self.inner)
+    }
+
+    fn members(&self) -> Option<&dyn Membership> {
+        Some(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl Membership for StepsForward {
+    async fn renew(
+        &self,
+        instance: &str,
+        lease: Duration,
+        register: bool,
+    ) -> Result<Option<u64>, BackendError> {
+        let ahead = self.ahead.load(Ordering::SeqCst);
+        let renewed = self.inner.renew(instance, lease, register).await?;
+        Ok(renewed.map(|t| t + ahead))
+    }
+
+    async fn live(&self, longest_lease: Duration) -> Result<Live, BackendError> {
+        let ahead = Duration::from_millis(self.ahead.load(Ordering::SeqCst));
+        let live = self.inner.live(longest_lease).await?;
+        let members = live
+            .members
+            .into_iter()
+            .filter(|(_, left)| *left > ahead)
+            .map(|(id, left)| (id, left - ahead))
+            .collect();
+        let ahead_ms = u64::try_from(ahead.as_millis()).unwrap();
+        Ok(Live::new(members, live.settling, live.as_of + ahead_ms))
+    }
+
+    async fn revoke(&self, instance: &str) -> Result<Option<u64>, BackendError> {
+        self.inner.revoke(instance).await
+    }
+
+    fn leave(&self, instance: &str) {
+        self.inner.leave(instance);
+    }
+}
+
+/// When the registry's clock steps forward by a lease, every member drops
+/// out of its list at once while each may still hold its local lease (up
+/// to `member_lease - drift_margin` on its own clock), and the registry is
+/// older than a lease, so it is not settling either. A strict write then
+/// must not take the empty list at its word: the writer sees the store's
+/// time run ahead of its own since its last renewal and waits a lease. B's
+/// backplane is silent (a half-open subscription), and B runs without
+/// `max_staleness`, so that only its lease guards its copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_step_of_the_registrys_clock_is_waited_out() {
+    let redis = redis_server();
+    let proxy = Proxy::to_port(redis.port()).unwrap();
+    let truth = Arc::new(AtomicU64::new(1));
+    let system: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (b, b_backend) = tier(
+        &redis.url(),
+        &proxy.url(),
+        Some(Strict::new()),
+        None,
+        system.clone(),
+    );
+    let ahead = Arc::new(AtomicU64::new(0));
+    let stepping = StepsForward {
+        inner: RedisBackend::new(&redis.url())
+            .unwrap()
+            .backplane(CHANNEL)
+            .unwrap(),
+        ahead: ahead.clone(),
+    };
+    let a_backend = TieredBackend::builder(RedisBackend::new(&redis.url()).unwrap())
+        .max_l1_age(Duration::from_secs(60))
+        .backplane(stepping)
+        .strict(Strict::new())
+        .build()
+        .unwrap();
+    let a = Cache::builder()
+        .namespace("review")
+        .ttl(Duration::from_secs(60))
+        .backend(a_backend.clone())
+        .build()
+        .unwrap();
+    until_live(&a_backend).await;
+    until_live(&b_backend).await;
+    until_l1_hit(&b, &b_backend, "k", &truth).await;
+    // The registry is older than one lease, and A's clock check agrees.
+    tokio::time::sleep(Duration::from_millis(2_600)).await;
+    until_l1_hit(&b, &b_backend, "k", &truth).await;
+    let quick = Instant::now();
+    assert_eq!(a.invalidate("warm").await.unwrap(), Invalidation::Applied);
+    assert!(
+        quick.elapsed() < Duration::from_millis(500),
+        "a healthy write waits for nobody's lease: {:?}",
+        quick.elapsed()
+    );
+
+    // B's subscription goes silent; the registry's clock steps forward.
+    proxy.blackhole(true);
+    ahead.store(2_000, Ordering::SeqCst);
+    truth.store(2, Ordering::SeqCst);
+    let started = Instant::now();
+    assert_eq!(a.invalidate("k").await.unwrap(), Invalidation::Applied);
+    let took = started.elapsed();
+    let got = read(&b, "k", &truth).await;
+    assert_eq!(
+        got,
+        2,
+        "B served version 1 after a strict write returned Applied in {took:?}; B: {:?}",
+        b_backend.stats()
+    );
+    // B's last renewal was at most a quarter lease before the silence: its
+    // local lease runs at most 1.9 s after that.
+    assert!(
+        took >= Duration::from_millis(1_900),
+        "the write waited {took:?}, less than B may still serve its copy"
+    );
+}
+
+/// The staleness bound is real time shared with other processes: it is
+/// counted on the system's boot clock whatever clock the tier is given
+/// for its entries (`TieredBackendBuilder::clock`). B, on a `ManualClock`,
+/// and B2, on the system's, both hear the backplane through a silent
+/// proxy: both stop serving their copies within `max_staleness` of the
+/// last heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_clock_does_not_turn_off_the_staleness_bound() {
+    let redis = redis_server();
+    let proxy = Proxy::to_port(redis.port()).unwrap();
+    let truth = Arc::new(AtomicU64::new(1));
+    let bound = Some(Duration::from_millis(100));
+    let manual = Arc::new(ManualClock::new(1_000));
+    let (b, b_backend) = tier(
+        &redis.url(),
+        &proxy.url(),
+        None,
+        bound,
+        manual.clone() as Arc<dyn Clock>,
+    );
+    let (b2, b2_backend) = tier(
+        &redis.url(),
+        &proxy.url(),
+        None,
+        bound,
+        Arc::new(SystemClock),
+    );
+    let (a, a_backend) = tier(
+        &redis.url(),
+        &redis.url(),
+        None,
+        bound,
+        Arc::new(SystemClock),
+    );
+    until_live(&a_backend).await;
+    until_live(&b_backend).await;
+    until_live(&b2_backend).await;
+    until_l1_hit(&b, &b_backend, "k", &truth).await;
+    until_l1_hit(&b2, &b2_backend, "k", &truth).await;
+
+    proxy.blackhole(true);
+    let silent_at = Instant::now();
+    truth.store(2, Ordering::SeqCst);
+    assert_eq!(a.invalidate("k").await.unwrap(), Invalidation::Applied);
+    // Twice the bound after the write returned (B's clock moves with it).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    manual.advance(Duration::from_millis(200));
+    let control = read(&b2, "k", &truth).await;
+    let got = read(&b, "k", &truth).await;
+    let at = silent_at.elapsed();
+    assert!(
+        at < Duration::from_millis(450),
+        "too slow to show it (the subscriptions may have noticed the silence): {at:?}"
+    );
+    assert_eq!(control, 2, "the control (system clock) served a stale copy");
+    assert_eq!(
+        got,
+        2,
+        "B (ManualClock) served version 1 200 ms after the invalidation returned, with \
+         max_staleness 100 ms: {:?}",
+        b_backend.stats()
+    );
+}
+
+/// `ack_timeout(Duration::MAX)` (a "wait as long as it takes" setting) is
+/// refused at `build` with a configuration error, or its writes are
+/// applied: never a write that panics in its task and is queued again and
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unbounded_ack_timeout_does_not_panic_writes() {
+    let redis = redis_server();
+    let strict = Strict::new().ack_timeout(Duration::MAX);
+    let events = RedisBackend::new(&redis.url()).unwrap();
+    let built = TieredBackend::builder(RedisBackend::new(&redis.url()).unwrap())
+        .backplane(events.backplane(CHANNEL).unwrap())
+        .strict(strict)
+        .build();
+    // Refusing the setting is a fine answer too.
+    let Ok(backend) = built else { return };
+    let cache = Cache::builder()
+        .namespace("review")
+        .backend(backend.clone())
+        .build()
+        .unwrap();
+    until_live(&backend).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), cache.invalidate("k"))
+        .await
+        .expect("the write never returned");
+    assert_eq!(
+        outcome.unwrap(),
+        Invalidation::Applied,
+        "a strict write with ack_timeout(Duration::MAX) was not applied (its task panicked \
+         on `Instant + Duration` overflow); pending: {}",
+        cache.pending_invalidations()
+    );
+}
+
+/// A reader whose subscription reconnects while a write is published (a
+/// blip: the connection reset, subscribed again moments later) never hears
+/// that message, so it never acknowledges it; but its reconnection dropped
+/// every copy, and it says so (`rejoin`, then `rejoined` once it heard its
+/// own `rejoin` back, so everything published before was applied). The
+/// writer counts that as the acknowledgement: no revocation, no lease
+/// waited out, and the read after it is current.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_reconnects_during_a_write_is_not_revoked() {
+    let redis = redis_server();
+    let proxy = Proxy::to_port(redis.port()).unwrap();
+    let truth = Arc::new(AtomicU64::new(1));
+    let system: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (b, b_backend) = tier(
+        &redis.url(),
+        &proxy.url(),
+        Some(Strict::new()),
+        None,
+        system.clone(),
+    );
+    let (a, a_backend) = tier(
+        &redis.url(),
+        &redis.url(),
+        Some(Strict::new()),
+        None,
+        system,
+    );
+    until_live(&a_backend).await;
+    until_live(&b_backend).await;
+    until_l1_hit(&b, &b_backend, "k", &truth).await;
+    // Past the young registry's settling, and B acknowledges a write.
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    assert_eq!(a.invalidate("warm").await.unwrap(), Invalidation::Applied);
+    let before = a_backend.stats().revocations;
+
+    proxy.cut();
+    truth.store(2, Ordering::SeqCst);
+    let started = Instant::now();
+    assert_eq!(a.invalidate("k").await.unwrap(), Invalidation::Applied);
+    let took = started.elapsed();
+    // Still safe: B's reconnection dropped its copy.
+    assert_eq!(read(&b, "k", &truth).await, 2);
+    assert!(
+        a_backend.stats().revocations == before && took < Duration::from_secs(1),
+        "a write overlapping B's reconnection revoked B ({} revocations) and took {took:?}",
+        a_backend.stats().revocations - before
+    );
+}
+
+/// `max_l1_age` over 1,000 years (`Duration::MAX` for "never expire
+/// copies") is a configuration error, not a panic in the in-process
+/// cache's builder.
+#[test]
+fn an_unbounded_max_l1_age_is_a_config_error_not_a_panic() {
+    let built = std::panic::catch_unwind(|| {
+        TieredBackend::builder(aside::backend::MemoryBackend::new())
+            .max_l1_age(Duration::MAX)
+            .build()
+            .map(|_| ())
+    });
+    assert!(
+        matches!(built, Ok(Err(_)) | Ok(Ok(()))),
+        "TieredBackendBuilder::build panicked on max_l1_age(Duration::MAX)"
+    );
+}
