@@ -25,20 +25,15 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     fn monotonic(&self) -> Instant {
         Instant::now()
     }
-
-    /// Nanoseconds on a clock that never goes back and keeps counting while
-    /// the process is stopped (`SIGSTOP`) or the machine suspended:
-    /// `CLOCK_BOOTTIME` on Linux, the monotonic clock elsewhere. Leases and
-    /// staleness bounds that other machines rely on are counted on it: a
-    /// deadline that stopped while this process slept would let it serve
-    /// copies past what the others were promised. The default reads the
-    /// system's.
-    fn boot_ns(&self) -> u64 {
-        boot_ns()
-    }
 }
 
-/// The system's `CLOCK_BOOTTIME` (Linux) in nanoseconds.
+/// Nanoseconds on a clock that never goes back and keeps counting while
+/// the process is stopped (`SIGSTOP`) or the machine suspended:
+/// `CLOCK_BOOTTIME` on Linux. Leases and staleness bounds that other
+/// machines and Redis rely on are counted on it, never on an injected
+/// [`Clock`]: they are real time shared with other processes, and a
+/// deadline that stopped while this process slept would let it serve
+/// copies past what the others were promised.
 #[cfg(target_os = "linux")]
 pub(crate) fn boot_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
@@ -117,9 +112,5 @@ impl Clock for ManualClock {
 
     fn monotonic(&self) -> Instant {
         origin() + Duration::from_millis(self.now_ms())
-    }
-
-    fn boot_ns(&self) -> u64 {
-        self.now_ms().saturating_mul(1_000_000)
     }
 }

@@ -100,9 +100,9 @@ pub trait Membership: Send + Sync {
     /// leases from before.
     async fn live(&self, longest_lease: Duration) -> Result<Live, BackendError>;
 
-    /// Unregisters `instance` so it cannot renew; answers how much of its
-    /// lease it had left (`None`: it was not registered).
-    async fn revoke(&self, instance: &str) -> Result<Option<Duration>, BackendError>;
+    /// Unregisters `instance` so it cannot renew; answers when (the
+    /// store's time, ms) its lease ends (`None`: it was not registered).
+    async fn revoke(&self, instance: &str) -> Result<Option<u64>, BackendError>;
 
     /// Unregisters `instance` as it leaves: queued, best effort (a writer
     /// otherwise waits out its lease once).
@@ -118,12 +118,18 @@ pub struct Live {
     /// How long before the list can be trusted to name every instance that
     /// may hold a lease (zero for a registry older than one lease).
     pub settling: Duration,
+    /// The store's time (ms) when it answered: the clock leases end on.
+    pub as_of: u64,
 }
 
 impl Live {
     /// An answer.
-    pub fn new(members: Vec<(String, Duration)>, settling: Duration) -> Self {
-        Live { members, settling }
+    pub fn new(members: Vec<(String, Duration)>, settling: Duration, as_of: u64) -> Self {
+        Live {
+            members,
+            settling,
+            as_of,
+        }
     }
 }
 

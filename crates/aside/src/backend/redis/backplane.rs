@@ -288,6 +288,7 @@ impl Membership for RedisBackplane {
             return Err(malformed());
         };
         let mut it = items.iter();
+        let as_of = it.next().and_then(int).ok_or_else(malformed)?;
         let settling = it.next().and_then(int).ok_or_else(malformed)?;
         let mut live = Vec::new();
         while let (Some(id), Some(left)) = (it.next(), it.next()) {
@@ -298,10 +299,11 @@ impl Membership for RedisBackplane {
             let left = int(left).ok_or_else(malformed)?;
             live.push((id, millis(left)));
         }
-        Ok(Live::new(live, millis(settling)))
+        let as_of = u64::try_from(as_of).map_err(|_| malformed())?;
+        Ok(Live::new(live, millis(settling), as_of))
     }
 
-    async fn revoke(&self, instance: &str) -> Result<Option<Duration>, BackendError> {
+    async fn revoke(&self, instance: &str) -> Result<Option<u64>, BackendError> {
         let members = self.registry();
         let instance = instance.to_owned();
         let reply = self
@@ -315,8 +317,8 @@ impl Membership for RedisBackplane {
                 })
             }))
             .await?;
-        let left = int(&reply).ok_or_else(malformed)?;
-        Ok((left >= 0).then(|| millis(left)))
+        let ends = int(&reply).ok_or_else(malformed)?;
+        Ok(u64::try_from(ends).ok())
     }
 
     fn leave(&self, instance: &str) {

@@ -16,7 +16,9 @@
 //!   keys, removing the version tokens), since nobody else will.
 //! - `op`: `keys` (entries were invalidated or set), `versions` (tags or
 //!   namespaces were invalidated: their token names), `clear` (drop every
-//!   in-process copy).
+//!   in-process copy); between aside instances in strict mode also `ack`,
+//!   `rejoin` and `rejoined` (see `strict.rs`).
+//! - `ack`: `true` when the sender waits for acknowledgements (strict).
 //! - `keys`: backend keys, independent of the store's layout: an entry is
 //!   `namespace:key` (see "Keys" in `docs/storage.md`), a tag's token
 //!   `namespace:t:<tag>`, the namespace's token `namespace:n`. (Redis stores
@@ -36,6 +38,14 @@ pub(super) enum Op {
     /// Strict invalidation: the sender applied the recipient's messages up
     /// to `seq` (sent to the recipient alone).
     Ack,
+    /// Strict invalidation: the sender has just (re)subscribed and dropped
+    /// every copy; what was published before this message and did not
+    /// reach it cannot be in its copies.
+    Rejoin,
+    /// Strict invalidation: the sender heard its own `rejoin` back, so it
+    /// has applied every message published before it; a writer waiting for
+    /// its acknowledgement of one of those may count it given.
+    Rejoined,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +58,9 @@ pub(super) struct Message {
     pub op: Op,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<String>,
+    /// The sender waits for acknowledgements (strict invalidation).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ack: bool,
 }
 
 impl Message {
@@ -77,6 +90,7 @@ mod tests {
             seq: 3,
             op: Op::Keys,
             keys: vec!["{s:k}".into()],
+            ack: true,
         };
         assert_eq!(Message::decode(&m.encode()), Some(m));
         let foreign = br#"{"v":1,"op":"versions","keys":["s:t:x"]}"#;

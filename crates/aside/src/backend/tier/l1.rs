@@ -20,7 +20,7 @@
 //!   (`max_staleness`), the level serves copies only while the backplane's
 //!   last heartbeat proves it had applied everything published less than
 //!   the bound ago: the heartbeat's time plus the bound is kept in one
-//!   atomic (`fresh_until`, on the clock's `boot_ns`), and every hit
+//!   atomic (`fresh_until`, on the system's boot clock), and every hit
 //!   compares it with one clock reading. Past it, reads go to L2 (copies
 //!   are still put: they are L2's current answer, and the messages that
 //!   arrive later evict them) until a heartbeat comes back.
@@ -77,13 +77,16 @@ pub(super) struct L1 {
     trusted: AtomicBool,
     next: AtomicU64,
     max_age: Duration,
-    /// With a staleness bound: copies are served only while the clock's
-    /// `boot_ns` is below `fresh_until` (the last heartbeat plus the bound).
+    /// With a staleness bound: copies are served only while the boot clock
+    /// is below `fresh_until` (the last heartbeat plus the bound).
     bound: Option<u64>,
     fresh_until: AtomicU64,
     /// With strict invalidation: copies are served only while `boot_ns` is
     /// below the local lease deadline (`u64::MAX` without).
     lease_until: AtomicU64,
+    /// The boot clock the bound and the lease are counted on (the system's;
+    /// a fake one in unit tests).
+    boot: fn() -> u64,
     clock: Arc<dyn Clock>,
 }
 
@@ -122,6 +125,7 @@ impl L1 {
             bound: bound.map(|b| u64::try_from(b.as_nanos()).unwrap_or(u64::MAX)),
             fresh_until: AtomicU64::new(0),
             lease_until: AtomicU64::new(if leased { 0 } else { u64::MAX }),
+            boot: crate::clock::boot_ns,
             clock,
         }
     }
@@ -130,7 +134,7 @@ impl L1 {
         self.epoch.load(Ordering::Acquire)
     }
 
-    fn is_trusted(&self) -> bool {
+    pub fn is_trusted(&self) -> bool {
         self.trusted.load(Ordering::Acquire)
     }
 
@@ -143,7 +147,7 @@ impl L1 {
         if self.bound.is_none() && self.lease_until.load(Ordering::Relaxed) == u64::MAX {
             return true;
         }
-        let now = self.clock.boot_ns();
+        let now = (self.boot)();
         (self.bound.is_none() || now < self.fresh_until.load(Ordering::Acquire))
             && now < self.lease_until.load(Ordering::Acquire)
     }
@@ -392,33 +396,44 @@ mod tests {
         assert!(l1.get("long").is_some());
     }
 
+    /// A fake boot clock (ms), for the one test that moves it.
+    static BOOT_MS: AtomicU64 = AtomicU64::new(1_000);
+
+    fn fake_boot() -> u64 {
+        BOOT_MS.load(Ordering::SeqCst) * 1_000_000
+    }
+
+    fn advance_boot(ms: u64) {
+        BOOT_MS.fetch_add(ms, Ordering::SeqCst);
+    }
+
     #[test]
     fn with_a_bound_copies_are_served_only_within_it_of_the_last_heartbeat() {
-        let clock = Arc::new(crate::clock::ManualClock::new(1_000));
         let bound = Duration::from_millis(100);
-        let l1 = L1::new(
+        let mut l1 = L1::new(
             100,
             true,
             Duration::from_secs(60),
             Some(bound),
             false,
-            clock.clone(),
+            Arc::new(crate::clock::SystemClock),
         );
+        l1.boot = fake_boot;
         let g = l1.guard("k");
         l1.put("k", g, stored(), Duration::from_secs(10));
         assert!(l1.get("k").is_none(), "no heartbeat yet");
-        l1.caught_up(clock.boot_ns());
+        l1.caught_up(fake_boot());
         assert!(l1.get("k").is_some());
-        clock.advance(Duration::from_millis(99));
+        advance_boot(99);
         assert!(l1.get("k").is_some(), "99 ms after the heartbeat");
-        clock.advance(Duration::from_millis(1));
+        advance_boot(1);
         assert!(l1.get("k").is_none(), "100 ms after it: bypassed");
         // An older heartbeat arriving late does not move the bound back.
-        l1.caught_up(clock.boot_ns() - 50_000_000);
+        l1.caught_up(fake_boot() - 50_000_000);
         assert!(l1.get("k").is_some());
         l1.caught_up(0);
         assert!(l1.get("k").is_some());
-        clock.advance(Duration::from_millis(50));
+        advance_boot(50);
         assert!(l1.get("k").is_none());
     }
 }

@@ -37,6 +37,11 @@ impl BackplaneListener for Link {
             // Whatever was published while we were away is lost.
             tier.gap();
             tier.l1.set_trusted(true);
+            if tier.membered.is_some() {
+                // Tell strict writers we applied what we missed (by
+                // dropping everything): see `Membered::rejoining`.
+                rejoin(&tier);
+            }
         }
     }
 
@@ -52,7 +57,7 @@ impl BackplaneListener for Link {
             tier.l1.caught_up(as_of);
             // Registered only while heard: a renewal follows a heartbeat.
             if let Some((membered, _)) = tier.strict()
-                && membered.renewal_due(tier.clock.boot_ns())
+                && membered.renewal_due(crate::clock::boot_ns())
             {
                 super::strict::renew(&tier);
             }
@@ -79,7 +84,16 @@ impl BackplaneListener for Link {
             return;
         }
         match &message.src {
-            Some(src) if *src == tier.id => return,
+            Some(src) if *src == tier.id => {
+                if let Some(membered) = &tier.membered {
+                    membered.heard_own(message.seq);
+                    if message.op == Op::Rejoin {
+                        // Everything before our `rejoin` is applied now.
+                        drop(tier.send(Op::Rejoined, &[]));
+                    }
+                }
+                return;
+            }
             Some(src) => {
                 let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
                 if sources.len() >= MAX_SOURCES && !sources.contains_key(src) {
@@ -103,9 +117,19 @@ impl BackplaneListener for Link {
             Op::Keys => tier.l1.evict(&message.keys),
             Op::Versions => tier.l1.evict_versions(&message.keys),
             Op::Clear | Op::Ack => tier.gap(),
+            Op::Rejoin | Op::Rejoined => {
+                if let (Some(src), Some(membered)) = (&message.src, &tier.membered) {
+                    if message.op == Op::Rejoin {
+                        membered.rejoining(src);
+                    } else {
+                        membered.rejoined(src);
+                    }
+                }
+                return;
+            }
         }
         // Applied: the writer may be waiting for us to say so.
-        if let (Some(src), Some((backplane, _))) = (&message.src, &tier.outbox) {
+        if let (Some(src), Some((backplane, _)), true) = (&message.src, &tier.outbox, message.ack) {
             tier.acknowledge(backplane, src, message.seq);
         }
         if message.src.is_none() && message.op != Op::Clear {
@@ -141,4 +165,31 @@ impl BackplaneListener for Link {
             });
         }
     }
+}
+
+/// Sends `rejoin`, again while it fails (the connection that carries it
+/// may be coming back too) and the subscription holds, for up to a few
+/// seconds: a writer that does not hear it only waits out our lease.
+fn rejoin(tier: &Arc<Tier>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let tier = Arc::downgrade(tier);
+    rt.spawn(async move {
+        let mut pause = Duration::from_millis(20);
+        for _ in 0..8 {
+            let Some(sending) = tier
+                .upgrade()
+                .filter(|t| t.l1.is_trusted())
+                .and_then(|t| t.send(Op::Rejoin, &[]))
+            else {
+                return;
+            };
+            if sending.1.await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = pause.saturating_mul(2);
+        }
+    });
 }

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use super::{
     AcquireRequest, Acquired, Backend, Backplane, BackplaneListener, BackplaneSubscription,
-    FillRequest, Found, Inspect, Leases, Profile, ReadRequest, SetRequest, Stored,
+    FillRequest, Found, Inspect, Leases, Profile, Publishing, ReadRequest, SetRequest, Stored,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::error::{BackendError, Error};
@@ -51,6 +51,13 @@ pub use strict::Strict;
 use events::{Message, Op};
 use l1::L1;
 use link::Link;
+
+/// The in-process cache refuses (panics on) a longer time to live.
+const LONGEST_L1_AGE: Duration = Duration::from_secs(1_000 * 365 * 24 * 3600);
+
+/// Strict writes wait for acknowledgements and leases: an hour is already
+/// far past any use, and keeps every deadline's arithmetic in range.
+const LONGEST_STRICT_SETTING: Duration = Duration::from_secs(3600);
 
 /// The default of [`TieredBackendBuilder::max_staleness`].
 const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(100);
@@ -70,11 +77,16 @@ fn check_strict(backplane: Option<&dyn Backplane>, strict: &Strict) -> Result<()
              (the Redis backplane on one Redis; a Redis Cluster backplane has neither)",
         ));
     }
-    if strict.member_lease <= strict.drift_margin.saturating_mul(2) || strict.ack_timeout.is_zero()
+    if strict.member_lease <= strict.drift_margin.saturating_mul(2)
+        || strict.member_lease > LONGEST_STRICT_SETTING
+        || strict.ack_timeout.is_zero()
+        || strict.ack_timeout > LONGEST_STRICT_SETTING
+        || strict.drift_margin.is_zero()
     {
         return Err(Error::config(
-            "strict invalidation needs a member_lease over twice its drift_margin and an \
-             ack_timeout over zero",
+            "strict invalidation needs a member_lease over twice its drift_margin, a \
+             drift_margin and an ack_timeout over zero, and a member_lease and an ack_timeout \
+             of at most an hour (a write may wait for both)",
         ));
     }
     Ok(())
@@ -288,12 +300,20 @@ impl TieredBackendBuilder {
     /// Builds the backend and subscribes to the backplane.
     ///
     /// # Errors
-    /// `Config` for a zero `max_l1_age` or L1 size, or outside a tokio runtime
-    /// when there is a backplane (its subscription is a task).
+    /// `Config` for a zero `max_l1_age` or L1 size, a `max_l1_age` over
+    /// 1,000 years, outside a tokio runtime when there is a backplane (its
+    /// subscription is a task), a `max_staleness` the backplane's heartbeat
+    /// cannot keep, or strict settings it cannot carry (see
+    /// [`strict`](Self::strict)).
     pub fn build(self) -> Result<TieredBackend, Error> {
         if self.max_l1_age.is_zero() || self.l1_max_entries == 0 {
             return Err(Error::config(
                 "max_l1_age and l1_max_entries must be greater than zero",
+            ));
+        }
+        if self.max_l1_age > LONGEST_L1_AGE {
+            return Err(Error::config(
+                "max_l1_age must be at most 1,000 years (the in-process cache's limit)",
             ));
         }
         if self.backplane.is_some() && tokio::runtime::Handle::try_current().is_err() {
@@ -402,20 +422,8 @@ impl Tier {
     /// jump in the numbers, which the receivers treat as a gap, and fails
     /// the write (the cache retries it).
     async fn publish(&self, op: Op, keys: &[String]) -> Result<(), BackendError> {
-        let Some((backplane, last)) = &self.outbox else {
+        let Some((seq, sending)) = self.send(op, keys) else {
             return Ok(());
-        };
-        let (seq, sending) = {
-            let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
-            *last += 1;
-            let message = Message {
-                v: events::VERSION,
-                src: Some(self.id.clone()),
-                seq: *last,
-                op,
-                keys: keys.to_vec(),
-            };
-            (*last, backplane.publish(message.encode()))
         };
         match sending.await {
             Ok(()) => {
@@ -428,6 +436,23 @@ impl Tier {
                 Err(e)
             }
         }
+    }
+
+    /// Numbers `op` as this instance's next message and queues it, under
+    /// one lock, so that messages leave in number order.
+    fn send(&self, op: Op, keys: &[String]) -> Option<(u64, Publishing)> {
+        let (backplane, last) = self.outbox.as_ref()?;
+        let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
+        *last += 1;
+        let message = Message {
+            v: events::VERSION,
+            src: Some(self.id.clone()),
+            seq: *last,
+            op,
+            keys: keys.to_vec(),
+            ack: self.membered.is_some(),
+        };
+        Some((*last, backplane.publish(message.encode())))
     }
 
     fn gap(&self) {
