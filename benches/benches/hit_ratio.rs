@@ -18,8 +18,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use aside::Cache;
-use aside::backend::{Strict, TieredBackend};
 use aside::backend::{MemoryBackend, RedisBackend};
+use aside::backend::{Strict, TieredBackend};
 use aside_benches::{Product, hit, product};
 
 /// Times `n` runs of `f`.
@@ -214,7 +214,13 @@ fn main() {
                 after.l1_misses, before.l1_misses,
                 "the timed reads were not all L1 hits"
             );
-            report(&format!("tiered L1 hit ({mode}) vs raw moka get"), &r, &a, n, 1.2);
+            report(
+                &format!("tiered L1 hit ({mode}) vs raw moka get"),
+                &r,
+                &a,
+                n,
+                1.2,
+            );
         });
     }
 

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aside::Cache;
 use aside::backend::{Backend as _, RedisBackend, TieredBackend};
+use aside_test::fixtures::until_live;
 use futures_util::StreamExt as _;
 use hdrhistogram::Histogram;
 use redis::aio::MultiplexedConnection;
@@ -61,14 +62,6 @@ fn tiered(url: &str) -> (Cache, TieredBackend) {
         .build()
         .unwrap();
     (cache, backend)
-}
-
-async fn until_live(backend: &TieredBackend) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while backend.stats().gaps == 0 {
-        assert!(Instant::now() < deadline, "the backplane never connected");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 async fn connect(url: &str) -> MultiplexedConnection {

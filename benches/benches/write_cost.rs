@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use aside::Cache;
 use aside::backend::{RedisBackend, Strict, TieredBackend};
+use aside_test::fixtures::until_live;
 use hdrhistogram::Histogram;
 use redis::aio::MultiplexedConnection;
 
@@ -85,14 +86,6 @@ fn tiered(url: &str, mode: Mode, channel: &str) -> (Cache, TieredBackend) {
         .build()
         .unwrap();
     (cache, backend)
-}
-
-async fn until_live(backend: &TieredBackend) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while backend.stats().gaps == 0 {
-        assert!(Instant::now() < deadline, "the backplane never connected");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 async fn connect(url: &str) -> MultiplexedConnection {

@@ -99,6 +99,22 @@ pub fn test_name(module_path: &str, function: &str) -> String {
     }
 }
 
+/// Waits (up to 5 s) until a two-level backend's subscription is live (its
+/// first gap: copies are served from then on).
+///
+/// # Panics
+/// When it is not live within 5 s.
+pub async fn until_live(backend: &aside::backend::TieredBackend) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while backend.stats().gaps == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backplane never connected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::test_name;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aside::Cache;
 use aside::backend::{RedisBackend, TieredBackend};
+use aside_test::fixtures::until_live;
 use aside_test::fixtures::{redis_server, test_name};
 use redis::aio::MultiplexedConnection;
 
@@ -64,14 +65,6 @@ async fn read(cache: &Cache, conn: &MultiplexedConnection, truth: &str) -> u64 {
         .await
         .unwrap();
     got.unwrap_or(0)
-}
-
-async fn until_live(backend: &TieredBackend) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while backend.stats().gaps == 0 {
-        assert!(Instant::now() < deadline, "the backplane never connected");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

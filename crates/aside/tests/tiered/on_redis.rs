@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use aside::backend::{RedisBackend, TieredBackend};
 use aside::{Cache, EntryOptions};
+use aside_test::fixtures::until_live;
 use aside_test::fixtures::{DbError, redis_server};
 use aside_test::{Proxy, RedisServer};
 
@@ -57,14 +58,6 @@ async fn gets_served(redis: &RedisServer) -> u64 {
 }
 
 /// Waits until the backplane is subscribed (copies are trusted only then).
-async fn until_live(backend: &TieredBackend) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while backend.stats().gaps == 0 {
-        assert!(Instant::now() < deadline, "the backplane never connected");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Polls `check` for up to 2 s.
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where

@@ -17,6 +17,7 @@ use aside::backend::{
 use aside::clock::{Clock, ManualClock, SystemClock};
 use aside::{Cache, Invalidation};
 use aside_test::Proxy;
+use aside_test::fixtures::until_live;
 use aside_test::fixtures::{DbError, redis_server};
 
 const CHANNEL: &str = "aside:events";
@@ -48,14 +49,6 @@ fn tier(
         .build()
         .unwrap();
     (cache, backend)
-}
-
-async fn until_live(backend: &TieredBackend) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while backend.stats().gaps == 0 {
-        assert!(Instant::now() < deadline, "the backplane never connected");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// Reads `key`; the loader answers the current `truth`.

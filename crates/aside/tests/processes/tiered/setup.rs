@@ -171,13 +171,7 @@ pub fn build_with(
 }
 
 /// Waits until the backplane is subscribed (its first gap is the connect).
-pub async fn until_live(backend: &TieredBackend) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while backend.stats().gaps == 0 {
-        assert!(Instant::now() < deadline, "the backplane never connected");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
+pub use aside_test::fixtures::until_live;
 
 pub async fn connect(url: &str) -> MultiplexedConnection {
     redis::Client::open(url)
