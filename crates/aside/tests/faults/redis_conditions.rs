@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use aside::backend::RedisBackend;
-use aside::backend::TieredBackend;
+use aside::backend::{Strict, TieredBackend};
 use aside::{Cache, EntryOptions, Key};
 use aside_test::RedisServer;
 use aside_test::fixtures::{Never, redis_server};
@@ -235,8 +235,10 @@ async fn the_documented_acl_user_is_enough() {
         .unwrap();
     let l2 = RedisBackend::new(&url).unwrap();
     let backplane = l2.backplane("aside:events").unwrap();
+    // Strict: the registry of instances and the acknowledgements too.
     let tiered_backend = TieredBackend::builder(l2)
         .backplane(backplane)
+        .strict(Strict::default())
         .build()
         .unwrap();
     let tiered = Cache::builder()
@@ -276,6 +278,23 @@ async fn the_documented_acl_user_is_enough() {
     })
     .await;
     assert!(subscribed.is_ok(), "{:?}", tiered_backend.stats());
+    // Registered, renewed and the clocks checked (a refused registry
+    // script never lets L1 serve): copies are served.
+    let served = tokio::time::timeout(Duration::from_secs(10), async {
+        let before = tiered_backend.stats().l1_hits;
+        loop {
+            let _: Option<String> = tiered
+                .get_or_load("served", || async { Ok::<_, Never>(Some("v".to_owned())) })
+                .await
+                .unwrap();
+            if tiered_backend.stats().l1_hits > before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "{:?}", tiered_backend.stats());
     for cache in [&plain, &tiered] {
         let s = cache.stats();
         assert_eq!(s.backend_errors, 0, "a command was refused: {s:?}");
@@ -302,13 +321,15 @@ async fn the_documented_acl_user_is_enough() {
 
 /// The ACL rules of a user that runs aside in `namespace` (the line in
 /// `docs/operations.md`): its keys and the namespace's tokens, the two
-/// channels, and the commands aside sends (scripts run with the caller's
+/// channels, strict invalidation's registry and acknowledgement channels,
+/// and the commands aside sends (scripts run with the caller's
 /// permissions).
 fn aside_acl_rule(namespace: &str) -> String {
     format!(
-        "resetkeys ~{{{namespace}:* ~{{{namespace}}}:* resetchannels &aside:fills &aside:events \
-         -@all +get +mget +set +del +pexpire +pttl +exists +type +publish +subscribe \
-         +unsubscribe +ping +evalsha +eval +script|load"
+        "resetkeys ~{{{namespace}:* ~{{{namespace}}}:* ~aside:events:members resetchannels \
+         &aside:fills &aside:events &aside:events:to:* -@all +get +mget +set +del +pexpire \
+         +pttl +exists +type +publish +subscribe +unsubscribe +ping +evalsha +eval \
+         +script|load +time +zadd +zrem +zscore +zrangebyscore +zremrangebyscore"
     )
 }
 
