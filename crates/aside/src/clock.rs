@@ -33,9 +33,11 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
 /// machines and Redis rely on are counted on it, never on an injected
 /// [`Clock`]: they are real time shared with other processes, and a
 /// deadline that stopped while this process slept would let it serve
-/// copies past what the others were promised.
+/// copies past what the others were promised. A
+/// [`Backplane`](crate::backend::Backplane) with heartbeats reports them
+/// on it ([`BackplaneListener::caught_up`](crate::backend::BackplaneListener::caught_up)).
 #[cfg(target_os = "linux")]
-pub(crate) fn boot_ns() -> u64 {
+pub fn boot_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
     u64::try_from(t.tv_sec)
         .unwrap_or(0)
@@ -46,7 +48,7 @@ pub(crate) fn boot_ns() -> u64 {
 /// The monotonic clock in nanoseconds since the first reading (other
 /// systems: no clock there counts through a suspend portably).
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn boot_ns() -> u64 {
+pub fn boot_ns() -> u64 {
     u64::try_from(origin().elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 

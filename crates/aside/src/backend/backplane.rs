@@ -145,8 +145,8 @@ pub trait BackplaneListener: Send + Sync {
     fn disconnected(&self);
 
     /// Every message the channel accepted before `as_of` (a reading of
-    /// [`clock::boot_ns`](crate::clock::Clock::boot_ns) on the system
-    /// clock of this process) has been handed to
+    /// [`clock::boot_ns`](crate::clock::boot_ns), the system's boot clock,
+    /// in this process) has been handed to
     /// [`message`](Self::message): a heartbeat, sent at the backplane's
     /// [`heartbeat`](Backplane::heartbeat) interval while the subscription
     /// is live.

@@ -51,7 +51,10 @@ impl Cache {
     /// # Errors
     /// `TooLarge`, `Encode`, `Backend` or `BackendTimeout`. When the backend could
     /// not be written, an invalidation of the key is queued (the entry it
-    /// holds is older than the value you meant to write).
+    /// holds is older than the value you meant to write). Over a strict
+    /// [`TieredBackend`](crate::backend::TieredBackend), a `set` that
+    /// could not be confirmed (every other instance dropped its copy, or
+    /// its lease ran out) is such a failure too: `Ok(())` means confirmed.
     pub async fn set<V: Value>(&self, key: impl AsRef<str>, value: V) -> Result<(), Error> {
         self.set_with(key, value, &EntryOptions::default()).await
     }

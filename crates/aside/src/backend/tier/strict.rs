@@ -10,7 +10,7 @@
 //!   before its *local* lease deadline: the moment *before* it sent the
 //!   renewal, plus the lease, minus a drift margin, on a clock that counts
 //!   through a stopped process or a suspended machine
-//!   ([`Clock::boot_ns`](crate::clock::Clock::boot_ns)). Redis counts the
+//!   ([`clock::boot_ns`](crate::clock::boot_ns)). Redis counts the
 //!   same lease from when it ran the renewal, later: so when the registry
 //!   says a lease is over, the instance stopped serving before.
 //! - **Acknowledgements.** An instance that applies a writer's message
