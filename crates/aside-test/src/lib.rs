@@ -62,6 +62,7 @@ pub mod fixtures;
 mod pg;
 mod proxy;
 pub mod redis_stats;
+pub mod staleness;
 pub use cluster::RedisCluster;
 pub use faulty::{Failure, FaultControl, FaultyBackend, InjectedFault, Op};
 pub use pg::{PG_URL_ENV, PgServer, Rows, TEST_DATABASE, pg_url};

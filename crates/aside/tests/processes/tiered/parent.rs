@@ -225,48 +225,7 @@ pub async fn wait_ready(conn: &mut MultiplexedConnection, run: &Run, names: &[&s
     }
 }
 
-/// A stale run: its reads returned `run.version` although `write` (a newer
-/// version of the key) had returned `lag_ns` before its last read began.
-#[derive(Debug, Clone, Copy)]
-pub struct Stale {
-    pub run: ReadRun,
-    pub write: Write,
-    pub lag_ns: i64,
-}
-
-/// Every run against the writes: stale from the first newer write of its key.
-pub fn stale_runs(writes: &[Write], runs: &[ReadRun]) -> Vec<Stale> {
-    let mut by_key: HashMap<usize, Vec<Write>> = HashMap::new();
-    for w in writes {
-        by_key.entry(w.key).or_default().push(*w);
-    }
-    let mut stale = Vec::new();
-    for r in runs {
-        let Some(log) = by_key.get(&r.key) else {
-            continue;
-        };
-        // A's writes of a key are sequential: versions grow with time.
-        if let Some(w) = log.iter().find(|w| w.version > r.version)
-            && w.applied_at < r.last
-        {
-            stale.push(Stale {
-                run: *r,
-                write: *w,
-                lag_ns: r.last - w.applied_at,
-            });
-        }
-    }
-    stale.sort_by_key(|s| s.lag_ns);
-    stale
-}
-
-pub fn percentile(sorted: &[Stale], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    ms(sorted[i].lag_ns)
-}
+pub use aside_test::staleness::{Stale, percentile, stale_runs};
 
 pub fn describe(name: &str, result: &WorkerResult, stale: &[Stale]) -> String {
     format!(

@@ -94,15 +94,7 @@ pub struct Report {
     pub gaps: u64,
 }
 
-/// Consecutive reads of one key by one reader task that returned one version.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct ReadRun {
-    pub key: usize,
-    pub version: u64,
-    pub first: i64,
-    pub last: i64,
-    pub reads: u64,
-}
+pub use aside_test::staleness::{ReadRun, Write};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct WorkerResult {
@@ -113,15 +105,6 @@ pub struct WorkerResult {
     pub max_read_ns: i64,
     pub runs: Vec<ReadRun>,
     pub stats: Report,
-}
-
-/// A write by A: `key` is at `version` from `applied_at` (wall-clock ns at
-/// which the invalidation or `set` returned).
-#[derive(Debug, Clone, Copy)]
-pub struct Write {
-    pub key: usize,
-    pub version: u64,
-    pub applied_at: i64,
 }
 
 // ---------------------------------------------------------------------------
