@@ -86,17 +86,24 @@ fn worker_test() -> String {
     test_name(module_path!(), "worker")
 }
 
-/// (a) A writes with every kind of invalidation and `set` on keys B and C
-/// hold in L1 while they keep reading: no read that begins more than
-/// [`BOUND`] after a write returned is older than it. The control D (no
-/// backplane) must break that bound.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn other_processes_see_every_applied_write_within_the_bound() {
+/// What a fleet run leaves: A's writes, and each reader's result.
+struct Fleet {
+    writer: Writer,
+    ops: u64,
+    results: HashMap<&'static str, WorkerResult>,
+}
+
+/// B and C (bounded, on the backplane; `greedy`: readers that never yield
+/// and two CPU hogs each) and the control D (no backplane) read while A
+/// writes at random for [`WRITE_FOR`]; then the last messages get
+/// [`BOUND`] twice to arrive before the readers stop.
+async fn run_fleet(greedy: bool) -> Fleet {
     let _one = crate::ONE_RUN_AT_A_TIME.lock().await;
     let redis = redis_server();
     let run = Run::new();
     let mut conn = connect(&redis.url()).await;
     init_truth(&mut conn, &run).await;
+    // D, the control, has no backplane: the checker must find it stale.
     let workers: Vec<_> = [("B", true), ("C", true), ("D", false)]
         .into_iter()
         .map(|(name, backplane)| {
@@ -106,8 +113,8 @@ async fn other_processes_see_every_applied_write_within_the_bound() {
                 data_url: redis.url(),
                 events_url: backplane.then(|| redis.url()),
                 max_l1_age_ms: 60_000,
-                greedy: false,
-                hog_threads: 0,
+                greedy,
+                hog_threads: if greedy && backplane { 2 } else { 0 },
                 strict: false,
                 unbounded: false,
             });
@@ -122,7 +129,7 @@ async fn other_processes_see_every_applied_write_within_the_bound() {
     );
     until_live(&backend).await;
     wait_ready(&mut conn, &run, &["B", "C", "D"]).await;
-    let mut a = Writer {
+    let mut writer = Writer {
         cache,
         backend,
         conn: conn.clone(),
@@ -132,19 +139,48 @@ async fn other_processes_see_every_applied_write_within_the_bound() {
     let until = Instant::now() + WRITE_FOR;
     let mut ops = 0;
     while Instant::now() < until {
-        a.apply(Op::random()).await;
+        writer.apply(Op::random()).await;
         ops += 1;
         let pause = rand::rng().random_range(WRITE_PAUSE_MS);
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
-    // Let the last messages arrive before the readers stop.
     tokio::time::sleep(BOUND * 2).await;
     stop(&mut conn, &run).await;
-    let published = a.backend.stats().published;
     let mut results = HashMap::new();
     for (name, handle) in workers {
         results.insert(name, handle.await.unwrap());
     }
+    Fleet {
+        writer,
+        ops,
+        results,
+    }
+}
+
+/// The runs of `name` stale more than [`BOUND`] after a write returned.
+fn past_the_bound(name: &str, stale: &[Stale]) -> Option<String> {
+    let late: Vec<_> = stale
+        .iter()
+        .filter(|s| s.lag_ns > BOUND.as_nanos() as i64)
+        .collect();
+    (!late.is_empty()).then(|| {
+        format!(
+            "{name}: {} runs stale more than {BOUND:?} after the write returned; worst: {:?}",
+            late.len(),
+            late.iter().rev().take(5).collect::<Vec<_>>()
+        )
+    })
+}
+
+/// (a) A writes with every kind of invalidation and `set` on keys B and C
+/// hold in L1 while they keep reading: no read that begins more than
+/// [`BOUND`] after a write returned is older than it. The control D (no
+/// backplane) must break that bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_processes_see_every_applied_write_within_the_bound() {
+    let fleet = run_fleet(false).await;
+    let (a, ops, results) = (&fleet.writer, fleet.ops, &fleet.results);
+    let published = a.backend.stats().published;
 
     let mut report = vec![format!(
         "A: {ops} writes ({} key versions), {published} messages published",
@@ -155,17 +191,7 @@ async fn other_processes_see_every_applied_write_within_the_bound() {
         let r = &results[name];
         let stale = stale_runs(&a.writes, &r.runs);
         report.push(describe(name, r, &stale));
-        let late: Vec<_> = stale
-            .iter()
-            .filter(|s| s.lag_ns > BOUND.as_nanos() as i64)
-            .collect();
-        if !late.is_empty() {
-            failures.push(format!(
-                "{name}: {} runs stale more than {BOUND:?} after the write returned; worst: {:?}",
-                late.len(),
-                late.iter().rev().take(5).collect::<Vec<_>>()
-            ));
-        }
+        failures.extend(past_the_bound(name, &stale));
         // Meaningful only if the copies were used and the messages heard.
         assert!(
             r.stats.l1_hits > r.reads / 2,
@@ -208,74 +234,20 @@ async fn other_processes_see_every_applied_write_within_the_bound() {
 /// the heartbeats, such readers served copies seconds old.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_that_never_yield_on_a_loaded_machine_stay_within_the_bound() {
-    let _one = crate::ONE_RUN_AT_A_TIME.lock().await;
-    let redis = redis_server();
-    let run = Run::new();
-    let mut conn = connect(&redis.url()).await;
-    init_truth(&mut conn, &run).await;
-    // D, the control, has no backplane: the checker must find it stale.
-    let workers: Vec<_> = [("B", true), ("C", true), ("D", false)]
-        .into_iter()
-        .map(|(name, backplane)| {
-            let handle = spawn_worker(WorkerConfig {
-                name: name.to_owned(),
-                run: run.clone(),
-                data_url: redis.url(),
-                events_url: backplane.then(|| redis.url()),
-                max_l1_age_ms: 60_000,
-                greedy: true,
-                hog_threads: if backplane { 2 } else { 0 },
-                strict: false,
-                unbounded: false,
-            });
-            (name, handle)
-        })
-        .collect();
-    let (cache, backend) = build(
-        &run,
-        &redis.url(),
-        Some(&redis.url()),
-        Duration::from_secs(60),
-    );
-    until_live(&backend).await;
-    wait_ready(&mut conn, &run, &["B", "C", "D"]).await;
-    let mut a = Writer {
-        cache,
-        backend,
-        conn: conn.clone(),
-        run: run.clone(),
-        writes: Vec::new(),
-    };
-    let until = Instant::now() + WRITE_FOR;
-    while Instant::now() < until {
-        a.apply(Op::random()).await;
-        let pause = rand::rng().random_range(WRITE_PAUSE_MS);
-        tokio::time::sleep(Duration::from_millis(pause)).await;
-    }
-    tokio::time::sleep(BOUND * 2).await;
-    stop(&mut conn, &run).await;
+    let fleet = run_fleet(true).await;
+    let a = &fleet.writer;
     let mut report = vec![format!("A: {} key versions written", a.writes.len())];
     let mut failures = Vec::new();
     let mut control_lag = 0;
-    for (name, handle) in workers {
-        let r = handle.await.unwrap();
+    for name in ["B", "C", "D"] {
+        let r = &fleet.results[name];
         let stale = stale_runs(&a.writes, &r.runs);
-        report.push(describe(name, &r, &stale));
+        report.push(describe(name, r, &stale));
         if name == "D" {
             control_lag = stale.last().map_or(0, |s| s.lag_ns);
             continue;
         }
-        let late: Vec<_> = stale
-            .iter()
-            .filter(|s| s.lag_ns > BOUND.as_nanos() as i64)
-            .collect();
-        if !late.is_empty() {
-            failures.push(format!(
-                "{name}: {} runs stale more than {BOUND:?} after the write returned; worst: {:?}",
-                late.len(),
-                late.iter().rev().take(5).collect::<Vec<_>>()
-            ));
-        }
+        failures.extend(past_the_bound(name, &stale));
         assert!(
             r.stats.l1_hits > 0 && r.reads > 1_000,
             "{name} did not read from L1 at all: {}",
