@@ -11,7 +11,8 @@
 //!
 //! For profiling, `ASIDE_BENCH_ONLY=memory|tiered|redis` runs one row and
 //! `ASIDE_BENCH_ROUNDS=N` changes the number of rounds (30);
-//! `ASIDE_BENCH_TIERED=delivery|bounded|strict` the two-level mode.
+//! `ASIDE_BENCH_TIERED=delivery|bounded|strict` the two-level mode, and
+//! `ASIDE_BENCH_FROM_L2=1` makes the two-level copy one read from L2.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::hint::black_box;
@@ -174,6 +175,17 @@ fn main() {
             let mode = std::env::var("ASIDE_BENCH_TIERED").unwrap_or_else(|_| "bounded".into());
             let raw: moka::future::Cache<String, Product> = moka::future::Cache::new(10_000);
             raw.insert("product:42".to_owned(), product()).await;
+            // `ASIDE_BENCH_FROM_L2=1`: another cache fills the entry first,
+            // so this instance's copy is read from L2 (bytes only), as most
+            // copies in a fleet are, instead of coming from its own fill
+            // (bytes and the decoded value).
+            if std::env::var("ASIDE_BENCH_FROM_L2").is_ok() {
+                let filler = Cache::builder()
+                    .backend(RedisBackend::new(&server.url()).unwrap())
+                    .build()
+                    .unwrap();
+                assert_eq!(hit(&filler).await, Some(product()));
+            }
             let redis = RedisBackend::new(&server.url()).unwrap();
             let backplane = redis.backplane("aside:events").unwrap();
             let builder = TieredBackend::builder(redis).backplane(backplane);
