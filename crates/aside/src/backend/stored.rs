@@ -2,6 +2,7 @@
 
 use std::any::Any;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -18,9 +19,11 @@ pub struct Stored(Arc<StoredInner>);
 struct StoredInner {
     bytes: Bytes,
     decoded: OnceLock<Box<dyn Any + Send + Sync>>,
-    /// A positive entry without dependencies whose decoded value was kept
-    /// when it was stored: a hit needs nothing but the value.
-    plain: bool,
+    /// A positive entry without dependencies whose decoded value is kept:
+    /// a hit needs nothing but the value. Set when it was stored, or once
+    /// the cache checked a copy a backend hands back on every read (a
+    /// two-level copy read from L2).
+    plain: AtomicBool,
 }
 
 impl Stored {
@@ -29,7 +32,7 @@ impl Stored {
         Stored(Arc::new(StoredInner {
             bytes: bytes.into(),
             decoded: OnceLock::new(),
-            plain: false,
+            plain: AtomicBool::new(false),
         }))
     }
 
@@ -45,13 +48,17 @@ impl Stored {
         Stored(Arc::new(StoredInner {
             bytes: bytes.into(),
             decoded,
-            plain,
+            plain: AtomicBool::new(plain),
         }))
     }
 
     /// The decoded value of a plain entry (see `with_decoded`), if it is a `V`.
     pub(crate) fn plain_value<V: Any>(&self) -> Option<&V> {
-        if self.0.plain { self.decoded() } else { None }
+        if self.0.plain.load(Ordering::Relaxed) {
+            self.decoded()
+        } else {
+            None
+        }
     }
 
     /// The entry bytes.
@@ -78,6 +85,12 @@ impl Stored {
     /// a pure function of the bytes, so any winner is right).
     pub(crate) fn remember<V: Any + Send + Sync>(&self, value: V) {
         let _ = self.0.decoded.set(Box::new(value));
+    }
+
+    /// Marks a positive entry without dependencies, whose decoded value is
+    /// kept, as plain (see `with_decoded`): its later hits skip the header.
+    pub(crate) fn mark_plain(&self) {
+        self.0.plain.store(true, Ordering::Relaxed);
     }
 }
 

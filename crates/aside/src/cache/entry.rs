@@ -348,6 +348,14 @@ impl Entries {
                 Ok(v) => {
                     if self.profile.shares_stored {
                         stored.remember(v.clone());
+                        // A copy the backend hands back on every read (a
+                        // two-level copy read from L2) lives no longer than
+                        // its entry's TTL counted here, as this process's own
+                        // fills do: once checked, its hits need only the
+                        // value (see the plain path in `read.rs`).
+                        if !env.has_deps() && matches!(age, Age::Fresh) {
+                            stored.mark_plain();
+                        }
                     }
                     Some(v)
                 }

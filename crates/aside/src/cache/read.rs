@@ -89,9 +89,10 @@ impl Cache {
             };
             // The memory hit path: an in-process backend's expiry is exact,
             // so without time-based policies a plain entry needs no header
-            // check at all. (Plain entries are only ever this process's own
-            // fills and sets, kept by a `shares_stored` backend for their TTL
-            // counted here, so this holds for a tiered backend's copies too.)
+            // check at all. (Plain entries are this process's own fills and
+            // sets, and copies a `shares_stored` backend hands back that a
+            // first full check found plain: each kept for its TTL counted
+            // here, so this holds for a tiered backend's copies too.)
             if let Some(v) = stored.plain_value::<V>()
                 && !entries.policy.needs_clock()
             {

@@ -218,3 +218,57 @@ async fn a_copy_from_before_a_lost_subscription_is_never_served_after_it() {
     .await;
     assert_eq!(read(&b, "k", "new", &calls).await.as_deref(), Some("new"));
 }
+
+/// A copy read from L2 (another instance filled the entry) is checked once,
+/// then its hits skip the header like the copies of this instance's own
+/// fills; it is still never served past its entry's TTL. A fills `k` with
+/// a 400 ms TTL; B reads it from L2 and hits its copy; past the TTL, B
+/// loads again instead of serving the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_read_from_l2_is_served_as_cheaply_and_never_past_its_ttl() {
+    let redis = redis_server();
+    let (a, _a_backend) = tiered(&redis.url(), &redis.url());
+    let (b, b_backend) = tiered(&redis.url(), &redis.url());
+    until_live(&b_backend).await;
+    let short = EntryOptions::new().ttl(Duration::from_millis(400));
+    let (a_calls, b_calls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = |calls: &Arc<AtomicUsize>, value: &'static str| {
+        let calls = calls.clone();
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, DbError>(Some(value.to_owned()))
+        }
+    };
+    let filled: Option<String> = a
+        .get_or_load_with("k", &short, load(&a_calls, "v1"))
+        .await
+        .unwrap();
+    assert_eq!(filled.as_deref(), Some("v1"));
+    let started = Instant::now();
+    // B's first read copies the entry from L2; the next ones hit the copy.
+    for _ in 0..3 {
+        let got: Option<String> = b
+            .get_or_load_with("k", &short, load(&b_calls, "v2"))
+            .await
+            .unwrap();
+        assert_eq!(got.as_deref(), Some("v1"));
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "too slow to show it"
+    );
+    assert_eq!(b_calls.load(Ordering::SeqCst), 0);
+    assert!(b_backend.stats().l1_hits >= 2, "{:?}", b_backend.stats());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got: Option<String> = b
+        .get_or_load_with("k", &short, load(&b_calls, "v2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        got.as_deref(),
+        Some("v2"),
+        "B served its copy past the entry's TTL: {:?}",
+        b_backend.stats()
+    );
+    assert_eq!(b_calls.load(Ordering::SeqCst), 1);
+}
