@@ -7,7 +7,11 @@
 //! keeps writing and waiting, and nothing fails until it gives up on its own.
 //! Putting a [`Proxy`] between one client and the server makes those
 //! reproducible: [`blackhole`](Proxy::blackhole), [`set_latency`](Proxy::set_latency)
-//! and [`cut`](Proxy::cut).
+//! and [`cut`](Proxy::cut). [`blackhole_subscriptions`](Proxy::blackhole_subscriptions)
+//! silences only the connections that subscribed (a client's commands go
+//! on while its subscription hears nothing), and
+//! [`set_upstream`](Proxy::set_upstream) sends new connections elsewhere
+//! (a failover behind a stable address).
 //!
 //! A connection can also be cut at one chosen request
 //! ([`cut_request`](Proxy::cut_request)): after the server received all of
@@ -24,6 +28,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -46,16 +51,20 @@ pub struct Proxy {
     accept: Option<JoinHandle<()>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
     /// Signalled on every change of `state`, so held chunks re-check it.
     changed: Condvar,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
+    /// Where new connections go.
+    upstream: SocketAddr,
     blackhole: bool,
+    /// Like `blackhole`, for the connections that sent a `SUBSCRIBE` only.
+    blackhole_subscriptions: bool,
     latency: Duration,
     /// Bumped by `cut`: a connection accepted under an older epoch ends.
     epoch: u64,
@@ -76,6 +85,8 @@ struct State {
 struct Link {
     state: Mutex<LinkState>,
     changed: Condvar,
+    /// The client sent a `SUBSCRIBE` (or `PSUBSCRIBE`, `SSUBSCRIBE`) on it.
+    subscribed: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -118,13 +129,16 @@ impl Shared {
     }
 
     /// Holds a chunk read by a connection of `epoch` while the blackhole is
-    /// on, then for the latency. False when the connection was cut (or the
-    /// proxy is stopping) meanwhile: the chunk is not forwarded.
-    fn hold(&self, epoch: u64) -> bool {
+    /// on (for it), then for the latency. False when the connection was cut
+    /// (or the proxy is stopping) meanwhile: the chunk is not forwarded.
+    fn hold(&self, epoch: u64, link: &Link) -> bool {
         let live = |s: &State| !s.stopping && s.epoch == epoch;
+        let silent = |s: &State| {
+            s.blackhole || (s.blackhole_subscriptions && link.subscribed.load(Ordering::Relaxed))
+        };
         let mut s = self.lock();
         loop {
-            while s.blackhole && live(&s) {
+            while silent(&s) && live(&s) {
                 s = self.changed.wait(s).unwrap_or_else(PoisonError::into_inner);
             }
             let until = Instant::now() + s.latency;
@@ -135,7 +149,7 @@ impl Shared {
                     .0;
             }
             // Blackholed again during the latency: hold on.
-            if !live(&s) || !s.blackhole {
+            if !live(&s) || !silent(&s) {
                 return live(&s);
             }
         }
@@ -152,11 +166,26 @@ impl Proxy {
         let failed = |e: std::io::Error| LaunchError::Failed(format!("proxy: {e}"));
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(failed)?;
         let addr = listener.local_addr().map_err(failed)?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                upstream,
+                blackhole: false,
+                blackhole_subscriptions: false,
+                latency: Duration::ZERO,
+                epoch: 0,
+                stopping: false,
+                next_id: 0,
+                conns: Vec::new(),
+                pumps: Vec::new(),
+                armed: None,
+                requests_cut: 0,
+            }),
+            changed: Condvar::new(),
+        });
         let s = Arc::clone(&shared);
         let accept = std::thread::Builder::new()
             .name("aside-test-proxy".into())
-            .spawn(move || accept_loop(&listener, upstream, &s))
+            .spawn(move || accept_loop(&listener, &s))
             .map_err(failed)?;
         Ok(Proxy {
             addr,
@@ -191,6 +220,22 @@ impl Proxy {
     /// connections are still accepted while it is on, and stay silent.
     pub fn blackhole(&self, on: bool) {
         self.shared.update(|s| s.blackhole = on);
+    }
+
+    /// [`blackhole`](Self::blackhole) for the connections on which the
+    /// client subscribed (sent `SUBSCRIBE`, `PSUBSCRIBE` or `SSUBSCRIBE`)
+    /// only: a subscription that hears nothing, not even its own pings'
+    /// replies, while the same client's other connections work.
+    pub fn blackhole_subscriptions(&self, on: bool) {
+        self.shared.update(|s| s.blackhole_subscriptions = on);
+    }
+
+    /// Sends connections accepted from now on to `upstream`; the current
+    /// ones stay where they are until [`cut`](Self::cut). With both, a
+    /// failover behind a stable address (a virtual IP, a DNS name).
+    pub fn set_upstream(&self, upstream: impl Into<SocketAddr>) {
+        let upstream = upstream.into();
+        self.shared.update(|s| s.upstream = upstream);
     }
 
     /// Delays every chunk forwarded from now on (either way) by `latency`.
@@ -267,11 +312,15 @@ impl Drop for Proxy {
     }
 }
 
-fn accept_loop(listener: &TcpListener, upstream: SocketAddr, shared: &Arc<Shared>) {
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     for client in listener.incoming() {
-        if shared.lock().stopping {
-            return;
-        }
+        let upstream = {
+            let s = shared.lock();
+            if s.stopping {
+                return;
+            }
+            s.upstream
+        };
         let Ok(client) = client else { continue };
         // The client sees a refused upstream as a connection closed at once.
         let Ok(server) = TcpStream::connect_timeout(&upstream, Duration::from_secs(2)) else {
@@ -339,6 +388,9 @@ impl Pump<'_> {
     fn requests(self) {
         let mut sent: u64 = 0;
         self.run(|pump, pending, at, end| {
+            if contains(&pending[at..end], b"SUBSCRIBE") {
+                pump.link.subscribed.store(true, Ordering::Relaxed);
+            }
             let Some(cut) = pump.shared.take_cut(&pending[at..end]) else {
                 sent += 1;
                 return Step::Forward;
@@ -409,7 +461,7 @@ impl Pump<'_> {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            if !self.shared.hold(self.epoch) {
+            if !self.shared.hold(self.epoch, self.link) {
                 break;
             }
             if raw {
@@ -457,6 +509,13 @@ impl Pump<'_> {
         let _ = self.from.shutdown(Shutdown::Both);
         let _ = self.to.shutdown(Shutdown::Both);
     }
+}
+
+/// Whether `needle` occurs in `haystack`, ASCII case aside.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// What a pump does with one message.

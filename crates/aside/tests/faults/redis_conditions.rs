@@ -329,7 +329,7 @@ fn aside_acl_rule(namespace: &str) -> String {
         "resetkeys ~{{{namespace}:* ~{{{namespace}}}:* ~aside:events:members resetchannels \
          &aside:fills &aside:events &aside:events:to:* -@all +get +mget +set +del +pexpire \
          +pttl +exists +type +publish +subscribe +unsubscribe +ping +evalsha +eval \
-         +script|load +time +zadd +zrem +zscore +zrangebyscore +zremrangebyscore"
+         +script|load +time +info +zadd +zrem +zscore +zrangebyscore +zremrangebyscore"
     )
 }
 

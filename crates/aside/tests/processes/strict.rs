@@ -10,10 +10,12 @@
 //! [`Strict`]'s defaults (2 s leases, 500 ms acknowledgement timeout,
 //! 100 ms drift margin), and a control E without strict invalidation (the
 //! default bounded mode) shows that the checker finds what the bound
-//! allows. The faults: B's backplane connections go silent, slow (300 ms
-//! each way), B is stopped (`SIGSTOP`) and killed (`SIGKILL`), the registry
-//! of instances is deleted (an eviction) while B is cut off, and the
-//! backplane's Redis restarts empty. B runs without `max_staleness` in the
+//! allows. The faults: B's backplane connections go silent, or only its
+//! subscription does, they slow down (300 ms each way), B is stopped
+//! (`SIGSTOP`) and killed (`SIGKILL`), the registry of instances is deleted
+//! (an eviction) while B is cut off, the backplane's Redis restarts empty,
+//! it fails over to a replica that lagged, and a second writer is killed
+//! while it waits for acknowledgements. B runs without `max_staleness` in the
 //! fault runs, and the writer gives up on acknowledgements after 100 ms
 //! (before a silent subscription is noticed, at 500 ms), so that only the
 //! leases guard B's copies.
@@ -34,7 +36,7 @@ use super::tiered::parent::{
     Op, Writer, describe, spawn_worker_pid, stale_runs, stop, until_heard, wait_ready,
 };
 use super::tiered::setup::{
-    Run, WorkerConfig, WorkerResult, build_with, connect, init_truth, until_live,
+    Run, WorkerConfig, WorkerResult, build_with, connect, init_truth, now_ns, until_live,
 };
 
 /// The registry of instances of the backplane the harness uses.
@@ -59,6 +61,7 @@ fn worker(
         hog_threads: 0,
         strict,
         unbounded,
+        writer: false,
     }
 }
 
@@ -335,6 +338,26 @@ async fn an_instance_cut_off_slow_or_stopped_never_serves_what_a_write_removed()
     ));
     tokio::time::sleep(Duration::from_secs(1)).await;
 
+    // Deaf: only B's subscription is silent. Its commands still go through,
+    // but it hears neither writes nor its own heartbeats, so it must not
+    // renew its lease (nor acknowledge).
+    let before_deaf = revocations(&a.backend);
+    proxy.blackhole_subscriptions(true);
+    let mut deaf = Vec::new();
+    for op in [Op::Invalidate(4), Op::Tag(0), Op::Set(5)] {
+        deaf.push(timed(&mut a, op).await);
+    }
+    deaf.extend(write_for(&mut a, Duration::from_millis(500)).await);
+    proxy.blackhole_subscriptions(false);
+    proxy.cut();
+    until_heard(&a, &mut conn, &run).await;
+    let deaf_revoked = revocations(&a.backend) - before_deaf;
+    report.push(format!(
+        "subscription only silent: {}; revocations {deaf_revoked}",
+        summary(&deaf),
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
     // Slow: every packet of B's backplane 300 ms late.
     proxy.set_latency(Duration::from_millis(300));
     let slow = write_for(&mut a, Duration::from_secs(2)).await;
@@ -376,8 +399,8 @@ async fn an_instance_cut_off_slow_or_stopped_never_serves_what_a_write_removed()
     eprintln!("strict, faults:\n  {}", report.join("\n  "));
     check_none_stale(&a, &[("B", &b), ("C", &c)], &report);
     assert!(
-        revoked > 0,
-        "B was never revoked: the faults did not bite\n  {}",
+        revoked > 0 && deaf_revoked > 0,
+        "B was not revoked: the faults did not bite\n  {}",
         report.join("\n  ")
     );
     assert_eq!(
@@ -510,4 +533,195 @@ async fn a_killed_instance_holds_writes_up_by_at_most_its_lease() {
         "C left the registry as it stopped: nobody to revoke\n  {}",
         report.join("\n  ")
     );
+}
+
+/// W, a second strict writer in a process of its own, is killed while one
+/// of its writes waits (B is stopped, so each of W's writes waits out B's
+/// lease). That write never returned, so it promised nothing; what it
+/// leaves behind (its own lease, B revoked or not) holds A's next write up
+/// by at most an acknowledgement timeout and a lease, and no read after
+/// one of A's writes returned is older than it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_killed_while_it_waits_leaves_nothing_stale() {
+    let _one = crate::ONE_RUN_AT_A_TIME.lock().await;
+    let redis = redis_server();
+    let url = redis.url();
+    let run = Run::new();
+    let mut conn = connect(&url).await;
+    init_truth(&mut conn, &run).await;
+    let (b_pid, b) = spawn_worker_pid(worker("B", &run, &url, &url, true, true));
+    let (_, c) = spawn_worker_pid(worker("C", &run, &url, &url, true, false));
+    let mut w_config = worker("W", &run, &url, &url, true, false);
+    w_config.writer = true;
+    let (w_pid, w) = spawn_worker_pid(w_config);
+    let mut a = writer(&run, &url, &url).await;
+    wait_ready(&mut conn, &run, &["B", "C", "W"]).await;
+    let mut report = Vec::new();
+    let healthy = write_for(&mut a, Duration::from_millis(500)).await;
+    report.push(format!("healthy: {}", summary(&healthy)));
+
+    signal(b_pid, "STOP");
+    // W's write in progress has waited 300 ms (for B's acknowledgement, or
+    // its lease): kill it there.
+    let busy = run.busy("W");
+    let waited = Instant::now() + Duration::from_secs(10);
+    loop {
+        let since: Option<i64> = redis::cmd("GET")
+            .arg(&busy)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if since.is_some_and(|t| now_ns() - t > 300_000_000) {
+            break;
+        }
+        assert!(Instant::now() < waited, "W never waited for B");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(w_pid, "KILL");
+    // Its result will never come.
+    w.abort();
+    let first = timed(&mut a, Op::Invalidate(0)).await;
+    let stopped = write_for(&mut a, Duration::from_secs(1)).await;
+    signal(b_pid, "CONT");
+    let resumed = write_for(&mut a, Duration::from_millis(1500)).await;
+    report.push(format!(
+        "first write after W was killed mid-write (B stopped): {:.0} ms; then: {}; \
+         B resumed: {}; revocations {}",
+        first.as_secs_f64() * 1e3,
+        summary(&stopped),
+        summary(&resumed),
+        revocations(&a.backend)
+    ));
+    stop(&mut conn, &run).await;
+    let (b, c) = (b.await.unwrap(), c.await.unwrap());
+    for (name, r) in [("B", &b), ("C", &c)] {
+        report.push(describe(name, r, &stale_runs(&a.writes, &r.runs)));
+    }
+    eprintln!(
+        "strict, a writer killed mid-write:\n  {}",
+        report.join("\n  ")
+    );
+    check_none_stale(&a, &[("B", &b), ("C", &c)], &report);
+    let strict = Strict::new();
+    assert!(
+        first < strict.ack_timeout + strict.member_lease * 2,
+        "the write after W was killed waited more than an acknowledgement \
+         timeout and a lease\n  {}",
+        report.join("\n  ")
+    );
+}
+
+/// The backplane's Redis fails over to a replica that lagged: the replica
+/// stopped following its primary more than a lease before the failover,
+/// so its registry lists B with a lease that has long ended, while B,
+/// which renewed on the old primary since, still serves its copies. B's
+/// connections to the old primary hang (its route is gone); A's and, later,
+/// B's follow the stable address to the new primary. A registry that
+/// another server wrote is not trusted: the first write after the failover
+/// waits one lease (as for a lost registry), and no read after a write
+/// returned is older than it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_to_a_lagging_replica_is_waited_out() {
+    let _one = crate::ONE_RUN_AT_A_TIME.lock().await;
+    let data = redis_server();
+    let primary = redis_server();
+    // The replica loads the primary's data from the socket, not through a
+    // `dump.rdb` in the working directory (which the next server started
+    // there would load).
+    let replica = aside_test::RedisServer::builder()
+        .arg("--repl-diskless-load")
+        .arg("on-empty-db")
+        .arg("--dbfilename")
+        .arg("aside-test-never-written.rdb")
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let data_url = data.url();
+    let mut to_replica = connect(&replica.url()).await;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(primary.port())
+        .query_async(&mut to_replica)
+        .await
+        .unwrap();
+    // One stable address per instance, as a virtual IP would be.
+    let (a_route, b_route) = (
+        Proxy::to_port(primary.port()).unwrap(),
+        Proxy::to_port(primary.port()).unwrap(),
+    );
+    let run = Run::new();
+    let mut conn = connect(&data_url).await;
+    init_truth(&mut conn, &run).await;
+    let (_, b) = spawn_worker_pid(worker("B", &run, &data_url, &b_route.url(), true, true));
+    let mut a = writer(&run, &data_url, &a_route.url()).await;
+    wait_ready(&mut conn, &run, &["B"]).await;
+    in_sync(&mut to_replica).await;
+    let mut report = Vec::new();
+    let warm = write_for(&mut a, Duration::from_millis(500)).await;
+    report.push(format!("healthy: {}", summary(&warm)));
+
+    // The replica falls behind (here: stops following) a lease and more
+    // before the failover.
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut to_replica)
+        .await
+        .unwrap();
+    let lease = Strict::new().member_lease;
+    let lagged = write_for(&mut a, lease + Duration::from_millis(500)).await;
+    report.push(format!("while the replica lagged: {}", summary(&lagged)));
+
+    // The failover: B's route to the old primary hangs, A's address now
+    // leads to the replica.
+    b_route.blackhole(true);
+    a_route.set_upstream(([127, 0, 0, 1], replica.port()));
+    a_route.cut();
+    let started = Instant::now();
+    applied_again(&a).await;
+    let settled = started.elapsed();
+    report.push(format!(
+        "first write after the failover: {:.0} ms",
+        settled.as_secs_f64() * 1e3
+    ));
+    let mut after = Vec::new();
+    for op in [Op::Invalidate(0), Op::Tag(1), Op::Set(2)] {
+        after.push(timed(&mut a, op).await);
+    }
+    after.extend(write_for(&mut a, Duration::from_secs(1)).await);
+    report.push(format!("after the failover: {}", summary(&after)));
+
+    // B finds the new primary too.
+    b_route.set_upstream(([127, 0, 0, 1], replica.port()));
+    b_route.blackhole(false);
+    b_route.cut();
+    until_heard(&a, &mut conn, &run).await;
+    let rejoined = write_for(&mut a, Duration::from_secs(1)).await;
+    report.push(format!("B on the new primary: {}", summary(&rejoined)));
+    stop(&mut conn, &run).await;
+    let b = b.await.unwrap();
+    report.push(describe("B", &b, &stale_runs(&a.writes, &b.runs)));
+    eprintln!("strict, failover:\n  {}", report.join("\n  "));
+    check_none_stale(&a, &[("B", &b)], &report);
+    assert!(
+        settled >= lease / 2,
+        "the first write on the new primary did not wait for its registry to settle\n  {}",
+        report.join("\n  ")
+    );
+}
+
+/// Waits until a replica has loaded its primary's data.
+async fn in_sync(replica: &mut MultiplexedConnection) {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(replica)
+            .await
+            .unwrap();
+        if info.contains("master_link_status:up") {
+            return;
+        }
+        assert!(Instant::now() < until, "the replica never synced: {info}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -117,6 +117,7 @@ async fn run_fleet(greedy: bool) -> Fleet {
                 hog_threads: if greedy && backplane { 2 } else { 0 },
                 strict: false,
                 unbounded: false,
+                writer: false,
             });
             (name, handle)
         })
@@ -290,6 +291,7 @@ async fn a_lost_subscription_never_leaves_a_stale_copy_behind() {
         hog_threads: 0,
         strict: false,
         unbounded: false,
+        writer: false,
     });
     let (cache, backend) = build(
         &run,

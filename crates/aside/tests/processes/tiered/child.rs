@@ -28,6 +28,9 @@ pub async fn work(config: WorkerConfig) -> WorkerResult {
     if config.events_url.is_some() {
         until_live(&backend).await;
     }
+    if config.writer {
+        return write(config, cache, backend, conn).await;
+    }
     // Every key into L1, until one pass is all L1 hits (a fill can lose to
     // another process's load of the same key; the next read copies it;
     // strict: copies are served once this instance has registered).
@@ -195,4 +198,63 @@ pub async fn work(config: WorkerConfig) -> WorkerResult {
     }
     result.stats = snapshot(&backend);
     result
+}
+
+/// A writer child: random writes (each one checked as the parent's are)
+/// until stopped, its write in progress flagged at [`Run::busy`] so that the
+/// parent can kill it in the middle of one.
+async fn write(
+    config: WorkerConfig,
+    cache: Cache,
+    backend: TieredBackend,
+    conn: MultiplexedConnection,
+) -> WorkerResult {
+    let run = config.run.clone();
+    let mut flags = conn.clone();
+    let mut w = parent::Writer {
+        cache,
+        backend,
+        conn,
+        run: run.clone(),
+        writes: Vec::new(),
+    };
+    let _: () = redis::cmd("SET")
+        .arg(run.ready(&config.name))
+        .arg(1)
+        .query_async(&mut flags)
+        .await
+        .unwrap();
+    loop {
+        let stop: Option<String> = redis::cmd("GET")
+            .arg(run.stop())
+            .query_async(&mut flags)
+            .await
+            .unwrap();
+        if stop.is_some() {
+            break;
+        }
+        let busy = run.busy(&config.name);
+        let _: () = redis::cmd("SET")
+            .arg(&busy)
+            .arg(now_ns())
+            .query_async(&mut flags)
+            .await
+            .unwrap();
+        w.apply(parent::Op::random()).await;
+        let _: () = redis::cmd("DEL")
+            .arg(&busy)
+            .query_async(&mut flags)
+            .await
+            .unwrap();
+        let pause = rand::rng().random_range(10..30);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+    WorkerResult {
+        name: config.name,
+        reads: 0,
+        read_ns: 0,
+        max_read_ns: 0,
+        runs: Vec::new(),
+        stats: snapshot(&w.backend),
+    }
 }

@@ -48,6 +48,11 @@ impl Run {
     pub fn stats(&self, name: &str) -> String {
         format!("{}:stats:{name}", self.prefix)
     }
+    /// Set (to the wall-clock ns it began) while a child writer's write
+    /// runs.
+    pub fn busy(&self, name: &str) -> String {
+        format!("{}:busy:{name}", self.prefix)
+    }
     pub fn stop(&self) -> String {
         format!("{}:stop", self.prefix)
     }
@@ -82,6 +87,10 @@ pub struct WorkerConfig {
     /// copies).
     #[serde(default)]
     pub unbounded: bool,
+    /// A writer, not a reader: random writes until stopped (or killed),
+    /// each one flagged at [`Run::busy`] while it runs.
+    #[serde(default)]
+    pub writer: bool,
 }
 
 /// A child's counters at one instant (`at`: wall-clock ns).

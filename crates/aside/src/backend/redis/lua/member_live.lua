@@ -4,15 +4,17 @@
 -- Returns {now ms, settling ms, instance, lease left ms, instance, ...}: now
 -- is Redis's time, settling how long the list must still be waited for,
 -- when the registry is younger than one lease (instances registered before
--- it was lost may still hold leases it does not list).
+-- it was lost, or renewed on another server before a failover, may still
+-- hold leases it does not list).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local born = redis.call('ZSCORE', KEYS[1], '~born')
+local mark = '~born:' .. string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local born = redis.call('ZSCORE', KEYS[1], mark)
 if born then
     born = -tonumber(born)
 else
     redis.call('DEL', KEYS[1])
-    redis.call('ZADD', KEYS[1], -now, '~born')
+    redis.call('ZADD', KEYS[1], -now, mark)
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
     born = now
 end

@@ -1,18 +1,23 @@
 -- MEMBER RENEW: registers or renews an instance of a backplane.
 -- KEYS: the registry, a sorted set: instance -> lease end (Redis ms), and
--- '~born' -> minus the registry's birth (Redis ms). One key, so that an
--- eviction or a lost write takes the registry and its birth together.
+-- '~born:<run id>' -> minus the registry's birth (Redis ms). One key, so
+-- that an eviction or a lost write takes the registry and its birth
+-- together. The birth names the server process that keeps the registry:
+-- a registry another process wrote (a replica promoted after it lagged, a
+-- restart that reloaded a snapshot or an append-only file) may miss
+-- renewals that instances count on, so it is treated as new.
 -- ARGV: instance, lease ms, register (1/0), keep ms (how long the registry
 -- outlives its last renewal).
 -- Returns Redis's time (ms), or 0 for a renewal of an instance no longer
 -- registered (it was revoked, or the registry was lost and is new).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if not redis.call('ZSCORE', KEYS[1], '~born') then
-    -- A registry without its birth is new: writers wait one lease before
-    -- they trust it (see MEMBER LIVE).
+local born = '~born:' .. string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+if not redis.call('ZSCORE', KEYS[1], born) then
+    -- A registry without its birth here is new: writers wait one lease
+    -- before they trust it (see MEMBER LIVE).
     redis.call('DEL', KEYS[1])
-    redis.call('ZADD', KEYS[1], -now, '~born')
+    redis.call('ZADD', KEYS[1], -now, born)
 end
 -- Leases are positive scores, the birth a negative one.
 redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, now)
