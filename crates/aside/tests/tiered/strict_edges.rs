@@ -377,6 +377,100 @@ async fn a_reader_that_reconnects_during_a_write_is_not_revoked() {
     );
 }
 
+/// Acknowledgements that are not B's, sent to every instance's own
+/// channel while B is silent: bytes that are not a message, an ack of
+/// another format version, one without a sender (another service), one
+/// from an instance that is not registered, each claiming everything up to
+/// `u64::MAX` was applied. None of them counts for B: the write waits for
+/// B's acknowledgement, revokes B and waits out its lease, and nothing
+/// panics. (An acknowledgement in B's name is B's: see "Trust" in
+/// docs/tiered.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_foreign_acknowledgements_count_for_nobody() {
+    let redis = redis_server();
+    let proxy = Proxy::to_port(redis.port()).unwrap();
+    let truth = Arc::new(AtomicU64::new(1));
+    let system: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (b, b_backend) = tier(
+        &redis.url(),
+        &proxy.url(),
+        Some(Strict::new()),
+        None,
+        system.clone(),
+    );
+    let (a, a_backend) = tier(
+        &redis.url(),
+        &redis.url(),
+        Some(Strict::new()),
+        None,
+        system,
+    );
+    until_live(&a_backend).await;
+    until_live(&b_backend).await;
+    until_l1_hit(&b, &b_backend, "k", &truth).await;
+    // Past the young registry's settling.
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    assert_eq!(a.invalidate("warm").await.unwrap(), Invalidation::Applied);
+
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("{CHANNEL}:members"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let instances: Vec<String> = members
+        .into_iter()
+        .filter(|m| !m.starts_with('~'))
+        .collect();
+    assert_eq!(instances.len(), 2, "{instances:?}");
+    let junk: [&[u8]; 4] = [
+        b"\x00\xffnot a message",
+        br#"{"v":2,"op":"ack","src":"x","seq":18446744073709551615}"#,
+        br#"{"v":1,"op":"ack","seq":18446744073709551615}"#,
+        br#"{"v":1,"op":"ack","src":"nobody","seq":18446744073709551615}"#,
+    ];
+    let spam = {
+        let mut conn = conn.clone();
+        tokio::spawn(async move {
+            for _ in 0..100 {
+                for id in &instances {
+                    for message in junk {
+                        let _: i64 = redis::cmd("PUBLISH")
+                            .arg(format!("{CHANNEL}:to:{id}"))
+                            .arg(message)
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
+    proxy.blackhole(true);
+    let before = a_backend.stats().revocations;
+    truth.store(2, Ordering::SeqCst);
+    let started = Instant::now();
+    assert_eq!(a.invalidate("k").await.unwrap(), Invalidation::Applied);
+    let took = started.elapsed();
+    spam.await.unwrap();
+    assert!(
+        a_backend.stats().revocations == before + 1 && took >= Strict::new().ack_timeout,
+        "acknowledgements not from B counted for B: {} revocations, the write took {took:?}",
+        a_backend.stats().revocations - before
+    );
+    // B's lease is over: whatever it serves is current.
+    assert_eq!(read(&b, "k", &truth).await, 2);
+    proxy.blackhole(false);
+}
+
 /// `max_l1_age` over 1,000 years (`Duration::MAX` for "never expire
 /// copies") is a configuration error, not a panic in the in-process
 /// cache's builder.
