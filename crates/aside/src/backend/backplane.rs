@@ -97,12 +97,22 @@ pub trait Membership: Send + Sync {
     /// and how long the registry itself must still be waited for: a
     /// registry re-created less than `longest_lease` ago (it was evicted,
     /// or lost with a failover) may not list instances still holding
-    /// leases from before.
+    /// leases from before. An instance revoked less than its lease ago is
+    /// listed too, until that lease ends: it learns of its revocation only
+    /// at its next renewal, and serves its copies until then.
     async fn live(&self, longest_lease: Duration) -> Result<Live, BackendError>;
 
     /// Unregisters `instance` so it cannot renew; answers when (the
-    /// store's time, ms) its lease ends (`None`: it was not registered).
-    async fn revoke(&self, instance: &str) -> Result<Option<u64>, BackendError>;
+    /// store's time, ms) its lease ends (`None`: it was neither registered
+    /// nor revoked). It stays listed by [`live`](Self::live) until then.
+    /// When the registry was lost or replaced since it was listed (or is
+    /// younger than `longest_lease`), a lease it does not know of may
+    /// still run: the answer is then at least `longest_lease` from now.
+    async fn revoke(
+        &self,
+        instance: &str,
+        longest_lease: Duration,
+    ) -> Result<Option<u64>, BackendError>;
 
     /// Unregisters `instance` as it leaves: queued, best effort (a writer
     /// otherwise waits out its lease once).

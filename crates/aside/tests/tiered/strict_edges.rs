@@ -86,11 +86,13 @@ async fn until_l1_hit(cache: &Cache, backend: &TieredBackend, key: &str, truth: 
 /// failover to a replica whose clock is ahead): the store's time reads
 /// later, so every lease in the registry looks that much shorter. Redis's
 /// `TIME` cannot be moved from a test; this is what the contract then
-/// answers.
+/// answers. With `lose_on_revoke`, the registry is deleted (an eviction, a
+/// restart) just before each revocation, after the writer listed it.
 #[derive(Debug)]
 struct StepsForward {
     inner: RedisBackplane,
     ahead: Arc<AtomicU64>,
+    lose_on_revoke: Option<redis::Client>,
 }
 
 impl Backplane for StepsForward {
@@ -145,8 +147,20 @@ impl Membership for StepsForward {
         Ok(Live::new(members, live.settling, live.as_of + ahead_ms))
     }
 
-    async fn revoke(&self, instance: &str) -> Result<Option<u64>, BackendError> {
-        self.inner.revoke(instance).await
+    async fn revoke(
+        &self,
+        instance: &str,
+        longest_lease: Duration,
+    ) -> Result<Option<u64>, BackendError> {
+        if let Some(client) = &self.lose_on_revoke {
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let _: i64 = redis::cmd("DEL")
+                .arg(format!("{CHANNEL}:members"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        self.inner.revoke(instance, longest_lease).await
     }
 
     fn leave(&self, instance: &str) {
@@ -182,6 +196,7 @@ async fn a_forward_step_of_the_registrys_clock_is_waited_out() {
             .backplane(CHANNEL)
             .unwrap(),
         ahead: ahead.clone(),
+        lose_on_revoke: None,
     };
     let a_backend = TieredBackend::builder(RedisBackend::new(&redis.url()).unwrap())
         .max_l1_age(Duration::from_secs(60))
@@ -469,6 +484,180 @@ async fn malformed_and_foreign_acknowledgements_count_for_nobody() {
     // B's lease is over: whatever it serves is current.
     assert_eq!(read(&b, "k", &truth).await, 2);
     proxy.blackhole(false);
+}
+
+/// A write that revokes B (it did not acknowledge in time) waits out B's
+/// lease; so must every other write until that lease is over, although B
+/// is no longer registered: B learns of its revocation only at its next
+/// renewal, and serves its copies until then. Here A (impatient) revokes B,
+/// whose subscription alone went silent, and A2 writes another key while
+/// A waits: A2's write returns only once B can no longer serve the old
+/// copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_during_another_writes_revocation_waits_for_the_revoked_instance() {
+    let redis = redis_server();
+    let proxy = Proxy::to_port(redis.port()).unwrap();
+    let (t1, t2) = (Arc::new(AtomicU64::new(1)), Arc::new(AtomicU64::new(1)));
+    let system: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (b, b_backend) = tier(
+        &redis.url(),
+        &proxy.url(),
+        Some(Strict::new()),
+        None,
+        system.clone(),
+    );
+    let impatient = Strict::new().ack_timeout(Duration::from_millis(100));
+    let (a, a_backend) = tier(
+        &redis.url(),
+        &redis.url(),
+        Some(impatient),
+        None,
+        system.clone(),
+    );
+    let (a2, a2_backend) = tier(
+        &redis.url(),
+        &redis.url(),
+        Some(Strict::new()),
+        None,
+        system,
+    );
+    for backend in [&a_backend, &a2_backend, &b_backend] {
+        until_live(backend).await;
+    }
+    until_l1_hit(&b, &b_backend, "k1", &t1).await;
+    until_l1_hit(&b, &b_backend, "k2", &t2).await;
+    // Past the young registry's settling, and every instance acknowledges.
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    assert_eq!(a2.invalidate("warm").await.unwrap(), Invalidation::Applied);
+    assert_eq!(read(&b, "k2", &t2).await, 1);
+
+    proxy.blackhole_subscriptions(true);
+    t1.store(2, Ordering::SeqCst);
+    let revoking = tokio::spawn(async move { a.invalidate("k1").await });
+    let until = Instant::now() + Duration::from_secs(2);
+    while a_backend.stats().revocations == 0 {
+        assert!(Instant::now() < until, "A never revoked B");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    t2.store(2, Ordering::SeqCst);
+    let started = Instant::now();
+    assert_eq!(a2.invalidate("k2").await.unwrap(), Invalidation::Applied);
+    let took = started.elapsed();
+    let got = read(&b, "k2", &t2).await;
+    assert_eq!(
+        got, 2,
+        "B served the copy A2's write removed, {took:?} after A revoked B: A2 did not wait for it"
+    );
+    assert_eq!(revoking.await.unwrap().unwrap(), Invalidation::Applied);
+    proxy.blackhole_subscriptions(false);
+}
+
+/// The registry is lost (evicted, a restart) after a writer listed it and
+/// before it revokes a silent member: the revocation finds no lease to
+/// tell its end, while the member may still serve copies for up to a
+/// lease. The write waits a whole lease from the revocation, not only what
+/// was listed. (A's lease is longer than B's, so that the two waits tell
+/// apart: what was listed of B's is at most 2 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_lost_before_a_revocation_is_waited_out() {
+    let redis = redis_server();
+    let proxy = Proxy::to_port(redis.port()).unwrap();
+    let truth = Arc::new(AtomicU64::new(1));
+    let system: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (b, b_backend) = tier(
+        &redis.url(),
+        &proxy.url(),
+        Some(Strict::new()),
+        None,
+        system,
+    );
+    let losing = StepsForward {
+        inner: RedisBackend::new(&redis.url())
+            .unwrap()
+            .backplane(CHANNEL)
+            .unwrap(),
+        ahead: Arc::new(AtomicU64::new(0)),
+        lose_on_revoke: Some(redis::Client::open(redis.url()).unwrap()),
+    };
+    let strict = Strict::new()
+        .ack_timeout(Duration::from_millis(100))
+        .member_lease(Duration::from_secs(3));
+    let a_backend = TieredBackend::builder(RedisBackend::new(&redis.url()).unwrap())
+        .max_l1_age(Duration::from_secs(60))
+        .backplane(losing)
+        .strict(strict)
+        .build()
+        .unwrap();
+    let a = Cache::builder()
+        .namespace("review")
+        .ttl(Duration::from_secs(60))
+        .backend(a_backend.clone())
+        .build()
+        .unwrap();
+    until_live(&a_backend).await;
+    until_live(&b_backend).await;
+    until_l1_hit(&b, &b_backend, "k", &truth).await;
+    tokio::time::sleep(Duration::from_millis(3_600)).await;
+    until_l1_hit(&b, &b_backend, "k", &truth).await;
+
+    proxy.blackhole(true);
+    truth.store(2, Ordering::SeqCst);
+    let started = Instant::now();
+    assert_eq!(a.invalidate("k").await.unwrap(), Invalidation::Applied);
+    let took = started.elapsed();
+    assert_eq!(read(&b, "k", &truth).await, 2);
+    assert!(
+        took >= strict.ack_timeout + strict.member_lease,
+        "the write waited {took:?}: less than a lease after a revocation that found the \
+         registry gone"
+    );
+    proxy.blackhole(false);
+}
+
+/// Something else wrote a value of another type at the registry's key:
+/// the registry scripts treat it as a lost registry (replaced, then waited
+/// out for a lease) rather than failing every strict write until someone
+/// deletes it by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_value_at_the_registry_is_replaced() {
+    let redis = redis_server();
+    let system: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (a, a_backend) = tier(
+        &redis.url(),
+        &redis.url(),
+        Some(Strict::new()),
+        None,
+        system,
+    );
+    until_live(&a_backend).await;
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{CHANNEL}:members"))
+        .arg("not a registry")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(8);
+    loop {
+        if a.invalidate("k").await.unwrap() == Invalidation::Applied {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "strict writes never applied again after a foreign value took the registry's key"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ty: String = redis::cmd("TYPE")
+        .arg(format!("{CHANNEL}:members"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(ty, "zset");
 }
 
 /// `max_l1_age` over 1,000 years (`Duration::MAX` for "never expire

@@ -303,15 +303,20 @@ impl Membership for RedisBackplane {
         Ok(Live::new(live, millis(settling), as_of))
     }
 
-    async fn revoke(&self, instance: &str) -> Result<Option<u64>, BackendError> {
+    async fn revoke(
+        &self,
+        instance: &str,
+        longest_lease: Duration,
+    ) -> Result<Option<u64>, BackendError> {
         let members = self.registry();
-        let instance = instance.to_owned();
+        let (instance, lease) = (instance.to_owned(), ms(longest_lease));
         let reply = self
             .call(Box::new(move |conn| {
                 Box::pin(async move {
                     MEMBER_REVOKE
                         .key(members)
                         .arg(instance)
+                        .arg(lease)
                         .invoke_async(conn)
                         .await
                 })

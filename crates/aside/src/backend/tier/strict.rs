@@ -562,9 +562,10 @@ impl Tier {
             // Not registered any more: it left, or the registry was lost
             // since it was listed; its lease may still run, as listed.
             let ends = members
-                .revoke(id)
+                .revoke(id, settings.member_lease)
                 .await?
-                .unwrap_or_else(|| live.as_of.saturating_add(millis(*listed)));
+                .unwrap_or(0)
+                .max(live.as_of.saturating_add(millis(*listed)));
             until = until.max(ends);
         }
         wait_out(members, &settings, live.as_of, until).await
