@@ -660,6 +660,60 @@ async fn a_foreign_value_at_the_registry_is_replaced() {
     assert_eq!(ty, "zset");
 }
 
+/// The writer's own subscription lags (here: silent, not yet noticed),
+/// while its commands go through: B and C acknowledge at once, but their
+/// acknowledgements do not reach A. A must not revoke them (that would
+/// drop every healthy instance's copies): a heartbeat of its own that does
+/// not come back tells it it cannot hear, and the write fails (the cache
+/// queues it and retries) instead of revoking anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_cannot_hear_acknowledgements_revokes_nobody() {
+    let redis = redis_server();
+    let proxy = Proxy::to_port(redis.port()).unwrap();
+    let system: Arc<dyn Clock> = Arc::new(SystemClock);
+    let impatient = Strict::new().ack_timeout(Duration::from_millis(100));
+    let (a, a_backend) = tier(
+        &redis.url(),
+        &proxy.url(),
+        Some(impatient),
+        None,
+        system.clone(),
+    );
+    let (_b, b_backend) = tier(
+        &redis.url(),
+        &redis.url(),
+        Some(Strict::new()),
+        None,
+        system.clone(),
+    );
+    let (_c, c_backend) = tier(
+        &redis.url(),
+        &redis.url(),
+        Some(Strict::new()),
+        None,
+        system,
+    );
+    for backend in [&a_backend, &b_backend, &c_backend] {
+        until_live(backend).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    assert_eq!(a.invalidate("warm").await.unwrap(), Invalidation::Applied);
+    let gaps = (b_backend.stats().gaps, c_backend.stats().gaps);
+
+    proxy.blackhole_subscriptions(true);
+    let outcome = a.invalidate("k").await.unwrap();
+    proxy.blackhole_subscriptions(false);
+    assert_eq!(
+        a_backend.stats().revocations,
+        0,
+        "A revoked instances whose acknowledgements it could not hear ({outcome:?})"
+    );
+    assert_ne!(outcome, Invalidation::Applied);
+    // Nobody was told to drop its copies.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!((b_backend.stats().gaps, c_backend.stats().gaps), gaps);
+}
+
 /// `max_l1_age` over 1,000 years (`Duration::MAX` for "never expire
 /// copies") is a configuration error, not a panic in the in-process
 /// cache's builder.

@@ -55,11 +55,13 @@ impl BackplaneListener for Link {
     fn caught_up(&self, as_of: u64) {
         if let Some(tier) = self.tier.upgrade() {
             tier.l1.caught_up(as_of);
-            // Registered only while heard: a renewal follows a heartbeat.
-            if let Some((membered, _)) = tier.strict()
-                && membered.renewal_due(crate::clock::boot_ns())
-            {
-                super::strict::renew(&tier);
+            if let Some((membered, _)) = tier.strict() {
+                membered.heartbeat_back(as_of);
+                // Registered only while heard: a renewal follows a
+                // heartbeat.
+                if membered.renewal_due(crate::clock::boot_ns()) {
+                    super::strict::renew(&tier);
+                }
             }
         }
     }

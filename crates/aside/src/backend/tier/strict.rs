@@ -156,6 +156,11 @@ pub(super) struct Membered {
     /// Members that rejoined (see [`Membered::rejoining`]): our own
     /// message number heard when their `rejoin` arrived.
     rejoins: Mutex<HashMap<String, u64>>,
+    /// When (`boot_ns`) the latest of our own heartbeats that came back
+    /// was sent: everything our subscription delivered before it has been
+    /// applied (acknowledgements included).
+    heartbeat: AtomicU64,
+    heartbeats: Notify,
 }
 
 impl Membered {
@@ -170,6 +175,35 @@ impl Membered {
             acked: Notify::new(),
             own_heard: AtomicU64::new(0),
             rejoins: Mutex::new(HashMap::new()),
+            heartbeat: AtomicU64::new(0),
+            heartbeats: Notify::new(),
+        }
+    }
+
+    /// A heartbeat of our subscription, sent at `sent` (`boot_ns`), came
+    /// back.
+    pub(super) fn heartbeat_back(&self, sent: u64) {
+        self.heartbeat.fetch_max(sent, Ordering::AcqRel);
+        self.heartbeats.notify_waiters();
+    }
+
+    /// Waits (up to `limit`) until a heartbeat sent at or after `since`
+    /// has come back: then every acknowledgement our subscription received
+    /// before it has been counted.
+    async fn heard_since(&self, since: u64, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now()
+            .checked_add(limit)
+            .unwrap_or_else(far_future);
+        loop {
+            let notified = self.heartbeats.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.heartbeat.load(Ordering::Acquire) >= since {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.heartbeat.load(Ordering::Acquire) >= since;
+            }
         }
     }
 
@@ -552,6 +586,20 @@ impl Tier {
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 break;
             }
+        }
+        let missing = others.iter().any(|(id, _)| membered.acked(id) < seq);
+        if missing && !membered.heard_since(boot_ns(), settings.ack_timeout).await {
+            // Missing, or only not heard yet? Our subscription answers a
+            // heartbeat after everything it delivered before; one sent from
+            // now on that does not come back means acknowledgements may be
+            // stuck on their way to us (a lagging or half-open
+            // subscription not yet noticed): revoking would drop every
+            // healthy instance's copies. The cache queues the write and
+            // retries it.
+            return Err(BackendError::failed(std::io::Error::other(
+                "this instance's backplane subscription is not keeping up: \
+                 acknowledgements could not be heard",
+            )));
         }
         for (id, listed) in &others {
             if membered.acked(id) >= seq {
