@@ -44,7 +44,8 @@ pub(super) enum Op {
     Rejoin,
     /// Strict invalidation: the sender heard its own `rejoin` back, so it
     /// has applied every message published before it; a writer waiting for
-    /// its acknowledgement of one of those may count it given.
+    /// its acknowledgement of one of those may count it given. `keys`
+    /// holds the number of the `rejoin` it answers.
     Rejoined,
 }
 

@@ -90,8 +90,10 @@ impl BackplaneListener for Link {
                 if let Some(membered) = &tier.membered {
                     membered.heard_own(message.seq);
                     if message.op == Op::Rejoin {
-                        // Everything before our `rejoin` is applied now.
-                        drop(tier.send(Op::Rejoined, &[]));
+                        // Everything before our `rejoin` is applied now:
+                        // say so, naming that `rejoin` (an older one may
+                        // still be on its way, by another connection).
+                        drop(tier.send(Op::Rejoined, &[message.seq.to_string()]));
                     }
                 }
                 return;
@@ -122,9 +124,10 @@ impl BackplaneListener for Link {
             Op::Rejoin | Op::Rejoined => {
                 if let (Some(src), Some(membered)) = (&message.src, &tier.membered) {
                     if message.op == Op::Rejoin {
-                        membered.rejoining(src);
+                        membered.rejoining(src, message.seq);
                     } else {
-                        membered.rejoined(src);
+                        let answers = message.keys.first().and_then(|k| k.parse().ok());
+                        membered.rejoined(src, answers);
                     }
                 }
                 return;

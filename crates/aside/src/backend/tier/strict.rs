@@ -153,9 +153,9 @@ pub(super) struct Membered {
     /// The highest number of our own messages heard back: every message of
     /// ours before it has been delivered ahead of whatever is heard next.
     own_heard: AtomicU64,
-    /// Members that rejoined (see [`Membered::rejoining`]): our own
-    /// message number heard when their `rejoin` arrived.
-    rejoins: Mutex<HashMap<String, u64>>,
+    /// Members that rejoined (see [`Membered::rejoining`]): the number of
+    /// their `rejoin`, and our own message number heard when it arrived.
+    rejoins: Mutex<HashMap<String, (u64, u64)>>,
     /// When (`boot_ns`) the latest of our own heartbeats that came back
     /// was sent: everything our subscription delivered before it has been
     /// applied (acknowledgements included).
@@ -218,24 +218,29 @@ impl Membered {
     /// again (it applies them in order before it hears its own `rejoin`)
     /// or was published before it subscribed, so before it dropped its
     /// copies. Remembered until it says it heard its `rejoin` back.
-    pub(super) fn rejoining(&self, member: &str) {
+    pub(super) fn rejoining(&self, member: &str, rejoin: u64) {
         let heard = self.own_heard.load(Ordering::Acquire);
         let mut rejoins = self.rejoins.lock().unwrap_or_else(PoisonError::into_inner);
-        rejoins.insert(member.to_owned(), heard);
+        rejoins.insert(member.to_owned(), (rejoin, heard));
     }
 
-    /// `member` heard its `rejoin` back: it has applied what came before
-    /// it, so it acknowledges our messages up to what we had heard then
-    /// (a reconnection during a write is not a reason to revoke it).
-    pub(super) fn rejoined(&self, member: &str) {
-        let mark = self
-            .rejoins
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(member);
-        if let Some(seq) = mark {
-            self.ack(member, seq);
+    /// `member` heard its `rejoin` numbered `answers` back: it has applied
+    /// what came before it, so it acknowledges our messages up to what we
+    /// had heard then (a reconnection during a write is not a reason to
+    /// revoke it). A `rejoined` that answers another `rejoin` than the
+    /// last one heard (a late one, sent before a reconnection) counts for
+    /// nothing.
+    pub(super) fn rejoined(&self, member: &str, answers: Option<u64>) {
+        let mut rejoins = self.rejoins.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(&(rejoin, heard)) = rejoins.get(member) else {
+            return;
+        };
+        if answers != Some(rejoin) {
+            return;
         }
+        rejoins.remove(member);
+        drop(rejoins);
+        self.ack(member, heard);
     }
 
     /// Records that `member` applied our messages up to `seq`.
@@ -643,6 +648,20 @@ mod tests {
     use super::*;
 
     const MS: u64 = 1_000_000;
+
+    #[test]
+    fn a_rejoined_counts_only_for_the_rejoin_it_answers() {
+        let m = Membered::new(Strict::new());
+        m.heard_own(3);
+        m.rejoining("b", 7);
+        // A late `rejoined`, answering an earlier `rejoin`, or one that
+        // names none: B may not have applied our messages up to 3 yet.
+        m.rejoined("b", Some(5));
+        m.rejoined("b", None);
+        assert_eq!(m.acked("b"), 0);
+        m.rejoined("b", Some(7));
+        assert_eq!(m.acked("b"), 3);
+    }
 
     #[test]
     fn the_local_deadline_ends_a_margin_before_the_lease() {
