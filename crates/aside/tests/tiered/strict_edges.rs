@@ -714,6 +714,90 @@ async fn a_writer_that_cannot_hear_acknowledgements_revokes_nobody() {
     assert_eq!((b_backend.stats().gaps, c_backend.stats().gaps), gaps);
 }
 
+/// Redis under `maxmemory` (`allkeys-random`) evicts the registry while B
+/// is cut off: the next write cannot know who held leases, and waits for
+/// the registry (new, or missing) to be a lease old before it returns; B,
+/// which may still serve its copy until its lease ends, cannot serve it
+/// after the write returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_evicted_under_maxmemory_is_waited_out() {
+    let redis = aside_test::RedisServer::builder()
+        .arg("--maxmemory")
+        .arg("8mb")
+        .arg("--maxmemory-policy")
+        .arg("allkeys-random")
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let proxy = Proxy::to_port(redis.port()).unwrap();
+    let truth = Arc::new(AtomicU64::new(1));
+    let system: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (b, b_backend) = tier(
+        &redis.url(),
+        &proxy.url(),
+        Some(Strict::new()),
+        None,
+        system.clone(),
+    );
+    let (a, a_backend) = tier(
+        &redis.url(),
+        &redis.url(),
+        Some(Strict::new().ack_timeout(Duration::from_millis(100))),
+        None,
+        system,
+    );
+    until_live(&a_backend).await;
+    until_live(&b_backend).await;
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    until_l1_hit(&b, &b_backend, "k", &truth).await;
+    assert_eq!(a.invalidate("warm").await.unwrap(), Invalidation::Applied);
+
+    proxy.blackhole(true);
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let registry = format!("{CHANNEL}:members");
+    let filler = vec![b'x'; 64 * 1024];
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    loop {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&registry)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !exists {
+            break;
+        }
+        assert!(Instant::now() < until, "the registry was never evicted");
+        let mut pipe = redis::pipe();
+        for _ in 0..16 {
+            pipe.cmd("SET")
+                .arg(format!("filler:{n}"))
+                .arg(&filler)
+                .ignore();
+            n += 1;
+        }
+        let _: () = pipe.query_async(&mut conn).await.unwrap();
+    }
+    truth.store(2, Ordering::SeqCst);
+    let started = Instant::now();
+    let outcome = a.invalidate("k").await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(outcome, Invalidation::Applied);
+    assert_eq!(
+        read(&b, "k", &truth).await,
+        2,
+        "B served its copy after a write returned in {took:?} with the registry evicted"
+    );
+    assert!(
+        took >= Duration::from_millis(1_500),
+        "the write after the registry was evicted waited only {took:?}"
+    );
+    proxy.blackhole(false);
+}
+
 /// `max_l1_age` over 1,000 years (`Duration::MAX` for "never expire
 /// copies") is a configuration error, not a panic in the in-process
 /// cache's builder.
