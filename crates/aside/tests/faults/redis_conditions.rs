@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use aside::backend::RedisBackend;
-use aside::backend::{Strict, TieredBackend};
+use aside::backend::{Backplane as _, Strict, TieredBackend};
 use aside::{Cache, EntryOptions, Key};
 use aside_test::RedisServer;
 use aside_test::fixtures::{Never, redis_server};
@@ -317,6 +317,40 @@ async fn the_documented_acl_user_is_enough() {
         format!("{other:?}").to_lowercase().contains("perm"),
         "{other:?}"
     );
+}
+
+/// Strict invalidation's registry needs `INFO server` (the server's run
+/// id): a user without `+info` (a common rule: `+@all -@dangerous`) gets an
+/// error that says so, not a failure deep inside a script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_without_info_says_what_is_missing() {
+    let redis = redis_server();
+    let mut admin = raw_url(&redis.url()).await;
+    let rule = aside_acl_rule("svc").replace(" +info", "");
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER").arg("svc").arg("on").arg(">pw");
+    for part in rule.split_whitespace() {
+        cmd.arg(part);
+    }
+    let _: () = cmd.query_async(&mut admin).await.unwrap();
+    let url = format!("redis://svc:pw@127.0.0.1:{}", redis.port());
+    let backplane = RedisBackend::new(&url)
+        .unwrap()
+        .backplane("aside:events")
+        .unwrap();
+    let members = backplane
+        .members()
+        .expect("a single Redis keeps a registry");
+    let lease = Duration::from_secs(2);
+    for refused in [
+        members.live(lease).await.err(),
+        members.renew("i", lease, true).await.err(),
+        members.revoke("i", lease).await.err(),
+    ] {
+        let e = refused.expect("the registry answered without INFO");
+        let text = format!("{e:?}");
+        assert!(text.contains("+info"), "{text}");
+    }
 }
 
 /// The ACL rules of a user that runs aside in `namespace` (the line in

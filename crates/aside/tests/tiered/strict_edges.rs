@@ -798,6 +798,52 @@ async fn a_registry_evicted_under_maxmemory_is_waited_out() {
     proxy.blackhole(false);
 }
 
+/// The writer's subscription reconnects while it waits (an output buffer
+/// limit cut it, a blip): the acknowledgements the old connection held are
+/// lost, and the new connection's heartbeats come back at once. That must
+/// not pass for "heard everything": A revokes nobody and the write fails
+/// (queued, retried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_whose_subscription_reconnects_while_it_waits_revokes_nobody() {
+    let redis = redis_server();
+    let proxy = Proxy::to_port(redis.port()).unwrap();
+    let system: Arc<dyn Clock> = Arc::new(SystemClock);
+    let impatient = Strict::new().ack_timeout(Duration::from_millis(200));
+    let (a, a_backend) = tier(
+        &redis.url(),
+        &proxy.url(),
+        Some(impatient),
+        None,
+        system.clone(),
+    );
+    let (_b, b_backend) = tier(
+        &redis.url(),
+        &redis.url(),
+        Some(Strict::new()),
+        None,
+        system,
+    );
+    until_live(&a_backend).await;
+    until_live(&b_backend).await;
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    assert_eq!(a.invalidate("warm").await.unwrap(), Invalidation::Applied);
+
+    proxy.blackhole_subscriptions(true);
+    let writing = tokio::spawn(async move { a.invalidate("k").await });
+    // B's acknowledgement is held on A's old connection; then that
+    // connection goes (what it held with it) and a new one works.
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    proxy.cut();
+    proxy.blackhole_subscriptions(false);
+    let outcome = writing.await.unwrap().unwrap();
+    assert_eq!(
+        a_backend.stats().revocations,
+        0,
+        "A revoked B, whose acknowledgement its lost connection held ({outcome:?})"
+    );
+    assert_ne!(outcome, Invalidation::Applied);
+}
+
 /// `max_l1_age` over 1,000 years (`Duration::MAX` for "never expire
 /// copies") is a configuration error, not a panic in the in-process
 /// cache's builder.

@@ -331,9 +331,12 @@ impl Membership for RedisBackplane {
         let (done, _) = oneshot::channel();
         let call: Call = Box::new(move |conn| {
             Box::pin(async move {
+                // With its tombstone, if it was revoked: it serves
+                // nothing any more.
                 redis::cmd("ZREM")
                     .arg(members)
-                    .arg(instance)
+                    .arg(&instance)
+                    .arg(format!("~rev:{instance}"))
                     .query_async(conn)
                     .await
             })

@@ -37,7 +37,8 @@ impl BackplaneListener for Link {
             // Whatever was published while we were away is lost.
             tier.gap();
             tier.l1.set_trusted(true);
-            if tier.membered.is_some() {
+            if let Some(membered) = &tier.membered {
+                membered.connected();
                 // Tell strict writers we applied what we missed (by
                 // dropping everything): see `Membered::rejoining`.
                 rejoin(&tier);

@@ -161,6 +161,9 @@ pub(super) struct Membered {
     /// applied (acknowledgements included).
     heartbeat: AtomicU64,
     heartbeats: Notify,
+    /// Bumped at every (re)connection of our subscription: what the old
+    /// connection had not delivered is lost, acknowledgements included.
+    connections: AtomicU64,
 }
 
 impl Membered {
@@ -177,7 +180,13 @@ impl Membered {
             rejoins: Mutex::new(HashMap::new()),
             heartbeat: AtomicU64::new(0),
             heartbeats: Notify::new(),
+            connections: AtomicU64::new(0),
         }
+    }
+
+    /// Our subscription (re)connected.
+    pub(super) fn connected(&self) {
+        self.connections.fetch_add(1, Ordering::AcqRel);
     }
 
     /// A heartbeat of our subscription, sent at `sent` (`boot_ns`), came
@@ -364,9 +373,10 @@ pub(super) fn renew(tier: &Arc<Tier>) {
                 tier.gap();
             }
             Err(e) => {
-                // The lease runs out on its own; the next heartbeat tries
-                // again.
-                tracing::debug!(error = %e, "aside: could not renew this instance's registration");
+                // The lease runs out on its own (nothing is served past
+                // it); the next heartbeat tries again. A warning: while
+                // this lasts, no copy is served and strict writes wait.
+                tracing::warn!(error = %e, "aside: could not renew this instance's registration");
             }
         }
         membered.renewing.store(false, Ordering::Release);
@@ -560,6 +570,7 @@ impl Tier {
                 "this instance's backplane subscription is down: acknowledgements cannot reach it",
             )));
         }
+        let connection = membered.connections.load(Ordering::Acquire);
         let live = members.live(settings.member_lease).await?;
         let heard = boot_ns();
         // Every lease waited for ends by `until`, in the store's time (ms).
@@ -593,7 +604,18 @@ impl Tier {
             }
         }
         let missing = others.iter().any(|(id, _)| membered.acked(id) < seq);
-        if missing && !membered.heard_since(boot_ns(), settings.ack_timeout).await {
+        // At least a few heartbeats long, whatever the timeout.
+        let beat = self
+            .outbox
+            .as_ref()
+            .and_then(|(backplane, _)| backplane.heartbeat())
+            .unwrap_or_default();
+        let listen = settings.ack_timeout.max(beat.saturating_mul(4));
+        if missing
+            && (!membered.heard_since(boot_ns(), listen).await
+                // A reconnection lost what the old connection still held.
+                || membered.connections.load(Ordering::Acquire) != connection)
+        {
             // Missing, or only not heard yet? Our subscription answers a
             // heartbeat after everything it delivered before; one sent from
             // now on that does not come back means acknowledgements may be
@@ -602,7 +624,7 @@ impl Tier {
             // healthy instance's copies. The cache queues the write and
             // retries it.
             return Err(BackendError::failed(std::io::Error::other(
-                "this instance's backplane subscription is not keeping up: \
+                "this instance's backplane subscription is not keeping up (or reconnected): \
                  acknowledgements could not be heard",
             )));
         }

@@ -6,11 +6,10 @@
 -- when the registry is younger than one lease (instances registered before
 -- it was lost, or renewed on another server before a failover, may still
 -- hold leases it does not list).
-local ty = redis.call('TYPE', KEYS[1])['ok']
-if ty ~= 'zset' and ty ~= 'none' then redis.call('DEL', KEYS[1]) end
+registry_only(KEYS[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local mark = '~born:' .. string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local mark = birth_mark()
 local born = redis.call('ZSCORE', KEYS[1], mark)
 if born then
     born = -tonumber(born)

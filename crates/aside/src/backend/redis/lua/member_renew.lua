@@ -11,11 +11,10 @@
 -- outlives its last renewal).
 -- Returns Redis's time (ms), or 0 for a renewal of an instance no longer
 -- registered (it was revoked, or the registry was lost and is new).
-local ty = redis.call('TYPE', KEYS[1])['ok']
-if ty ~= 'zset' and ty ~= 'none' then redis.call('DEL', KEYS[1]) end
+registry_only(KEYS[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local born = '~born:' .. string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local born = birth_mark()
 if not redis.call('ZSCORE', KEYS[1], born) then
     -- A registry without its birth here is new: writers wait one lease
     -- before they trust it (see MEMBER LIVE).

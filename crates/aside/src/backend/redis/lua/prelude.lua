@@ -36,3 +36,23 @@ local function token(key, fresh, ms)
     return fresh
 end
 
+
+-- Strict invalidation's registry (see MEMBER RENEW): the name of its birth
+-- mark on this server process, '~born:<run id>'. Needs INFO; without it,
+-- an error that says so (rather than a failure deep in a script).
+local function birth_mark()
+    local info = redis.pcall('INFO', 'server')
+    local id = type(info) == 'string' and string.match(info, 'run_id:(%x+)')
+    if not id then
+        error({err = 'ERR aside: strict invalidation needs INFO server (the run_id) '
+            .. 'for its registry of instances; allow +info to this user'})
+    end
+    return '~born:' .. id
+end
+
+-- A value of another type at the registry's key (written by something
+-- else) is a lost registry: drop it.
+local function registry_only(key)
+    local t = redis.call('TYPE', key)['ok']
+    if t ~= 'zset' and t ~= 'none' then redis.call('DEL', key) end
+end
