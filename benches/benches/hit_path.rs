@@ -72,8 +72,8 @@ fn redis(c: &mut Criterion) {
                     .query_async(&mut conn)
                     .await
                     .unwrap();
-                // The same bytes aside stored; skip its 34-byte header (no tags).
-                let p: Product = rmp_serde::from_slice(&bytes[34..]).unwrap();
+                // The same bytes aside stored; skip its 24-byte header (no tags).
+                let p: Product = rmp_serde::from_slice(&bytes[24..]).unwrap();
                 black_box(p)
             }
         })

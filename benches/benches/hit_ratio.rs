@@ -13,6 +13,9 @@
 //! `ASIDE_BENCH_ROUNDS=N` changes the number of rounds (30);
 //! `ASIDE_BENCH_TIERED=delivery|bounded|strict` the two-level mode, and
 //! `ASIDE_BENCH_FROM_L2=1` makes the two-level copy one read from L2.
+//! `ASIDE_BENCH_KEYS=N` (memory and tiered rows) reads N keys in turn
+//! instead of one (`product:0` .. `product:N-1`, each in both caches): an
+//! entry that stays in the CPU's cache hides what larger entries cost.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::hint::black_box;
@@ -21,7 +24,44 @@ use std::time::{Duration, Instant};
 use aside::Cache;
 use aside::backend::{MemoryBackend, RedisBackend};
 use aside::backend::{Strict, TieredBackend};
-use aside_benches::{Product, hit, product};
+use aside_benches::{Product, product};
+
+/// The keys the memory and tiered rows read in turn (`ASIDE_BENCH_KEYS`,
+/// 1 by default: `product:42`).
+fn keys() -> Vec<String> {
+    match std::env::var("ASIDE_BENCH_KEYS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        Some(n) if n > 1 => (0..n).map(|i: usize| format!("product:{i}")).collect(),
+        _ => vec!["product:42".to_owned()],
+    }
+}
+
+/// One `get_or_load` of `key`: a hit once the cache is warm.
+async fn hit(cache: &Cache, key: &str) -> Option<Product> {
+    cache
+        .get_or_load(key, || async {
+            Ok::<_, std::convert::Infallible>(Some(product()))
+        })
+        .await
+        .expect("a loader that cannot fail")
+}
+
+/// The peer: a moka `future::Cache` of the same capacity, with a TTL (as
+/// aside's entries have).
+fn raw_moka(capacity: u64) -> moka::future::Cache<String, Product> {
+    moka::future::Cache::builder()
+        .max_capacity(capacity)
+        .time_to_live(Duration::from_secs(3_600))
+        .build()
+}
+
+/// Hits of `keys` in turn, one per call, from a cursor the caller keeps.
+fn next<'a>(keys: &'a [String], at: &mut usize) -> &'a str {
+    *at = (*at + 1) % keys.len();
+    &keys[*at]
+}
 
 /// Times `n` runs of `f`.
 async fn block<F, Fut>(n: u32, mut f: F) -> Duration
@@ -82,26 +122,37 @@ fn main() {
     // Memory: aside vs raw moka.
     if runs("memory") {
         rt.block_on(async {
-            let raw: moka::future::Cache<String, Product> = moka::future::Cache::new(10_000);
-            // The raw cache is keyed by the same key the caller gives aside.
-            raw.insert("product:42".to_owned(), product()).await;
+            let keys = keys();
+            let capacity = (keys.len() as u64 * 2).max(10_000);
+            let raw = raw_moka(capacity);
             let cache = Cache::builder()
-                .backend(MemoryBackend::new())
+                .backend(MemoryBackend::builder().max_entries(capacity).build())
                 .build()
                 .unwrap();
-            assert_eq!(hit(&cache).await, Some(product()));
+            // The raw cache is keyed by the same key the caller gives aside.
+            for key in &keys {
+                raw.insert(key.clone(), product()).await;
+                assert_eq!(hit(&cache, key).await, Some(product()));
+            }
             let n = 20_000;
             let (mut r, mut a) = (Vec::new(), Vec::new());
+            let (mut at_r, mut at_a) = (0, 0);
             for round in 0..rounds {
                 if round % 2 == 0 {
-                    r.push(block(n, || raw.get("product:42")).await);
-                    a.push(block(n, || hit(&cache)).await);
+                    r.push(block(n, || raw.get(next(&keys, &mut at_r))).await);
+                    a.push(block(n, || hit(&cache, next(&keys, &mut at_a))).await);
                 } else {
-                    a.push(block(n, || hit(&cache)).await);
-                    r.push(block(n, || raw.get("product:42")).await);
+                    a.push(block(n, || hit(&cache, next(&keys, &mut at_a))).await);
+                    r.push(block(n, || raw.get(next(&keys, &mut at_r))).await);
                 }
             }
-            report("memory hit vs raw moka get", &r, &a, n, 1.5);
+            report(
+                &format!("memory hit vs raw moka get ({} keys)", keys.len()),
+                &r,
+                &a,
+                n,
+                1.5,
+            );
         });
     }
 
@@ -121,7 +172,7 @@ fn main() {
         };
         let (off, sampled, every) = (built(None), built(Some(16)), built(Some(1)));
         for cache in [&off, &sampled, &every] {
-            assert_eq!(hit(cache).await, Some(product()));
+            assert_eq!(hit(cache, "product:42").await, Some(product()));
         }
         let n = 20_000;
         let (mut r, mut o, mut s, mut e) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -130,9 +181,9 @@ fn main() {
             for step in 0..4 {
                 match (round + step) % 4 {
                     0 => r.push(block(n, || raw.get("product:42")).await),
-                    1 => o.push(block(n, || hit(&off)).await),
-                    2 => s.push(block(n, || hit(&sampled)).await),
-                    _ => e.push(block(n, || hit(&every)).await),
+                    1 => o.push(block(n, || hit(&off, "product:42")).await),
+                    2 => s.push(block(n, || hit(&sampled, "product:42")).await),
+                    _ => e.push(block(n, || hit(&every, "product:42")).await),
                 }
             }
         }
@@ -173,8 +224,12 @@ fn main() {
     if runs("tiered") {
         rt.block_on(async {
             let mode = std::env::var("ASIDE_BENCH_TIERED").unwrap_or_else(|_| "bounded".into());
-            let raw: moka::future::Cache<String, Product> = moka::future::Cache::new(10_000);
-            raw.insert("product:42".to_owned(), product()).await;
+            let keys = keys();
+            let capacity = (keys.len() as u64 * 2).max(10_000);
+            let raw = raw_moka(capacity);
+            for key in &keys {
+                raw.insert(key.clone(), product()).await;
+            }
             // `ASIDE_BENCH_FROM_L2=1`: another cache fills the entry first,
             // so this instance's copy is read from L2 (bytes only), as most
             // copies in a fleet are, instead of coming from its own fill
@@ -184,11 +239,15 @@ fn main() {
                     .backend(RedisBackend::new(&server.url()).unwrap())
                     .build()
                     .unwrap();
-                assert_eq!(hit(&filler).await, Some(product()));
+                for key in &keys {
+                    assert_eq!(hit(&filler, key).await, Some(product()));
+                }
             }
             let redis = RedisBackend::new(&server.url()).unwrap();
             let backplane = redis.backplane("aside:events").unwrap();
-            let builder = TieredBackend::builder(redis).backplane(backplane);
+            let builder = TieredBackend::builder(redis)
+                .l1_max_entries(capacity)
+                .backplane(backplane);
             let tiered = match mode.as_str() {
                 "delivery" => builder.max_staleness(None),
                 "strict" => builder.strict(Strict::default()),
@@ -202,23 +261,27 @@ fn main() {
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             loop {
                 let hits = tiered.stats().l1_hits;
-                assert_eq!(hit(&cache).await, Some(product()));
+                assert_eq!(hit(&cache, &keys[0]).await, Some(product()));
                 if tiered.stats().l1_hits > hits {
                     break;
                 }
                 assert!(std::time::Instant::now() < deadline, "never an L1 hit");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            for key in &keys {
+                assert_eq!(hit(&cache, key).await, Some(product()));
+            }
             let before = tiered.stats();
             let n = 20_000;
             let (mut r, mut a) = (Vec::new(), Vec::new());
+            let (mut at_r, mut at_a) = (0, 0);
             for round in 0..rounds {
                 if round % 2 == 0 {
-                    r.push(block(n, || raw.get("product:42")).await);
-                    a.push(block(n, || hit(&cache)).await);
+                    r.push(block(n, || raw.get(next(&keys, &mut at_r))).await);
+                    a.push(block(n, || hit(&cache, next(&keys, &mut at_a))).await);
                 } else {
-                    a.push(block(n, || hit(&cache)).await);
-                    r.push(block(n, || raw.get("product:42")).await);
+                    a.push(block(n, || hit(&cache, next(&keys, &mut at_a))).await);
+                    r.push(block(n, || raw.get(next(&keys, &mut at_r))).await);
                 }
             }
             let after = tiered.stats();
@@ -227,7 +290,10 @@ fn main() {
                 "the timed reads were not all L1 hits"
             );
             report(
-                &format!("tiered L1 hit ({mode}) vs raw moka get"),
+                &format!(
+                    "tiered L1 hit ({mode}) vs raw moka get ({} keys)",
+                    keys.len()
+                ),
                 &r,
                 &a,
                 n,
@@ -243,7 +309,7 @@ fn main() {
                 .backend(RedisBackend::new(&server.url()).unwrap())
                 .build()
                 .unwrap();
-            assert_eq!(hit(&cache).await, Some(product()));
+            assert_eq!(hit(&cache, "product:42").await, Some(product()));
             let key = cache.physical_key("product:42");
             let conn = redis::Client::open(server.url())
                 .unwrap()
@@ -259,7 +325,7 @@ fn main() {
                         .query_async(&mut conn)
                         .await
                         .unwrap();
-                    rmp_serde::from_slice::<Product>(&bytes[34..]).unwrap()
+                    rmp_serde::from_slice::<Product>(&bytes[24..]).unwrap()
                 }
             };
             let n = 500;
@@ -267,9 +333,9 @@ fn main() {
             for round in 0..rounds {
                 if round % 2 == 0 {
                     r.push(block(n, raw).await);
-                    a.push(block(n, || hit(&cache)).await);
+                    a.push(block(n, || hit(&cache, "product:42")).await);
                 } else {
-                    a.push(block(n, || hit(&cache)).await);
+                    a.push(block(n, || hit(&cache, "product:42")).await);
                     r.push(block(n, raw).await);
                 }
             }

@@ -8,7 +8,8 @@
 //! `hit_count MODE N` loads 1,000 keys, then runs `N` `get_or_load` hits
 //! reading them in turn, on one of: `memory` (the memory backend), `tiered`
 //! (a two-level backend's in-process copies, over a memory L2), `redis` (a
-//! redis-server of its own). Run it twice with two `N` and divide the
+//! redis-server of its own), and `moka` (the peer: a `moka::future::Cache`
+//! `get` of the same keys, with a TTL). Run it twice with two `N` and divide the
 //! difference of the instruction totals by the difference of `N`: what one
 //! hit costs, without the set-up. Instruction counts do not depend on what
 //! else the machine is doing, so a before/after comparison of them is
@@ -28,7 +29,7 @@ fn main() {
         args.get(1),
         args.get(2).and_then(|n| n.parse::<usize>().ok()),
     ) else {
-        eprintln!("usage: hit_count memory|tiered|redis N");
+        eprintln!("usage: hit_count memory|tiered|redis|moka N");
         std::process::exit(2);
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -42,6 +43,7 @@ fn main() {
             .namespace("hits")
             .ttl(Duration::from_secs(3_600));
         let cache = match mode.as_str() {
+            "moka" => builder.backend(MemoryBackend::new()).build().unwrap(),
             "memory" => builder.backend(MemoryBackend::new()).build().unwrap(),
             "tiered" => {
                 let tier = TieredBackend::builder(MemoryBackend::new())
@@ -61,11 +63,27 @@ fn main() {
                     .unwrap()
             }
             other => {
-                eprintln!("unknown mode {other}: memory, tiered or redis");
+                eprintln!("unknown mode {other}: memory, tiered, redis or moka");
                 std::process::exit(2);
             }
         };
         let keys: Vec<String> = (0..KEYS).map(|i| format!("product:{i}")).collect();
+        if mode == "moka" {
+            let moka = moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(3_600))
+                .build();
+            for (i, key) in keys.iter().enumerate() {
+                moka.insert(key.clone(), i as u64).await;
+            }
+            let mut sum = 0u64;
+            for i in 0..n {
+                let v: Option<u64> = moka.get(&keys[i % KEYS]).await;
+                sum = sum.wrapping_add(v.expect("moka holds every key"));
+            }
+            std::hint::black_box(sum);
+            return;
+        }
         for (i, key) in keys.iter().enumerate() {
             let v: Option<u64> = cache
                 .get_or_load(key, move || async move {

@@ -30,7 +30,7 @@ use crate::{Product, hit, product};
 
 pub const KEY: &str = "product:42";
 /// aside's entry header before the MessagePack payload (as in `hit_ratio`).
-pub const HEADER: usize = 34;
+pub const HEADER: usize = 24;
 
 /// One way of answering a hit of `product:42`.
 #[derive(Clone)]

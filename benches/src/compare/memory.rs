@@ -174,6 +174,49 @@ pub async fn run(opts: &Opts) -> Value {
     let naive_usage = cmd_i64(&mut conn, &["MEMORY", "USAGE", "product:1"]).await;
     let naive_len = cmd_i64(&mut conn, &["STRLEN", "product:1"]).await;
 
+    // Bytes per key by value size: aside's entries against a plain SETEX of
+    // the same MessagePack value, under the same key names (the namespace
+    // as a prefix; aside adds its hash-tag braces).
+    let mut sized = Vec::new();
+    for size in [16usize, 100, 1024] {
+        // Hex digits from a fixed LCG: nothing LZ4 (above 1 KiB) can
+        // shrink, so both store the whole value.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let value: String = (0..size.saturating_sub(3))
+            .map(|_| {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                char::from_digit(((x >> 60) & 0xf) as u32, 16).unwrap_or('0')
+            })
+            .collect();
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+        let m0 = used_memory(&mut conn).await;
+        for i in 0..N_REDIS {
+            let v = value.clone();
+            let got: Option<String> = cache
+                .get_or_load(format!("sized:{i}"), move || async move {
+                    Ok::<_, Infallible>(Some(v))
+                })
+                .await
+                .unwrap();
+            assert!(got.is_some());
+        }
+        let aside = (used_memory(&mut conn).await - m0) as f64 / N_REDIS as f64;
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+        let m1 = used_memory(&mut conn).await;
+        let bytes = rmp_serde::to_vec_named(&value).unwrap();
+        for i in 0..N_REDIS {
+            let () = redis::cmd("SETEX")
+                .arg(format!("mem:sized:{i}"))
+                .arg(600)
+                .arg(bytes.as_slice())
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        let naive = (used_memory(&mut conn).await - m1) as f64 / N_REDIS as f64;
+        sized.push((bytes.len(), aside, naive));
+    }
+
     // The keys of one load in flight (tagged, so its tag token shows too).
     let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
     let c2 = cache.clone();
@@ -222,6 +265,21 @@ pub async fn run(opts: &Opts) -> Value {
         format!("{naive_len} B"),
     ]);
     println!("{t}");
+    let mut t = table(&[
+        "value bytes",
+        "aside used_memory / key",
+        "SETEX used_memory / key",
+        "aside / SETEX",
+    ]);
+    for (len, aside, naive) in &sized {
+        t.add_row(vec![
+            len.to_string(),
+            format!("{aside:.0} B"),
+            format!("{naive:.0} B"),
+            format!("{:.3}", aside / naive),
+        ]);
+    }
+    println!("{t}");
     println!("keys other than entries after the {N_REDIS} loads (sample): {sample_other:?}");
     println!("one tagged load in flight holds (key, type, MEMORY USAGE): {in_flight:?}");
     println!("after its fill: {after_fill:?}");
@@ -234,6 +292,7 @@ pub async fn run(opts: &Opts) -> Value {
             "aside_strlen": entry_len, "naive_strlen": naive_len,
             "in_flight_keys": in_flight.iter().map(|(k, t, u)| json!({"key": k, "type": t, "bytes": u})).collect::<Vec<_>>(),
             "keys_after_fill": after_fill,
+            "by_value_size": sized.iter().map(|(len, a, n)| json!({"value_bytes": len, "aside_used_memory_per_key": a, "setex_used_memory_per_key": n})).collect::<Vec<_>>(),
         }
     })
 }

@@ -98,23 +98,25 @@ async fn ttl_written_to_redis_is_within_the_jitter_range() {
 }
 
 /// Whatever sits under a key (another program's value, a truncated write, a
-/// future format, a decompression bomb), aside reloads and overwrites it.
+/// future format, an entry of the previous format, a decompression bomb),
+/// aside reloads and overwrites it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_and_foreign_bytes_are_reloaded_and_overwritten() {
     let redis = redis_server();
     let cache = cache_on(&redis);
     let mut conn = raw(&redis).await;
-    // A live header (written now, one hour TTL) with the given flags, so the
-    // payload is really decoded rather than skipped as expired.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // A live header (written now, one hour TTL: see `envelope.rs`) with
+    // the given flags, so the payload is really decoded rather than
+    // skipped as expired.
     let header = |flags: u8| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
-        let mut h = vec![0xA5, 0x1D, 1, 1, flags];
-        h.extend_from_slice(&now.to_be_bytes());
-        h.extend_from_slice(&3_600_000u64.to_be_bytes());
-        h.extend_from_slice(&[0; 12]);
+        let mut h = vec![0xA5, 0x1D, 2, 1 | flags];
+        h.extend_from_slice(&now.to_be_bytes()[2..]);
+        h.extend_from_slice(&3_600_000u64.to_be_bytes()[3..]);
+        h.extend_from_slice(&[0; 8]);
         h.push(0); // no tag or namespace dependencies
         h
     };
@@ -122,16 +124,25 @@ async fn corrupt_and_foreign_bytes_are_reloaded_and_overwritten() {
     truncated.truncate(20);
     let mut future_version = header(0);
     future_version[2] = 99;
-    let mut bomb = header(0b01);
+    let mut bomb = header(0x10);
     bomb.extend_from_slice(&u32::MAX.to_le_bytes());
     bomb.extend_from_slice(&[1, 2, 3]);
     let mut bad_payload = header(0);
     bad_payload.extend_from_slice(b"\xc1\xc1\xc1 not msgpack");
+    // What aside wrote before format 2: the same fields, 8-byte times and
+    // TTLs, a valid payload of another product.
+    let mut format_1 = vec![0xA5, 0x1D, 1, 1, 0];
+    format_1.extend_from_slice(&now.to_be_bytes());
+    format_1.extend_from_slice(&3_600_000u64.to_be_bytes());
+    format_1.extend_from_slice(&[0; 12]);
+    format_1.push(0);
+    format_1.extend_from_slice(&rmp_serde::to_vec(&product(2)).unwrap());
     let samples: Vec<(&str, Vec<u8>)> = vec![
         ("foreign-text", b"{\"id\": 1}".to_vec()),
         ("empty", Vec::new()),
         ("truncated", truncated),
         ("future-version", future_version),
+        ("format-1", format_1),
         ("lz4-bomb", bomb),
         ("bad-payload", bad_payload),
     ];
