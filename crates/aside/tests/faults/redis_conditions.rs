@@ -217,15 +217,7 @@ async fn paused_and_blocked_redis_bound_callers_by_the_backend_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_acl_user_is_enough() {
     let redis = redis_server();
-    let mut admin = raw_url(&redis.url()).await;
-    let rule = aside_acl_rule("svc");
-    let mut cmd = redis::cmd("ACL");
-    cmd.arg("SETUSER").arg("svc").arg("on").arg(">pw");
-    for part in rule.split_whitespace() {
-        cmd.arg(part);
-    }
-    let _: () = cmd.query_async(&mut admin).await.unwrap();
-    let url = format!("redis://svc:pw@127.0.0.1:{}", redis.port());
+    let url = acl_user(&redis, &aside_acl_rule("svc")).await;
 
     let plain = Cache::builder()
         .namespace("svc")
@@ -325,15 +317,7 @@ async fn the_documented_acl_user_is_enough() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_mode_without_info_says_what_is_missing() {
     let redis = redis_server();
-    let mut admin = raw_url(&redis.url()).await;
-    let rule = aside_acl_rule("svc").replace(" +info", "");
-    let mut cmd = redis::cmd("ACL");
-    cmd.arg("SETUSER").arg("svc").arg("on").arg(">pw");
-    for part in rule.split_whitespace() {
-        cmd.arg(part);
-    }
-    let _: () = cmd.query_async(&mut admin).await.unwrap();
-    let url = format!("redis://svc:pw@127.0.0.1:{}", redis.port());
+    let url = acl_user(&redis, &aside_acl_rule("svc").replace(" +info", "")).await;
     let backplane = RedisBackend::new(&url)
         .unwrap()
         .backplane("aside:events")
@@ -351,6 +335,18 @@ async fn strict_mode_without_info_says_what_is_missing() {
         let text = format!("{e:?}");
         assert!(text.contains("+info"), "{text}");
     }
+}
+
+/// Creates the user `svc` (password `pw`) with `rule`; answers its URL.
+async fn acl_user(redis: &RedisServer, rule: &str) -> String {
+    let mut admin = raw_url(&redis.url()).await;
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER").arg("svc").arg("on").arg(">pw");
+    for part in rule.split_whitespace() {
+        cmd.arg(part);
+    }
+    let _: () = cmd.query_async(&mut admin).await.unwrap();
+    format!("redis://svc:pw@127.0.0.1:{}", redis.port())
 }
 
 /// The ACL rules of a user that runs aside in `namespace` (the line in

@@ -51,6 +51,28 @@ fn tier(
     (cache, backend)
 }
 
+/// A strict instance on the system clock without a staleness bound (only
+/// strict invalidation guards its copies), over `data_url`, hearing the
+/// backplane through `events_url`.
+fn strict(data_url: &str, events_url: &str, settings: Strict) -> (Cache, TieredBackend) {
+    tier(
+        data_url,
+        events_url,
+        Some(settings),
+        None,
+        Arc::new(SystemClock),
+    )
+}
+
+/// Waits until every backend is subscribed, then until the young
+/// registry has settled and the clock checks agree (a lease and a bit).
+async fn settled(backends: &[&TieredBackend]) {
+    for backend in backends {
+        until_live(backend).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+}
+
 /// Reads `key`; the loader answers the current `truth`.
 async fn read(cache: &Cache, key: &str, truth: &Arc<AtomicU64>) -> u64 {
     let truth = truth.clone();
@@ -181,14 +203,7 @@ async fn a_forward_step_of_the_registrys_clock_is_waited_out() {
     let redis = redis_server();
     let proxy = Proxy::to_port(redis.port()).unwrap();
     let truth = Arc::new(AtomicU64::new(1));
-    let system: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (b, b_backend) = tier(
-        &redis.url(),
-        &proxy.url(),
-        Some(Strict::new()),
-        None,
-        system.clone(),
-    );
+    let (b, b_backend) = strict(&redis.url(), &proxy.url(), Strict::new());
     let ahead = Arc::new(AtomicU64::new(0));
     let stepping = StepsForward {
         inner: RedisBackend::new(&redis.url())
@@ -355,26 +370,10 @@ async fn a_reader_that_reconnects_during_a_write_is_not_revoked() {
     let redis = redis_server();
     let proxy = Proxy::to_port(redis.port()).unwrap();
     let truth = Arc::new(AtomicU64::new(1));
-    let system: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (b, b_backend) = tier(
-        &redis.url(),
-        &proxy.url(),
-        Some(Strict::new()),
-        None,
-        system.clone(),
-    );
-    let (a, a_backend) = tier(
-        &redis.url(),
-        &redis.url(),
-        Some(Strict::new()),
-        None,
-        system,
-    );
-    until_live(&a_backend).await;
-    until_live(&b_backend).await;
+    let (b, b_backend) = strict(&redis.url(), &proxy.url(), Strict::new());
+    let (a, a_backend) = strict(&redis.url(), &redis.url(), Strict::new());
+    settled(&[&a_backend, &b_backend]).await;
     until_l1_hit(&b, &b_backend, "k", &truth).await;
-    // Past the young registry's settling, and B acknowledges a write.
-    tokio::time::sleep(Duration::from_millis(2_200)).await;
     assert_eq!(a.invalidate("warm").await.unwrap(), Invalidation::Applied);
     let before = a_backend.stats().revocations;
 
@@ -405,26 +404,10 @@ async fn malformed_and_foreign_acknowledgements_count_for_nobody() {
     let redis = redis_server();
     let proxy = Proxy::to_port(redis.port()).unwrap();
     let truth = Arc::new(AtomicU64::new(1));
-    let system: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (b, b_backend) = tier(
-        &redis.url(),
-        &proxy.url(),
-        Some(Strict::new()),
-        None,
-        system.clone(),
-    );
-    let (a, a_backend) = tier(
-        &redis.url(),
-        &redis.url(),
-        Some(Strict::new()),
-        None,
-        system,
-    );
-    until_live(&a_backend).await;
-    until_live(&b_backend).await;
+    let (b, b_backend) = strict(&redis.url(), &proxy.url(), Strict::new());
+    let (a, a_backend) = strict(&redis.url(), &redis.url(), Strict::new());
+    settled(&[&a_backend, &b_backend]).await;
     until_l1_hit(&b, &b_backend, "k", &truth).await;
-    // Past the young registry's settling.
-    tokio::time::sleep(Duration::from_millis(2_200)).await;
     assert_eq!(a.invalidate("warm").await.unwrap(), Invalidation::Applied);
 
     let mut conn = redis::Client::open(redis.url())
@@ -498,36 +481,13 @@ async fn a_write_during_another_writes_revocation_waits_for_the_revoked_instance
     let redis = redis_server();
     let proxy = Proxy::to_port(redis.port()).unwrap();
     let (t1, t2) = (Arc::new(AtomicU64::new(1)), Arc::new(AtomicU64::new(1)));
-    let system: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (b, b_backend) = tier(
-        &redis.url(),
-        &proxy.url(),
-        Some(Strict::new()),
-        None,
-        system.clone(),
-    );
+    let (b, b_backend) = strict(&redis.url(), &proxy.url(), Strict::new());
     let impatient = Strict::new().ack_timeout(Duration::from_millis(100));
-    let (a, a_backend) = tier(
-        &redis.url(),
-        &redis.url(),
-        Some(impatient),
-        None,
-        system.clone(),
-    );
-    let (a2, a2_backend) = tier(
-        &redis.url(),
-        &redis.url(),
-        Some(Strict::new()),
-        None,
-        system,
-    );
-    for backend in [&a_backend, &a2_backend, &b_backend] {
-        until_live(backend).await;
-    }
+    let (a, a_backend) = strict(&redis.url(), &redis.url(), impatient);
+    let (a2, a2_backend) = strict(&redis.url(), &redis.url(), Strict::new());
+    settled(&[&a_backend, &a2_backend, &b_backend]).await;
     until_l1_hit(&b, &b_backend, "k1", &t1).await;
     until_l1_hit(&b, &b_backend, "k2", &t2).await;
-    // Past the young registry's settling, and every instance acknowledges.
-    tokio::time::sleep(Duration::from_millis(2_200)).await;
     assert_eq!(a2.invalidate("warm").await.unwrap(), Invalidation::Applied);
     assert_eq!(read(&b, "k2", &t2).await, 1);
 
@@ -563,14 +523,7 @@ async fn a_registry_lost_before_a_revocation_is_waited_out() {
     let redis = redis_server();
     let proxy = Proxy::to_port(redis.port()).unwrap();
     let truth = Arc::new(AtomicU64::new(1));
-    let system: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (b, b_backend) = tier(
-        &redis.url(),
-        &proxy.url(),
-        Some(Strict::new()),
-        None,
-        system,
-    );
+    let (b, b_backend) = strict(&redis.url(), &proxy.url(), Strict::new());
     let losing = StepsForward {
         inner: RedisBackend::new(&redis.url())
             .unwrap()
@@ -621,14 +574,7 @@ async fn a_registry_lost_before_a_revocation_is_waited_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_value_at_the_registry_is_replaced() {
     let redis = redis_server();
-    let system: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (a, a_backend) = tier(
-        &redis.url(),
-        &redis.url(),
-        Some(Strict::new()),
-        None,
-        system,
-    );
+    let (a, a_backend) = strict(&redis.url(), &redis.url(), Strict::new());
     until_live(&a_backend).await;
     let mut conn = redis::Client::open(redis.url())
         .unwrap()
@@ -670,33 +616,11 @@ async fn a_foreign_value_at_the_registry_is_replaced() {
 async fn a_writer_that_cannot_hear_acknowledgements_revokes_nobody() {
     let redis = redis_server();
     let proxy = Proxy::to_port(redis.port()).unwrap();
-    let system: Arc<dyn Clock> = Arc::new(SystemClock);
     let impatient = Strict::new().ack_timeout(Duration::from_millis(100));
-    let (a, a_backend) = tier(
-        &redis.url(),
-        &proxy.url(),
-        Some(impatient),
-        None,
-        system.clone(),
-    );
-    let (_b, b_backend) = tier(
-        &redis.url(),
-        &redis.url(),
-        Some(Strict::new()),
-        None,
-        system.clone(),
-    );
-    let (_c, c_backend) = tier(
-        &redis.url(),
-        &redis.url(),
-        Some(Strict::new()),
-        None,
-        system,
-    );
-    for backend in [&a_backend, &b_backend, &c_backend] {
-        until_live(backend).await;
-    }
-    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let (a, a_backend) = strict(&redis.url(), &proxy.url(), impatient);
+    let (_b, b_backend) = strict(&redis.url(), &redis.url(), Strict::new());
+    let (_c, c_backend) = strict(&redis.url(), &redis.url(), Strict::new());
+    settled(&[&a_backend, &b_backend, &c_backend]).await;
     assert_eq!(a.invalidate("warm").await.unwrap(), Invalidation::Applied);
     let gaps = (b_backend.stats().gaps, c_backend.stats().gaps);
 
@@ -730,24 +654,13 @@ async fn a_registry_evicted_under_maxmemory_is_waited_out() {
         .unwrap_or_else(|e| panic!("{e}"));
     let proxy = Proxy::to_port(redis.port()).unwrap();
     let truth = Arc::new(AtomicU64::new(1));
-    let system: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (b, b_backend) = tier(
+    let (b, b_backend) = strict(&redis.url(), &proxy.url(), Strict::new());
+    let (a, a_backend) = strict(
         &redis.url(),
-        &proxy.url(),
-        Some(Strict::new()),
-        None,
-        system.clone(),
+        &redis.url(),
+        Strict::new().ack_timeout(Duration::from_millis(100)),
     );
-    let (a, a_backend) = tier(
-        &redis.url(),
-        &redis.url(),
-        Some(Strict::new().ack_timeout(Duration::from_millis(100))),
-        None,
-        system,
-    );
-    until_live(&a_backend).await;
-    until_live(&b_backend).await;
-    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    settled(&[&a_backend, &b_backend]).await;
     until_l1_hit(&b, &b_backend, "k", &truth).await;
     assert_eq!(a.invalidate("warm").await.unwrap(), Invalidation::Applied);
 
@@ -807,25 +720,10 @@ async fn a_registry_evicted_under_maxmemory_is_waited_out() {
 async fn a_writer_whose_subscription_reconnects_while_it_waits_revokes_nobody() {
     let redis = redis_server();
     let proxy = Proxy::to_port(redis.port()).unwrap();
-    let system: Arc<dyn Clock> = Arc::new(SystemClock);
     let impatient = Strict::new().ack_timeout(Duration::from_millis(200));
-    let (a, a_backend) = tier(
-        &redis.url(),
-        &proxy.url(),
-        Some(impatient),
-        None,
-        system.clone(),
-    );
-    let (_b, b_backend) = tier(
-        &redis.url(),
-        &redis.url(),
-        Some(Strict::new()),
-        None,
-        system,
-    );
-    until_live(&a_backend).await;
-    until_live(&b_backend).await;
-    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let (a, a_backend) = strict(&redis.url(), &proxy.url(), impatient);
+    let (_b, b_backend) = strict(&redis.url(), &redis.url(), Strict::new());
+    settled(&[&a_backend, &b_backend]).await;
     assert_eq!(a.invalidate("warm").await.unwrap(), Invalidation::Applied);
 
     proxy.blackhole_subscriptions(true);

@@ -507,14 +507,20 @@ pub(super) fn judge(first: Reading, now: Reading, settings: &Strict) -> Verdict 
 async fn wait_out(
     members: &dyn Membership,
     settings: &Strict,
-    as_of: u64,
+    (as_of, listed_at): (u64, tokio::time::Instant),
     until: u64,
 ) -> Result<(), BackendError> {
     if until <= as_of {
         return Ok(());
     }
     let target = until.saturating_add(millis(settings.drift_margin));
-    tokio::time::sleep(Duration::from_millis(target - as_of)).await;
+    // Counted from when the store answered `as_of` (the time spent waiting
+    // for acknowledgements since is part of it, not added to it); the loop
+    // below checks the store's own clock before returning.
+    let wake = listed_at
+        .checked_add(Duration::from_millis(target - as_of))
+        .unwrap_or_else(far_future);
+    tokio::time::sleep_until(wake).await;
     let give_up = tokio::time::Instant::now()
         .checked_add(settings.longest_write())
         .unwrap_or_else(far_future);
@@ -572,6 +578,7 @@ impl Tier {
         }
         let connection = membered.connections.load(Ordering::Acquire);
         let live = members.live(settings.member_lease).await?;
+        let listed_at = tokio::time::Instant::now();
         let heard = boot_ns();
         // Every lease waited for ends by `until`, in the store's time (ms).
         let mut until = live.as_of.saturating_add(millis(live.settling));
@@ -643,7 +650,7 @@ impl Tier {
                 .max(live.as_of.saturating_add(millis(*listed)));
             until = until.max(ends);
         }
-        wait_out(members, &settings, live.as_of, until).await
+        wait_out(members, &settings, (live.as_of, listed_at), until).await
     }
 
     /// Acknowledges a writer's message to it (strict only; fire and forget:
