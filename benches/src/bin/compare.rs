@@ -1,7 +1,7 @@
 //! The peer comparison, one command, every ratio from one run:
 //!
 //! ```sh
-//! cargo run --release -p aside-benches --bin compare [-- --json] [--plots DIR] [--rounds N] [--pin] [--only hit,batch,miss,stampede,stampede4,python,memory,outage,zipf]
+//! cargo run --release -p aside-benches --bin compare [-- --json] [--plots DIR] [--rounds N] [--pin] [--only hit,batch,miss,stampede,stampede4,python,memory,outage,zipf,curves]
 //! ```
 //!
 //! Starts its own `redis-server`, then runs each scenario (see
@@ -21,7 +21,7 @@ use std::time::Instant;
 use aside_benches::compare::{self, Opts};
 use serde_json::{Map, Value, json};
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "hit",
     "batch",
     "miss",
@@ -31,6 +31,7 @@ const SCENARIOS: [&str; 9] = [
     "memory",
     "outage",
     "zipf",
+    "curves",
 ];
 
 fn load_average() -> String {
@@ -114,6 +115,7 @@ fn main() {
                 "python" => compare::python::run(&opts).await,
                 "outage" => compare::outage::run(&opts).await,
                 "zipf" => compare::zipf::run(&opts).await,
+                "curves" => compare::curves::run(&opts).await,
                 _ => compare::memory::run(&opts).await,
             }
         });

@@ -14,6 +14,7 @@
 
 pub mod batch;
 pub mod cost;
+pub mod curves;
 pub mod hit;
 pub mod memory;
 pub mod miss;

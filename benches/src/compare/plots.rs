@@ -7,6 +7,7 @@
 //! - `stampede_latency.png`: the stampede in one process, one panel per N,
 //!   the callers' latency per strategy; `stampede4_latency.png`: the same
 //!   over four processes.
+//! - `curves.png`: the `curves` scenario (see `curves.rs`).
 //!
 //! Text is drawn with the DejaVu Sans font read at run time (plotters'
 //! `ab_glyph` feature: no fontconfig needed).
@@ -64,6 +65,9 @@ pub fn draw(summary: &Value, dir: &Path) -> Res<Vec<PathBuf>> {
     }
     if let Some(st) = summary["stampede4"]["rows"].as_array() {
         files.push(stampede(dir, "stampede4_latency.png", st, "4 processes")?);
+    }
+    if let Some(curves) = summary.get("curves") {
+        files.push(super::curves::plot(dir, curves)?);
     }
     Ok(files)
 }
