@@ -8,8 +8,9 @@
 //! `hit_count MODE N` loads 1,000 keys, then runs `N` `get_or_load` hits
 //! reading them in turn, on one of: `memory` (the memory backend), `tiered`
 //! (a two-level backend's in-process copies, over a memory L2), `redis` (a
-//! redis-server of its own), and `moka` (the peer: a `moka::future::Cache`
-//! `get` of the same keys, with a TTL). Run it twice with two `N` and divide the
+//! redis-server of its own), `moka` (the peer: a `moka::future::Cache`
+//! `get` of the same keys, with a TTL), and `memory-tags` (the memory
+//! backend, every entry with four tags). Run it twice with two `N` and divide the
 //! difference of the instruction totals by the difference of `N`: what one
 //! hit costs, without the set-up. Instruction counts do not depend on what
 //! else the machine is doing, so a before/after comparison of them is
@@ -44,7 +45,7 @@ fn main() {
             .ttl(Duration::from_secs(3_600));
         let cache = match mode.as_str() {
             "moka" => builder.backend(MemoryBackend::new()).build().unwrap(),
-            "memory" => builder.backend(MemoryBackend::new()).build().unwrap(),
+            "memory" | "memory-tags" => builder.backend(MemoryBackend::new()).build().unwrap(),
             "tiered" => {
                 let tier = TieredBackend::builder(MemoryBackend::new())
                     .max_l1_age(Duration::from_secs(3_600))
@@ -68,6 +69,12 @@ fn main() {
             }
         };
         let keys: Vec<String> = (0..KEYS).map(|i| format!("product:{i}")).collect();
+        // `memory-tags`: every entry carries four tags.
+        let options = if mode == "memory-tags" {
+            (0..4).fold(aside::EntryOptions::new(), |o, t| o.tag(format!("tag:{t}")))
+        } else {
+            aside::EntryOptions::new()
+        };
         if mode == "moka" {
             let moka = moka::future::Cache::builder()
                 .max_capacity(10_000)
@@ -86,7 +93,7 @@ fn main() {
         }
         for (i, key) in keys.iter().enumerate() {
             let v: Option<u64> = cache
-                .get_or_load(key, move || async move {
+                .get_or_load_with(key, &options, move || async move {
                     Ok::<_, std::io::Error>(Some(i as u64))
                 })
                 .await
@@ -96,7 +103,7 @@ fn main() {
         let mut sum = 0u64;
         for i in 0..n {
             let v: Option<u64> = cache
-                .get_or_load(&keys[i % KEYS], || async {
+                .get_or_load_with(&keys[i % KEYS], &options, || async {
                     Ok::<_, std::io::Error>(Some(u64::MAX))
                 })
                 .await

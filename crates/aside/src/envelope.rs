@@ -233,6 +233,20 @@ impl<'a> Envelope<'a> {
         })
     }
 
+    /// [`deps`](Self::deps) with the names as bytes: no UTF-8 check on
+    /// each pass (`parse` checked them once), for the comparisons of a hit.
+    pub(crate) fn deps_raw(&self) -> impl Iterator<Item = (&'a [u8], u64)> + 'a {
+        let mut rest = self.deps;
+        (0..self.dep_count).filter_map(move |_| {
+            let (&len, tail) = rest.split_first()?;
+            let len = len as usize;
+            let name = tail.get(..len)?;
+            let version = u64::from_be_bytes(tail.get(len..len + 8)?.try_into().ok()?);
+            rest = tail.get(len + 8..)?;
+            Some((name, version))
+        })
+    }
+
     pub(crate) fn has_deps(&self) -> bool {
         self.dep_count > 0
     }
