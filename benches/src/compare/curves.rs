@@ -11,7 +11,8 @@
 //!   `DEL` in chunks of 1,000, then the set).
 //! - **Concurrent tasks** (1 to 256): hits per second on the memory
 //!   backend against a raw moka `get`, and on Redis against a raw
-//!   redis-rs `GET` + decode, interleaved.
+//!   redis-rs `GET` + decode, interleaved; every task reads 1,000 keys in
+//!   turn (from its own offset), as a service reading many items does.
 //!
 //! `--plots DIR` draws the three as `curves.png` (see `plot`).
 
@@ -31,6 +32,10 @@ use crate::{Product, product};
 const TAGS: [usize; 4] = [0, 1, 4, 16];
 const CARRIERS: [usize; 4] = [1, 100, 10_000, 100_000];
 const TASKS: [usize; 5] = [1, 4, 16, 64, 256];
+/// Keys the throughput curve reads in turn.
+const KEYS: usize = 1_000;
+/// Hits per point and round in process (each key read ~100 times).
+const IN_PROCESS_HITS: usize = 100_000;
 /// Hits timed per point and round.
 const HITS: usize = 4_000;
 
@@ -181,20 +186,21 @@ async fn carriers_curve(opts: &Opts) -> Value {
     Value::Array(rows)
 }
 
-/// Hits per second of `f` on `tasks` tasks, `HITS` hits each.
-async fn throughput<F, Fut>(tasks: usize, f: F) -> f64
+/// Hits per second of `f` (given the key's number) on `tasks` tasks,
+/// `hits` in all, each task from its own offset in the keys.
+async fn throughput<F, Fut>(tasks: usize, hits: usize, f: F) -> f64
 where
-    F: Fn() -> Fut + Clone + Send + 'static,
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Product> + Send,
 {
-    let per = (HITS / tasks).max(50);
+    let per = (hits / tasks).max(50);
     let started = Instant::now();
     let handles: Vec<_> = (0..tasks)
-        .map(|_| {
+        .map(|t| {
             let f = f.clone();
             tokio::spawn(async move {
-                for _ in 0..per {
-                    std::hint::black_box(f().await);
+                for i in 0..per {
+                    std::hint::black_box(f((t * 37 + i) % KEYS).await);
                 }
             })
         })
@@ -210,7 +216,6 @@ async fn tasks_curve(opts: &Opts) -> Value {
         .max_capacity(10_000)
         .time_to_live(Duration::from_secs(3_600))
         .build();
-    moka.insert("product:42".to_owned(), product()).await;
     let memory = Cache::builder()
         .backend(MemoryBackend::new())
         .build()
@@ -221,14 +226,18 @@ async fn tasks_curve(opts: &Opts) -> Value {
         .build()
         .unwrap();
     let plain = EntryOptions::new();
-    hit(&memory, "product:42", &plain).await;
-    hit(&redis, "product:42", &plain).await;
+    let keys: Arc<[String]> = (0..KEYS).map(|i| format!("product:{i}")).collect();
+    let physical: Arc<[String]> = keys.iter().map(|k| redis.physical_key(k)).collect();
+    for key in keys.iter() {
+        moka.insert(key.clone(), product()).await;
+        hit(&memory, key, &plain).await;
+        hit(&redis, key, &plain).await;
+    }
     let conn = redis::Client::open(opts.url.as_str())
         .unwrap()
         .get_connection_manager()
         .await
         .unwrap();
-    let key: Arc<str> = redis.physical_key("product:42").into();
     let mut rows = Vec::new();
     let mut t = table(&[
         "tasks",
@@ -239,26 +248,26 @@ async fn tasks_curve(opts: &Opts) -> Value {
         let (mut mm, mut ma, mut rr, mut ra) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 0..opts.rounds.max(3) {
             let moka_hit = {
-                let moka = moka.clone();
-                move || {
-                    let moka = moka.clone();
-                    async move { moka.get("product:42").await.unwrap() }
+                let (moka, keys) = (moka.clone(), keys.clone());
+                move |i: usize| {
+                    let (moka, keys) = (moka.clone(), keys.clone());
+                    async move { moka.get(&keys[i]).await.unwrap() }
                 }
             };
             let memory_hit = {
-                let memory = memory.clone();
-                move || {
-                    let memory = memory.clone();
-                    async move { hit(&memory, "product:42", &EntryOptions::new()).await }
+                let (memory, keys) = (memory.clone(), keys.clone());
+                move |i: usize| {
+                    let (memory, keys) = (memory.clone(), keys.clone());
+                    async move { hit(&memory, &keys[i], &EntryOptions::new()).await }
                 }
             };
             let raw_hit = {
-                let (conn, key) = (conn.clone(), key.clone());
-                move || {
-                    let (mut conn, key) = (conn.clone(), key.clone());
+                let (conn, physical) = (conn.clone(), physical.clone());
+                move |i: usize| {
+                    let (mut conn, physical) = (conn.clone(), physical.clone());
                     async move {
                         let bytes: Vec<u8> = redis::cmd("GET")
-                            .arg(&*key)
+                            .arg(&physical[i])
                             .query_async(&mut conn)
                             .await
                             .unwrap();
@@ -267,22 +276,22 @@ async fn tasks_curve(opts: &Opts) -> Value {
                 }
             };
             let redis_hit = {
-                let redis = redis.clone();
-                move || {
-                    let redis = redis.clone();
-                    async move { hit(&redis, "product:42", &EntryOptions::new()).await }
+                let (redis, keys) = (redis.clone(), keys.clone());
+                move |i: usize| {
+                    let (redis, keys) = (redis.clone(), keys.clone());
+                    async move { hit(&redis, &keys[i], &EntryOptions::new()).await }
                 }
             };
             if round % 2 == 0 {
-                mm.push(throughput(tasks, moka_hit).await);
-                ma.push(throughput(tasks, memory_hit).await);
-                rr.push(throughput(tasks, raw_hit).await);
-                ra.push(throughput(tasks, redis_hit).await);
+                mm.push(throughput(tasks, IN_PROCESS_HITS, moka_hit).await);
+                ma.push(throughput(tasks, IN_PROCESS_HITS, memory_hit).await);
+                rr.push(throughput(tasks, HITS, raw_hit).await);
+                ra.push(throughput(tasks, HITS, redis_hit).await);
             } else {
-                ra.push(throughput(tasks, redis_hit).await);
-                rr.push(throughput(tasks, raw_hit).await);
-                ma.push(throughput(tasks, memory_hit).await);
-                mm.push(throughput(tasks, moka_hit).await);
+                ra.push(throughput(tasks, HITS, redis_hit).await);
+                rr.push(throughput(tasks, HITS, raw_hit).await);
+                ma.push(throughput(tasks, IN_PROCESS_HITS, memory_hit).await);
+                mm.push(throughput(tasks, IN_PROCESS_HITS, moka_hit).await);
             }
         }
         let [mm, ma, rr, ra] = [&mm, &ma, &rr, &ra].map(|v| Spread::of(v).median);
@@ -296,7 +305,9 @@ async fn tasks_curve(opts: &Opts) -> Value {
             "raw_redis": rr, "aside_redis": ra,
         }));
     }
-    println!("\nHit throughput against concurrent tasks (one key, median of rounds)\n{t}");
+    println!(
+        "\nHit throughput against concurrent tasks ({KEYS} keys in turn, median of rounds)\n{t}"
+    );
     Value::Array(rows)
 }
 
