@@ -446,13 +446,7 @@ fn draw(path: &Path, panels: Vec<Panel<'_>>) -> Result<(), Box<dyn std::error::E
                     .map(|p| Circle::new(*p, 3, Palette99::pick(i).filled())),
             )?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .label_font(("sans-serif", 14))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        super::plots::legend(&mut chart)?;
     }
     root.present()?;
     Ok(())

@@ -64,6 +64,27 @@ fn strict(data_url: &str, events_url: &str, settings: Strict) -> (Cache, TieredB
     )
 }
 
+/// A strict instance over `data_url` hearing `backplane` (a wrapped one).
+fn strict_over(
+    data_url: &str,
+    backplane: impl Backplane + 'static,
+    settings: Strict,
+) -> (Cache, TieredBackend) {
+    let backend = TieredBackend::builder(RedisBackend::new(data_url).unwrap())
+        .max_l1_age(Duration::from_secs(60))
+        .backplane(backplane)
+        .strict(settings)
+        .build()
+        .unwrap();
+    let cache = Cache::builder()
+        .namespace("review")
+        .ttl(Duration::from_secs(60))
+        .backend(backend.clone())
+        .build()
+        .unwrap();
+    (cache, backend)
+}
+
 /// Waits until every backend is subscribed, then until the young
 /// registry has settled and the clock checks agree (a lease and a bit).
 async fn settled(backends: &[&TieredBackend]) {
@@ -213,18 +234,7 @@ async fn a_forward_step_of_the_registrys_clock_is_waited_out() {
         ahead: ahead.clone(),
         lose_on_revoke: None,
     };
-    let a_backend = TieredBackend::builder(RedisBackend::new(&redis.url()).unwrap())
-        .max_l1_age(Duration::from_secs(60))
-        .backplane(stepping)
-        .strict(Strict::new())
-        .build()
-        .unwrap();
-    let a = Cache::builder()
-        .namespace("review")
-        .ttl(Duration::from_secs(60))
-        .backend(a_backend.clone())
-        .build()
-        .unwrap();
+    let (a, a_backend) = strict_over(&redis.url(), stepping, Strict::new());
     until_live(&a_backend).await;
     until_live(&b_backend).await;
     until_l1_hit(&b, &b_backend, "k", &truth).await;
@@ -535,18 +545,7 @@ async fn a_registry_lost_before_a_revocation_is_waited_out() {
     let strict = Strict::new()
         .ack_timeout(Duration::from_millis(100))
         .member_lease(Duration::from_secs(3));
-    let a_backend = TieredBackend::builder(RedisBackend::new(&redis.url()).unwrap())
-        .max_l1_age(Duration::from_secs(60))
-        .backplane(losing)
-        .strict(strict)
-        .build()
-        .unwrap();
-    let a = Cache::builder()
-        .namespace("review")
-        .ttl(Duration::from_secs(60))
-        .backend(a_backend.clone())
-        .build()
-        .unwrap();
+    let (a, a_backend) = strict_over(&redis.url(), losing, strict);
     until_live(&a_backend).await;
     until_live(&b_backend).await;
     until_l1_hit(&b, &b_backend, "k", &truth).await;
