@@ -18,9 +18,9 @@
 //!
 //! Every field is at a fixed offset, and the header (24 bytes without
 //! dependencies) is as small as the allocator of a Redis value rewards:
-//! format 1 spent 34 bytes on the same fields (8-byte times and TTLs), 19 %
-//! more memory per entry than a plain `SETEX` of a 16- or 100-byte value,
-//! against 7-9 % now (BENCHMARKS.md, "Memory"). Fields saturate rather than
+//! format 1 spent 34 bytes on the same fields (8-byte times and TTLs); an
+//! entry of a 99-byte value now takes 1.135x the memory of a plain `SETEX`
+//! of it, against 1.24-1.27x (BENCHMARKS.md, "The entry header, format 2"). Fields saturate rather than
 //! wrap: a TTL over 2^40 ms (34 years) is stored as 34 years, a load over
 //! 2^24 µs (16.7 s) as 16.7 s. An entry of another format version (format
 //! 1, written by an older aside) is an [`DecodeError::UnknownVersion`]: a
