@@ -86,6 +86,27 @@ impl Writer {
         }
     }
 
+    /// Bumps the truth of `op`'s keys and invalidates them through this
+    /// writer, whatever the outcome (nothing recorded, nothing checked).
+    /// A `set` becomes an invalidation: a second writer's `set` of an older
+    /// version landing after another writer's newer write is the writers'
+    /// own race, not a stale read.
+    pub async fn try_apply(&mut self, op: Op) {
+        for i in op.keys() {
+            let _: u64 = redis::cmd("INCR")
+                .arg(self.run.truth(i))
+                .query_async(&mut self.conn)
+                .await
+                .unwrap();
+        }
+        let c = &self.cache;
+        let _ = match op {
+            Op::Invalidate(i) | Op::Set(i) => c.invalidate(key(i)).await.map(|_| ()),
+            Op::Tag(g) => c.invalidate_tag(group(g)).await.map(|_| ()),
+            Op::Namespace => c.invalidate_namespace().await.map(|_| ()),
+        };
+    }
+
     /// Another write whose only purpose is a backplane message (`probe`
     /// is a key nobody reads).
     pub async fn probe(&self) {
