@@ -390,3 +390,100 @@ async fn wake_ups_cross_nodes_and_survive_a_lost_node() {
         }
     }
 }
+
+/// A slot missing from the client's map of the cluster (a node's view while
+/// slots move or a node is being reconnected) must neither fail a read nor
+/// be skipped by an invalidation. redis-rs splits a multi-slot `MGET` or
+/// `DEL` itself and silently leaves out the slots it cannot place: the read
+/// then errs ("Mismatch in the number of multi-slot results") and the `DEL`
+/// reports success with that slot's keys still there. The backend splits
+/// them per slot itself, each part routed (and redirected) as one command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_the_client_has_not_mapped_is_read_and_invalidated() {
+    let cluster = cluster(0);
+    let writer = cache(&cluster, "hole");
+    let keys: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        writer.set(key, i as u64).await.unwrap();
+    }
+    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
+    let storage = backend(&cluster).storage_key(&writer.backend_key(&keys[0]));
+    let slot = cluster.keyslot(&storage).unwrap();
+    let owner = cluster.primary_of_slot(slot).unwrap();
+    assert!(
+        keys.iter().any(|k| cluster
+            .keyslot(&backend(&cluster).storage_key(&writer.backend_key(k)))
+            .unwrap()
+            != slot),
+        "the keys must span several slots"
+    );
+    assert_ne!(cluster.keyslot("{hole}:n").unwrap(), slot);
+
+    // Every node forgets who serves the slot (its keys stay on the owner):
+    // a client that maps the cluster now has a hole there. (A node may
+    // hear of the old owner again from another before that one forgot it:
+    // until every node answers that the slot is not served.)
+    let unserved = |port: u16| {
+        cluster
+            .command_on(port, &["GET", &storage])
+            .unwrap_or_default()
+            .starts_with("CLUSTERDOWN")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ports.iter().all(|&p| unserved(p)) {
+        assert!(Instant::now() < deadline, "slot {slot} is still served");
+        for &port in &ports {
+            cluster
+                .command_on(
+                    port,
+                    &["CONFIG", "SET", "cluster-require-full-coverage", "no"],
+                )
+                .unwrap();
+            // Refused (ERR) by a node that already forgot it.
+            let _ = cluster.command_on(port, &["CLUSTER", "DELSLOTS", &slot.to_string()]);
+        }
+    }
+    let reader = cache(&cluster, "hole");
+    assert_eq!(reader.get::<u64>(&keys[1]).await.unwrap(), Some(1));
+    assert!(
+        ports.iter().all(|&p| unserved(p)),
+        "the reader must have mapped the cluster with the hole"
+    );
+
+    // The owner claims the slot again; every node learns it, the reader's
+    // map does not (nothing it sent was redirected).
+    cluster
+        .command_on(owner, &["CLUSTER", "ADDSLOTS", &slot.to_string()])
+        .unwrap();
+    for &port in &ports {
+        while cluster
+            .command_on(port, &["GET", &storage])
+            .unwrap_or_default()
+            .starts_with("CLUSTERDOWN")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node {port} never learnt slot {slot}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // The entry and the namespace's token are in two slots: one `MGET`
+    // across them.
+    assert_eq!(
+        reader.get::<u64>(&keys[0]).await.unwrap(),
+        Some(0),
+        "a read across slots, one of them unmapped"
+    );
+    assert!(
+        reader.invalidate_many(&keys).await.unwrap().is_applied(),
+        "invalidation across slots, one of them unmapped"
+    );
+    let left = cluster.command_on(owner, &["EXISTS", &storage]).unwrap();
+    assert_eq!(
+        left.trim(),
+        "0",
+        "an Applied invalidation left the entry in the unmapped slot"
+    );
+}

@@ -17,10 +17,12 @@
 //!
 //! An entry without tags nor namespace invalidation has no tokens: its
 //! operations are the single-Redis ones, one script on its slot.
-//! - Reads (`MGET` of entries and tokens) and deletions (`DEL`) are split
-//!   per slot by redis-rs's cluster connection; batches are grouped by slot
-//!   here, one script per slot, sent concurrently on the multiplexed
-//!   connection.
+//! - Reads (`MGET` of entries and tokens), deletions (`DEL`) and batches
+//!   are grouped by slot here, one command or script per slot, sent
+//!   concurrently on the multiplexed connection. (Not left to redis-rs's
+//!   own split of a multi-slot `MGET` or `DEL`: it drops the slots missing
+//!   from its map of the cluster, failing the read and, worse, reporting a
+//!   `DEL` done with keys left.)
 //!
 //! # Why this keeps the consistency promise
 //! The fill no longer checks the tokens atomically with its write. It does
@@ -343,13 +345,58 @@ impl Steps for Cluster {
         Ok(())
     }
 
-    /// One pipeline (`DEL` of the slot's keys, then `WAIT`) per slot, each
-    /// to the primary serving it, concurrently.
-    async fn delete_acknowledged(
+    /// One `MGET` per slot, sent at once. Not one `MGET` that redis-rs
+    /// splits: it leaves out the slots missing from its map of the cluster
+    /// (while slots move, or a node is reconnected), and the read then
+    /// fails. Each part here is a single-slot command, routed and
+    /// redirected (`MOVED`, `ASK`) as any other.
+    async fn read(
+        &self,
+        conn: &RedisConnection,
+        keys: &[String],
+        versions: &[String],
+    ) -> Result<Vec<Option<bytes::Bytes>>, BackendError> {
+        let storage: Vec<String> = keys
+            .iter()
+            .map(|k| data(k))
+            .chain(versions.iter().map(|v| token_key(v)))
+            .collect();
+        let groups = by_slot(&storage, String::clone);
+        let replies = try_join_all(groups.iter().map(|group| {
+            let mut mget = redis::cmd("MGET");
+            for &i in group {
+                mget.arg(&storage[i]);
+            }
+            let mut conn = conn.clone();
+            async move {
+                mget.query_async::<Vec<Option<bytes::Bytes>>>(&mut conn)
+                    .await
+            }
+        }))
+        .await
+        .map_err(failed)?;
+        let mut out = vec![None; storage.len()];
+        for (group, reply) in groups.iter().zip(replies) {
+            if reply.len() != group.len() {
+                return Err(malformed("MGET answered a different number of keys"));
+            }
+            for (&i, value) in group.iter().zip(reply) {
+                out[i] = value;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One `DEL` per slot, or one pipeline (`DEL` of the slot's keys, then
+    /// `WAIT`) per slot sent to the slot's primary, sent at once. Not one
+    /// `DEL` that redis-rs splits: it leaves out the slots missing from its
+    /// map and reports the rest deleted, an invalidation reported applied
+    /// with keys left.
+    async fn delete(
         &self,
         conn: &RedisConnection,
         keys: Vec<String>,
-        wait: ReplicaWait,
+        wait: Option<ReplicaWait>,
     ) -> Result<(), BackendError> {
         use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 
@@ -363,6 +410,13 @@ impl Steps for Cluster {
         let sends = slots.into_iter().map(|(slot, keys)| {
             let mut conn = cluster.clone();
             async move {
+                let Some(wait) = wait else {
+                    return redis::cmd("DEL")
+                        .arg(&keys)
+                        .query_async::<()>(&mut conn)
+                        .await
+                        .map_err(failed);
+                };
                 let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
                 let replies = conn
                     .route_pipeline(del_and_wait(&keys, wait), 0, 2, route)

@@ -8,8 +8,10 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 /// A Redis connection: one server, or a cluster with the `cluster` feature.
 /// Both implement [`redis::aio::ConnectionLike`], so commands of your own run
-/// on either (on a cluster, each command's keys must share a slot, except
-/// for the commands redis-rs splits itself: `MGET`, `DEL`, `EXISTS`, ...).
+/// on either. On a cluster, keep each command's keys to one slot: redis-rs
+/// splits a multi-slot `MGET`, `DEL`, `EXISTS`, ... itself, but leaves out
+/// the slots missing from its map of the cluster (a `DEL` then reports
+/// success with keys left), so aside sends one command per slot.
 #[derive(Clone)]
 #[non_exhaustive]
 pub enum RedisConnection {

@@ -29,7 +29,7 @@ pub use builder::RedisBackendBuilder;
 pub use conn::RedisConnection;
 
 use crate::backend::Notifier;
-use scripts::{data, data_into, lease, marker, token_key};
+use scripts::{data, lease, marker, token_key};
 use steps::Steps;
 use subscriber::Subscription;
 
@@ -213,29 +213,13 @@ impl RedisBackend {
         }
     }
 
-    /// Entries and tokens in one `MGET` (redis-rs splits it per slot on a
-    /// cluster); absent or not a token: 0.
+    /// Entries and tokens in one `MGET` (one per slot on a cluster);
+    /// absent or not a token: 0.
     async fn mget(&self, keys: &[String], versions: &[String]) -> Result<Found, BackendError> {
         if keys.is_empty() && versions.is_empty() {
             return Ok(Found::default());
         }
-        // Sized once, and every data key written through one buffer: the
-        // command copies each argument anyway.
-        let bytes: usize = keys.iter().map(|k| k.len() + 2).sum();
-        let mut mget = redis::Cmd::with_capacity(1 + keys.len() + versions.len(), 4 + bytes);
-        mget.arg("MGET");
-        let mut key_buf = String::new();
-        for key in keys {
-            data_into(&mut key_buf, key);
-            mget.arg(key_buf.as_str());
-        }
-        for name in versions {
-            mget.arg(token_key(name));
-        }
-        let mut values: Vec<Option<bytes::Bytes>> = mget
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(failed)?;
+        let mut values = self.steps.read(&self.conn, keys, versions).await?;
         if values.len() != keys.len() + versions.len() {
             return Err(malformed("MGET answered a different number of keys"));
         }

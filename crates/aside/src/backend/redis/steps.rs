@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::conn::RedisConnection;
 use super::scripts::{
-    ACQUIRE, FILL, FILLS_CHANNEL, RELEASE, RENEW, SET, data, lease, marker, token_key, waiters,
+    ACQUIRE, FILL, FILLS_CHANNEL, RELEASE, RENEW, SET, data, data_into, lease, marker, token_key,
+    waiters,
 };
 use super::wait::{ReplicaWait, acknowledged, del_and_wait};
 use super::{failed, malformed, px, token};
@@ -53,12 +54,22 @@ pub(super) trait Steps: Send + Sync + std::fmt::Debug {
         token: &str,
     ) -> Result<(), BackendError>;
 
-    /// `DEL` of `keys`, then `WAIT` for replicas (see `wait`).
-    async fn delete_acknowledged(
+    /// The entries of `keys` then the tokens `versions`, in that order
+    /// (absent: `None`).
+    async fn read(
+        &self,
+        conn: &RedisConnection,
+        keys: &[String],
+        versions: &[String],
+    ) -> Result<Vec<Option<bytes::Bytes>>, BackendError>;
+
+    /// `DEL` of `keys` (storage keys), then with `wait` a `WAIT` for
+    /// replicas (see `wait`).
+    async fn delete(
         &self,
         conn: &RedisConnection,
         keys: Vec<String>,
-        wait: ReplicaWait,
+        wait: Option<ReplicaWait>,
     ) -> Result<(), BackendError>;
 }
 
@@ -106,12 +117,43 @@ impl Steps for OneNode {
         release(conn, keys, token).await
     }
 
-    async fn delete_acknowledged(
+    /// One `MGET`.
+    async fn read(
+        &self,
+        conn: &RedisConnection,
+        keys: &[String],
+        versions: &[String],
+    ) -> Result<Vec<Option<bytes::Bytes>>, BackendError> {
+        // Sized once, and every data key written through one buffer: the
+        // command copies each argument anyway.
+        let bytes: usize = keys.iter().map(|k| k.len() + 2).sum();
+        let mut mget = redis::Cmd::with_capacity(1 + keys.len() + versions.len(), 4 + bytes);
+        mget.arg("MGET");
+        let mut key_buf = String::new();
+        for key in keys {
+            data_into(&mut key_buf, key);
+            mget.arg(key_buf.as_str());
+        }
+        for name in versions {
+            mget.arg(token_key(name));
+        }
+        mget.query_async(&mut conn.clone()).await.map_err(failed)
+    }
+
+    /// One `DEL`, or one pipeline of `DEL` and `WAIT`.
+    async fn delete(
         &self,
         conn: &RedisConnection,
         keys: Vec<String>,
-        wait: ReplicaWait,
+        wait: Option<ReplicaWait>,
     ) -> Result<(), BackendError> {
+        let Some(wait) = wait else {
+            return redis::cmd("DEL")
+                .arg(keys)
+                .query_async::<()>(&mut conn.clone())
+                .await
+                .map_err(failed);
+        };
         let replies: Vec<redis::Value> = del_and_wait(&keys, wait)
             .query_async(&mut conn.clone())
             .await

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use redis::Value;
 
-use super::{RedisBackend, failed};
+use super::RedisBackend;
 use crate::error::BackendError;
 
 /// `WAIT`'s arguments: at least this many replicas, within this long.
@@ -29,14 +29,7 @@ pub(super) struct ReplicaWait {
 impl RedisBackend {
     /// Deletes `keys`, and waits for replicas to have it if so configured.
     pub(super) async fn delete(&self, keys: Vec<String>) -> Result<(), BackendError> {
-        match self.wait {
-            None => redis::cmd("DEL")
-                .arg(keys)
-                .query_async::<()>(&mut self.conn.clone())
-                .await
-                .map_err(failed),
-            Some(wait) => self.steps.delete_acknowledged(&self.conn, keys, wait).await,
-        }
+        self.steps.delete(&self.conn, keys, self.wait).await
     }
 }
 
