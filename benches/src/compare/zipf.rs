@@ -399,7 +399,7 @@ async fn on(db: Db, opts: &Opts, rounds: usize) -> Vec<(usize, Run)> {
 }
 
 pub async fn run(opts: &Opts) -> Value {
-    let rounds = opts.rounds.clamp(1, 3);
+    let rounds = opts.rounds.clamp(1, 5);
     let dir = tempfile::tempdir().unwrap();
     let mut out = Vec::new();
     let sqlite = Db::sqlite(&dir.path().join("zipf.db")).await;

@@ -1,14 +1,17 @@
 //! A connection cut while one of aside's Redis requests is in flight, for
-//! each request that changes state: the lease script (ACQUIRE, and
-//! ACQUIRE_MANY for a batch), the conditional fills (FILL, FILL_MANY), and
-//! the invalidations (a `DEL` of the key, of a tag's token, of the
-//! namespace's token).
+//! each request that changes state: the lease request (one pipeline of plain
+//! commands: tokens, then per key its lease, its marker and the entry
+//! re-read; cut at the key's lease), the conditional fills (FILL,
+//! FILL_MANY), and the invalidations (a `DEL` of the key, of a tag's
+//! token, of the namespace's token).
 //!
 //! A [`Proxy`] between cache A and Redis cuts A's connection at the chosen
 //! request in one of two ways the client cannot tell apart: Redis received
 //! all of it and ran it but the reply is dropped (`Ran`), or Redis received
-//! all but its last byte and never ran it (`Lost`). Cache B reads the same
-//! Redis directly: it is another process, and sees what A left behind.
+//! all but its last byte and never ran it (`Lost`). In a pipeline the
+//! commands before the cut one ran and those after it never arrive. Cache
+//! B reads the same Redis directly: it is another process, and sees what A
+//! left behind.
 //!
 //! What each test asserts is what a caller sees: a correct answer and no
 //! error from `get_or_load`; no read, in either process, of a value loaded
@@ -245,15 +248,19 @@ async fn load_cut(batch: bool, cut: RequestCut) {
     }
 }
 
-/// Each script's request, matched by its command and one of its keys: the
-/// lease script is the first for the key, the fill the one naming the
-/// fills channel (its announcement).
+/// Each request, matched by what it sends and one of its keys (the proxy
+/// sees each command of a pipeline as a request): the lease request is cut
+/// at the key's `SET ... NX` of its lease (taken, or not, and nothing after
+/// it in the pipeline arrives), the fill is the script naming the fills
+/// channel (its announcement).
 fn acquire(rig_key: &str) -> RequestCut {
-    RequestCut::containing(b"EVALSHA").and(phys(rig_key))
+    RequestCut::containing(b"NX").and(format!("{}:l", phys(rig_key)))
 }
 
 fn fill(rig_key: &str) -> RequestCut {
-    acquire(rig_key).and(b"aside:fills")
+    RequestCut::containing(b"EVALSHA")
+        .and(phys(rig_key))
+        .and(b"aside:fills")
 }
 
 /// The Redis key of `key` in namespace NS (`Cache::physical_key`).

@@ -76,6 +76,20 @@ async fn a_wrongtype_marker_does_not_open_the_breaker() {
     wrongtype_key_does_not_mark_the_backend_down(":g").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrongtype_lease_or_waiters_flag_does_not_open_the_breaker() {
+    let started = std::time::Instant::now();
+    wrongtype_key_does_not_mark_the_backend_down(":l").await;
+    wrongtype_key_does_not_mark_the_backend_down(":w").await;
+    // A foreign value under the lease is replaced at once, not waited out
+    // as another load's lease (5 s by default: three loads would take 15).
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Foreign strings under a marker, a tag counter and the namespace counter
 // are replaced, never trusted, and the invalidations that remove them still

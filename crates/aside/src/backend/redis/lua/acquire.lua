@@ -1,4 +1,6 @@
--- ACQUIRE: before loads, for n keys in one step.
+-- ACQUIRE: before loads, for n keys in one step. The backend runs plain
+-- commands instead (steps.rs, `acquire`) and this script only when they
+-- found something foreign, which it replaces.
 -- KEYS: data, marker, lease, waiters of each key (four per key), then the
 -- version counters. ARGV: lease token ('' for none), lease ms, marker ms,
 -- the number of keys n, a fresh marker token per key, a fresh token per
@@ -20,6 +22,11 @@ for i = 0, n - 1 do
     if ARGV[1] ~= '' then
         clear_foreign(lease)
         if redis.call('SET', lease, ARGV[1], 'NX', 'PX', ARGV[2]) then
+            taken, pttl = 1, 0
+        elseif redis.call('GET', lease) == ARGV[1] then
+            -- Taken by this load's own first step (the plain-command
+            -- acquire, which fell back to this script over a foreign key).
+            redis.call('PEXPIRE', lease, ARGV[2])
             taken, pttl = 1, 0
         else
             pttl = redis.call('PTTL', lease)
