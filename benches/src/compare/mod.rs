@@ -13,6 +13,7 @@
 )]
 
 pub mod batch;
+pub mod breakdown;
 pub mod cost;
 pub mod curves;
 pub mod hit;

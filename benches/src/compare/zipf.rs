@@ -32,6 +32,7 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::breakdown::{self, Split};
 use super::cost::Cost;
 use super::{Opts, Spread, histogram, human_ns, record, rotation, table};
 
@@ -188,6 +189,9 @@ struct Tally {
     hits: u64,
     stale: u64,
     lat: Option<Histogram<u64>>,
+    /// The breakdown: reads whose own call ran the loader, the others
+    /// (hits, and callers that joined a load), and writes.
+    split: Option<Split>,
 }
 
 async fn load_row(s: &Shared, id: i64) -> Option<Row> {
@@ -197,16 +201,21 @@ async fn load_row(s: &Shared, id: i64) -> Option<Row> {
     row
 }
 
-async fn read(s: &Arc<Shared>, reads: &Reads, id: i64, t: &mut Tally) -> Option<Row> {
+/// A read, and whether this call ran the loader itself.
+async fn read(s: &Arc<Shared>, reads: &Reads, id: i64, t: &mut Tally) -> (Option<Row>, bool) {
     match reads {
         Reads::Aside(cache) => {
             let s = Arc::clone(s);
-            cache
+            let loaded = Arc::new(AtomicBool::new(false));
+            let mine = Arc::clone(&loaded);
+            let row = cache
                 .get_or_load(format!("p:{id}"), move || async move {
+                    mine.store(true, SeqCst);
                     Ok::<_, std::convert::Infallible>(load_row(&s, id).await)
                 })
                 .await
-                .unwrap()
+                .unwrap();
+            (row, loaded.load(SeqCst))
         }
         Reads::Naive(conn, ns) => {
             let mut conn = conn.clone();
@@ -218,7 +227,7 @@ async fn read(s: &Arc<Shared>, reads: &Reads, id: i64, t: &mut Tally) -> Option<
                 .unwrap();
             if let Some(bytes) = got {
                 t.hits += 1;
-                return rmp_serde::from_slice(&bytes).unwrap();
+                return (rmp_serde::from_slice(&bytes).unwrap(), false);
             }
             let row = load_row(s, id).await;
             let bytes = rmp_serde::to_vec(&row).unwrap();
@@ -230,9 +239,9 @@ async fn read(s: &Arc<Shared>, reads: &Reads, id: i64, t: &mut Tally) -> Option<
                 .query_async(&mut conn)
                 .await
                 .unwrap();
-            row
+            (row, true)
         }
-        Reads::Direct => load_row(s, id).await,
+        Reads::Direct => (load_row(s, id).await, true),
     }
 }
 
@@ -264,20 +273,36 @@ async fn worker(s: Arc<Shared>, reads: Reads, seed: u64, until: Instant) -> Tall
     let mut rng = StdRng::seed_from_u64(seed);
     let mut t = Tally {
         lat: Some(histogram()),
+        split: Some(Split::new()),
         ..Tally::default()
     };
     while Instant::now() < until && !s.stop.load(SeqCst) {
         let id = (zipf.sample(&mut rng) as i64).clamp(1, ROWS as i64);
         if rng.random::<f64>() < WRITE_SHARE {
+            let start = Instant::now();
             write(&s, &reads, id, rng.random_range(100..100_000)).await;
+            if let Some(split) = t.split.as_mut() {
+                record(&mut split.writes, start.elapsed());
+            }
             t.writes += 1;
             continue;
         }
         let committed = s.committed[(id - 1) as usize].load(SeqCst);
         let start = Instant::now();
-        let row = read(&s, &reads, id, &mut t).await;
+        let (row, loaded) = read(&s, &reads, id, &mut t).await;
+        let took = start.elapsed();
         if let Some(h) = t.lat.as_mut() {
-            record(h, start.elapsed());
+            record(h, took);
+        }
+        if let Some(split) = t.split.as_mut() {
+            record(
+                if loaded {
+                    &mut split.loaded
+                } else {
+                    &mut split.served
+                },
+                took,
+            );
         }
         t.reads += 1;
         if row.is_none_or(|r| (r.version as u64) < committed) {
@@ -295,6 +320,7 @@ struct Run {
     hit_ratio: f64,
     stale: u64,
     lat: Histogram<u64>,
+    split: Split,
     /// Redis commands, Redis CPU and this process's CPU over the run.
     cost: Cost,
 }
@@ -314,6 +340,7 @@ async fn run_one(s: &Arc<Shared>, conn: &ConnectionManager, reads: Reads, seed: 
         })
         .collect();
     let mut lat = histogram();
+    let mut split = Split::new();
     let (mut r, mut w, mut hits, mut stale) = (0, 0, 0, 0);
     for h in handles {
         let t = h.await.unwrap();
@@ -323,6 +350,9 @@ async fn run_one(s: &Arc<Shared>, conn: &ConnectionManager, reads: Reads, seed: 
         stale += t.stale;
         if let Some(l) = &t.lat {
             lat.add(l).unwrap();
+        }
+        if let Some(other) = &t.split {
+            split.add(other);
         }
     }
     let cost = Cost::now(conn).await.since(before);
@@ -338,6 +368,7 @@ async fn run_one(s: &Arc<Shared>, conn: &ConnectionManager, reads: Reads, seed: 
         hit_ratio,
         stale,
         lat,
+        split,
         cost,
     }
 }
@@ -502,5 +533,16 @@ pub async fn run(opts: &Opts) -> Value {
         }
     }
     println!("{t}");
+    let mut rows = Vec::new();
+    for (db, runs) in &dbs {
+        for (i, name) in NAMES.iter().enumerate() {
+            let mut split = Split::new();
+            for (_, r) in runs.iter().filter(|(k, _)| *k == i) {
+                split.add(&r.split);
+            }
+            rows.push((*db, *name, split));
+        }
+    }
+    println!("{}", breakdown::table(&rows));
     Value::Array(out)
 }

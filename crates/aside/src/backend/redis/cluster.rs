@@ -7,8 +7,8 @@
 //! So each operation runs in steps, one script per slot:
 //!
 //! - `acquire`: the tokens are read (or created fresh when absent) on the
-//!   namespace's slot first, then ACQUIRE runs on each key's slot (entry,
-//!   marker, lease). Both steps finish before the loader runs.
+//!   namespace's slot first, then the lease request runs on each key's
+//!   slot (entry, marker, lease). Both steps finish before the loader runs.
 //! - `fill`: the tokens are compared with the load's and, if they hold,
 //!   extended to the entry's TTL (one script on the namespace's slot; an
 //!   extension never re-creates a token), then FILL runs on each key's slot
@@ -205,7 +205,7 @@ async fn extend(conn: &RedisConnection, versions: &[String], ttl: Duration) {
 
 #[async_trait::async_trait]
 impl Steps for Cluster {
-    /// The tokens once, then ACQUIRE per slot.
+    /// The tokens once, then the lease request per slot.
     async fn acquire(
         &self,
         conn: &RedisConnection,
@@ -219,7 +219,7 @@ impl Steps for Cluster {
         let groups = by_slot(keys, |k| data(k));
         let replies = try_join_all(groups.iter().map(|group| {
             let part = pick(keys, group);
-            async move { steps::acquire(conn, &part, &[], r.marker_ttl, r.lease).await }
+            async move { super::acquire::acquire(conn, &part, &[], r.marker_ttl, r.lease).await }
         }))
         .await?;
         let mut out: Vec<Option<Acquired>> = vec![None; keys.len()];

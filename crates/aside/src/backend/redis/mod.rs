@@ -13,6 +13,7 @@ use super::{
 };
 use crate::error::{BackendError, Error};
 
+mod acquire;
 mod backplane;
 mod builder;
 #[cfg(feature = "cluster")]
@@ -287,8 +288,9 @@ impl Backend for RedisBackend {
 }
 
 /// Leases are keys beside the entry (`{ns:key}:l`, one slot with it), taken
-/// by the ACQUIRE script; fills and releases are announced on one pub/sub
-/// channel (only when a load waited), heard by the backend's subscriber.
+/// by the lease request (`acquire.rs`); fills and releases are announced on
+/// one pub/sub channel (only when a load waited), heard by the backend's
+/// subscriber.
 #[async_trait::async_trait]
 impl Leases for RedisBackend {
     async fn renew(&self, keys: &[String], lease: LeaseAsk<'_>) -> Result<Vec<bool>, BackendError> {

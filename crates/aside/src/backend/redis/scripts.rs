@@ -18,8 +18,9 @@
 //! extend them).
 //!
 //! Markers and counters hold random tokens (decimal, at most 19 digits,
-//! never 0) created by ACQUIRE when absent. Invalidations *delete* them
-//! (`DEL`, no script needed), nothing increments them: a token that vanished
+//! never 0) created by the lease request (`acquire.rs`: `SET NX GET`)
+//! when absent. Invalidations *delete* them (`DEL`, no script needed),
+//! nothing increments them: a token that vanished
 //! for any reason (invalidation, TTL, eviction, `FLUSHDB`) can only fail a
 //! fill or miss an entry, never validate an old one.
 
