@@ -45,6 +45,7 @@ impl Cache {
 /// | [`delayed_double_delete`](Self::delayed_double_delete) | off |
 /// | [`namespace_invalidation`](Self::namespace_invalidation) | off |
 /// | [`coalesce_reads`](Self::coalesce_reads) | off |
+/// | [`fill_in_background`](Self::fill_in_background) | off |
 /// | [`batch_chunk_size`](Self::batch_chunk_size) | 1,000 keys |
 /// | [`schema_version`](Self::schema_version) | none |
 /// | [`clock`](Self::clock) | [`SystemClock`] |
@@ -101,6 +102,7 @@ impl Default for CacheBuilder {
                 double_delete_after: None,
                 namespace_invalidation: false,
                 coalesce_reads: false,
+                fill_in_background: false,
                 batch_chunk_size: 1000,
                 hot_keys: 0,
                 hot_key_sampling: 16,
@@ -296,6 +298,27 @@ impl CacheBuilder {
     /// [`Stats::shared_reads`](crate::Stats::shared_reads).
     pub fn coalesce_reads(mut self, on: bool) -> Self {
         self.settings.coalesce_reads = on;
+        self
+    }
+
+    /// Whether a load answers its caller (and the callers that joined it
+    /// before it began) as soon as the loader returns, writing the value to
+    /// the backend after. Off by default: `get_or_load` returns once the
+    /// value is stored, so any process that reads the key next finds it.
+    ///
+    /// On, a miss saves its caller the fill's round trip. The consistency
+    /// promise is unchanged: the value was loaded after those callers
+    /// began; callers that join the load later still wait for the fill and
+    /// take the value only if the fill proved it current. What it gives up
+    /// is read-your-writes for the fill's round trip: a read that begins
+    /// right after `get_or_load` returned, in this process or another, may
+    /// find the key not yet written ([`Cache::get`] answers `None`;
+    /// `get_or_load` waits for this load's lease, or loads again). A fill
+    /// that fails is counted and logged as usual; the caller already has
+    /// its value. (FusionCache's background distributed cache operations
+    /// make the same trade.)
+    pub fn fill_in_background(mut self, on: bool) -> Self {
+        self.settings.fill_in_background = on;
         self
     }
 

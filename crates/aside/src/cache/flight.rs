@@ -58,6 +58,10 @@ pub(crate) struct Done<V> {
     /// A caller (by its moment) that may take the outcome whatever
     /// `valid_from` says: the one whose own read it is.
     pub owner: Option<u64>,
+    /// Handed out before the load's fill was written (see
+    /// [`Leader::publish_early`]): only for the callers it is for; the
+    /// others wait for the final outcome.
+    pub early: bool,
 }
 
 impl<V> Done<V> {
@@ -67,6 +71,7 @@ impl<V> Done<V> {
             outcome,
             valid_from,
             owner: None,
+            early: false,
         }
     }
 
@@ -82,6 +87,7 @@ impl<V> Done<V> {
             outcome,
             valid_from: 0,
             owner: Some(owner),
+            early: false,
         }
     }
 
@@ -323,6 +329,15 @@ impl<V: Clone + Send + Sync + 'static> Leader<V> {
         }
         self.tx.send_replace(Some(done));
     }
+
+    /// Hands an outcome to the waiters it is for ([`Done::is_for`]) while
+    /// the load goes on (its fill): the flight stays registered, and every
+    /// other waiter, and every caller that joins meanwhile, waits for the
+    /// final [`publish`](Self::publish).
+    pub fn publish_early(&self, mut done: Done<V>) {
+        done.early = true;
+        self.tx.send_replace(Some(done));
+    }
 }
 
 impl<V> Drop for Leader<V> {
@@ -334,8 +349,19 @@ impl<V> Drop for Leader<V> {
 }
 
 impl<V: Clone> Waiter<V> {
-    pub async fn wait(mut self) -> Done<V> {
-        match self.0.wait_for(Option::is_some).await {
+    /// The load's final outcome.
+    pub async fn wait(self) -> Done<V> {
+        self.wait_until(|d| !d.early).await
+    }
+
+    /// The first outcome for the caller with moment `me`: an early one if
+    /// it is for `me`, else the final one.
+    pub async fn wait_as(self, me: u64) -> Done<V> {
+        self.wait_until(|d| !d.early || d.is_for(me)).await
+    }
+
+    async fn wait_until(mut self, ready: impl Fn(&Done<V>) -> bool) -> Done<V> {
+        match self.0.wait_for(|d| d.as_ref().is_some_and(&ready)).await {
             Ok(done) => match &*done {
                 Some(d) => d.clone(),
                 None => Done::to_all(Err(abandoned())),

@@ -123,7 +123,7 @@ impl Cache {
                     waiter
                 }
             };
-            let Some(done) = self.wait_soft(waiter, &stale).await else {
+            let Some(done) = self.wait_soft(me, waiter, &stale).await else {
                 // The load goes on in its task and fills the cache.
                 bump(&self.inner.stats.soft_timeouts);
                 return Ok(stale.into_value());
@@ -201,7 +201,7 @@ impl Cache {
         waiter: Waiter<V>,
     ) -> Option<Outcome<V>> {
         bump(&self.inner.stats.joined);
-        let done = waiter.wait().await;
+        let done = waiter.wait_as(me).await;
         if done.is_for(me) {
             if done.outcome.is_ok() {
                 bump(&self.inner.stats.misses);
@@ -216,10 +216,17 @@ impl Cache {
 
     /// Waits for a load: at most the soft timeout when there is a stale
     /// value to fall back on (`None` when it ran out).
-    async fn wait_soft<V: Value>(&self, waiter: Waiter<V>, stale: &Fallback<V>) -> Option<Done<V>> {
+    async fn wait_soft<V: Value>(
+        &self,
+        me: u64,
+        waiter: Waiter<V>,
+        stale: &Fallback<V>,
+    ) -> Option<Done<V>> {
         match self.inner.entries.policy.loader_soft_timeout {
-            Some(soft) if stale.is_some() => tokio::time::timeout(soft, waiter.wait()).await.ok(),
-            _ => Some(waiter.wait().await),
+            Some(soft) if stale.is_some() => {
+                tokio::time::timeout(soft, waiter.wait_as(me)).await.ok()
+            }
+            _ => Some(waiter.wait_as(me).await),
         }
     }
 
@@ -307,6 +314,11 @@ impl Cache {
         self.record_breaker(&outcome);
         match outcome {
             Ok(value) => {
+                if self.inner.s.fill_in_background && token.is_some() {
+                    // Loaded after every caller that joined before `began`
+                    // began: current for them whatever the fill finds.
+                    leader.publish_early(Done::before(Ok(value.clone()), began));
+                }
                 let fills = [(&pk, token.as_ref(), &value)];
                 let filled = self.fill_all(&fills, &deps, ttl, took).await;
                 // Wake the waiters after the write: when `get_or_load`

@@ -83,6 +83,8 @@ pub(crate) struct Settings {
     pub namespace_invalidation: bool,
     /// Whether concurrent reads of one key share a backend read.
     pub coalesce_reads: bool,
+    /// Whether a load answers its callers before its fill is written.
+    pub fill_in_background: bool,
     pub batch_chunk_size: usize,
     /// How many hot keys to track (0: off).
     pub hot_keys: usize,

@@ -421,3 +421,59 @@ async fn a_tag_is_one_expiring_token_whatever_the_number_of_entries() {
         assert_eq!(cache.get::<u64>(format!("e{i}")).await.unwrap(), None);
     }
 }
+
+/// The lease request finds the key's lease already holding its own token
+/// (a retry after a reply was lost): it holds it, whether the plain
+/// commands answer or the script does (a foreign marker sends the request
+/// to the script); and a lease held by another token is busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_already_holding_the_token_is_held_not_busy() {
+    use aside::backend::{AcquireRequest, Backend, Lease, LeaseAsk};
+
+    let redis = redis_server();
+    let backend = RedisBackend::new(&redis.url()).unwrap();
+    let mut conn = raw(&redis).await;
+    let ask = LeaseAsk::new("T1", Duration::from_secs(10));
+    for (key, foreign_marker) in [("own:a", false), ("own:b", true)] {
+        let keys = [key.to_owned()];
+        let set = |k: String, v: &str| {
+            redis::cmd("SET")
+                .arg(k)
+                .arg(v)
+                .arg("PX")
+                .arg(10_000)
+                .clone()
+        };
+        let () = set(format!("{{{key}}}:l"), "T1")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if foreign_marker {
+            let () = set(format!("{{{key}}}:g"), "not a token")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        let got = backend
+            .acquire(&AcquireRequest::new(&keys, &[], Duration::from_secs(60)).with_lease(ask))
+            .await
+            .unwrap();
+        assert_eq!(
+            got[0].token.lease(),
+            &Lease::Held("T1".into()),
+            "{key} (foreign marker: {foreign_marker})"
+        );
+        let other = backend
+            .acquire(
+                &AcquireRequest::new(&keys, &[], Duration::from_secs(60))
+                    .with_lease(LeaseAsk::new("T2", Duration::from_secs(10))),
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(other[0].token.lease(), Lease::Busy(left) if *left > Duration::from_secs(5)),
+            "{key}: {:?}",
+            other[0].token.lease()
+        );
+    }
+}

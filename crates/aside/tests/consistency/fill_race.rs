@@ -204,6 +204,9 @@ fn aside_on_redis(redis_url: &str, run: u64, scope: Scope, fault_tuned: bool) ->
         .namespace(format!("c{run}"))
         .ttl(Duration::from_secs(60))
         .namespace_invalidation(scope == Scope::Namespace)
+        // Every other run answers loads before their fills: the promise
+        // holds both ways (`read::background_fill`).
+        .fill_in_background(run % 2 == 1)
         .backend(RedisBackend::new(redis_url).unwrap());
     if fault_tuned {
         // As in the `faults` binary's `redis_down`: notice an outage quickly

@@ -1,6 +1,7 @@
 //! A load's lease request on Redis: what a load needs before it runs (the
 //! version tokens, the key's marker and lease) and the entry re-read, as
-//! plain commands; the ACQUIRE script only over a foreign value.
+//! plain commands (Redis 7.0 or later: `SET NX GET`, `PEXPIRE GT/NX`); the
+//! ACQUIRE script over a foreign value, and on a Redis Cluster.
 
 use std::time::Duration;
 
@@ -52,10 +53,14 @@ pub(super) async fn acquire(
     }
     for key in keys {
         if let Some(ask) = lease_ask.filter(|_| leased) {
+            // `GET`: a lease this load's token already holds (a retry after
+            // a lost reply) is its own, not another's; a lease of another
+            // type is an error, and the script replaces it.
             pipe.cmd("SET")
                 .arg(lease(key))
                 .arg(ask.token)
                 .arg("NX")
+                .arg("GET")
                 .arg("PX")
                 .arg(px(ask.ttl));
         }
@@ -91,8 +96,12 @@ pub(super) async fn acquire(
         };
         let lease = match lease_reply {
             None => Lease::None,
-            Some(redis::Value::Okay) => Lease::Held(lease_token.to_owned()),
-            Some(redis::Value::Nil) => {
+            // Set (nil: nothing was there), or already ours.
+            Some(redis::Value::Nil) => Lease::Held(lease_token.to_owned()),
+            Some(redis::Value::BulkString(b)) if b == lease_token.as_bytes() => {
+                Lease::Held(lease_token.to_owned())
+            }
+            Some(redis::Value::BulkString(_)) => {
                 busy.push((i, key));
                 Lease::Busy(Duration::ZERO)
             }
@@ -103,10 +112,8 @@ pub(super) async fn acquire(
             FillToken::new(marker, tokens.clone()).with_lease(lease),
         ));
     }
-    if let (Some(ask), false) = (lease_ask, busy.is_empty())
-        && !wait_behind(conn, &mut out, &busy, ask.ttl).await?
-    {
-        return acquire_scripted(conn, keys, versions, marker_ttl, lease_ask).await;
+    if let (Some(ask), false) = (lease_ask, busy.is_empty()) {
+        wait_behind(conn, &mut out, &busy, ask.ttl).await?;
     }
     Ok(out)
 }
@@ -152,15 +159,13 @@ fn is_token(b: &[u8]) -> bool {
 /// The second step for keys whose lease another load holds (`busy`: index
 /// in `out` and key): the waiters flag raised, a lease without expiry
 /// given one, the time it has left read, and the entry re-read after the
-/// flag, in one pipeline. False if a lease is a value of another type
-/// (foreign: the caller runs the script, which replaces it, rather than
-/// wait for it to expire).
+/// flag, in one pipeline.
 async fn wait_behind(
     conn: &RedisConnection,
     out: &mut [Acquired],
     busy: &[(usize, &String)],
     lease_ttl: Duration,
-) -> Result<bool, BackendError> {
+) -> Result<(), BackendError> {
     let ms = px(lease_ttl);
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
@@ -176,26 +181,23 @@ async fn wait_behind(
             .arg("NX")
             .cmd("PTTL")
             .arg(lease(key))
-            .cmd("TYPE")
-            .arg(lease(key))
             .cmd("GET")
             .arg(data(key));
     }
     let reply: Vec<redis::Value> = pipe.query_async(&mut conn.clone()).await.map_err(failed)?;
-    if reply.len() != 5 * busy.len() {
+    if reply.len() != 4 * busy.len() {
         return Err(malformed("short acquire reply"));
     }
     let mut it = reply.into_iter();
     for &(i, _) in busy {
-        let (_, expiry_given, pttl, kind, entry) =
-            (it.next(), it.next(), it.next(), it.next(), it.next());
-        let foreign = match &kind {
-            Some(redis::Value::SimpleString(t)) => t != "string" && t != "none",
-            Some(redis::Value::Okay) => false,
-            _ => true,
-        };
-        if foreign {
-            return Ok(false);
+        let (flag, expiry_given, pttl, entry) = (it.next(), it.next(), it.next(), it.next());
+        // Without the flag the holder would not announce its fill, and this
+        // load would sleep out the lease: fail instead (as the script does),
+        // and the caller loads without storing.
+        if !matches!(flag, Some(redis::Value::Okay)) {
+            return Err(BackendError::failed(std::io::Error::other(format!(
+                "could not raise the waiters flag: {flag:?}"
+            ))));
         }
         // A lease without expiry was given one: a lease length left. One
         // gone meanwhile (its holder finished): nothing left to wait.
@@ -213,11 +215,14 @@ async fn wait_behind(
             acquired.token = acquired.token.clone().with_lease(Lease::Busy(left));
         }
     }
-    Ok(true)
+    Ok(())
 }
 /// ACQUIRE for `keys` (see `lua/acquire.lua`): one atomic script, for
-/// keys where `acquire` found something foreign.
-async fn acquire_scripted(
+/// keys where `acquire` found something foreign, and on a Redis Cluster
+/// (one command per slot: redis-rs retries a whole pipeline when one of its
+/// commands is redirected while a slot moves, resending commands that
+/// already ran on the other node).
+pub(super) async fn acquire_scripted(
     conn: &RedisConnection,
     keys: &[String],
     versions: &[String],

@@ -219,7 +219,9 @@ impl Steps for Cluster {
         let groups = by_slot(keys, |k| data(k));
         let replies = try_join_all(groups.iter().map(|group| {
             let part = pick(keys, group);
-            async move { super::acquire::acquire(conn, &part, &[], r.marker_ttl, r.lease).await }
+            async move {
+                super::acquire::acquire_scripted(conn, &part, &[], r.marker_ttl, r.lease).await
+            }
         }))
         .await?;
         let mut out: Vec<Option<Acquired>> = vec![None; keys.len()];
