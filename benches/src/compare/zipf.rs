@@ -381,6 +381,12 @@ fn run_time() -> Duration {
         .map_or(RUN, Duration::from_secs)
 }
 
+/// `ASIDE_ZIPF_FILL_IN_BACKGROUND=1` builds aside's cache with
+/// `fill_in_background(true)`.
+fn fill_in_background() -> bool {
+    std::env::var("ASIDE_ZIPF_FILL_IN_BACKGROUND").is_ok_and(|v| v == "1")
+}
+
 /// `ASIDE_ZIPF_ONLY=aside|naive|none` runs one contender alone, so that a
 /// profiler sees only its work; every contender by default.
 fn contenders() -> Vec<usize> {
@@ -417,6 +423,7 @@ async fn on(db: Db, opts: &Opts, rounds: usize) -> Vec<(usize, Run)> {
                         .backend(RedisBackend::new(&opts.url).unwrap())
                         .namespace(&ns)
                         .ttl(Duration::from_secs(TTL_S))
+                        .fill_in_background(fill_in_background())
                         .build()
                         .unwrap(),
                 ),
