@@ -113,14 +113,21 @@ async fn crash(
             entry_slots.iter().position(|s| *s == slot).unwrap()
         ),
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Bounded generously: on a loaded machine (the whole suite running,
+    // other clusters failing over) the client's view of the new topology
+    // can take seconds; what must not happen is that it never settles.
+    let deadline = Instant::now() + Duration::from_secs(30);
     let before = caches[0].stats().hits;
     while caches[0].stats().hits == before {
         let v = caches[0]
             .get_or_load(&key, || async { Ok::<_, DbDown>(Some(0i64)) })
             .await;
         assert!(v.is_ok(), "{v:?}");
-        assert!(Instant::now() < deadline, "hits did not resume");
+        assert!(
+            Instant::now() < deadline,
+            "hits did not resume on {key}: {:?}",
+            caches[0].stats()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
