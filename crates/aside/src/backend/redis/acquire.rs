@@ -72,22 +72,40 @@ pub(super) async fn acquire(
     if reply.len() != 2 * versions.len() + per_key * keys.len() {
         return Err(malformed("short acquire reply"));
     }
+    let Some((mut out, busy)) = parse(reply, fresh, keys, versions.len(), lease_token) else {
+        return acquire_scripted(conn, keys, versions, marker_ttl, lease_ask).await;
+    };
+    if let (Some(ask), false) = (lease_ask, busy.is_empty()) {
+        wait_behind(conn, &mut out, &busy, ask.ttl).await?;
+    }
+    Ok(out)
+}
+
+/// Keys whose lease another load holds: index in the answer, and key.
+type Busy<'k> = Vec<(usize, &'k String)>;
+
+/// The first pipeline's answer: per key what it found, and the keys whose
+/// lease another load holds (index and key); `None` if anything was
+/// foreign (the script replaces it).
+fn parse<'k>(
+    reply: Vec<redis::Value>,
+    fresh: Vec<u64>,
+    keys: &'k [String],
+    versions: usize,
+    lease_token: &str,
+) -> Option<(Vec<Acquired>, Busy<'k>)> {
+    let leased = !lease_token.is_empty();
     let mut it = reply.into_iter();
     let mut fresh = fresh.into_iter();
-    let mut tokens = Vec::with_capacity(versions.len());
-    for _ in versions {
-        match taken_token(&mut it, fresh.next()) {
-            Some(t) => tokens.push(t),
-            None => return acquire_scripted(conn, keys, versions, marker_ttl, lease_ask).await,
-        }
+    let mut tokens = Vec::with_capacity(versions);
+    for _ in 0..versions {
+        tokens.push(taken_token(&mut it, fresh.next())?);
     }
     let mut out = Vec::with_capacity(keys.len());
     let mut busy = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         let lease_reply = if leased { it.next() } else { None };
-        let Some(marker) = taken_token(&mut it, fresh.next()) else {
-            return acquire_scripted(conn, keys, versions, marker_ttl, lease_ask).await;
-        };
+        let marker = taken_token(&mut it, fresh.next())?;
         let entry = match it.next() {
             Some(redis::Value::BulkString(b)) => Some(Stored::new(b)),
             // Absent, or a value of another type: a miss (the fill
@@ -105,17 +123,14 @@ pub(super) async fn acquire(
                 busy.push((i, key));
                 Lease::Busy(Duration::ZERO)
             }
-            Some(_) => return acquire_scripted(conn, keys, versions, marker_ttl, lease_ask).await,
+            Some(_) => return None,
         };
         out.push(Acquired::new(
             entry,
             FillToken::new(marker, tokens.clone()).with_lease(lease),
         ));
     }
-    if let (Some(ask), false) = (lease_ask, busy.is_empty()) {
-        wait_behind(conn, &mut out, &busy, ask.ttl).await?;
-    }
-    Ok(out)
+    Some((out, busy))
 }
 
 /// A validity token (marker or version counter) read, or created with the
@@ -217,6 +232,7 @@ async fn wait_behind(
     }
     Ok(())
 }
+
 /// ACQUIRE for `keys` (see `lua/acquire.lua`): one atomic script, for
 /// keys where `acquire` found something foreign, and on a Redis Cluster
 /// (one command per slot: redis-rs retries a whole pipeline when one of its
